@@ -1,0 +1,40 @@
+# failoverd developer entry points. `make test` is the one command CI runs (.ci/run).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test run lint typecheck unit scenarios schema bench clean
+
+test: $(STAMP) lint typecheck unit scenarios ## everything CI checks
+
+run: $(STAMP) ## the product as it stands: the example policies' scenario tests
+	$(VENV)/bin/failoverd validate policies
+	$(VENV)/bin/failoverd test policies
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	bash scripts/bootstrap.sh $(VENV)
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check orchestrator tests bench
+	$(VENV)/bin/ruff format --check orchestrator tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+scenarios: $(STAMP)
+	$(VENV)/bin/failoverd validate policies
+	$(VENV)/bin/failoverd test policies
+
+schema: $(STAMP) ## regenerate policies/schema.json from the models
+	$(VENV)/bin/failoverd schema -o policies/schema.json
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

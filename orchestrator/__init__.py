@@ -1,0 +1,3 @@
+"""failoverd: multi-region failover orchestrator."""
+
+__version__ = "0.1.0"

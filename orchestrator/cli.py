@@ -1,0 +1,185 @@
+"""The ``failoverd`` command.
+
+Exit codes: 0 success; 1 invalid policies (validate) or failed scenarios (test); 2 a file
+that cannot be used (an invalid scenario file, a missing path) or bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator import __version__
+from orchestrator.policy.durations import DurationError, parse_duration
+from orchestrator.policy.yamlsource import SourceErrors
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_UNUSABLE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="failoverd",
+        description="Multi-region failover orchestrator for AWS.",
+        epilog="Exit codes: 0 ok; 1 invalid policies or failed scenarios; 2 unusable input.",
+    )
+    p.add_argument("--version", action="version", version=f"failoverd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser(
+        "validate",
+        help="check policy files; print every error with file, line and field",
+        description="Check policy files and print every error as FILE:LINE:COL: FIELD: MESSAGE."
+        " Exit 1 when any file has errors.",
+    )
+    v.add_argument(
+        "paths", nargs="*", default=["policies"], help="files or folders (default: policies)"
+    )
+
+    s = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of policy files",
+        description="Print the JSON Schema of policy files (generated from the models).",
+    )
+    s.add_argument("-o", "--output", help="write to this file instead of standard output")
+
+    t = sub.add_parser(
+        "test",
+        help="run scenario files (policy tests) on a virtual clock",
+        description="Run scenario files (see SCENARIOS.md): one PASS/FAIL line per scenario,"
+        " a diff for each failure, and 'N passed, N failed'. Folders are searched for files"
+        " with a top-level `scenario:` key. Exit 0 all pass, 1 one fails, 2 a file is invalid.",
+    )
+    t.add_argument("paths", nargs="+", help="scenario files or folders")
+    t.add_argument("-v", "--verbose", action="store_true", help="print each scenario's timeline")
+
+    e = sub.add_parser(
+        "explain",
+        help="explain what the engine sees and decides at a moment of a scenario",
+        description="Run a scenario up to --at and explain, in words, each region's verdict"
+        " with its evidence, the phase, the decision and its reasons.",
+    )
+    e.add_argument("scenario", help="a scenario file")
+    e.add_argument("--at", required=True, help="the moment, e.g. 5m or 2m30s")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return cmd_validate(args.paths)
+        if args.command == "schema":
+            return cmd_schema(args.output)
+        if args.command == "test":
+            return cmd_test(args.paths, args.verbose)
+        if args.command == "explain":
+            return cmd_explain(args.scenario, args.at)
+    except BrokenPipeError:  # `failoverd test ... | head`
+        return EXIT_OK
+    return EXIT_UNUSABLE  # pragma: no cover - argparse requires a command
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def cmd_validate(paths: list[str]) -> int:
+    from orchestrator.policy.loader import load_policy_set
+
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        _err(f"failoverd: no such file or folder: {', '.join(missing)}")
+        return EXIT_UNUSABLE
+    try:
+        policies = load_policy_set(paths)
+    except SourceErrors as exc:
+        for error in exc.errors:
+            print(error)
+        print(f"{len(exc.errors)} error(s)")
+        return EXIT_FAILED
+    names = ", ".join(sorted(policies.policies))
+    print(f"{len(policies)} policy file(s) valid ({names}); policy set version {policies.version}")
+    return EXIT_OK
+
+
+def cmd_schema(output: str | None) -> int:
+    from orchestrator.policy.schema import policy_schema_text
+
+    text = policy_schema_text()
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_test(paths: list[str], verbose: bool) -> int:
+    from orchestrator.engine.expectations import check
+    from orchestrator.engine.report import format_failure, timeline_text
+    from orchestrator.engine.scenario_loader import load_scenario, scenario_files
+    from orchestrator.engine.simulator import Simulation
+
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        _err(f"failoverd: no such file or folder: {', '.join(missing)}")
+        return EXIT_UNUSABLE
+    files = scenario_files(paths)
+    passed = failed = invalid = 0
+    for f in files:
+        try:
+            loaded = load_scenario(f)
+        except SourceErrors as exc:
+            invalid += 1
+            print(f"INVALID {f}")
+            for error in exc.errors:
+                print(f"    {error}")
+            continue
+        result = Simulation(loaded.scenario, loaded.policy, loaded.policy_version).run()
+        failures = check(result)
+        name = loaded.scenario.scenario
+        if failures:
+            failed += 1
+            print(f"FAIL {name}  ({f})")
+            for failure in failures:
+                print("\n".join(format_failure(failure)))
+        else:
+            passed += 1
+            print(f"PASS {name}")
+        if verbose:
+            print("\n".join(f"    | {line}" for line in timeline_text(result)))
+    tail = f", {invalid} invalid" if invalid else ""
+    print(f"{passed} passed, {failed} failed{tail}")
+    if not files:
+        _err("failoverd: no scenario files found (files with a top-level `scenario:` key)")
+        return EXIT_UNUSABLE
+    if invalid:
+        return EXIT_UNUSABLE
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_explain(path: str, at: str) -> int:
+    from orchestrator.engine.report import explain
+    from orchestrator.engine.scenario_loader import load_scenario
+    from orchestrator.engine.simulator import Simulation
+
+    try:
+        moment = parse_duration(at)
+    except DurationError as exc:
+        _err(f"failoverd: --at: {exc}")
+        return EXIT_UNUSABLE
+    try:
+        loaded = load_scenario(path)
+    except SourceErrors as exc:
+        for error in exc.errors:
+            _err(str(error))
+        return EXIT_UNUSABLE
+    if moment > loaded.scenario.duration:
+        _err(f"failoverd: --at {at} is after the scenario's end")
+        return EXIT_UNUSABLE
+    result = Simulation(loaded.scenario, loaded.policy, loaded.policy_version).run(until=moment)
+    print(explain(result, moment))
+    return EXIT_OK

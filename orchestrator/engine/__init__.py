@@ -1,0 +1,1 @@
+"""The brain: health book, region verdicts and the pure ``decide()`` function."""

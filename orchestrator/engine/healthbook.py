@@ -1,0 +1,365 @@
+"""The health book: sliding windows of observations, turned into region verdicts.
+
+One :class:`HealthBook` per service. It is the only stateful part of the brain, and it is
+deterministic: the same observations fed in the same order, queried at the same ``now``,
+give the same verdicts. It never reads a clock; callers pass ``now``.
+
+Semantics (DESIGN.md, "Verdict semantics"):
+
+* per (signal, vantage) cell: *failing* once the detection rule holds (last
+  ``consecutive_failures`` observations failed, or the failure ratio over the window is
+  reached); it recovers only after ``recovery_successes`` successes in a row with the ratio
+  rule no longer holding (hysteresis, so a flapping target never looks healthy); *passing*
+  when not failing and the latest observation succeeded; *unknown* when the latest
+  observation is older than ``staleness``, was itself unknown, or failed without the rule
+  holding yet;
+* per vantage: failing if any of its signals is failing, passing if all are passing;
+* per region: ``down`` when at least ``quorum`` vantage points see it failing, ``healthy``
+  when at least ``quorum`` see it passing and none failing, ``degraded`` when some (fewer
+  than quorum) see it failing, ``unknown`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from orchestrator.engine.observation import FailureKind, Observation
+from orchestrator.engine.vocabulary import Reason, Verdict, View
+from orchestrator.policy.models import (
+    AWS_HEALTH_VANTAGE,
+    CLOUDWATCH_VANTAGE,
+    AwsHealthSignal,
+    CloudWatchAlarmSignal,
+    Policy,
+)
+
+# Unknown-cell details, shown as evidence.
+STALE = "stale"
+NO_DATA = "no_data"
+RECENT_FAILURE = "recent_failure"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalView:
+    """Evidence: one signal as seen from one vantage point."""
+
+    signal: str
+    vantage: str
+    view: View
+    detail: str  # failure kind, or why unknown
+    last_at: float | None
+    last_ok: bool | None
+    consecutive_failures: int
+    consecutive_successes: int
+    failure_ratio: float | None
+    failing_since: float | None
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class VantageView:
+    vantage: str
+    view: View
+    signals: tuple[SignalView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RegionVerdict:
+    """A region's verdict, with the vantage points behind it and since when it holds."""
+
+    region: str
+    verdict: Verdict
+    since: float
+    quorum: int
+    failing: tuple[str, ...]  # vantage points seeing the region failing
+    passing: tuple[str, ...]
+    unknown: tuple[str, ...]
+    reasons: tuple[Reason, ...] = ()  # stale_data, health_api_unavailable
+    recent_failures: bool = False  # some signal failed lately without the rule holding yet
+
+
+class _Cell:
+    """One (region, signal, vantage) window. Counters are kept incrementally so that a
+    query costs O(1) and an observation amortised O(1)."""
+
+    __slots__ = (
+        "consec_fail",
+        "consec_ok",
+        "failing",
+        "failing_since",
+        "fails_in_window",
+        "last_at",
+        "last_detail",
+        "last_ok",
+        "min_samples",
+        "need_fail",
+        "need_ok",
+        "ratio",
+        "region",
+        "signal",
+        "staleness",
+        "target",
+        "vantage",
+        "window",
+        "window_len",
+    )
+
+    def __init__(
+        self,
+        region: str,
+        signal: str,
+        vantage: str,
+        target: str,
+        *,
+        need_fail: int,
+        need_ok: int,
+        ratio: float | None,
+        window_len: float,
+        min_samples: int,
+        staleness: float,
+    ) -> None:
+        self.region = region
+        self.signal = signal
+        self.vantage = vantage
+        self.target = target
+        self.need_fail = need_fail
+        self.need_ok = need_ok
+        self.ratio = ratio
+        self.window_len = window_len
+        self.min_samples = min_samples
+        self.staleness = staleness
+        self.window: deque[tuple[float, bool]] = deque()
+        self.fails_in_window = 0
+        self.consec_fail = 0
+        self.consec_ok = 0
+        self.failing = False
+        self.failing_since: float | None = None
+        self.last_at: float | None = None
+        self.last_ok: bool | None = None
+        self.last_detail = ""
+
+    def observe(self, at: float, ok: bool | None, detail: str) -> None:
+        if self.last_at is not None and at < self.last_at:
+            return  # late arrival from a slow observer: the newer view already counts
+        self.last_at = at
+        self.last_ok = ok
+        self.last_detail = detail
+        if ok is None:
+            return
+        if self.ratio is not None:
+            window = self.window
+            window.append((at, ok))
+            if not ok:
+                self.fails_in_window += 1
+            horizon = at - self.window_len
+            while window and window[0][0] <= horizon:
+                _, old_ok = window.popleft()
+                if not old_ok:
+                    self.fails_in_window -= 1
+        if ok:
+            self.consec_ok += 1
+            self.consec_fail = 0
+        else:
+            self.consec_fail += 1
+            self.consec_ok = 0
+        rule = self.consec_fail >= self.need_fail or self._ratio_holds()
+        if not self.failing:
+            if rule:
+                self.failing = True
+                self.failing_since = at
+        elif self.consec_ok >= self.need_ok and not rule:
+            self.failing = False
+            self.failing_since = None
+
+    def _ratio_holds(self) -> bool:
+        if self.ratio is None:
+            return False
+        n = len(self.window)
+        return n >= self.min_samples and self.fails_in_window >= self.ratio * n
+
+    def view(self, now: float) -> tuple[View, str]:
+        last_at = self.last_at
+        if last_at is None:
+            return View.UNKNOWN, NO_DATA
+        if now - last_at > self.staleness:
+            return View.UNKNOWN, STALE
+        if self.last_ok is None:
+            return View.UNKNOWN, self.last_detail or NO_DATA
+        if self.failing:
+            return View.FAILING, self.last_detail
+        if self.last_ok:
+            return View.PASSING, ""
+        return View.UNKNOWN, RECENT_FAILURE
+
+    def evidence(self, now: float) -> SignalView:
+        view, detail = self.view(now)
+        n = len(self.window)
+        return SignalView(
+            signal=self.signal,
+            vantage=self.vantage,
+            view=view,
+            detail=detail,
+            last_at=self.last_at,
+            last_ok=self.last_ok,
+            consecutive_failures=self.consec_fail,
+            consecutive_successes=self.consec_ok,
+            failure_ratio=(self.fails_in_window / n) if (self.ratio is not None and n) else None,
+            failing_since=self.failing_since,
+            target=self.target,
+        )
+
+
+class HealthBook:
+    """Per-service sliding windows and the verdicts they give."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.service = policy.service
+        self.quorum = policy.detection.quorum
+        self._cells: dict[tuple[str, str, str], _Cell] = {}
+        # region -> [(vantage, [cells])]
+        self._layout: dict[str, list[tuple[str, list[_Cell]]]] = {}
+        self._last: dict[str, tuple[Verdict, float]] = {}
+        d = policy.detection
+        for region in policy.regions:
+            by_vantage: dict[str, list[_Cell]] = {}
+            for signal in policy.signals:
+                specs: list[tuple[str, int, int, float | None]]
+                if isinstance(signal, AwsHealthSignal):
+                    # A state signal: failing while an event is open, at once, no hysteresis.
+                    specs = [(AWS_HEALTH_VANTAGE, 1, 1, None)]
+                    stale = max(d.staleness, 2.5 * signal.poll_interval)
+                elif isinstance(signal, CloudWatchAlarmSignal):
+                    if not signal.alarms.get(region):
+                        continue
+                    specs = [(CLOUDWATCH_VANTAGE, 1, 1, None)]
+                    stale = d.staleness
+                else:
+                    vantages = signal.vantage or policy.vantage_points
+                    specs = [
+                        (v, d.consecutive_failures, d.recovery, d.failure_ratio) for v in vantages
+                    ]
+                    stale = d.staleness
+                for vantage, need_fail, need_ok, ratio in specs:
+                    cell = _Cell(
+                        region,
+                        signal.name,
+                        vantage,
+                        signal.region_target(region),
+                        need_fail=need_fail,
+                        need_ok=need_ok,
+                        ratio=ratio,
+                        window_len=d.window,
+                        min_samples=d.min_samples,
+                        staleness=stale,
+                    )
+                    self._cells[(region, signal.name, vantage)] = cell
+                    by_vantage.setdefault(vantage, []).append(cell)
+            self._layout[region] = list(by_vantage.items())
+
+    def cells(self) -> list[tuple[str, str, str]]:
+        """Every (region, signal, vantage) this book expects observations for."""
+        return list(self._cells)
+
+    def observe(self, obs: Observation) -> bool:
+        """Take one observation; False when nothing in the policy expects it."""
+        cell = self._cells.get((obs.region, obs.signal, obs.vantage))
+        if cell is None:
+            return False
+        cell.observe(obs.at, obs.ok, obs.detail)
+        return True
+
+    def observe_many(self, observations: Iterable[Observation]) -> None:
+        cells = self._cells
+        for obs in observations:
+            cell = cells.get((obs.region, obs.signal, obs.vantage))
+            if cell is not None:
+                cell.observe(obs.at, obs.ok, obs.detail)
+
+    def verdicts(self, now: float) -> dict[str, RegionVerdict]:
+        """Every region's verdict at ``now``. Also remembers since when each verdict holds."""
+        out: dict[str, RegionVerdict] = {}
+        quorum = self.quorum
+        for region, vantages in self._layout.items():
+            failing: list[str] = []
+            passing: list[str] = []
+            unknown: list[str] = []
+            stale = api_down = recent = False
+            for vantage, cells in vantages:
+                any_failing = False
+                all_passing = True
+                for cell in cells:
+                    view, detail = cell.view(now)
+                    if view is View.FAILING:
+                        any_failing = True
+                    elif view is View.UNKNOWN:
+                        all_passing = False
+                        if detail == STALE:
+                            stale = True
+                        elif detail == RECENT_FAILURE:
+                            recent = True
+                        elif detail == FailureKind.HEALTH_API_UNAVAILABLE:
+                            api_down = True
+                if any_failing:
+                    failing.append(vantage)
+                elif all_passing:
+                    passing.append(vantage)
+                else:
+                    unknown.append(vantage)
+            if len(failing) >= quorum:
+                verdict = Verdict.DOWN
+            elif failing:
+                verdict = Verdict.DEGRADED
+            elif len(passing) >= quorum:
+                verdict = Verdict.HEALTHY
+            else:
+                verdict = Verdict.UNKNOWN
+            last = self._last.get(region)
+            if last is None or last[0] is not verdict:
+                since = now
+                self._last[region] = (verdict, now)
+            else:
+                since = last[1]
+            reasons: tuple[Reason, ...] = ()
+            if stale or api_down:
+                reasons = tuple(
+                    r
+                    for r, on in (
+                        (Reason.STALE_DATA, stale),
+                        (Reason.HEALTH_API_UNAVAILABLE, api_down),
+                    )
+                    if on
+                )
+            out[region] = RegionVerdict(
+                region,
+                verdict,
+                since,
+                quorum,
+                tuple(failing),
+                tuple(passing),
+                tuple(unknown),
+                reasons,
+                recent,
+            )
+        return out
+
+    def evidence(self, region: str, now: float) -> tuple[VantageView, ...]:
+        """Per-vantage, per-signal evidence for one region (for explain, API, status page)."""
+        out: list[VantageView] = []
+        for vantage, cells in self._layout.get(region, []):
+            signals = tuple(c.evidence(now) for c in cells)
+            views = {s.view for s in signals}
+            if View.FAILING in views:
+                view = View.FAILING
+            elif views == {View.PASSING}:
+                view = View.PASSING
+            else:
+                view = View.UNKNOWN
+            out.append(VantageView(vantage, view, signals))
+        return tuple(out)
+
+
+def verdict_map(verdicts: Mapping[str, RegionVerdict]) -> dict[str, Verdict]:
+    return {r: v.verdict for r, v in verdicts.items()}

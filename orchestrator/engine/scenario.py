@@ -1,0 +1,162 @@
+"""Scenario files (policy tests): the models behind SCENARIOS.md, a contract.
+
+Keys here may be added, never renamed or dropped. Extensions made by failoverd: ``tick``
+(engine tick, default 1s), ``description``, ``force`` on operator commands, and several facts
+in one timeline entry (applied in the order of the table in SCENARIOS.md).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestrator.engine.vocabulary import Phase, Reason
+from orchestrator.policy.durations import Duration
+from orchestrator.policy.models import Region
+
+
+class _S(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Flap(_S):
+    flap: Duration = Field(gt=0, description="Down for this long, then up as long, and so on.")
+
+
+ProbeState = Literal["up", "down", "slow", "unknown"] | Flap
+
+
+class ProbesFact(_S):
+    region: Region
+    state: ProbeState
+    signal: str | None = None
+    vantage: str | None = None
+
+
+class AwsHealthFact(_S):
+    region: Region
+    service: str
+    status: Literal["open", "closed"]
+
+
+class AlarmFact(_S):
+    name: str
+    state: Literal["OK", "ALARM", "INSUFFICIENT_DATA"]
+
+
+class LagFact(_S):
+    region: Region
+    seconds: float | None = Field(ge=0, description="Measured lag; null means unknown.")
+
+    @field_validator("seconds", mode="before")
+    @classmethod
+    def _duration_or_number(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from orchestrator.policy.durations import parse_duration
+
+            return parse_duration(value)
+        return value
+
+
+class OperatorFact(_S):
+    command: Literal["pause", "resume", "approve", "failback", "failover", "switchover"]
+    to: Region | None = None
+    force: bool = False
+
+
+class StepFact(_S):
+    name: str
+    outcome: Literal["fail", "hang", "succeed"] = "succeed"
+    duration: Duration = 0.0
+
+
+class TimelineEntry(_S):
+    at: Duration
+    probes: ProbesFact | None = None
+    aws_health: AwsHealthFact | None = None
+    aws_health_api: Literal["available", "unavailable"] | None = None
+    alarm: AlarmFact | None = None
+    lag: LagFact | None = None
+    operator: OperatorFact | None = None
+    leader: bool | None = None
+    step: StepFact | None = None
+
+    @model_validator(mode="after")
+    def _one_fact_at_least(self) -> TimelineEntry:
+        if not (self.model_fields_set - {"at"}):
+            raise ValueError(
+                "a timeline entry needs a fact besides `at`: probes, aws_health, aws_health_api,"
+                " alarm, lag, operator, leader or step"
+            )
+        return self
+
+
+Between = Annotated[list[Duration], Field(min_length=2, max_length=2)]
+
+
+class FailoverExpect(_S):
+    to: Region | None = None
+    between: Between | None = None
+
+
+class NoFailoverExpect(_S):
+    before: Duration | None = None
+    after: Duration | None = None
+
+
+class CountExpect(_S):
+    max: int | None = Field(default=None, ge=0)
+    count: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CountExpect:
+        if (self.max is None) == (self.count is None):
+            raise ValueError("expected exactly one of `max` or `count`")
+        return self
+
+
+class FailbackExpect(_S):
+    between: Between | None = None
+
+
+class PhaseExpect(_S):
+    at: Duration
+    is_: Phase = Field(alias="is")
+    reason: Reason | None = None
+
+
+class ActiveRegionExpect(_S):
+    at: Duration
+    is_: Region = Field(alias="is")
+
+
+class Expectation(_S):
+    failover: FailoverExpect | None = None
+    no_failover: NoFailoverExpect | None = None
+    failovers: CountExpect | None = None
+    failback: FailbackExpect | None = None
+    phase: PhaseExpect | None = None
+    active_region: ActiveRegionExpect | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Expectation:
+        if len(self.model_fields_set) != 1:
+            raise ValueError(
+                "each expectation has exactly one key: failover, no_failover, failovers,"
+                " failback, phase or active_region"
+            )
+        return self
+
+
+class Scenario(_S):
+    scenario: str = Field(min_length=1, description="The name shown in the output.")
+    description: str = ""
+    policy: str | dict[str, Any] = Field(
+        description="Path of the policy file, relative to this file, or an inline policy."
+    )
+    service: str | None = None
+    duration: Duration = Field(gt=0)
+    tick: Duration = Field(default=1.0, gt=0, description="Engine tick (failoverd extension).")
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    expect: list[Expectation] = Field(min_length=1)

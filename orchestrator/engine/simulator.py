@@ -1,0 +1,470 @@
+"""The scenario simulator: drives the real health book and ``decide()`` on a virtual clock.
+
+Time is kept in integer milliseconds so that ticks, probe intervals and fact times line up
+exactly. At each moment, in this order: the timeline's facts apply (file order), observations
+due now are fed to the health book, operator commands are judged, the running runbook makes
+progress, the engine ticks, and a run it starts makes progress at once (steps succeed
+instantly unless a ``step`` fact says otherwise).
+
+Runbook steps are simulated with the policy's own DAG, timeouts, retries and ``on_failure``;
+``approval`` steps wait for an ``operator: approve``; no step starts without the leader lease.
+Retries follow each other without the executor's backoff: scenarios judge decisions, not
+backoff timing.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Literal
+
+from orchestrator.engine.decide import decide
+from orchestrator.engine.healthbook import HealthBook, RegionVerdict
+from orchestrator.engine.observation import FailureKind, Observation
+from orchestrator.engine.scenario import (
+    Flap,
+    OperatorFact,
+    ProbesFact,
+    Scenario,
+    StepFact,
+    TimelineEntry,
+)
+from orchestrator.engine.state import (
+    Command,
+    Decision,
+    LagReading,
+    OperatorCommand,
+    ServiceState,
+    apply_command,
+    apply_decision,
+    finish_run,
+    set_waiting_approval,
+)
+from orchestrator.engine.vocabulary import Action
+from orchestrator.policy.actions import APPROVAL_ACTION
+from orchestrator.policy.durations import parse_duration
+from orchestrator.policy.models import (
+    PROBE_TYPES,
+    AwsHealthSignal,
+    CloudWatchAlarmSignal,
+    OnFailure,
+    Policy,
+    Step,
+)
+
+
+def ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+@dataclass
+class RunRecord:
+    id: str
+    kind: Action
+    source: str
+    target: str
+    started_at: float
+    initiated_by: str
+    is_failback: bool
+    finished_at: float | None = None
+    ok: bool | None = None
+    error: str = ""
+    steps: list[tuple[str, float, float, str]] = field(
+        default_factory=list
+    )  # name, start, end, outcome
+
+
+@dataclass(frozen=True)
+class Moment:
+    at: float
+    decision: Decision
+    active_region: str
+
+
+@dataclass
+class SimulationResult:
+    scenario: Scenario
+    policy: Policy
+    moments: list[Moment]
+    runs: list[RunRecord]
+    book: HealthBook
+    state: ServiceState
+    verdicts: dict[str, RegionVerdict]
+    lag: dict[str, LagReading]
+
+    def moment_at(self, t: float) -> Moment | None:
+        """The last moment at or before ``t``."""
+        best: Moment | None = None
+        lo, hi = 0, len(self.moments)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.moments[mid].at <= t + 1e-9:
+                best = self.moments[mid]
+                lo = mid + 1
+            else:
+                hi = mid
+        return best
+
+
+_StepStatus = Literal["pending", "running", "succeeded", "failed", "continued"]
+
+
+class _RunExec:
+    """Virtual-time execution of one run's DAG."""
+
+    def __init__(self, record: RunRecord, steps: list[Step]) -> None:
+        self.record = record
+        self.steps = {s.name: s for s in steps}
+        self.order = [s.name for s in steps]
+        self.status: dict[str, _StepStatus] = dict.fromkeys(self.order, "pending")
+        self.attempts: dict[str, int] = dict.fromkeys(self.order, 0)
+        # name -> (end time ms, outcome, started ms); an approval's end is its deadline
+        self.running: dict[str, tuple[int, str, int]] = {}
+        self.done = False
+        self.ok = False
+        self.error = ""
+
+    def waiting_approval(self) -> bool:
+        return any(outcome == "approval" for _, outcome, _ in self.running.values())
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, policy: Policy, policy_version: str = "") -> None:
+        self.scenario = scenario
+        self.policy = policy
+        self.version = policy_version
+        self.book = HealthBook(policy)
+        self.state = ServiceState(service=policy.service, active_region=policy.primary)
+        self.leader = True
+        # World
+        self.probe_world: dict[tuple[str, str, str], tuple[str | Flap, int]] = {}
+        self.health_api: str | None = None  # None: never said; "available" / "unavailable"
+        self.open_events: set[tuple[str, str]] = set()
+        self.alarms: dict[str, str] = {}
+        self.lag_values: dict[str, float | None] = {}
+        self.lag: dict[str, LagReading] = {}
+        self.step_facts: dict[str, StepFact] = {}
+        # Output
+        self.moments: list[Moment] = []
+        self.runs: list[RunRecord] = []
+        self.exec: _RunExec | None = None
+        self.verdicts: dict[str, RegionVerdict] = {}
+        self._heap: list[int] = []
+        self._queued: set[int] = set()
+        self._probe_cells = [
+            (region, signal, vantage)
+            for (region, signal, vantage) in self.book.cells()
+            if self._signal_type(signal) in PROBE_TYPES
+        ]
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def _signal_type(self, name: str) -> str:
+        for s in self.policy.signals:
+            if s.name == name:
+                return s.type
+        return ""
+
+    def _at(self, t: int) -> None:
+        if t not in self._queued and t <= ms(self.scenario.duration):
+            self._queued.add(t)
+            heapq.heappush(self._heap, t)
+
+    def _periodic(self, period_s: float, until: int) -> None:
+        period = max(1, ms(period_s))
+        for t in range(0, until + 1, period):
+            self._at(t)
+
+    def run(self, until: float | None = None) -> SimulationResult:
+        end = ms(self.scenario.duration if until is None else min(until, self.scenario.duration))
+        facts: dict[int, list[TimelineEntry]] = {}
+        for entry in self.scenario.timeline:
+            facts.setdefault(ms(entry.at), []).append(entry)
+            self._at(ms(entry.at))
+        self._periodic(self.scenario.tick, end)
+        self._periodic(self.policy.detection.interval, end)
+        for s in self.policy.signals:
+            if isinstance(s, AwsHealthSignal):
+                self._periodic(s.poll_interval, end)
+        if self.policy.replication is not None:
+            self._periodic(self.policy.replication.interval, end)
+        while self._heap:
+            t = heapq.heappop(self._heap)
+            if t > end:
+                break
+            self._moment(t, facts.get(t, []))
+        return SimulationResult(
+            self.scenario,
+            self.policy,
+            self.moments,
+            self.runs,
+            self.book,
+            self.state,
+            self.verdicts,
+            dict(self.lag),
+        )
+
+    # -- one moment ----------------------------------------------------------------------
+
+    def _moment(self, t: int, entries: list[TimelineEntry]) -> None:
+        commands: list[OperatorFact] = []
+        for entry in entries:
+            self._apply(entry, t, commands)
+        self._emit(t)
+        now = t / 1000
+        for fact in commands:
+            cmd = OperatorCommand(
+                Command(fact.command), to=fact.to, force=fact.force, by="scenario"
+            )
+            if cmd.command in (Command.PAUSE, Command.RESUME):
+                self.state = apply_command(self.state, cmd)
+                continue
+            if cmd.command is Command.APPROVE and self.exec is not None:
+                self._approve(t)
+                continue
+            self._decide(t, cmd)
+        self._progress(t)
+        decision = self._decide(t, None)
+        self.moments.append(Moment(now, decision, self.state.active_region))
+
+    def _decide(self, t: int, cmd: OperatorCommand | None) -> Decision:
+        now = t / 1000
+        self.verdicts = self.book.verdicts(now)
+        decision = decide(
+            self.policy,
+            self.state,
+            self.verdicts,
+            self.lag,
+            now,
+            cmd,
+            leader=self.leader,
+            policy_version=self.version,
+        )
+        run_id = f"run-{len(self.runs) + 1}"
+        self.state = apply_decision(self.state, decision, run_id)
+        if decision.starts_run and decision.target is not None:
+            record = RunRecord(
+                id=run_id,
+                kind=decision.action,
+                source=decision.active_region,
+                target=decision.target,
+                started_at=now,
+                initiated_by=str(decision.initiated_by),
+                is_failback=decision.target == self.policy.primary,
+            )
+            self.runs.append(record)
+            self.exec = _RunExec(record, self.policy.runbooks.for_kind(str(decision.action)))
+            self._progress(t)
+        return decision
+
+    def _apply(self, entry: TimelineEntry, t: int, commands: list[OperatorFact]) -> None:
+        if entry.probes is not None:
+            self._set_probes(entry.probes, t)
+        if entry.aws_health is not None:
+            key = (entry.aws_health.region, entry.aws_health.service.upper())
+            if entry.aws_health.status == "open":
+                self.open_events.add(key)
+            else:
+                self.open_events.discard(key)
+            if self.health_api is None:
+                self.health_api = "available"
+        if entry.aws_health_api is not None:
+            self.health_api = entry.aws_health_api
+        if entry.alarm is not None:
+            self.alarms[entry.alarm.name] = entry.alarm.state
+        if entry.lag is not None:
+            self.lag_values[entry.lag.region] = entry.lag.seconds
+            self.lag[entry.lag.region] = LagReading(entry.lag.seconds, t / 1000)
+        if entry.operator is not None:
+            commands.append(entry.operator)
+        if entry.leader is not None:
+            self.leader = entry.leader
+        if entry.step is not None:
+            self.step_facts[entry.step.name] = entry.step
+
+    def _set_probes(self, fact: ProbesFact, t: int) -> None:
+        for cell in self._probe_cells:
+            region, signal, vantage = cell
+            if region != fact.region:
+                continue
+            if fact.signal is not None and signal != fact.signal:
+                continue
+            if fact.vantage is not None and vantage != fact.vantage:
+                continue
+            self.probe_world[cell] = (fact.state, t)
+
+    def _emit(self, t: int) -> None:
+        now = t / 1000
+        policy = self.policy
+        service = policy.service
+        obs: list[Observation] = []
+        if t % max(1, ms(policy.detection.interval)) == 0:
+            for cell, (state, since) in self.probe_world.items():
+                region, signal, vantage = cell
+                if isinstance(state, Flap):
+                    period = max(1, ms(state.flap))
+                    state = "down" if ((t - since) // period) % 2 == 0 else "up"
+                if state == "unknown":
+                    continue
+                ok = state == "up"
+                detail = (
+                    "" if ok else (FailureKind.TIMEOUT if state == "slow" else FailureKind.CONNECT)
+                )
+                obs.append(Observation(service, region, signal, vantage, ok, now, detail=detail))
+            for s in policy.signals:
+                if isinstance(s, CloudWatchAlarmSignal):
+                    for region, names in s.alarms.items():
+                        states = [self.alarms.get(n) for n in names]
+                        if all(x is None for x in states):
+                            continue
+                        if "ALARM" in states:
+                            obs.append(
+                                Observation(
+                                    service,
+                                    region,
+                                    s.name,
+                                    "cloudwatch",
+                                    False,
+                                    now,
+                                    detail=FailureKind.ALARM,
+                                )
+                            )
+                        elif all(x == "OK" for x in states):
+                            obs.append(
+                                Observation(service, region, s.name, "cloudwatch", True, now)
+                            )
+                        else:
+                            obs.append(
+                                Observation(
+                                    service,
+                                    region,
+                                    s.name,
+                                    "cloudwatch",
+                                    None,
+                                    now,
+                                    detail="insufficient_data",
+                                )
+                            )
+        for s in policy.signals:
+            if isinstance(s, AwsHealthSignal) and t % max(1, ms(s.poll_interval)) == 0:
+                if self.health_api is None:
+                    continue
+                wanted = {x.upper() for x in s.services}
+                for region in policy.regions:
+                    if self.health_api == "unavailable":
+                        obs.append(
+                            Observation(
+                                service,
+                                region,
+                                s.name,
+                                "aws_health",
+                                None,
+                                now,
+                                detail=FailureKind.HEALTH_API_UNAVAILABLE,
+                            )
+                        )
+                        continue
+                    hit = any((region, svc) in self.open_events for svc in wanted)
+                    obs.append(
+                        Observation(
+                            service,
+                            region,
+                            s.name,
+                            "aws_health",
+                            not hit,
+                            now,
+                            detail=FailureKind.EVENT if hit else "",
+                        )
+                    )
+        if policy.replication is not None and t % max(1, ms(policy.replication.interval)) == 0:
+            for region, seconds in self.lag_values.items():
+                self.lag[region] = LagReading(seconds, now)
+        self.book.observe_many(obs)
+
+    # -- runbook -------------------------------------------------------------------------
+
+    def _approve(self, t: int) -> None:
+        ex = self.exec
+        if ex is None:
+            return
+        for name, (_, outcome, started) in list(ex.running.items()):
+            if outcome == "approval":
+                ex.running[name] = (t, "succeed", started)
+        self._progress(t)
+
+    def _progress(self, t: int) -> None:
+        ex = self.exec
+        if ex is None or ex.done:
+            return
+        changed = True
+        while changed and not ex.done:
+            changed = False
+            for name, (end, outcome, started) in list(ex.running.items()):
+                if end > t:
+                    continue
+                changed = True
+                del ex.running[name]
+                step = ex.steps[name]
+                ex.record.steps.append((name, started / 1000, end / 1000, outcome))
+                if outcome == "succeed":
+                    ex.status[name] = "succeeded"
+                elif ex.attempts[name] <= step.retries:
+                    self._start_step(ex, step, end)
+                else:
+                    ex.status[name] = "failed"
+                    if step.on_failure is OnFailure.CONTINUE:
+                        ex.status[name] = "continued"
+                    else:
+                        ex.done, ex.ok = True, False
+                        how = "failed" if outcome == "fail" else "timed out"
+                        ex.error = f"step {name} {how} after {ex.attempts[name]} attempt(s)"
+                        break
+            if ex.done or not self.leader:
+                break
+            for name in ex.order:
+                if ex.status[name] != "pending":
+                    continue
+                step = ex.steps[name]
+                if all(ex.status[d] in ("succeeded", "continued") for d in step.after):
+                    self._start_step(ex, step, t)
+                    changed = True
+        if not ex.done and all(s in ("succeeded", "continued") for s in ex.status.values()):
+            ex.done, ex.ok = True, True
+        self.state = set_waiting_approval(self.state, ex.waiting_approval())
+        if ex.done:
+            ex.record.finished_at = t / 1000
+            ex.record.ok = ex.ok
+            ex.record.error = ex.error
+            self.state = finish_run(self.state, t / 1000, ex.ok, ex.error)
+            self.exec = None
+
+    def _start_step(self, ex: _RunExec, step: Step, t: int) -> None:
+        """Start one attempt; its end is known now (virtual time), except an approval's,
+        which ends when an operator approves or at the step timeout, whichever is first."""
+        ex.status[step.name] = "running"
+        ex.attempts[step.name] += 1
+        fact = self.step_facts.get(step.name)
+        timeout = ms(step.timeout)
+        if fact is not None and fact.outcome == "hang":
+            end, outcome = t + timeout, "timeout"
+        elif fact is not None:
+            end = t + ms(fact.duration)
+            outcome = "succeed" if fact.outcome == "succeed" else "fail"
+            if end - t > timeout:
+                end, outcome = t + timeout, "timeout"
+        elif step.action == APPROVAL_ACTION:
+            end, outcome = t + timeout, "approval"
+        elif step.action == "wait":
+            end, outcome = t + min(ms(_wait_seconds(step)), timeout), "succeed"
+        else:
+            end, outcome = t, "succeed"
+        ex.running[step.name] = (end, outcome, t)
+        self._at(end)
+
+
+def _wait_seconds(step: Step) -> float:
+    raw = step.params.get("duration", "0s")
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        return 0.0

@@ -1,0 +1,1 @@
+"""Policy models, YAML loading with file:line errors, and the JSON Schema."""

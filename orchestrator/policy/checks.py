@@ -1,0 +1,334 @@
+"""Cross-field rules of a policy: what no single field can check on its own.
+
+Every rule reports a problem as (data path, message) and carries on, so that ``failoverd
+validate`` shows all of them at once rather than one per run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestrator.policy.actions import ACTION_PARAMS, PLACEHOLDERS
+from orchestrator.policy.durations import format_duration
+from orchestrator.policy.models import (
+    AWS_HEALTH_VANTAGE,
+    CLOUDWATCH_VANTAGE,
+    PROBE_TYPES,
+    AwsHealthSignal,
+    CloudWatchAlarmSignal,
+    Policy,
+    Step,
+)
+
+Problem = tuple[tuple[str | int, ...], str]
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+RESERVED_VANTAGES = frozenset({AWS_HEALTH_VANTAGE, CLOUDWATCH_VANTAGE})
+
+
+def region_vantages(policy: Policy, region: str) -> set[str]:
+    """Distinct vantage points that can observe ``region`` under this policy."""
+    seen: set[str] = set()
+    for signal in policy.signals:
+        if isinstance(signal, AwsHealthSignal):
+            seen.add(AWS_HEALTH_VANTAGE)
+        elif isinstance(signal, CloudWatchAlarmSignal):
+            if signal.alarms.get(region):
+                seen.add(CLOUDWATCH_VANTAGE)
+        else:
+            seen.update(signal.vantage or policy.vantage_points)
+    return seen
+
+
+def check_policy(policy: Policy) -> list[Problem]:
+    return [
+        *_regions(policy),
+        *_vantages(policy),
+        *_signals(policy),
+        *_detection(policy),
+        *_objectives(policy),
+        *_replication(policy),
+        *_runbooks(policy),
+    ]
+
+
+def _duplicates(items: list[str]) -> Iterator[tuple[int, str]]:
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if item in seen:
+            yield i, item
+        seen.add(item)
+
+
+def _regions(policy: Policy) -> Iterator[Problem]:
+    for i, region in _duplicates(policy.regions):
+        yield ("regions", i), f"region {region!r} is listed twice"
+
+
+def _vantages(policy: Policy) -> Iterator[Problem]:
+    for i, name in _duplicates(policy.vantage_points):
+        yield ("vantage_points", i), f"vantage point {name!r} is listed twice"
+    for i, name in enumerate(policy.vantage_points):
+        if name in RESERVED_VANTAGES:
+            yield (
+                ("vantage_points", i),
+                f"{name!r} is reserved: it is added by a {name} signal, not listed here",
+            )
+
+
+def _signals(policy: Policy) -> Iterator[Problem]:
+    for i, name in _duplicates([s.name for s in policy.signals]):
+        yield ("signals", i, "name"), f"signal name {name!r} is used twice"
+    regions = set(policy.regions)
+    for i, signal in enumerate(policy.signals):
+        base: tuple[str | int, ...] = ("signals", i)
+        if signal.vantage is not None:
+            if signal.type not in PROBE_TYPES:
+                yield (
+                    (*base, "vantage"),
+                    f"a {signal.type} signal is its own vantage point; remove `vantage`",
+                )
+            for j, v in enumerate(signal.vantage):
+                if v not in policy.vantage_points:
+                    yield (
+                        (*base, "vantage", j),
+                        f"unknown vantage point {v!r}; expected one of vantage_points:"
+                        f" {', '.join(policy.vantage_points)}",
+                    )
+        if isinstance(signal, CloudWatchAlarmSignal):
+            for region in signal.alarms:
+                if region not in regions:
+                    yield (
+                        (*base, "alarms", region),
+                        f"region {region!r} is not one of the policy's regions",
+                    )
+            continue
+        if signal.type not in PROBE_TYPES:
+            continue
+        targets: dict[str, str] = getattr(signal, "targets", None) or {}
+        template: str | None = getattr(signal, "target", None)
+        for region in targets:
+            if region not in regions:
+                yield (
+                    (*base, "targets", region),
+                    f"region {region!r} is not one of the policy's regions",
+                )
+        if template is None:
+            missing = [r for r in policy.regions if r not in targets]
+            if missing:
+                where = (*base, "targets") if targets else base
+                yield (
+                    where,
+                    f"no target for region(s) {', '.join(missing)}; expected a `targets`"
+                    " entry for every region, or a `target` template with {region}",
+                )
+        elif "{region}" not in template and len(policy.regions) > 1 and not targets:
+            yield (
+                (*base, "target"),
+                "the same target would be probed for every region; put {region} in it"
+                " or list `targets` per region",
+            )
+        for region in policy.regions:
+            target = signal.region_target(region)
+            problem = _target_problem(signal.type, target)
+            if problem:
+                path = (*base, "targets", region) if region in targets else (*base, "target")
+                yield path, problem
+
+
+def _target_problem(kind: str, target: str) -> str | None:
+    if not target:
+        return None
+    if kind == "http" and not re.match(r"^https?://[^/\s]+", target):
+        return f"expected an http:// or https:// URL, got {target!r}"
+    if kind in ("tcp", "tls"):
+        host, sep, port = target.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return f"expected host:port, got {target!r}"
+    if kind == "dns" and (" " in target or not target):
+        return f"expected a DNS name, got {target!r}"
+    return None
+
+
+def _detection(policy: Policy) -> Iterator[Problem]:
+    d = policy.detection
+    if d.timeout > d.interval:
+        yield (
+            ("detection", "timeout"),
+            f"timeout {format_duration(d.timeout)} is longer than the interval"
+            f" {format_duration(d.interval)}; probes would overlap",
+        )
+    if d.staleness <= d.interval:
+        yield (
+            ("detection", "staleness"),
+            f"staleness {format_duration(d.staleness)} must be longer than the interval"
+            f" {format_duration(d.interval)}, or every view would turn unknown between probes",
+        )
+    if d.failure_ratio is not None and d.window < d.interval * d.min_samples:
+        yield (
+            ("detection", "window"),
+            f"window {format_duration(d.window)} holds fewer than min_samples={d.min_samples}"
+            f" observations at interval {format_duration(d.interval)}",
+        )
+    for i, signal in enumerate(policy.signals):
+        if signal.timeout is not None and signal.timeout > d.interval:
+            yield (
+                ("signals", i, "timeout"),
+                f"timeout {format_duration(signal.timeout)} is longer than the interval"
+                f" {format_duration(d.interval)}",
+            )
+    for region in policy.regions:
+        vantages = region_vantages(policy, region)
+        if d.quorum > len(vantages):
+            yield (
+                ("detection", "quorum"),
+                f"quorum {d.quorum} is larger than the {len(vantages)} vantage point(s) that"
+                f" observe {region} ({', '.join(sorted(vantages)) or 'none'}); it could never"
+                " be declared down or healthy",
+            )
+            break
+
+
+def _objectives(policy: Policy) -> Iterator[Problem]:
+    d = policy.detection
+    if policy.rto <= 0:
+        yield ("rto",), "the RTO must be greater than 0s"
+    detect = d.consecutive_failures * d.interval
+    if policy.rto > 0 and detect >= policy.rto:
+        yield (
+            ("rto",),
+            f"detection alone takes {format_duration(detect)} (consecutive_failures x interval),"
+            f" which leaves nothing of the RTO {format_duration(policy.rto)}",
+        )
+    if policy.rpo < 0:
+        yield ("rpo",), "the RPO cannot be negative"
+    g = policy.guards
+    if g.failback.mode == "automatic" and g.failback.stable_period <= 0:
+        yield (("guards", "failback", "stable_period"), "must be greater than 0s")
+    if g.max_failovers.window <= 0:
+        yield (("guards", "max_failovers", "window"), "must be greater than 0s")
+
+
+def _replication(policy: Policy) -> Iterator[Problem]:
+    if policy.replication is None:
+        return
+    for region in policy.replication.sources:
+        if region not in policy.regions:
+            yield (
+                ("replication", "sources", region),
+                f"region {region!r} is not one of the policy's regions",
+            )
+    missing = [r for r in policy.regions[1:] if r not in policy.replication.sources]
+    if missing:
+        yield (
+            ("replication", "sources"),
+            f"no lag source for standby region(s) {', '.join(missing)}; the RPO could not be"
+            " checked before failing over there",
+        )
+
+
+def _runbooks(policy: Policy) -> Iterator[Problem]:
+    books: list[tuple[str, list[Step] | None]] = [
+        ("failover", policy.runbooks.failover),
+        ("failback", policy.runbooks.failback),
+        ("switchover", policy.runbooks.switchover),
+    ]
+    for book, steps in books:
+        if steps is not None:
+            yield from _runbook(("runbooks", book), steps)
+
+
+def _runbook(base: tuple[str | int, ...], steps: list[Step]) -> Iterator[Problem]:
+    names = [s.name for s in steps]
+    for i, name in _duplicates(names):
+        yield (*base, i, "name"), f"step name {name!r} is used twice"
+    known = set(names)
+    for i, step in enumerate(steps):
+        for j, dep in enumerate(step.after):
+            if dep == step.name:
+                yield (*base, i, "after", j), "a step cannot wait for itself"
+            elif dep not in known:
+                yield (
+                    (*base, i, "after", j),
+                    f"no step named {dep!r} in this runbook; expected one of: {', '.join(names)}",
+                )
+        yield from _params((*base, i), step)
+    cycle = _find_cycle(steps)
+    if cycle:
+        index = names.index(cycle[0])
+        yield (
+            (*base, index, "after"),
+            f"steps wait for each other in a cycle: {' -> '.join([*cycle, cycle[0]])}",
+        )
+
+
+def _params(base: tuple[str | int, ...], step: Step) -> Iterator[Problem]:
+    model = ACTION_PARAMS.get(step.action)
+    if model is None:
+        return  # already reported by the field validator
+    try:
+        model.model_validate(step.params)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = (
+                    f"unknown parameter {loc[-1]!r} for {step.action}; expected one of:"
+                    f" {', '.join(model.model_fields)}"
+                )
+            elif err["type"] == "missing":
+                msg = f"missing required parameter for {step.action}"
+            yield (*base, "params", *loc), msg
+    for key, value in step.params.items():
+        for text in _strings(value):
+            for name in _PLACEHOLDER.findall(text):
+                if name not in PLACEHOLDERS:
+                    yield (
+                        (*base, "params", key),
+                        f"unknown placeholder {{{name}}}; expected one of:"
+                        f" {', '.join('{' + p + '}' for p in PLACEHOLDERS)}",
+                    )
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _find_cycle(steps: list[Step]) -> list[str] | None:
+    graph = {s.name: [d for d in s.after if d != s.name] for s in steps}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in graph.get(node, []):
+            if dep not in graph:
+                continue
+            if state.get(dep) == 1:
+                return stack[stack.index(dep) :]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for name in graph:
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None

@@ -1,0 +1,63 @@
+"""Durations as policy authors write them: ``30s``, ``5m``, ``1h``, ``1m30s``, ``250ms``.
+
+Inside the program a duration is a float number of seconds (base units, cheap to compare in
+the engine's hot path); on the way out it is formatted back into the same notation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+
+_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
+_WHOLE = re.compile(r"^(?:\d+(?:ms|s|m|h|d))+$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_PATTERN = r"^(\d+(ms|s|m|h|d))+$"
+DURATION_HINT = "a duration such as 500ms, 30s, 5m, 1h or 1m30s"
+
+
+class DurationError(ValueError):
+    """A string that is not a duration."""
+
+
+def parse_duration(value: object) -> float:
+    """Parse ``1m30s`` into 90.0 seconds; raise :class:`DurationError` with a hint otherwise."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise DurationError(f"expected {DURATION_HINT} (a string with a unit), got {value!r}")
+    text = value.strip()
+    if not _WHOLE.match(text):
+        raise DurationError(f"expected {DURATION_HINT}, got {value!r}")
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(text))
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds the way they are written in policies: ``90.0`` -> ``1m30s``."""
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    total_ms = round(seconds * 1000)
+    if total_ms == 0:
+        return "0s"
+    parts: list[str] = []
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        n, total_ms = divmod(total_ms, size)
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)
+
+
+def _validate(value: Any) -> float:
+    if isinstance(value, float) and not isinstance(value, bool):
+        # Already parsed (model_copy / re-validation of an in-memory model).
+        return value
+    return parse_duration(value)
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_validate),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["30s", "5m"]}),
+]
+"""A pydantic field type: written as ``30s``, held as seconds (float)."""

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up the project's virtualenv on a fresh Debian machine (run as root, registries only).
+# Idempotent: safe to run again; `make` calls it when pyproject.toml changes.
+set -euo pipefail
+venv="${1:-.venv}"
+
+have_python() {
+    command -v python3 >/dev/null 2>&1 &&
+        python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+}
+
+if ! have_python; then
+    echo "bootstrap: installing Python 3.11+ with venv from Debian packages" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+fi
+if ! have_python; then
+    echo "bootstrap: need Python >= 3.11 with the venv module; found: $(python3 --version 2>&1)" >&2
+    exit 1
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+echo "bootstrap: $("$venv/bin/failoverd" --version) ready in $venv" >&2
