@@ -30,8 +30,9 @@ scenarios: $(STAMP)
 	$(VENV)/bin/failoverd validate policies
 	$(VENV)/bin/failoverd test policies
 
-schema: $(STAMP) ## regenerate policies/schema.json from the models
+schema: $(STAMP) ## regenerate policies/schema.json and docs/policy-reference.md from the models
 	$(VENV)/bin/failoverd schema -o policies/schema.json
+	$(VENV)/bin/failoverd schema --markdown -o docs/policy-reference.md
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the JSON Schema of policy files (generated from the models).",
     )
     s.add_argument("-o", "--output", help="write to this file instead of standard output")
+    s.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the policy reference (Markdown) instead of the JSON Schema",
+    )
 
     t = sub.add_parser(
         "test",
@@ -73,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return cmd_validate(args.paths)
         if args.command == "schema":
-            return cmd_schema(args.output)
+            return cmd_schema(args.output, args.markdown)
         if args.command == "test":
             return cmd_test(args.paths, args.verbose)
         if args.command == "explain":
@@ -106,10 +111,11 @@ def cmd_validate(paths: list[str]) -> int:
     return EXIT_OK
 
 
-def cmd_schema(output: str | None) -> int:
+def cmd_schema(output: str | None, markdown: bool = False) -> int:
+    from orchestrator.policy.docs import policy_reference
     from orchestrator.policy.schema import policy_schema_text
 
-    text = policy_schema_text()
+    text = policy_reference() if markdown else policy_schema_text()
     if output:
         Path(output).write_text(text, encoding="utf-8")
     else:

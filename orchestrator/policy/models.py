@@ -179,8 +179,15 @@ class Detection(Strict):
 
     interval: Duration = Field(default=10.0, description="How often each probe runs.")
     timeout: Duration = Field(default=5.0, description="Default per-probe timeout.")
-    consecutive_failures: int = Field(default=3, ge=1, le=100)
-    failure_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
+    consecutive_failures: int = Field(
+        default=3, ge=1, le=100, description="Failures in a row that make a probe failing."
+    )
+    failure_ratio: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Share of failures in the window that makes a probe failing (optional).",
+    )
     window: Duration = Field(default=120.0, description="Sliding window for failure_ratio.")
     min_samples: int = Field(
         default=3, ge=1, description="Observations in the window before the ratio rule applies."
@@ -201,16 +208,22 @@ class Detection(Strict):
 
 
 class RdsReplicaLag(Strict):
+    """RDS `ReplicaLag` (CloudWatch, AWS/RDS) of a cross-region read replica."""
+
     type: Literal["rds_replica_lag"]
     db_instance: str = Field(description="The read replica's DB instance identifier.")
 
 
 class AuroraGlobalLag(Strict):
+    """Aurora `AuroraGlobalDBRPOLag` of a secondary cluster in a global database."""
+
     type: Literal["aurora_global_rpo_lag"]
     db_cluster: str = Field(description="The secondary DB cluster identifier.")
 
 
 class CloudWatchMetricLag(Strict):
+    """Any CloudWatch metric that measures replication lag."""
+
     type: Literal["cloudwatch_metric"]
     namespace: str
     metric_name: str
@@ -237,12 +250,19 @@ class Replication(Strict):
 
 
 class MaxFailovers(Strict):
-    count: int = Field(ge=1)
-    window: Duration
+    """At most ``count`` failovers (automatic or operator) start within ``window``."""
+
+    count: int = Field(ge=1, description="Failovers allowed in the window.")
+    window: Duration = Field(description="The sliding window.")
 
 
 class Failback(Strict):
-    mode: FailbackMode = FailbackMode.MANUAL
+    """Moving back to the primary once it has recovered."""
+
+    mode: FailbackMode = Field(
+        default=FailbackMode.MANUAL,
+        description="manual: only an operator fails back; automatic: after stable_period.",
+    )
     stable_period: Duration = Field(
         default=1800.0, description="Primary healthy this long before an automatic failback."
     )
@@ -250,18 +270,28 @@ class Failback(Strict):
 
 class Guards(Strict):
     cooldown: Duration = Field(default=1800.0, description="No automatic move this long after one.")
-    max_failovers: MaxFailovers = MaxFailovers(count=2, window=86400.0)
+    max_failovers: MaxFailovers = Field(
+        default=MaxFailovers(count=2, window=86400.0),
+        description="Limit on failovers per sliding window (default 2 per 1d).",
+    )
     require_healthy_target: bool = Field(
         default=True,
         description="Fail over only to a healthy region. When false, an unknown region may be"
         " chosen if no healthy one exists (never a down or degraded one).",
     )
-    on_lag_above_rpo: LagPolicy = LagPolicy.WAIT
-    on_lag_unknown: LagPolicy = LagPolicy.REQUIRE_APPROVAL
+    on_lag_above_rpo: LagPolicy = Field(
+        default=LagPolicy.WAIT,
+        description="When the target's lag is above the RPO: wait (blocked), require_approval,"
+        " or proceed (accept the data loss).",
+    )
+    on_lag_unknown: LagPolicy = Field(
+        default=LagPolicy.REQUIRE_APPROVAL,
+        description="When the target's lag is unknown or older than replication.max_age.",
+    )
     require_approval: bool = Field(
         default=False, description="Always wait for an operator's approval before failing over."
     )
-    failback: Failback = Failback()
+    failback: Failback = Field(default=Failback(), description="Failback to the primary.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -269,6 +299,8 @@ class Guards(Strict):
 
 
 class Step(Strict):
+    """One runbook step: an action with its parameters, run once its `after` steps end."""
+
     name: Name
     action: str = Field(description="One of the known actions, e.g. route53.set_record.")
     params: dict[str, Any] = Field(
@@ -277,9 +309,14 @@ class Step(Strict):
         " {primary_region} and {service}.",
     )
     after: list[Name] = Field(default_factory=list, description="Steps that must finish first.")
-    timeout: Duration = Field(default=300.0)
-    retries: int = Field(default=0, ge=0, le=20)
-    on_failure: OnFailure = OnFailure.ABORT
+    timeout: Duration = Field(default=300.0, description="Per attempt.")
+    retries: int = Field(
+        default=0, ge=0, le=20, description="Extra attempts on retryable errors (with backoff)."
+    )
+    on_failure: OnFailure = Field(
+        default=OnFailure.ABORT,
+        description="abort: the run fails (phase failed); continue: dependents still run.",
+    )
 
     @field_validator("action")
     @classmethod
@@ -292,6 +329,8 @@ class Step(Strict):
 
 
 class Runbooks(Strict):
+    """Named lists of steps; each list is a DAG through the steps' `after`."""
+
     failover: list[Step] = Field(min_length=1, description="Run to move to a standby region.")
     failback: list[Step] | None = Field(
         default=None, description="Run to move back to the primary (default: the failover one)."
@@ -323,7 +362,7 @@ class Policy(Strict):
     )
 
     service: Name = Field(description="The service this policy protects.")
-    description: str = ""
+    description: str = Field(default="", description="Free text for humans.")
     mode: Mode = Field(
         default=Mode.AUTOMATIC, description="advisory: recommend, never start a run by itself."
     )
@@ -337,11 +376,17 @@ class Policy(Strict):
         min_length=1,
         description="Observers running the probes: `local` (the daemon) and agent ids.",
     )
-    detection: Detection = Detection()
-    signals: list[Signal] = Field(min_length=1)
-    replication: Replication | None = None
-    guards: Guards = Guards()
-    runbooks: Runbooks
+    detection: Detection = Field(
+        default=Detection(), description="How observations become region verdicts."
+    )
+    signals: list[Signal] = Field(
+        min_length=1, description="What is observed in every region, and how."
+    )
+    replication: Replication | None = Field(
+        default=None, description="Replication lag sources, held against the RPO."
+    )
+    guards: Guards = Field(default=Guards(), description="What may stop or delay a move.")
+    runbooks: Runbooks = Field(description="The steps of a failover, failback, switchover.")
 
     @property
     def primary(self) -> str:
