@@ -20,6 +20,23 @@ if ! have_python; then
     exit 1
 fi
 
+# Debian packages the integration tests run for real (mosquitto: MQTT agents).
+missing=()
+for pkg_bin in mosquitto:/usr/sbin/mosquitto; do
+    pkg="${pkg_bin%%:*}"; bin="${pkg_bin#*:}"
+    [ -x "$bin" ] || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "bootstrap: installing ${missing[*]} from Debian packages" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "bootstrap: not root; tests needing ${missing[*]} will be skipped (outside CI)" >&2
+    fi
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi

@@ -1,0 +1,135 @@
+"""Logs and metrics, defined in one place.
+
+Metrics: prefix ``failoverd_``, base units (``_seconds``, ``_total``), bounded labels only
+(service, region, signal, vantage, a fixed ``reason``/``outcome`` vocabulary — never run
+ids or error strings). Probe metrics mirror Prometheus blackbox_exporter's names
+(``probe_success``, ``probe_duration_seconds``) so existing dashboards read the same.
+
+Logs: structlog, one snake_case event name per happening with key/value context; JSON when
+not on a TTY. Secrets never go in: pass identifiers, not credentials or tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+_PROBE = ("service", "region", "signal", "vantage")
+
+# --- probes -------------------------------------------------------------------------------
+PROBE_SUCCESS = Gauge(
+    "failoverd_probe_success",
+    "Whether the last probe succeeded (1) or failed (0), as blackbox_exporter's probe_success.",
+    _PROBE,
+)
+PROBE_DURATION = Gauge(
+    "failoverd_probe_duration_seconds",
+    "How long the last probe took, as blackbox_exporter's probe_duration_seconds.",
+    _PROBE,
+)
+PROBE_FAILURES = Counter(
+    "failoverd_probe_failures_total",
+    "Failed probes by reason (dns, connect, tls, timeout, status, body).",
+    (*_PROBE, "reason"),
+)
+PROBE_RUNS = Counter("failoverd_probe_runs_total", "Probes started.", ("type",))
+PROBE_LATENESS = Histogram(
+    "failoverd_probe_scheduling_lateness_seconds",
+    "How late a probe started against its deadline.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+PROBE_OVERRUNS = Counter(
+    "failoverd_probe_overruns_total",
+    "Probes skipped because the previous run of the same target had not finished.",
+    ("service", "signal"),
+)
+PROBES_IN_FLIGHT = Gauge("failoverd_probes_in_flight", "Probes running right now.")
+
+# --- AWS Health ---------------------------------------------------------------------------
+HEALTH_API_CALLS = Counter(
+    "failoverd_health_api_calls_total",
+    "AWS Health API calls by operation and outcome (ok, error, throttled, unavailable).",
+    ("operation", "outcome"),
+)
+HEALTH_API_AVAILABLE = Gauge(
+    "failoverd_health_api_available", "1 when the last AWS Health poll succeeded."
+)
+HEALTH_OPEN_EVENTS = Gauge(
+    "failoverd_health_open_events",
+    "Open AWS Health events matching a policy, by service and region.",
+    ("service", "region"),
+)
+HEALTH_SIGNAL_DISABLED = Gauge(
+    "failoverd_health_signal_disabled",
+    "1 when AWS Health is disabled (e.g. no Business/Enterprise support subscription).",
+)
+
+# --- AWS API in general -------------------------------------------------------------------
+AWS_API_CALLS = Counter(
+    "failoverd_aws_api_calls_total",
+    "AWS API calls by service, operation and outcome (ok, error, throttled).",
+    ("aws_service", "operation", "outcome"),
+)
+
+# --- CloudWatch alarms and replication lag ------------------------------------------------
+REPLICATION_LAG = Gauge(
+    "failoverd_replication_lag_seconds",
+    "Last replication lag reading of the replica in a region.",
+    ("service", "region"),
+)
+REPLICATION_LAG_TIMESTAMP = Gauge(
+    "failoverd_replication_lag_timestamp_seconds",
+    "When the last lag reading was measured (Unix time): its age is time() minus this.",
+    ("service", "region"),
+)
+
+# --- remote agents (MQTT) -----------------------------------------------------------------
+AGENT_MESSAGES = Counter(
+    "failoverd_agent_messages_total",
+    "Agent messages received, by outcome (accepted, malformed, unknown_service, stale,"
+    " future, wrong_version).",
+    ("outcome",),
+)
+AGENT_UP = Gauge("failoverd_agent_up", "1 while an agent is online (by its last will).", ("agent",))
+AGENT_LAST_SEEN = Gauge(
+    "failoverd_agent_last_seen_timestamp_seconds",
+    "When an agent's last accepted message arrived (Unix time).",
+    ("agent",),
+)
+MQTT_CONNECTED = Gauge("failoverd_mqtt_connected", "1 while connected to the MQTT broker.")
+
+OBSERVATIONS = Counter(
+    "failoverd_observations_total", "Observations fed to the health book, by source.", ("source",)
+)
+
+
+# --- logging ------------------------------------------------------------------------------
+def configure_logging(level: str = "info", json: bool | None = None) -> None:
+    """Set up structlog: JSON lines when not on a TTY (or when asked), readable otherwise."""
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str = "failoverd") -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,5 @@
+"""Shared fixtures live in tests/fixtures/ and are registered here, once."""
+
+from __future__ import annotations
+
+pytest_plugins: list[str] = []
