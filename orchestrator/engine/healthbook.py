@@ -35,6 +35,16 @@ from orchestrator.policy.models import (
     Policy,
 )
 
+# Enum members bound once: on Python 3.11 each `View.X` attribute lookup goes through the
+# Enum metaclass and costs ~100 ns, which adds up over 36 cells per service per tick.
+_FAILING = View.FAILING
+_PASSING = View.PASSING
+_UNKNOWN = View.UNKNOWN
+_DOWN = Verdict.DOWN
+_DEGRADED = Verdict.DEGRADED
+_HEALTHY = Verdict.HEALTHY
+_UNKNOWN_VERDICT = Verdict.UNKNOWN
+
 # Unknown-cell details, shown as evidence.
 STALE = "stale"
 NO_DATA = "no_data"
@@ -182,16 +192,16 @@ class _Cell:
     def view(self, now: float) -> tuple[View, str]:
         last_at = self.last_at
         if last_at is None:
-            return View.UNKNOWN, NO_DATA
+            return _UNKNOWN, NO_DATA
         if now - last_at > self.staleness:
-            return View.UNKNOWN, STALE
+            return _UNKNOWN, STALE
         if self.last_ok is None:
-            return View.UNKNOWN, self.last_detail or NO_DATA
+            return _UNKNOWN, self.last_detail or NO_DATA
         if self.failing:
-            return View.FAILING, self.last_detail
+            return _FAILING, self.last_detail
         if self.last_ok:
-            return View.PASSING, ""
-        return View.UNKNOWN, RECENT_FAILURE
+            return _PASSING, ""
+        return _UNKNOWN, RECENT_FAILURE
 
     def evidence(self, now: float) -> SignalView:
         view, detail = self.view(now)
@@ -292,9 +302,9 @@ class HealthBook:
                 all_passing = True
                 for cell in cells:
                     view, detail = cell.view(now)
-                    if view is View.FAILING:
+                    if view is _FAILING:
                         any_failing = True
-                    elif view is View.UNKNOWN:
+                    elif view is _UNKNOWN:
                         all_passing = False
                         if detail == STALE:
                             stale = True
@@ -309,13 +319,13 @@ class HealthBook:
                 else:
                     unknown.append(vantage)
             if len(failing) >= quorum:
-                verdict = Verdict.DOWN
+                verdict = _DOWN
             elif failing:
-                verdict = Verdict.DEGRADED
+                verdict = _DEGRADED
             elif len(passing) >= quorum:
-                verdict = Verdict.HEALTHY
+                verdict = _HEALTHY
             else:
-                verdict = Verdict.UNKNOWN
+                verdict = _UNKNOWN_VERDICT
             last = self._last.get(region)
             if last is None or last[0] is not verdict:
                 since = now

@@ -137,9 +137,11 @@ def apply_command(state: ServiceState, command: OperatorCommand) -> ServiceState
 
 def apply_decision(state: ServiceState, decision: Decision, run_id: str) -> ServiceState:
     """Record the decision's effects: the RTO clock, and the start of a run."""
-    state = replace(state, detected_at=decision.detected_at)
     if not decision.starts_run or decision.target is None:
-        return state
+        if state.detected_at == decision.detected_at:
+            return state  # the common tick: nothing changed, no copy
+        return replace(state, detected_at=decision.detected_at)
+    state = replace(state, detected_at=decision.detected_at)
     run = RunInfo(
         id=run_id,
         kind=decision.action,
