@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.policy.actions import ACTION_PARAMS, PLACEHOLDERS
-from orchestrator.policy.durations import format_duration
+from orchestrator.policy.durations import FROM_FILE, format_duration
 from orchestrator.policy.models import (
     AWS_HEALTH_VANTAGE,
     CLOUDWATCH_VANTAGE,
@@ -44,7 +44,7 @@ def region_vantages(policy: Policy, region: str) -> set[str]:
 
 
 def check_policy(policy: Policy) -> list[Problem]:
-    return [
+    problems = [
         *_regions(policy),
         *_vantages(policy),
         *_signals(policy),
@@ -53,6 +53,7 @@ def check_policy(policy: Policy) -> list[Problem]:
         *_replication(policy),
         *_runbooks(policy),
     ]
+    return list(dict.fromkeys(problems))  # a template problem is found once per region
 
 
 def _duplicates(items: list[str]) -> Iterator[tuple[int, str]]:
@@ -221,7 +222,8 @@ def _replication(policy: Policy) -> Iterator[Problem]:
                 ("replication", "sources", region),
                 f"region {region!r} is not one of the policy's regions",
             )
-    missing = [r for r in policy.regions[1:] if r not in policy.replication.sources]
+    standbys = dict.fromkeys(r for r in policy.regions[1:] if r != policy.primary)
+    missing = [r for r in standbys if r not in policy.replication.sources]
     if missing:
         yield (
             ("replication", "sources"),
@@ -270,11 +272,11 @@ def _params(base: tuple[str | int, ...], step: Step) -> Iterator[Problem]:
     if model is None:
         return  # already reported by the field validator
     try:
-        model.model_validate(step.params)
+        model.model_validate(step.params, context={FROM_FILE: True})
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err["loc"])
-            msg = err["msg"]
+            msg = str(err["msg"]).removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = (
                     f"unknown parameter {loc[-1]!r} for {step.action}; expected one of:"

@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic import BeforeValidator, PlainSerializer, ValidationInfo, WithJsonSchema
 
 _PART = re.compile(r"(\d+)(ms|s|m|h|d)")
-_WHOLE = re.compile(r"^(?:\d+(?:ms|s|m|h|d))+$")
+# Units largest first, each at most once: `1m30s`, not `30s1m` or `1h1h`.
+DURATION_PATTERN = r"^(?=\d)(\d+d)?(\d+h)?(\d+m(?!s))?(\d+s)?(\d+ms)?$"
+_WHOLE = re.compile(DURATION_PATTERN)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-DURATION_PATTERN = r"^(\d+(ms|s|m|h|d))+$"
 DURATION_HINT = "a duration such as 500ms, 30s, 5m, 1h or 1m30s"
 
 
@@ -26,7 +27,7 @@ def parse_duration(value: object) -> float:
     """Parse ``1m30s`` into 90.0 seconds; raise :class:`DurationError` with a hint otherwise."""
     if isinstance(value, bool) or not isinstance(value, str):
         raise DurationError(f"expected {DURATION_HINT} (a string with a unit), got {value!r}")
-    text = value.strip()
+    text = value
     if not _WHOLE.match(text):
         raise DurationError(f"expected {DURATION_HINT}, got {value!r}")
     return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(text))
@@ -47,12 +48,20 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def _validate(value: Any) -> float:
-    if isinstance(value, float) and not isinstance(value, bool):
-        # Already parsed (model_copy / re-validation of an in-memory model).
-        return value
+def _validate(value: Any, info: ValidationInfo) -> float:
+    context = info.context or {}
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not context.get(FROM_FILE)
+    ):
+        # Models built in Python (defaults, tests) pass seconds; files must name a unit.
+        return float(value)
     return parse_duration(value)
 
+
+FROM_FILE = "from_file"
+"""Validation context key: set when data comes from a file, where numbers are rejected."""
 
 Duration = Annotated[
     float,

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.policy.checks import check_policy
+from orchestrator.policy.durations import FROM_FILE
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import (
     LoadedYaml,
@@ -49,11 +50,21 @@ class PolicySet:
 def validate_model(model: type[M], loaded: LoadedYaml) -> M:
     """Validate YAML data against a pydantic model, turning its errors into located ones."""
     try:
-        return model.model_validate(loaded.data)
+        return model.model_validate(loaded.data, context={FROM_FILE: True})
     except ValidationError as exc:
-        raise SourceErrors(
-            [loaded.error(tuple(e["loc"]), _message(model, e)) for e in exc.errors()]
-        ) from None
+        errors = []
+        for e in exc.errors():
+            loc = tuple(e["loc"])
+            if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc = (*loc, "type")  # point at the `type:` line, not the item's first
+            errors.append(loaded.error(loc, _message(model, e)))
+        raise SourceErrors(sort_errors(errors)) from None
+
+
+def sort_errors(errors: list[SourceError]) -> list[SourceError]:
+    """In file and line order, the way an author reads and fixes them; duplicates dropped."""
+    unique = list(dict.fromkeys(errors))
+    return sorted(unique, key=lambda e: (e.file, e.line, e.column))
 
 
 def parse_policy(loaded: LoadedYaml) -> Policy:
@@ -64,7 +75,7 @@ def parse_policy(loaded: LoadedYaml) -> Policy:
     policy = validate_model(Policy, loaded)
     problems = check_policy(policy)
     if problems:
-        raise SourceErrors([loaded.error(path, msg) for path, msg in problems])
+        raise SourceErrors(sort_errors([loaded.error(path, msg) for path, msg in problems]))
     return policy
 
 
@@ -103,7 +114,7 @@ def load_policy_set(paths: Iterable[str | Path]) -> PolicySet:
     if not files:
         where = ", ".join(str(p) for p in paths) or "(nothing)"
         raise SourceErrors([SourceError(where, 0, 0, "", "no policy files (*.yaml) found")])
-    for f in files:
+    for f in sorted(files):  # the version must not depend on the order paths were given
         try:
             loaded = load_yaml_file(f)
             policy = parse_policy(loaded)
@@ -171,6 +182,11 @@ def _message(model: type[BaseModel], err: Any) -> str:
         return f"unknown key {loc[-1]!r}{hint}"
     if kind == "missing":
         return "missing required key"
+    if kind == "union_tag_not_found":
+        expected = ", ".join(_union_tags(model, loc))
+        return f"missing `type`; expected one of: {expected}" if expected else "missing `type`"
+    if kind == "union_tag_invalid":
+        return f"unknown type {err['ctx'].get('tag')!r}; expected one of: {_tags(err)}"
     if kind == "string_pattern_mismatch":
         return f"{err['input']!r} does not match {err['ctx']['pattern']}"
     msg = str(err["msg"])
@@ -181,6 +197,28 @@ def _message(model: type[BaseModel], err: Any) -> str:
         if not isinstance(value, dict | list):
             msg = f"{msg} (got {value!r})"
     return msg
+
+
+def _tags(err: Any) -> str:
+    ctx = err.get("ctx") or {}
+    return str(ctx.get("expected_tags", "")).replace("'", "")
+
+
+def _union_tags(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The `type` values a tagged union at ``loc`` accepts."""
+    current: Any = model
+    for part in loc:
+        current = _step(current, part)
+        if current is None:
+            return []
+    current = _strip(current)
+    tags: list[str] = []
+    for member in typing.get_args(current):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            field_ = member.model_fields.get("type")
+            if field_ is not None:
+                tags.extend(str(t) for t in typing.get_args(field_.annotation))
+    return tags
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

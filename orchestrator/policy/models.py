@@ -66,7 +66,7 @@ class _SignalBase(Strict):
         description="Which vantage points run this probe (default: all of the policy's).",
     )
     timeout: Duration | None = Field(
-        default=None, description="Per-probe timeout (default: detection.timeout)."
+        default=None, gt=0, description="Per-probe timeout (default: detection.timeout)."
     )
 
     def region_target(self, region: str) -> str:
@@ -149,7 +149,7 @@ class AwsHealthSignal(_SignalBase):
     resources: list[str] = Field(
         default_factory=list, description="Affected entity ARNs/ids to match (empty: any)."
     )
-    poll_interval: Duration = Field(default=60.0, description="How often the API is polled.")
+    poll_interval: Duration = Field(default=60.0, gt=0, description="How often the API is polled.")
 
 
 class CloudWatchAlarmSignal(_SignalBase):
@@ -177,8 +177,8 @@ class Detection(Strict):
     least that share of the observations in ``window`` failed; it recovers only after
     ``recovery_successes`` successes in a row and the ratio rule no longer holding."""
 
-    interval: Duration = Field(default=10.0, description="How often each probe runs.")
-    timeout: Duration = Field(default=5.0, description="Default per-probe timeout.")
+    interval: Duration = Field(default=10.0, gt=0, description="How often each probe runs.")
+    timeout: Duration = Field(default=5.0, gt=0, description="Default per-probe timeout.")
     consecutive_failures: int = Field(
         default=3, ge=1, le=100, description="Failures in a row that make a probe failing."
     )
@@ -188,7 +188,7 @@ class Detection(Strict):
         le=1.0,
         description="Share of failures in the window that makes a probe failing (optional).",
     )
-    window: Duration = Field(default=120.0, description="Sliding window for failure_ratio.")
+    window: Duration = Field(default=120.0, gt=0, description="Sliding window for failure_ratio.")
     min_samples: int = Field(
         default=3, ge=1, description="Observations in the window before the ratio rule applies."
     )
@@ -199,7 +199,9 @@ class Detection(Strict):
     )
     quorum: int = Field(default=2, ge=1, description="Distinct vantage points that must agree.")
     staleness: Duration = Field(
-        default=60.0, description="After this long without data a vantage point's view is unknown."
+        default=60.0,
+        gt=0,
+        description="After this long without data a vantage point's view is unknown.",
     )
 
     @property
@@ -244,9 +246,9 @@ class Replication(Strict):
         description="The lag source of the replica in each standby region."
     )
     max_age: Duration = Field(
-        default=300.0, description="A reading older than this is unknown lag."
+        default=300.0, gt=0, description="A reading older than this is unknown lag."
     )
-    interval: Duration = Field(default=60.0, description="How often lag is read.")
+    interval: Duration = Field(default=60.0, gt=0, description="How often lag is read.")
 
 
 class MaxFailovers(Strict):
@@ -309,7 +311,7 @@ class Step(Strict):
         " {primary_region} and {service}.",
     )
     after: list[Name] = Field(default_factory=list, description="Steps that must finish first.")
-    timeout: Duration = Field(default=300.0, description="Per attempt.")
+    timeout: Duration = Field(default=300.0, gt=0, description="Per attempt.")
     retries: int = Field(
         default=0, ge=0, le=20, description="Extra attempts on retryable errors (with backoff)."
     )

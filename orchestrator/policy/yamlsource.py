@@ -72,16 +72,31 @@ class LoadedYaml:
             if candidate in self.lines:
                 prefix.append(part)
                 best = self.lines[candidate]
-        return best
+        last_line = max(1, self.text.count("\n") + (0 if self.text.endswith("\n") else 1))
+        return (min(best[0], last_line), best[1])
 
     def data_path(self, path: Path_) -> Path_:
-        """``path`` without the parts pydantic adds that are not in the data (union tags);
-        the last part is kept even when absent (a missing key is absent by nature)."""
+        """``path`` as the author wrote it: without the parts pydantic adds that are not in
+        the data (a tagged union's tag, ``[key]`` for a bad mapping key)."""
         kept: list[str | int] = []
-        for i, part in enumerate(path):
-            candidate = (*kept, part)
-            if candidate in self.lines or i == len(path) - 1:
-                kept.append(part)
+        node: Any = self.data
+        for part in path:
+            if part == "[key]":
+                continue
+            if (
+                isinstance(node, dict)
+                and isinstance(part, str)
+                and part not in node
+                and node.get("type") == part
+            ):
+                continue  # the union member pydantic chose by `type:`
+            kept.append(part)
+            if isinstance(node, dict) and isinstance(part, str):
+                node = node.get(part)
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                node = None
         return tuple(kept)
 
     def error(self, path: Path_, message: str) -> SourceError:
@@ -139,20 +154,43 @@ def _build(node: yaml.Node, path: Path_, out: LoadedYaml, errors: list[SourceErr
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
             if key_node.tag == "tag:yaml.org,2002:merge":
-                errors.append(out.error(path, "YAML merge keys (<<) are not supported"))
+                errors.append(
+                    SourceError(
+                        out.file,
+                        line,
+                        col,
+                        format_path(path),
+                        "YAML merge keys (<<) are not supported; write the keys out",
+                    )
+                )
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                errors.append(
+                    SourceError(
+                        out.file,
+                        line,
+                        col,
+                        format_path(path),
+                        f"a {kind} cannot be a key; keys are plain strings",
+                    )
+                )
                 continue
             key = _scalar(key_node)
             if not isinstance(key, str):
-                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 errors.append(
                     SourceError(
-                        out.file, line, col, format_path(path), f"key {key!r} must be a string"
+                        out.file,
+                        line,
+                        col,
+                        format_path(path),
+                        f"key {key!r} must be a string (quote it)",
                     )
                 )
                 continue
             if key in result:
-                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 errors.append(
                     SourceError(
                         out.file, line, col, format_path((*path, key)), f"duplicate key {key!r}"
