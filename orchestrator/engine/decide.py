@@ -291,9 +291,14 @@ class _Context:
         notes: list[str] = []
         if self.verdict(target) is not Verdict.HEALTHY:
             notes.append(f"{target} is {self.verdict(target)}: require_healthy_target is off")
-        return self.automatic_move(
-            Action.FAILOVER, target, [*lead, *target_reasons], approved, notes
-        )
+        kind = self.kind_towards(target, Action.FAILOVER)
+        return self.automatic_move(kind, target, [*lead, *target_reasons], approved, notes)
+
+    def kind_towards(self, target: str, default: Action) -> Action:
+        """A move to the primary is a failback whatever prompted it: it runs the failback
+        runbook (which may hold a re-seed approval gate) and is not a failover for the
+        max-failovers limit."""
+        return Action.FAILBACK if target == self.policy.primary else default
 
     def automatic_failback(self, approved: bool) -> Decision | None:
         fb = self.policy.guards.failback
@@ -346,6 +351,8 @@ class _Context:
         elif target is not None and target == self.active:
             refused.append(Reason.ALREADY_ACTIVE)
         extra: list[Reason] = []
+        if target is not None and kind is Action.FAILOVER:
+            kind = self.kind_towards(target, kind)
         if target is not None and not refused:
             if self.verdict(target) is not Verdict.HEALTHY:
                 if command.force:

@@ -48,6 +48,11 @@ class AlarmFact(_S):
 class LagFact(_S):
     region: Region
     seconds: float | None = Field(ge=0, description="Measured lag; null means unknown.")
+    frozen: bool = Field(
+        default=False,
+        description="The source stops updating: the reading keeps this fact's time and ages"
+        " (a dead primary freezes the metric). failoverd extension.",
+    )
 
     @field_validator("seconds", mode="before")
     @classmethod

@@ -40,7 +40,7 @@ from orchestrator.engine.state import (
     finish_run,
     set_waiting_approval,
 )
-from orchestrator.engine.vocabulary import Action
+from orchestrator.engine.vocabulary import Action, Reason
 from orchestrator.policy.actions import APPROVAL_ACTION
 from orchestrator.policy.durations import parse_duration
 from orchestrator.policy.models import (
@@ -142,6 +142,7 @@ class Simulation:
         self.open_events: set[tuple[str, str]] = set()
         self.alarms: dict[str, str] = {}
         self.lag_values: dict[str, float | None] = {}
+        self.lag_frozen: set[str] = set()
         self.lag: dict[str, LagReading] = {}
         self.step_facts: dict[str, StepFact] = {}
         # Output
@@ -212,6 +213,7 @@ class Simulation:
             self._apply(entry, t, commands)
         self._emit(t)
         now = t / 1000
+        refused: Decision | None = None
         for fact in commands:
             cmd = OperatorCommand(
                 Command(fact.command), to=fact.to, force=fact.force, by="scenario"
@@ -222,10 +224,14 @@ class Simulation:
             if cmd.command is Command.APPROVE and self.exec is not None:
                 self._approve(t)
                 continue
-            self._decide(t, cmd)
+            answer = self._decide(t, cmd)
+            if Reason.OPERATOR_REFUSED in answer.reasons:
+                refused = answer
         self._progress(t)
         decision = self._decide(t, None)
-        self.moments.append(Moment(now, decision, self.state.active_region))
+        # A refused command is what this moment is remembered for (phase/reason checks).
+        shown = refused if refused is not None else decision
+        self.moments.append(Moment(now, shown, self.state.active_region))
 
     def _decide(self, t: int, cmd: OperatorCommand | None) -> Decision:
         now = t / 1000
@@ -275,6 +281,10 @@ class Simulation:
         if entry.lag is not None:
             self.lag_values[entry.lag.region] = entry.lag.seconds
             self.lag[entry.lag.region] = LagReading(entry.lag.seconds, t / 1000)
+            if entry.lag.frozen:
+                self.lag_frozen.add(entry.lag.region)
+            else:
+                self.lag_frozen.discard(entry.lag.region)
         if entry.operator is not None:
             commands.append(entry.operator)
         if entry.leader is not None:
@@ -378,7 +388,8 @@ class Simulation:
                     )
         if policy.replication is not None and t % max(1, ms(policy.replication.interval)) == 0:
             for region, seconds in self.lag_values.items():
-                self.lag[region] = LagReading(seconds, now)
+                if region not in self.lag_frozen:
+                    self.lag[region] = LagReading(seconds, now)
         self.book.observe_many(obs)
 
     # -- runbook -------------------------------------------------------------------------
