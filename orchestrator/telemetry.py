@@ -112,9 +112,7 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     """Set up structlog: JSON lines when not on a TTY (or when asked), readable otherwise."""
     if json is None:
         json = not sys.stderr.isatty()
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

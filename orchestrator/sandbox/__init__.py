@@ -1,0 +1,1 @@
+"""The embedded AWS world for the sandbox and tests."""
