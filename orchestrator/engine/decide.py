@@ -34,6 +34,8 @@ from orchestrator.policy.durations import format_duration
 from orchestrator.policy.models import FailbackMode, LagPolicy, Mode, Policy
 
 _UNKNOWN = Verdict.UNKNOWN
+# Moves away from the primary: what max_failovers limits (failbacks are not counted).
+_AWAY = frozenset({Action.FAILOVER, Action.SWITCHOVER})
 
 
 def decide(
@@ -89,9 +91,12 @@ class _Context:
         notes: list[str] | tuple[str, ...] = (),
     ) -> Decision:
         detected = self.state.detected_at
-        if self.verdict(self.active) is Verdict.DOWN:
+        active = self.verdict(self.active)
+        if active is Verdict.DOWN:
             detected = detected if detected is not None else self.now
-        elif not self.state.running and phase is not Phase.FAILED:
+        elif active is Verdict.HEALTHY and not self.state.running and phase is not Phase.FAILED:
+            # Only a healthy active region ends the incident: a spell of stale data in the
+            # middle of an outage must not restart the RTO clock.
             detected = None
         rto_remaining = None if detected is None else self.policy.rto - (self.now - detected)
         if not self.leader and Reason.NOT_LEADER not in reasons:
@@ -131,8 +136,11 @@ class _Context:
             return Phase.SUSPECT, [Reason.NO_QUORUM, *reasons]
         if av is Verdict.UNKNOWN:
             stale = [Reason.STALE_DATA] if active and Reason.STALE_DATA in active.reasons else []
-            # Fresh failures below the detection rule are evidence, not yet a verdict.
-            phase = Phase.SUSPECT if active and active.recent_failures else Phase.STEADY
+            # Fresh failures below the detection rule, or an outage not yet over, are
+            # evidence against the region, not yet a verdict.
+            open_incident = self.state.detected_at is not None
+            recent = active is not None and active.recent_failures
+            phase = Phase.SUSPECT if recent or open_incident else Phase.STEADY
             return phase, [Reason.ACTIVE_UNKNOWN, *stale, *reasons]
         return Phase.STEADY, reasons
 
@@ -144,6 +152,8 @@ class _Context:
             run = state.run
             assert run is not None
             reasons = [Reason.RUN_IN_PROGRESS]
+            if operator is not None and operator.command in MOVE_COMMANDS:
+                reasons.append(Reason.OPERATOR_REFUSED)
             if run.waiting_approval:
                 reasons.append(Reason.APPROVAL_REQUIRED)
                 return self.make(Phase.AWAITING_APPROVAL, reasons=reasons, target=run.target)
@@ -224,7 +234,7 @@ class _Context:
     def failovers_in_window(self) -> int:
         limit = self.policy.guards.max_failovers
         horizon = self.now - limit.window
-        return sum(1 for m in self.state.moves if m.kind is Action.FAILOVER and m.at > horizon)
+        return sum(1 for m in self.state.moves if m.kind in _AWAY and m.at > horizon)
 
     def automatic_move(
         self, kind: Action, target: str, lead: list[Reason], approved: bool, notes: list[str]
@@ -370,9 +380,7 @@ class _Context:
                     refused.append(lag_reason)
                 else:
                     extra.append(lag_reason)
-            if kind is Action.FAILOVER and (
-                self.failovers_in_window() >= policy.guards.max_failovers.count
-            ):
+            if kind in _AWAY and self.failovers_in_window() >= policy.guards.max_failovers.count:
                 refused.append(Reason.MAX_FAILOVERS)
         if not self.leader:
             refused.append(Reason.NOT_LEADER)

@@ -9,10 +9,11 @@ Semantics (DESIGN.md, "Verdict semantics"):
 * per (signal, vantage) cell: *failing* once the detection rule holds (last
   ``consecutive_failures`` observations failed, or the failure ratio over the window is
   reached); it recovers only after ``recovery_successes`` successes in a row with the ratio
-  rule no longer holding (hysteresis, so a flapping target never looks healthy); *passing*
-  when not failing and the latest observation succeeded; *unknown* when the latest
-  observation is older than ``staleness``, was itself unknown, or failed without the rule
-  holding yet;
+  rule no longer holding; *passing* when not failing and the last ``recovery_successes``
+  observations since any failure succeeded (hysteresis for failures below the rule too, so a
+  target flapping faster than the rule can trip never looks healthy); *unknown* when the
+  latest observation is older than ``staleness``, was itself unknown, or came too soon
+  after a failure;
 * per vantage: failing if any of its signals is failing, passing if all are passing;
 * per region: ``down`` when at least ``quorum`` vantage points see it failing, ``healthy``
   when at least ``quorum`` see it passing and none failing, ``degraded`` when some (fewer
@@ -107,6 +108,7 @@ class _Cell:
         "need_fail",
         "need_ok",
         "ratio",
+        "recovering",
         "region",
         "signal",
         "staleness",
@@ -145,14 +147,20 @@ class _Cell:
         self.consec_fail = 0
         self.consec_ok = 0
         self.failing = False
+        # Any failure, even one below the rule, must be followed by `need_ok` successes in a
+        # row before the cell passes again: so a target flapping faster than the rule can
+        # trip is never healthy (DESIGN: hysteresis).
+        self.recovering = False
         self.failing_since: float | None = None
         self.last_at: float | None = None
         self.last_ok: bool | None = None
         self.last_detail = ""
 
     def observe(self, at: float, ok: bool | None, detail: str) -> None:
-        if self.last_at is not None and at < self.last_at:
-            return  # late arrival from a slow observer: the newer view already counts
+        if self.last_at is not None and at <= self.last_at:
+            # A late arrival (the newer view already counts) or a redelivery (MQTT QoS 1
+            # is at-least-once): counting it again would make a failure count twice.
+            return
         self.last_at = at
         self.last_ok = ok
         self.last_detail = detail
@@ -171,9 +179,12 @@ class _Cell:
         if ok:
             self.consec_ok += 1
             self.consec_fail = 0
+            if self.recovering and self.consec_ok >= self.need_ok:
+                self.recovering = False
         else:
             self.consec_fail += 1
             self.consec_ok = 0
+            self.recovering = True
         rule = self.consec_fail >= self.need_fail or self._ratio_holds()
         if not self.failing:
             if rule:
@@ -199,7 +210,7 @@ class _Cell:
             return _UNKNOWN, self.last_detail or NO_DATA
         if self.failing:
             return _FAILING, self.last_detail
-        if self.last_ok:
+        if self.last_ok and not self.recovering:
             return _PASSING, ""
         return _UNKNOWN, RECENT_FAILURE
 

@@ -230,7 +230,7 @@ class Simulation:
         self._progress(t)
         decision = self._decide(t, None)
         # A refused command is what this moment is remembered for (phase/reason checks).
-        shown = refused if refused is not None else decision
+        shown = refused if refused is not None and not decision.starts_run else decision
         self.moments.append(Moment(now, shown, self.state.active_region))
 
     def _decide(self, t: int, cmd: OperatorCommand | None) -> Decision:
@@ -420,7 +420,10 @@ class Simulation:
                 if outcome == "succeed":
                     ex.status[name] = "succeeded"
                 elif ex.attempts[name] <= step.retries:
-                    self._start_step(ex, step, end)
+                    if self.leader:
+                        self._start_step(ex, step, end)
+                    else:
+                        ex.status[name] = "pending"  # retried once the lease is back
                 else:
                     ex.status[name] = "failed"
                     if step.on_failure is OnFailure.CONTINUE:

@@ -33,6 +33,8 @@ class Command(StrEnum):
     FAILBACK = "failback"
 
 
+MOVE_HISTORY = 64
+
 MOVE_COMMANDS = frozenset({Command.FAILOVER, Command.SWITCHOVER, Command.FAILBACK})
 
 
@@ -150,8 +152,10 @@ def apply_decision(state: ServiceState, decision: Decision, run_id: str) -> Serv
         started_at=decision.at,
         initiated_by=decision.initiated_by,
     )
+    # Bounded history: enough for the max-failovers guard (count <= 20, alternating with
+    # failbacks), small enough to store with every state write.
     moves = (*state.moves, Move(decision.at, decision.action, decision.target))
-    return replace(state, run=run, moves=moves[-64:])
+    return replace(state, run=run, moves=moves[-MOVE_HISTORY:])
 
 
 def finish_run(state: ServiceState, at: float, ok: bool, error: str = "") -> ServiceState:

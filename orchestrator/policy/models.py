@@ -254,7 +254,7 @@ class Replication(Strict):
 class MaxFailovers(Strict):
     """At most ``count`` failovers (automatic or operator) start within ``window``."""
 
-    count: int = Field(ge=1, description="Failovers allowed in the window.")
+    count: int = Field(ge=1, le=20, description="Failovers allowed in the window.")
     window: Duration = Field(description="The sliding window.")
 
 
