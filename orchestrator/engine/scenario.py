@@ -33,6 +33,13 @@ class ProbesFact(_S):
     signal: str | None = None
     vantage: str | None = None
 
+    @field_validator("state", mode="before")
+    @classmethod
+    def _known_state(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("up", "down", "slow", "unknown"):
+            raise ValueError(f"expected up, down, slow, unknown or {{flap: 20s}}, got {value!r}")
+        return value
+
 
 class AwsHealthFact(_S):
     region: Region

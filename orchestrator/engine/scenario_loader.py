@@ -61,7 +61,7 @@ def _sub(loaded: LoadedYaml, prefix: tuple[str | int, ...], data: Any) -> Loaded
     """The part of a file below ``prefix``, keeping its line numbers (inline policies)."""
     n = len(prefix)
     lines = {path[n:]: pos for path, pos in loaded.lines.items() if path[:n] == prefix}
-    return LoadedYaml(file=loaded.file, data=data, lines=lines, text=loaded.text)
+    return LoadedYaml(file=loaded.file, data=data, lines=lines, text=loaded.text, prefix=prefix)
 
 
 def load_scenario(path: str | Path) -> LoadedScenario:

@@ -62,9 +62,18 @@ def validate_model(model: type[M], loaded: LoadedYaml) -> M:
 
 
 def sort_errors(errors: list[SourceError]) -> list[SourceError]:
-    """In file and line order, the way an author reads and fixes them; duplicates dropped."""
-    unique = list(dict.fromkeys(errors))
-    return sorted(unique, key=lambda e: (e.file, e.line, e.column))
+    """In file and line order, the way an author reads and fixes them. Errors on the same
+    place (a value no member of a union accepts) are merged into one, alternatives joined."""
+    merged: dict[tuple[str, int, int, str], list[str]] = {}
+    for e in errors:
+        messages = merged.setdefault((e.file, e.line, e.column, e.path), [])
+        if e.message not in messages:
+            messages.append(e.message)
+    out = [
+        SourceError(file, line, col, path, "; or ".join(messages))
+        for (file, line, col, path), messages in merged.items()
+    ]
+    return sorted(out, key=lambda e: (e.file, e.line, e.column))
 
 
 def parse_policy(loaded: LoadedYaml) -> Policy:

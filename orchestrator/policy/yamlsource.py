@@ -61,6 +61,7 @@ class LoadedYaml:
     data: Any
     lines: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     text: str = ""
+    prefix: Path_ = ()  # where this data sits in its file (an inline policy in a scenario)
 
     def locate(self, path: Path_) -> tuple[int, int]:
         """Line and column of the deepest known prefix of ``path`` (pydantic adds loc parts,
@@ -83,6 +84,14 @@ class LoadedYaml:
         for part in path:
             if part == "[key]":
                 continue
+            # pydantic names the member of a plain union it tried: `literal['a','b']`,
+            # `list[str]`, `Flap`. Not something the author wrote.
+            if (
+                isinstance(part, str)
+                and not (isinstance(node, dict) and part in node)
+                and ("[" in part or (part[:1].isupper() and node is not None))
+            ):
+                continue
             if (
                 isinstance(node, dict)
                 and isinstance(part, str)
@@ -101,7 +110,8 @@ class LoadedYaml:
 
     def error(self, path: Path_, message: str) -> SourceError:
         line, column = self.locate(path)
-        return SourceError(self.file, line, column, format_path(self.data_path(path)), message)
+        shown = format_path((*self.prefix, *self.data_path(path)))
+        return SourceError(self.file, line, column, shown, message)
 
 
 def format_path(path: Path_) -> str:
