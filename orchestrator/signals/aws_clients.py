@@ -17,12 +17,13 @@ unless given explicitly; the sandbox gives the emulator's fake ones. They are ne
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import AioSession  # type: ignore[import-untyped]
@@ -185,3 +186,40 @@ class AwsClients:
             client.meta.events.register("after-call", counter.after_call)
             client.meta.events.register("after-call-error", counter.after_call_error)
             yield client
+
+
+class _Regional(Protocol):
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def interval(self) -> float: ...
+
+
+W = TypeVar("W", bound=_Regional)
+
+
+async def run_regional_loops(
+    clients: AwsClients,
+    service: str,
+    watches: Iterable[W],
+    loop: Callable[[Any, float, list[W]], Coroutine[Any, Any, None]],
+    name: str,
+) -> None:
+    """Run ``loop(client, interval, watches)`` for each (region, interval) group, with one
+    client per region for the whole run; returns only by cancellation (an empty set of
+    watches still waits, as a signal source's contract says)."""
+    groups: dict[tuple[str, float], list[W]] = {}
+    for w in watches:
+        groups.setdefault((w.region, w.interval), []).append(w)
+    async with AsyncExitStack() as stack:
+        by_region: dict[str, Any] = {}
+        for region in sorted({region for region, _ in groups}):
+            by_region[region] = await stack.enter_async_context(clients.client(service, region))
+        async with asyncio.TaskGroup() as tg:
+            for (region, interval), group in sorted(groups.items()):
+                tg.create_task(
+                    loop(by_region[region], interval, group),
+                    name=f"{name}-{region}-{interval:g}s",
+                )
+            await asyncio.Event().wait()

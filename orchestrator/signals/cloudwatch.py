@@ -18,16 +18,14 @@ Alarms of one region are read together, whatever policy names them, so a region 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.observation import FailureKind, Observation
 from orchestrator.policy.models import CLOUDWATCH_VANTAGE, CloudWatchAlarmSignal, Policy
-from orchestrator.signals.aws_clients import AwsClients, error_code
+from orchestrator.signals.aws_clients import AwsClients, error_code, run_regional_loops
 from orchestrator.signals.base import ObservationSink
 from orchestrator.telemetry import get_logger
 
@@ -237,23 +235,13 @@ class CloudWatchAlarmSource:
                 )
 
     async def run(self, sink: ObservationSink) -> None:
-        groups: dict[tuple[str, float], list[AlarmWatch]] = defaultdict(list)
-        for w in self.watches:
-            groups[(w.region, w.interval)].append(w)
-        async with AsyncExitStack() as stack:
-            clients: dict[str, Any] = {}
-            for region in sorted({region for region, _ in groups}):
-                clients[region] = await stack.enter_async_context(
-                    self.clients.client("cloudwatch", region)
-                )
-            async with asyncio.TaskGroup() as tg:
-                for (region, interval), watches in sorted(groups.items()):
-                    tg.create_task(
-                        self._loop(clients[region], interval, watches, sink),
-                        name=f"cloudwatch-alarms-{region}-{interval:g}s",
-                    )
-                # Nothing to watch still runs until cancelled, as the contract says.
-                await asyncio.Event().wait()
+        await run_regional_loops(
+            self.clients,
+            "cloudwatch",
+            self.watches,
+            lambda client, interval, watches: self._loop(client, interval, watches, sink),
+            "cloudwatch-alarms",
+        )
 
     async def _loop(
         self, client: Any, interval: float, watches: list[AlarmWatch], sink: ObservationSink

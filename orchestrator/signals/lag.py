@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterable, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +37,7 @@ from orchestrator.policy.models import (
     Policy,
     RdsReplicaLag,
 )
-from orchestrator.signals.aws_clients import AwsClients, error_code
+from orchestrator.signals.aws_clients import AwsClients, error_code, run_regional_loops
 from orchestrator.signals.base import LagSink
 from orchestrator.telemetry import REPLICATION_LAG, REPLICATION_LAG_TIMESTAMP, get_logger
 
@@ -308,22 +307,13 @@ class ReplicationLagSource:
             log.warning("replication_lag_read_failed", **fields)
 
     async def run(self, sink: LagSink) -> None:
-        groups: dict[tuple[str, float], list[LagWatch]] = {}
-        for w in self.watches:
-            groups.setdefault((w.region, w.interval), []).append(w)
-        async with AsyncExitStack() as stack:
-            clients: dict[str, Any] = {}
-            for region in sorted({region for region, _ in groups}):
-                clients[region] = await stack.enter_async_context(
-                    self.clients.client("cloudwatch", region)
-                )
-            async with asyncio.TaskGroup() as tg:
-                for (region, interval), watches in sorted(groups.items()):
-                    tg.create_task(
-                        self._loop(clients[region], interval, watches, sink),
-                        name=f"replication-lag-{region}-{interval:g}s",
-                    )
-                await asyncio.Event().wait()  # nothing to read still runs until cancelled
+        await run_regional_loops(
+            self.clients,
+            "cloudwatch",
+            self.watches,
+            lambda client, interval, watches: self._loop(client, interval, watches, sink),
+            "replication-lag",
+        )
 
     async def _loop(
         self, client: Any, interval: float, watches: list[LagWatch], sink: LagSink

@@ -7,9 +7,7 @@ exactly when the test says and no test waits for an interval to pass.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,56 +24,12 @@ from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.signals.base import ListSink
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
 from tests.fixtures.binaries import free_port
+from tests.fixtures.clock import VirtualClock, eventually
 from tests.fixtures.moto_server import MotoServer
 
 EAST, WEST = "us-east-1", "us-west-2"
 START = 1_800_000_000.0
 INTERVAL = 10.0
-
-
-class VirtualClock:
-    """Time moves only when the test calls ``advance``; sleepers wake in deadline order."""
-
-    def __init__(self, start: float = START) -> None:
-        self._start = start
-        self._t = 0.0
-        self._seq = itertools.count()
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        return self._start + self._t
-
-    def monotonic(self) -> float:
-        return self._t
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._t + seconds, next(self._seq), fut))
-        await fut
-
-    @property
-    def sleepers(self) -> int:
-        return sum(1 for *_, f in self._sleepers if not f.done())
-
-    def advance(self, seconds: float) -> None:
-        self._t += seconds
-        while self._sleepers and self._sleepers[0][0] <= self._t:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Wait until ``predicate`` holds; fail naming ``what`` after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def make_policy(alarms: dict[str, list[str]], service: str = "shop") -> Policy:
@@ -153,7 +107,7 @@ async def test_alarm_fails_only_its_region_and_the_health_book_agrees(moto: Moto
     put_alarm(moto, EAST, "shop-5xx", "ALARM")
     put_alarm(moto, WEST, "shop-5xx", "OK")
     policy = make_policy({EAST: ["shop-5xx"], WEST: ["shop-5xx"]})
-    clock, sink = VirtualClock(), ListSink()
+    clock, sink = VirtualClock(START), ListSink()
     source = CloudWatchAlarmSource([policy], AwsClients(moto.client_config()), clock)
     async with running(source, sink):
         await eventually(lambda: len(sink.items) == 2, "one observation per region")
@@ -180,7 +134,7 @@ async def test_reads_again_each_interval_and_sees_the_alarm_fire(moto: MotoServe
     put_alarm(moto, EAST, "db-cpu", "OK")
     put_alarm(moto, EAST, "api-5xx", "OK")
     policy = make_policy({EAST: ["db-cpu", "api-5xx"]})
-    clock, sink = VirtualClock(), ListSink()
+    clock, sink = VirtualClock(START), ListSink()
     source = CloudWatchAlarmSource([policy], AwsClients(moto.client_config()), clock)
     async with running(source, sink):
         await eventually(lambda: len(sink.items) == 1 and clock.sleepers == 1, "first tick")
@@ -203,7 +157,7 @@ async def test_insufficient_data_is_unknown_and_named(moto: MotoServer) -> None:
     put_alarm(moto, EAST, "db-cpu", "OK")
     put_alarm(moto, EAST, "queue-depth", "INSUFFICIENT_DATA")
     policy = make_policy({EAST: ["db-cpu", "queue-depth"]})
-    source = CloudWatchAlarmSource([policy], AwsClients(moto.client_config()), VirtualClock())
+    source = CloudWatchAlarmSource([policy], AwsClients(moto.client_config()), VirtualClock(START))
     sink = ListSink()
     async with running(source, sink):
         await eventually(lambda: len(sink.items) == 1, "first tick")
@@ -218,7 +172,7 @@ async def test_missing_alarm_is_unknown_and_named_but_a_firing_one_still_fails(
     put_alarm(moto, EAST, "db-cpu", "OK")
     put_alarm(moto, WEST, "db-cpu", "ALARM")
     policy = make_policy({EAST: ["db-cpu", "typo-alarm"], WEST: ["db-cpu", "typo-alarm"]})
-    source = CloudWatchAlarmSource([policy], AwsClients(moto.client_config()), VirtualClock())
+    source = CloudWatchAlarmSource([policy], AwsClients(moto.client_config()), VirtualClock(START))
     sink = ListSink()
     async with running(source, sink):
         await eventually(lambda: len(sink.items) == 2, "first tick")
@@ -247,7 +201,7 @@ async def test_more_than_100_alarms_are_read_in_batches(moto: MotoServer) -> Non
     # Two policies share alarms in the region: one read serves both.
     shop = make_policy({EAST: names}, service="shop")
     cart = make_policy({EAST: names[140:]}, service="cart")
-    clock, sink = VirtualClock(), ListSink()
+    clock, sink = VirtualClock(START), ListSink()
     source = CloudWatchAlarmSource([shop, cart], AwsClients(moto.client_config()), clock)
     before = describe_calls()
     async with running(source, sink):
@@ -271,7 +225,7 @@ async def test_unreachable_api_is_unknown_and_the_reader_keeps_going() -> None:
         max_attempts=1,
     )
     policy = make_policy({EAST: ["db-cpu"]})
-    clock, sink = VirtualClock(), ListSink()
+    clock, sink = VirtualClock(START), ListSink()
     source = CloudWatchAlarmSource([policy], AwsClients(dead), clock)
     async with running(source, sink) as task:
         await eventually(lambda: len(sink.items) == 1 and clock.sleepers == 1, "first tick")
@@ -299,7 +253,7 @@ async def test_a_hung_api_call_is_cut_off_by_the_timeout() -> None:
         max_attempts=1,
     )
     policy = make_policy({EAST: ["db-cpu"]})
-    source = CloudWatchAlarmSource([policy], AwsClients(config), VirtualClock(), call_timeout=0.3)
+    source = CloudWatchAlarmSource([policy], AwsClients(config), VirtualClock(START), call_timeout=0.3)
     async with server, AwsClients(config).client("cloudwatch", EAST) as client:
         started = asyncio.get_running_loop().time()
         [obs] = await source.poll(client, source.watches)
@@ -312,7 +266,7 @@ async def test_with_no_alarm_signals_run_waits_until_cancelled() -> None:
     # The SignalSource contract: run() returns only by cancellation, even with nothing to do.
     policy = make_policy({EAST: ["db-cpu"]})
     no_alarms = policy.model_copy(update={"signals": policy.signals[:1]})
-    source = CloudWatchAlarmSource([no_alarms], AwsClients(), VirtualClock())
+    source = CloudWatchAlarmSource([no_alarms], AwsClients(), VirtualClock(START))
     assert source.watches == []
     sink = ListSink()
     async with running(source, sink) as task:

@@ -7,11 +7,8 @@ Datapoints are written with explicit timestamps; the reader's clock is virtual a
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import math
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -30,57 +27,13 @@ from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.signals.base import ListSink
 from orchestrator.signals.lag import LagWatch, ReplicationLagSource
 from tests.fixtures.binaries import free_port
+from tests.fixtures.clock import VirtualClock, eventually
 from tests.fixtures.moto_server import MotoServer
 
 EAST, WEST = "us-east-1", "us-west-2"
 MINUTE = 60.0
 MAX_AGE = 300.0
 INTERVAL = 60.0
-
-
-class VirtualClock:
-    """Time moves only when the test calls ``advance``; sleepers wake in deadline order."""
-
-    def __init__(self, start: float) -> None:
-        self._start = start
-        self._t = 0.0
-        self._seq = itertools.count()
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        return self._start + self._t
-
-    def monotonic(self) -> float:
-        return self._t
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._t + seconds, next(self._seq), fut))
-        await fut
-
-    @property
-    def sleepers(self) -> int:
-        return sum(1 for *_, f in self._sleepers if not f.done())
-
-    def advance(self, seconds: float) -> None:
-        self._t += seconds
-        while self._sleepers and self._sleepers[0][0] <= self._t:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Wait until ``predicate`` holds; fail naming ``what`` after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
