@@ -1,0 +1,1 @@
+"""The hands: one module per AWS capability, each implementing :class:`~.base.Action`."""

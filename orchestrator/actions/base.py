@@ -1,0 +1,125 @@
+"""The contract every runbook action implements, and what it is given to work with.
+
+An action is three idempotent coroutines over one step's parameters:
+
+* ``check``   — read-only preconditions (also what ``failoverd readiness`` runs): is the
+  target there, in the right shape, reachable? Never changes the world.
+* ``execute`` — read the world first and act only if needed, so that running it twice (a
+  retry, or a resume after a crash mid-step) applies the change once. Returns whether it
+  changed anything.
+* ``verify``  — wait until the effect is visible (e.g. Route 53 INSYNC, the replica is a
+  standalone writer), polling with backoff; bounded by ``ctx.deadline``.
+
+Errors: raise :class:`RetryableError` for throttling, 5xx, timeouts and connection errors
+(the executor retries these with backoff and jitter within the step's retries), and
+:class:`ActionFailed` for everything that another attempt cannot fix (wrong replica source,
+missing resource, access denied). Every AWS call goes through ``ctx.aws`` (aiobotocore, with
+timeouts), and every wait honours ``ctx.deadline`` on ``ctx.clock``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel
+
+from orchestrator.clock import Clock
+from orchestrator.signals.aws_clients import AwsClients
+
+
+class ActionError(Exception):
+    """An action could not do its job; ``retryable`` says whether another attempt may."""
+
+    retryable: ClassVar[bool] = False
+
+
+class RetryableError(ActionError):
+    """Throttling, 5xx, timeouts, connection errors: worth another attempt."""
+
+    retryable = True
+
+
+class ActionFailed(ActionError):
+    """A failure no retry can fix: a precondition does not hold, access is denied, ..."""
+
+
+class Approvals(Protocol):
+    """What the ``approval`` action needs from the store (see :mod:`orchestrator.store`)."""
+
+    async def approved(self, service: str, run_id: str, step: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Everything one attempt of one step gets. ``params`` is the action's validated
+    parameter model, with placeholders already filled in for this run."""
+
+    service: str
+    run_id: str
+    step: str
+    attempt: int
+    kind: str  # failover, switchover or failback
+    source_region: str
+    target_region: str
+    primary_region: str
+    params: BaseModel
+    aws: AwsClients
+    clock: Clock
+    deadline: float  # on clock.monotonic(): verify and every wait end by then
+    approvals: Approvals | None = None
+    # Facts from the decision the action may use to choose a mode (e.g. Aurora switchover
+    # only when both regions are healthy and lag is zero): "source_healthy", "lag_seconds".
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - self.clock.monotonic())
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The outcome of ``check``: ready or not, and why, in words for the readiness report."""
+
+    ready: bool
+    findings: tuple[str, ...] = ()
+    # The region whose control plane the step's API calls depend on (Route 53's is
+    # us-east-1); the readiness report flags a step whose control plane is the region being
+    # evacuated (DESIGN principle 5, static stability).
+    control_plane_region: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecuteOutcome:
+    changed: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class IamStatement:
+    actions: tuple[str, ...]
+    resources: tuple[str, ...] = ("*",)
+
+
+class Action(ABC):
+    """One runbook action. Instances are stateless and shared between runs."""
+
+    name: ClassVar[str]
+    params_model: ClassVar[type[BaseModel]]
+
+    @abstractmethod
+    async def check(self, ctx: StepContext) -> CheckReport: ...
+
+    @abstractmethod
+    async def execute(self, ctx: StepContext) -> ExecuteOutcome: ...
+
+    @abstractmethod
+    async def verify(self, ctx: StepContext) -> None: ...
+
+    @abstractmethod
+    def iam_statements(
+        self, params: BaseModel, regions: Sequence[str], account: str = "*"
+    ) -> list[IamStatement]:
+        """The least-privilege permissions this step needs (resource ARNs where AWS
+        supports them), for ``failoverd iam-policy``."""

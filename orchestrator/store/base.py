@@ -1,0 +1,146 @@
+"""The ``Store`` contract (after Patroni's DCS abstraction): what the daemon remembers, and
+the guarantees each call gives.
+
+Fencing. Only the holder of the leader lease acts (DESIGN principle 4). ``acquire_lease``
+returns a :class:`Lease` whose ``token`` is strictly greater than every token handed out
+before; every write that changes what the daemon will *do* (service state, journal) carries
+that token and is rejected with :class:`FencedOut` unless it is still the current lease's
+token at the moment of the write (checked atomically with the write). A deposed leader's
+late write therefore fails instead of landing.
+
+Atomicity. Each call is one transaction: ``save_state`` replaces a service's whole state;
+``append_journal`` adds one record (records of a run are read back in append order);
+``acquire_lease``/``renew_lease`` compare-and-set the lease.
+
+Time. Every call must finish within ``timeout`` seconds (a slow store is an unavailable
+store: the leader must stop starting steps before its lease can expire). Lease expiry is
+judged by the store, not by the callers' clocks, so clock skew between daemons does not
+matter. Errors reaching the store raise :class:`StoreUnavailable`.
+
+Approvals and operator commands come from any instance (the API of a follower included):
+``record_approval`` is not fenced, it records a fact; the leader reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from orchestrator.engine.state import ServiceState
+
+
+class StoreError(Exception):
+    """Base of store errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached, or did not answer in time: take no new action."""
+
+
+class FencedOut(StoreError):
+    """The write carried a token that is no longer the current lease's: step down."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    holder: str
+    token: int  # the fencing token: strictly increasing across acquisitions
+    ttl: float
+
+
+class JournalStatus(StrEnum):
+    RUN_STARTED = "run_started"  # intent: the run, its kind, source and target
+    STEP_STARTED = "step_started"  # intent: an attempt is about to touch the world
+    STEP_SUCCEEDED = "step_succeeded"
+    STEP_FAILED = "step_failed"  # an attempt failed (retryable or not: see `retryable`)
+    STEP_SKIPPED = "step_skipped"  # a dependency failed with on_failure: abort
+    RUN_SUCCEEDED = "run_succeeded"
+    RUN_FAILED = "run_failed"
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    run_id: str
+    service: str
+    status: JournalStatus
+    at: float  # wall clock (epoch seconds)
+    token: int
+    policy_version: str
+    step: str = ""  # empty for run-level records
+    attempt: int = 0
+    kind: str = ""  # failover / switchover / failback (run_started)
+    source_region: str = ""
+    target_region: str = ""
+    error: str = ""
+    retryable: bool = False
+    detail: str = ""  # what execute changed, or context for humans
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    service: str
+    run_id: str  # "" approves the service's pending decision; else a run's approval step
+    step: str
+    by: str
+    reason: str
+    at: float
+
+
+class Store(Protocol):
+    """See the module docstring for the contract every implementation honours."""
+
+    timeout: float
+
+    # -- leadership --------------------------------------------------------------------
+    async def acquire_lease(self, holder: str, ttl: float) -> Lease | None:
+        """Take the lease if it is free or expired (or already ours); None if another holds
+        it. A new acquisition gets a new, larger token."""
+        ...
+
+    async def renew_lease(self, lease: Lease) -> Lease | None:
+        """Extend our lease; None if it was lost (expired and taken, or released)."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the lease up at once (clean shutdown), if it is still ours."""
+        ...
+
+    async def leader(self) -> str | None:
+        """Who holds an unexpired lease now."""
+        ...
+
+    # -- service state -----------------------------------------------------------------
+    async def load_state(self, service: str) -> ServiceState | None: ...
+
+    async def save_state(self, state: ServiceState, token: int) -> None:
+        """Replace the service's state; fenced."""
+        ...
+
+    # -- journal -----------------------------------------------------------------------
+    async def append_journal(self, record: JournalRecord) -> None:
+        """Append one record; fenced by ``record.token``; durable when this returns."""
+        ...
+
+    async def read_run(self, run_id: str) -> Sequence[JournalRecord]:
+        """A run's records in append order (empty when unknown)."""
+        ...
+
+    async def unfinished_runs(self) -> Sequence[str]:
+        """Run ids with a ``run_started`` record and no ``run_succeeded``/``run_failed``."""
+        ...
+
+    async def recent_runs(self, service: str, limit: int = 20) -> Sequence[str]:
+        """The service's latest run ids, newest first."""
+        ...
+
+    # -- approvals ---------------------------------------------------------------------
+    async def record_approval(self, approval: ApprovalRecord) -> None: ...
+
+    async def approved(self, service: str, run_id: str, step: str) -> bool:
+        """Whether an approval for that run's step (or, with run_id "", the service's
+        pending decision) was recorded."""
+        ...
+
+    async def close(self) -> None: ...
