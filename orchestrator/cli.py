@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("scenario", help="a scenario file")
     e.add_argument("--at", required=True, help="the moment, e.g. 5m or 2m30s")
+
+    from orchestrator.agent import add_agent_parser
+
+    add_agent_parser(sub)
     return p
 
 
@@ -83,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_test(args.paths, args.verbose)
         if args.command == "explain":
             return cmd_explain(args.scenario, args.at)
+        if args.command == "agent":
+            from orchestrator.agent import run_agent
+
+            return run_agent(args)
     except BrokenPipeError:  # `failoverd test ... | head`
         return EXIT_OK
     return EXIT_UNUSABLE  # pragma: no cover - argparse requires a command

@@ -39,7 +39,7 @@ PROBE_FAILURES = Counter(
 PROBE_RUNS = Counter("failoverd_probe_runs_total", "Probes started.", ("type",))
 PROBE_LATENESS = Histogram(
     "failoverd_probe_scheduling_lateness_seconds",
-    "How late a probe started against its deadline.",
+    "How late a probe started against its deadline; starts up to dispatch_slack early count as 0.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 PROBE_OVERRUNS = Counter(
@@ -91,8 +91,14 @@ REPLICATION_LAG_TIMESTAMP = Gauge(
 AGENT_MESSAGES = Counter(
     "failoverd_agent_messages_total",
     "Agent messages received, by outcome (accepted, malformed, unknown_service, stale,"
-    " future, wrong_version).",
+    " future, wrong_version, agent_mismatch, too_large).",
     ("outcome",),
+)
+AGENT_OBSERVATIONS_DROPPED = Counter(
+    "failoverd_agent_observations_dropped_total",
+    "Observations dropped from otherwise accepted agent batches, by reason"
+    " (unknown_service, stale, future).",
+    ("reason",),
 )
 AGENT_UP = Gauge("failoverd_agent_up", "1 while an agent is online (by its last will).", ("agent",))
 AGENT_LAST_SEEN = Gauge(

@@ -253,7 +253,9 @@ async def test_a_hung_api_call_is_cut_off_by_the_timeout() -> None:
         max_attempts=1,
     )
     policy = make_policy({EAST: ["db-cpu"]})
-    source = CloudWatchAlarmSource([policy], AwsClients(config), VirtualClock(START), call_timeout=0.3)
+    source = CloudWatchAlarmSource(
+        [policy], AwsClients(config), VirtualClock(START), call_timeout=0.3
+    )
     async with server, AwsClients(config).client("cloudwatch", EAST) as client:
         started = asyncio.get_running_loop().time()
         [obs] = await source.poll(client, source.watches)
