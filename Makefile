@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test run lint typecheck unit scenarios schema bench clean
 
-test: $(STAMP) lint typecheck unit scenarios ## everything CI checks
+test: $(STAMP) lint typecheck scenarios unit ## everything CI checks (pytest last: its summary closes the run)
 
 run: $(STAMP) ## the product as it stands: the example policies' scenario tests
 	$(VENV)/bin/failoverd validate policies
