@@ -108,6 +108,15 @@ AGENT_LAST_SEEN = Gauge(
 )
 MQTT_CONNECTED = Gauge("failoverd_mqtt_connected", "1 while connected to the MQTT broker.")
 
+# --- state store ----------------------------------------------------------------------
+STORE_OPERATION_DURATION = Histogram(
+    "failoverd_store_operation_duration_seconds",
+    "Time taken by state-store calls, by backend, operation and outcome"
+    " (ok, fenced, timeout, cancelled, unavailable, error).",
+    ("backend", "operation", "outcome"),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
 OBSERVATIONS = Counter(
     "failoverd_observations_total", "Observations fed to the health book, by source.", ("source",)
 )

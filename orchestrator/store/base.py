@@ -96,11 +96,14 @@ class Store(Protocol):
     # -- leadership --------------------------------------------------------------------
     async def acquire_lease(self, holder: str, ttl: float) -> Lease | None:
         """Take the lease if it is free or expired (or already ours); None if another holds
-        it. A new acquisition gets a new, larger token."""
+        it. Every successful acquisition, even by the current holder, gets a new, larger
+        token: a restarted daemon with the same name fences out its previous life. Extend a
+        lease with ``renew_lease``."""
         ...
 
     async def renew_lease(self, lease: Lease) -> Lease | None:
-        """Extend our lease; None if it was lost (expired and taken, or released)."""
+        """Extend our lease; None if it was lost. An expired lease cannot be renewed (even
+        if nobody took it) and fences writes, as an etcd lease would."""
         ...
 
     async def release_lease(self, lease: Lease) -> None:
@@ -139,8 +142,9 @@ class Store(Protocol):
     async def record_approval(self, approval: ApprovalRecord) -> None: ...
 
     async def approved(self, service: str, run_id: str, step: str) -> bool:
-        """Whether an approval for that run's step (or, with run_id "", the service's
-        pending decision) was recorded."""
+        """Whether an approval for that run's step was recorded. Approvals of a pending
+        decision (run_id "") are one-shot operator commands handed to ``decide()`` by the
+        daemon, not looked up here: an old one must never approve a later decision."""
         ...
 
     async def close(self) -> None: ...
