@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.policy.durations import Duration
 
@@ -33,6 +33,17 @@ class Route53SetRecord(_Params):
     weight: int | None = Field(default=None, ge=0, le=255)
     failover: Literal["PRIMARY", "SECONDARY"] | None = None
     health_check_id: str | None = None
+
+    @model_validator(mode="after")
+    def _routing_policy(self) -> Route53SetRecord:
+        routed = self.weight is not None or self.failover is not None
+        if self.weight is not None and self.failover is not None:
+            raise ValueError("a record is weighted or failover, not both")
+        if routed and self.set_identifier is None:
+            raise ValueError("weighted and failover records need a set_identifier")
+        if self.set_identifier is not None and not routed:
+            raise ValueError("set_identifier is only for weighted or failover records")
+        return self
 
 
 class Route53SetHealthCheckInverted(_Params):

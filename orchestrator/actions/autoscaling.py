@@ -1,0 +1,192 @@
+"""``autoscaling.set_capacity``: scale the target region's Auto Scaling group.
+
+Idempotent: ``execute`` reads the group and calls AWS only for what differs. When the bounds
+change too, one ``UpdateAutoScalingGroup`` carries MinSize, MaxSize and DesiredCapacity
+together, so AWS never sees (nor silently clamps to) an intermediate combination; otherwise a
+lone ``SetDesiredCapacity``. ``verify`` waits for enough InService instances when
+``wait_in_service`` (scale-in is not waited for: fewer instances than before is not a
+prerequisite for anything the runbook does next).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from orchestrator.actions.base import (
+    Action,
+    ActionFailed,
+    CheckReport,
+    ExecuteOutcome,
+    IamStatement,
+    StepContext,
+)
+from orchestrator.actions.errors import aws_errors
+from orchestrator.actions.render import fill
+from orchestrator.actions.wait import poll_until
+from orchestrator.policy.actions import AutoscalingSetCapacity
+from orchestrator.telemetry import get_logger
+
+log = get_logger("failoverd.actions.autoscaling")
+
+SERVICE = "autoscaling"
+_PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
+
+
+def _params(params: BaseModel) -> AutoscalingSetCapacity:
+    if not isinstance(params, AutoscalingSetCapacity):
+        raise TypeError(f"autoscaling.set_capacity got {type(params).__name__} parameters")
+    return params
+
+
+async def _describe(client: Any, name: str) -> dict[str, Any] | None:
+    """The group, or None when the region has no group of that name."""
+    async with aws_errors():
+        response = await client.describe_auto_scaling_groups(AutoScalingGroupNames=[name])
+    groups: list[dict[str, Any]] = response.get("AutoScalingGroups", [])
+    return groups[0] if groups else None
+
+
+def _bound_problems(p: AutoscalingSetCapacity, group: dict[str, Any]) -> list[str]:
+    """Why the wanted capacity cannot be set with the bounds it would have."""
+    low = p.min if p.min is not None else int(group["MinSize"])
+    high = p.max if p.max is not None else int(group["MaxSize"])
+    problems = []
+    if high < p.desired:
+        problems.append(f"ASG max below desired: max {high} < desired {p.desired}")
+    if low > p.desired:
+        problems.append(f"ASG min above desired: min {low} > desired {p.desired}")
+    return problems
+
+
+def _in_service(group: dict[str, Any]) -> int:
+    return sum(
+        1
+        for i in group.get("Instances", [])
+        if i.get("LifecycleState") == "InService" and i.get("HealthStatus", "Healthy") == "Healthy"
+    )
+
+
+class SetCapacity(Action):
+    """Set the target region's ASG to ``desired`` (and ``min``/``max`` when given)."""
+
+    name = "autoscaling.set_capacity"
+    params_model = AutoscalingSetCapacity
+
+    async def check(self, ctx: StepContext) -> CheckReport:
+        p = _params(ctx.params)
+        region = ctx.target_region
+        try:
+            async with ctx.aws.client(SERVICE, region) as client:
+                group = await _describe(client, p.auto_scaling_group)
+        except ActionFailed as exc:
+            # Access denied and the like: what a readiness report is for. Transient errors
+            # (RetryableError) propagate: they say nothing about readiness.
+            return CheckReport(ready=False, findings=(str(exc),), control_plane_region=region)
+        if group is None:
+            finding = f"ASG {p.auto_scaling_group} not found in {region}"
+            return CheckReport(ready=False, findings=(finding,), control_plane_region=region)
+        problems = _bound_problems(p, group)
+        return CheckReport(
+            ready=not problems, findings=tuple(problems), control_plane_region=region
+        )
+
+    async def execute(self, ctx: StepContext) -> ExecuteOutcome:
+        p = _params(ctx.params)
+        region = ctx.target_region
+        async with ctx.aws.client(SERVICE, region) as client:
+            group = await _describe(client, p.auto_scaling_group)
+            if group is None:
+                raise ActionFailed(f"ASG {p.auto_scaling_group} not found in {region}")
+            problems = _bound_problems(p, group)
+            if problems:
+                raise ActionFailed("; ".join(problems))
+            update: dict[str, int] = {}
+            if p.min is not None and p.min != group["MinSize"]:
+                update["MinSize"] = p.min
+            if p.max is not None and p.max != group["MaxSize"]:
+                update["MaxSize"] = p.max
+            desired_differs = p.desired != group["DesiredCapacity"]
+            if not update and not desired_differs:
+                return ExecuteOutcome(changed=False, detail=f"already at desired {p.desired}")
+            async with aws_errors():
+                if update:
+                    await client.update_auto_scaling_group(
+                        AutoScalingGroupName=p.auto_scaling_group,
+                        DesiredCapacity=p.desired,
+                        **update,
+                    )
+                else:
+                    await client.set_desired_capacity(
+                        AutoScalingGroupName=p.auto_scaling_group,
+                        DesiredCapacity=p.desired,
+                        HonorCooldown=False,
+                    )
+        detail = (
+            f"desired {group['DesiredCapacity']} -> {p.desired}"
+            + (f", min -> {update['MinSize']}" if "MinSize" in update else "")
+            + (f", max -> {update['MaxSize']}" if "MaxSize" in update else "")
+        )
+        log.info(
+            "asg_capacity_set",
+            service=ctx.service,
+            run_id=ctx.run_id,
+            step=ctx.step,
+            region=region,
+            asg=p.auto_scaling_group,
+            detail=detail,
+        )
+        return ExecuteOutcome(changed=True, detail=detail)
+
+    async def verify(self, ctx: StepContext) -> None:
+        p = _params(ctx.params)
+        region = ctx.target_region
+        async with ctx.aws.client(SERVICE, region) as client:
+
+            async def probe() -> tuple[bool, str]:
+                group = await _describe(client, p.auto_scaling_group)
+                if group is None:
+                    raise ActionFailed(f"ASG {p.auto_scaling_group} vanished from {region}")
+                desired = int(group["DesiredCapacity"])
+                if desired < p.desired:
+                    # Lowered behind our back (an operator, a scheduled action): not the
+                    # capacity the runbook relies on. Above is fine: a scaling policy may
+                    # well add to it.
+                    return False, f"desired capacity is {desired}, below {p.desired}"
+                if not p.wait_in_service:
+                    return True, f"desired {desired}"
+                in_service = _in_service(group)
+                return in_service >= p.desired, f"{in_service} of {p.desired} InService"
+
+            await poll_until(
+                ctx, probe, what=f"ASG {p.auto_scaling_group} in {region} at {p.desired}"
+            )
+
+    def iam_statements(
+        self, params: BaseModel, regions: Sequence[str], account: str = "*"
+    ) -> list[IamStatement]:
+        p = _params(params)
+        arns = sorted(
+            {
+                f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:*:"
+                f"autoScalingGroupName/{_name_in(p.auto_scaling_group, region)}"
+                for region in regions
+            }
+        )
+        return [
+            # Describe* calls do not support resource-level permissions in Auto Scaling.
+            IamStatement(actions=("autoscaling:DescribeAutoScalingGroups",)),
+            IamStatement(
+                actions=("autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup"),
+                resources=tuple(arns),
+            ),
+        ]
+
+
+def _name_in(template: str, region: str) -> str:
+    """The group's name when ``region`` is the target; other placeholders (not known
+    before a run) widen to a wildcard."""
+    return _PLACEHOLDER.sub("*", fill(template, {"target_region": region}))

@@ -1,0 +1,288 @@
+"""Notifications from a runbook: ``sns.publish`` and ``mqtt.publish``.
+
+Delivery is **at least once**. A notification cannot be read back to see whether it was
+sent, so ``execute`` always publishes; the one window for a duplicate is a crash (or a lost
+reply) between the publish and the journal's record of it, after which the resumed step
+publishes again. That is acceptable for a notification, and receivers that care can
+deduplicate: every SNS message carries the run id and the step in its message attributes
+(``failoverd.run_id``, ``failoverd.step``), and a FIFO topic gets a deduplication id derived
+from them, so SNS itself drops the repeat within its five-minute window.
+
+MQTT goes through an :class:`MqttPublisher`, which the daemon installs once with
+:func:`set_mqtt_publisher` (it owns the broker settings); a step may bring its own in
+``ctx.facts["mqtt_publisher"]`` (tests, or a daemon with several brokers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import aiomqtt
+from pydantic import BaseModel
+
+from orchestrator.actions.base import (
+    Action,
+    ActionFailed,
+    CheckReport,
+    ExecuteOutcome,
+    IamStatement,
+    RetryableError,
+    StepContext,
+)
+from orchestrator.actions.errors import aws_errors
+from orchestrator.actions.render import fill
+from orchestrator.policy.actions import MqttPublish as MqttPublishParams
+from orchestrator.policy.actions import SnsPublish as SnsPublishParams
+from orchestrator.signals.mqtt_agents import BrokerConfig
+from orchestrator.telemetry import get_logger
+
+log = get_logger("failoverd.actions.notify")
+
+ATTRIBUTE_PREFIX = "failoverd."
+MQTT_PUBLISHER_FACT = "mqtt_publisher"
+_MQTT_TOPIC_MAX_BYTES = 65535
+
+
+# ---------------------------------------------------------------------------------------
+# SNS
+
+
+def topic_region(topic_arn: str) -> str:
+    """The region of an SNS topic ARN (``arn:aws:sns:REGION:ACCOUNT:NAME``); ValueError
+    saying what is wrong otherwise."""
+    parts = topic_arn.split(":")
+    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "sns" or not all(parts[3:]):
+        raise ValueError(
+            f"not an SNS topic ARN: {topic_arn!r} (expected arn:aws:sns:REGION:ACCOUNT:NAME)"
+        )
+    return parts[3]
+
+
+def _sns_params(params: BaseModel) -> SnsPublishParams:
+    if not isinstance(params, SnsPublishParams):
+        raise TypeError(f"sns.publish got {type(params).__name__} parameters")
+    return params
+
+
+def _run_attributes(ctx: StepContext) -> dict[str, dict[str, str]]:
+    values = {
+        "service": ctx.service,
+        "run_id": ctx.run_id,
+        "step": ctx.step,
+        "kind": ctx.kind,
+        "source_region": ctx.source_region,
+        "target_region": ctx.target_region,
+    }
+    # SNS rejects empty attribute values; an empty one says nothing anyway.
+    return {
+        ATTRIBUTE_PREFIX + key: {"DataType": "String", "StringValue": value}
+        for key, value in values.items()
+        if value
+    }
+
+
+class SnsPublish(Action):
+    """Publish ``message`` to an SNS topic (in the topic's own region, taken from its ARN),
+    with the run's context as message attributes. At least once (see the module docs)."""
+
+    name = "sns.publish"
+    params_model = SnsPublishParams
+
+    async def check(self, ctx: StepContext) -> CheckReport:
+        p = _sns_params(ctx.params)
+        try:
+            region = topic_region(p.topic_arn)
+        except ValueError as exc:
+            return CheckReport(ready=False, findings=(str(exc),))
+        try:
+            async with aws_errors(), ctx.aws.client("sns", region) as client:
+                await client.get_topic_attributes(TopicArn=p.topic_arn)
+        except ActionFailed as exc:
+            # NotFound, AuthorizationError...: what a readiness report is for. Transient
+            # errors (RetryableError) propagate: they say nothing about readiness.
+            finding = f"SNS topic {p.topic_arn} cannot be used: {exc}"
+            return CheckReport(ready=False, findings=(finding,), control_plane_region=region)
+        return CheckReport(ready=True, control_plane_region=region)
+
+    async def execute(self, ctx: StepContext) -> ExecuteOutcome:
+        p = _sns_params(ctx.params)
+        try:
+            region = topic_region(p.topic_arn)
+        except ValueError as exc:
+            raise ActionFailed(str(exc)) from None
+        request: dict[str, Any] = {
+            "TopicArn": p.topic_arn,
+            "Message": p.message,
+            "MessageAttributes": _run_attributes(ctx),
+        }
+        if p.subject:
+            request["Subject"] = p.subject
+        if p.topic_arn.endswith(".fifo"):
+            # FIFO topics require a group, and deduplicate on this id for five minutes:
+            # a resumed step's second publish is dropped by SNS itself.
+            request["MessageGroupId"] = ctx.service
+            request["MessageDeduplicationId"] = hashlib.sha256(
+                f"{ctx.service}/{ctx.run_id}/{ctx.step}".encode()
+            ).hexdigest()
+        async with aws_errors(), ctx.aws.client("sns", region) as client:
+            response = await client.publish(**request)
+        message_id = str(response.get("MessageId", ""))
+        log.info(
+            "sns_published",
+            service=ctx.service,
+            run_id=ctx.run_id,
+            step=ctx.step,
+            topic_arn=p.topic_arn,
+            message_id=message_id,
+        )
+        return ExecuteOutcome(changed=True, detail=f"published message {message_id}")
+
+    async def verify(self, ctx: StepContext) -> None:
+        # SNS answered with a MessageId: it has taken the message. What subscribers do with
+        # it is beyond what this step can observe.
+        return None
+
+    def iam_statements(
+        self, params: BaseModel, regions: Sequence[str], account: str = "*"
+    ) -> list[IamStatement]:
+        p = _sns_params(params)
+        if "{target_region}" in p.topic_arn:
+            arns = sorted({fill(p.topic_arn, {"target_region": r}) for r in regions})
+        else:
+            arns = [p.topic_arn]
+        return [
+            IamStatement(actions=("sns:GetTopicAttributes", "sns:Publish"), resources=tuple(arns))
+        ]
+
+
+# ---------------------------------------------------------------------------------------
+# MQTT
+
+
+@runtime_checkable
+class MqttPublisher(Protocol):
+    """Publishes single messages to an MQTT broker for the ``mqtt.publish`` action.
+
+    Contract: ``publish`` returns once the broker has the message as far as ``qos`` lets
+    the client know (PUBACK for 1, PUBCOMP for 2, written out for 0). Bounded in time:
+    each broker operation by the publisher's own timeout, the whole call by the caller's
+    ``asyncio.timeout`` (so it must tolerate cancellation). A broker that cannot be reached
+    or drops the connection raises ``aiomqtt.MqttError``, ``OSError`` or ``TimeoutError``
+    (all transient); a setting that cannot work raises ``ValueError``. Not idempotent
+    (MQTT cannot tell a repeat from a new message); safe to call concurrently. Never logs
+    credentials."""
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None: ...
+
+
+class BrokerPublisher:
+    """An :class:`MqttPublisher` that connects for each message (runbook notifications are
+    rare; a connection held open for them would only be one more thing to supervise)."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+        # The client bounds each operation (CONNACK, PUBACK...) by the config's timeout.
+        async with self.config.client() as client:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+
+
+_publisher: MqttPublisher | None = None
+
+
+def set_mqtt_publisher(publisher: MqttPublisher | None) -> None:
+    """Install the publisher ``mqtt.publish`` steps use (the daemon calls this at start-up
+    with its broker settings; None removes it)."""
+    global _publisher
+    _publisher = publisher
+
+
+def mqtt_publisher(ctx: StepContext) -> MqttPublisher | None:
+    """The step's publisher: ``ctx.facts["mqtt_publisher"]`` if given, else the installed
+    one."""
+    given = ctx.facts.get(MQTT_PUBLISHER_FACT)
+    if given is not None:
+        if not isinstance(given, MqttPublisher):
+            raise TypeError(f"ctx.facts[{MQTT_PUBLISHER_FACT!r}] is not an MqttPublisher")
+        return given
+    return _publisher
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to (None when it can)."""
+    if not topic:
+        return "MQTT topic is empty"
+    if "+" in topic or "#" in topic:
+        return f"MQTT topic {topic!r} has a wildcard (+ or #): one cannot publish to it"
+    if "\0" in topic:
+        return "MQTT topic contains a NUL character"
+    if len(topic.encode()) > _MQTT_TOPIC_MAX_BYTES:
+        return f"MQTT topic is longer than {_MQTT_TOPIC_MAX_BYTES} bytes"
+    return None
+
+
+def _mqtt_params(params: BaseModel) -> MqttPublishParams:
+    if not isinstance(params, MqttPublishParams):
+        raise TypeError(f"mqtt.publish got {type(params).__name__} parameters")
+    return params
+
+
+class MqttPublish(Action):
+    """Publish ``payload`` to ``topic`` (with ``qos`` and ``retain``) through the installed
+    :class:`MqttPublisher`. At least once; a retained message makes a repeat harmless."""
+
+    name = "mqtt.publish"
+    params_model = MqttPublishParams
+
+    async def check(self, ctx: StepContext) -> CheckReport:
+        p = _mqtt_params(ctx.params)
+        findings = []
+        if mqtt_publisher(ctx) is None:
+            findings.append("no MQTT broker is configured for mqtt.publish steps")
+        problem = topic_problem(p.topic)
+        if problem is not None:
+            findings.append(problem)
+        return CheckReport(ready=not findings, findings=tuple(findings))
+
+    async def execute(self, ctx: StepContext) -> ExecuteOutcome:
+        p = _mqtt_params(ctx.params)
+        problem = topic_problem(p.topic)
+        if problem is not None:
+            raise ActionFailed(problem)
+        publisher = mqtt_publisher(ctx)
+        if publisher is None:
+            raise ActionFailed("no MQTT broker is configured for mqtt.publish steps")
+        remaining = ctx.remaining()
+        if remaining <= 0:
+            raise RetryableError(f"no time left in the step to publish to {p.topic}")
+        try:
+            async with asyncio.timeout(remaining):
+                await publisher.publish(p.topic, p.payload.encode(), qos=p.qos, retain=p.retain)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            raise RetryableError(
+                f"MQTT publish to {p.topic} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        except ValueError as exc:  # BrokerConfigError included: a file, a bad setting
+            raise ActionFailed(f"MQTT publish to {p.topic} cannot work: {exc}") from exc
+        log.info(
+            "mqtt_published",
+            service=ctx.service,
+            run_id=ctx.run_id,
+            step=ctx.step,
+            topic=p.topic,
+            qos=p.qos,
+            retain=p.retain,
+        )
+        return ExecuteOutcome(changed=True, detail=f"published to {p.topic}")
+
+    async def verify(self, ctx: StepContext) -> None:
+        return None
+
+    def iam_statements(
+        self, params: BaseModel, regions: Sequence[str], account: str = "*"
+    ) -> list[IamStatement]:
+        return []  # the broker's ACLs govern this, not IAM

@@ -1,0 +1,227 @@
+"""autoscaling.set_capacity against a real moto server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from moto.autoscaling.models import autoscaling_backends
+from prometheus_client import REGISTRY
+
+from orchestrator.actions.autoscaling import SetCapacity
+from orchestrator.actions.base import ActionFailed, RetryableError, StepContext
+from orchestrator.actions.registry import get_action
+from orchestrator.clock import SYSTEM_CLOCK
+from orchestrator.policy.actions import AutoscalingSetCapacity
+from orchestrator.signals.aws_clients import AwsClients
+from tests.fixtures.clock import eventually
+from tests.fixtures.moto_server import MotoServer
+
+SOURCE, TARGET = "us-east-1", "us-west-2"
+ACCOUNT = "123456789012"  # moto's default account
+ASG = "web-standby"
+ACTION = SetCapacity()
+
+
+@functools.cache
+def clients_for(moto: MotoServer) -> AwsClients:
+    """One client factory per server, shared by the module's tests: its session loads each
+    service model once instead of in every test."""
+    return AwsClients(moto.client_config())
+
+
+@functools.cache
+def boto3_for(moto: MotoServer, service: str, region: str) -> Any:
+    """Seeding and inspection clients, made once (making a boto3 client takes a while)."""
+    return moto.boto3_client(service, region)
+
+
+def make_ctx(
+    moto: MotoServer, params: AutoscalingSetCapacity, *, within: float = 20.0
+) -> StepContext:
+    return StepContext(
+        service="web",
+        run_id="run-1",
+        step="scale",
+        attempt=1,
+        kind="failover",
+        source_region=SOURCE,
+        target_region=TARGET,
+        primary_region=SOURCE,
+        params=params,
+        aws=clients_for(moto),
+        clock=SYSTEM_CLOCK,
+        deadline=SYSTEM_CLOCK.monotonic() + within,
+    )
+
+
+@pytest.fixture
+def world(moto: MotoServer) -> Iterator[MotoServer]:
+    """The standby ASG in the target region, scaled to zero (min 0, max 2)."""
+    ec2 = boto3_for(moto, "ec2", TARGET)
+    ec2.create_launch_template(
+        LaunchTemplateName="web-lt",
+        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "t3.micro"},
+    )
+    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
+    boto3_for(moto, "autoscaling", TARGET).create_auto_scaling_group(
+        AutoScalingGroupName=ASG,
+        LaunchTemplate={"LaunchTemplateName": "web-lt", "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=2,
+        DesiredCapacity=0,
+        AvailabilityZones=zones[:2],
+    )
+    yield moto
+
+
+def group(moto: MotoServer) -> dict[str, object]:
+    client = boto3_for(moto, "autoscaling", TARGET)
+    groups = client.describe_auto_scaling_groups(AutoScalingGroupNames=[ASG])["AutoScalingGroups"]
+    result: dict[str, object] = groups[0]
+    return result
+
+
+def calls(operation: str) -> float:
+    labels = {"aws_service": "autoscaling", "operation": operation, "outcome": "ok"}
+    return REGISTRY.get_sample_value("failoverd_aws_api_calls_total", labels) or 0.0
+
+
+def in_service(moto: MotoServer) -> int:
+    instances = group(moto)["Instances"]
+    assert isinstance(instances, list)
+    return sum(1 for i in instances if i["LifecycleState"] == "InService")
+
+
+def test_registered_under_its_policy_name() -> None:
+    action = get_action("autoscaling.set_capacity")
+    assert isinstance(action, SetCapacity)
+    assert action.params_model is AutoscalingSetCapacity
+
+
+async def test_check_ready_names_the_target_control_plane(world: MotoServer) -> None:
+    report = await ACTION.check(
+        make_ctx(world, AutoscalingSetCapacity(auto_scaling_group=ASG, desired=2))
+    )
+    assert report.ready, report.findings
+    assert report.control_plane_region == TARGET
+
+
+async def test_check_reports_max_below_desired_unless_the_step_raises_it(world: MotoServer) -> None:
+    too_many = AutoscalingSetCapacity(auto_scaling_group=ASG, desired=5)
+    report = await ACTION.check(make_ctx(world, too_many))
+    assert not report.ready
+    assert report.findings == ("ASG max below desired: max 2 < desired 5",)
+
+    raised = AutoscalingSetCapacity(auto_scaling_group=ASG, desired=5, max=6)
+    assert (await ACTION.check(make_ctx(world, raised))).ready
+
+
+async def test_check_reports_a_missing_group(world: MotoServer) -> None:
+    params = AutoscalingSetCapacity(auto_scaling_group="no-such-asg", desired=1)
+    report = await ACTION.check(make_ctx(world, params))
+    assert not report.ready
+    assert report.findings == (f"ASG no-such-asg not found in {TARGET}",)
+
+
+async def test_scale_out_with_new_bounds_changes_the_world_once(world: MotoServer) -> None:
+    params = AutoscalingSetCapacity(auto_scaling_group=ASG, desired=3, min=1, max=4)
+    ctx = make_ctx(world, params)
+    assert (await ACTION.check(ctx)).ready
+
+    outcome = await ACTION.execute(ctx)
+    await ACTION.verify(ctx)
+
+    assert outcome.changed
+    assert outcome.detail == "desired 0 -> 3, min -> 1, max -> 4"
+    g = group(world)
+    assert (g["MinSize"], g["MaxSize"], g["DesiredCapacity"]) == (1, 4, 3)
+    assert in_service(world) == 3
+
+    updates = calls("UpdateAutoScalingGroup")
+    again = await ACTION.execute(ctx)
+    await ACTION.verify(ctx)
+    assert not again.changed
+    assert calls("UpdateAutoScalingGroup") == updates  # nothing was sent the second time
+    assert group(world)["DesiredCapacity"] == 3
+
+
+async def test_desired_alone_uses_set_desired_capacity(world: MotoServer) -> None:
+    params = AutoscalingSetCapacity(auto_scaling_group=ASG, desired=2)
+    ctx = make_ctx(world, params)
+    updates, sets = calls("UpdateAutoScalingGroup"), calls("SetDesiredCapacity")
+
+    assert (await ACTION.execute(ctx)).changed
+    await ACTION.verify(ctx)
+    assert not (await ACTION.execute(ctx)).changed
+
+    assert calls("SetDesiredCapacity") == sets + 1
+    assert calls("UpdateAutoScalingGroup") == updates
+    g = group(world)
+    assert (g["MinSize"], g["MaxSize"], g["DesiredCapacity"]) == (0, 2, 2)
+    assert in_service(world) == 2
+
+
+async def test_execute_refuses_a_desired_above_max(world: MotoServer) -> None:
+    # moto itself would accept SetDesiredCapacity above MaxSize (real AWS answers a
+    # ValidationError): the action must not rely on the API to refuse it.
+    params = AutoscalingSetCapacity(auto_scaling_group=ASG, desired=5)
+    with pytest.raises(ActionFailed, match="ASG max below desired"):
+        await ACTION.execute(make_ctx(world, params))
+    assert group(world)["DesiredCapacity"] == 0
+
+
+async def test_execute_on_a_missing_group_fails_for_good(world: MotoServer) -> None:
+    params = AutoscalingSetCapacity(auto_scaling_group="no-such-asg", desired=1)
+    with pytest.raises(ActionFailed, match="not found"):
+        await ACTION.execute(make_ctx(world, params))
+
+
+def hold_pending(region: str = TARGET) -> list[Any]:
+    """Real instances take minutes to pass their health checks; moto's are InService at
+    once. Put the group's instances back to Pending so verify has something to wait for."""
+    states = autoscaling_backends[ACCOUNT][region].autoscaling_groups[ASG].instance_states
+    for state in states:
+        state.lifecycle_state = "Pending"
+    return list(states)
+
+
+async def test_verify_waits_until_instances_are_in_service(world: MotoServer) -> None:
+    params = AutoscalingSetCapacity(auto_scaling_group=ASG, desired=2)
+    ctx = make_ctx(world, params)
+    await ACTION.execute(ctx)
+    states = hold_pending()
+    looks = calls("DescribeAutoScalingGroups")
+
+    async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+        verify = tg.create_task(ACTION.verify(ctx))
+        await eventually(lambda: calls("DescribeAutoScalingGroups") > looks, "verify's first look")
+        assert not verify.done()  # it has looked, seen Pending, and keeps waiting
+        for state in states:
+            state.lifecycle_state = "InService"
+
+
+async def test_verify_gives_up_at_the_deadline_with_what_it_saw(world: MotoServer) -> None:
+    params = AutoscalingSetCapacity(auto_scaling_group=ASG, desired=2)
+    await ACTION.execute(make_ctx(world, params))
+    hold_pending()
+    with pytest.raises(RetryableError, match=r"0 of 2 InService"):
+        await ACTION.verify(make_ctx(world, params, within=0.3))
+
+
+def test_iam_statements_scope_writes_to_the_group_in_each_region() -> None:
+    params = AutoscalingSetCapacity(auto_scaling_group="web-{target_region}", desired=1)
+    describe, write = ACTION.iam_statements(params, [SOURCE, TARGET], account=ACCOUNT)
+    assert describe.actions == ("autoscaling:DescribeAutoScalingGroups",)
+    assert describe.resources == ("*",)
+    assert set(write.actions) == {
+        "autoscaling:SetDesiredCapacity",
+        "autoscaling:UpdateAutoScalingGroup",
+    }
+    assert write.resources == tuple(
+        f"arn:aws:autoscaling:{r}:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/web-{r}"
+        for r in (SOURCE, TARGET)
+    )

@@ -1,0 +1,184 @@
+"""ecs.set_desired_count against a real moto server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from moto.ecs.models import ecs_backends
+from prometheus_client import REGISTRY
+
+from orchestrator.actions.base import ActionFailed, RetryableError, StepContext
+from orchestrator.actions.ecs import SetDesiredCount
+from orchestrator.actions.registry import get_action
+from orchestrator.clock import SYSTEM_CLOCK
+from orchestrator.policy.actions import EcsSetDesiredCount
+from orchestrator.signals.aws_clients import AwsClients
+from tests.fixtures.clock import eventually
+from tests.fixtures.moto_server import MotoServer
+
+SOURCE, TARGET = "us-east-1", "us-west-2"
+ACCOUNT = "123456789012"  # moto's default account
+CLUSTER, SERVICE = "web-cluster", "web"
+ACTION = SetDesiredCount()
+
+
+@functools.cache
+def clients_for(moto: MotoServer) -> AwsClients:
+    """One client factory per server, shared by the module's tests: its session loads each
+    service model once instead of in every test."""
+    return AwsClients(moto.client_config())
+
+
+@functools.cache
+def boto3_for(moto: MotoServer, service: str, region: str) -> Any:
+    """Seeding and inspection clients, made once (making a boto3 client takes a while)."""
+    return moto.boto3_client(service, region)
+
+
+def make_ctx(moto: MotoServer, params: EcsSetDesiredCount, *, within: float = 20.0) -> StepContext:
+    return StepContext(
+        service="web",
+        run_id="run-1",
+        step="scale-ecs",
+        attempt=1,
+        kind="failover",
+        source_region=SOURCE,
+        target_region=TARGET,
+        primary_region=SOURCE,
+        params=params,
+        aws=clients_for(moto),
+        clock=SYSTEM_CLOCK,
+        deadline=SYSTEM_CLOCK.monotonic() + within,
+    )
+
+
+@pytest.fixture
+def world(moto: MotoServer) -> Iterator[MotoServer]:
+    """The standby ECS service in the target region, at zero tasks."""
+    ecs = boto3_for(moto, "ecs", TARGET)
+    ecs.create_cluster(clusterName=CLUSTER)
+    ecs.register_task_definition(
+        family="web", containerDefinitions=[{"name": "web", "image": "nginx", "memory": 128}]
+    )
+    ecs.create_service(cluster=CLUSTER, serviceName=SERVICE, taskDefinition="web", desiredCount=0)
+    yield moto
+
+
+def service(moto: MotoServer) -> dict[str, Any]:
+    found = boto3_for(moto, "ecs", TARGET).describe_services(cluster=CLUSTER, services=[SERVICE])[
+        "services"
+    ]
+    result: dict[str, Any] = found[0]
+    return result
+
+
+def calls(operation: str) -> float:
+    labels = {"aws_service": "ecs", "operation": operation, "outcome": "ok"}
+    return REGISTRY.get_sample_value("failoverd_aws_api_calls_total", labels) or 0.0
+
+
+def test_registered_under_its_policy_name() -> None:
+    action = get_action("ecs.set_desired_count")
+    assert isinstance(action, SetDesiredCount)
+    assert action.params_model is EcsSetDesiredCount
+
+
+async def test_check_ready_names_the_target_control_plane(world: MotoServer) -> None:
+    params = EcsSetDesiredCount(cluster=CLUSTER, service=SERVICE, desired=3)
+    report = await ACTION.check(make_ctx(world, params))
+    assert report.ready, report.findings
+    assert report.control_plane_region == TARGET
+
+
+@pytest.mark.parametrize(
+    ("cluster", "name", "finding"),
+    [
+        ("nope", SERVICE, f"ECS cluster nope not found in {TARGET}"),
+        (CLUSTER, "nope", f"ECS service nope not found in cluster {CLUSTER} in {TARGET}"),
+    ],
+)
+async def test_check_reports_what_is_missing(
+    world: MotoServer, cluster: str, name: str, finding: str
+) -> None:
+    params = EcsSetDesiredCount(cluster=cluster, service=name, desired=3)
+    report = await ACTION.check(make_ctx(world, params))
+    assert not report.ready
+    assert report.findings == (finding,)
+
+
+async def test_scale_out_changes_the_world_once(world: MotoServer) -> None:
+    params = EcsSetDesiredCount(cluster=CLUSTER, service=SERVICE, desired=3)
+    ctx = make_ctx(world, params)
+
+    outcome = await ACTION.execute(ctx)
+    await ACTION.verify(ctx)
+
+    assert outcome.changed
+    assert outcome.detail == "desired 0 -> 3"
+    s = service(world)
+    assert (s["desiredCount"], s["runningCount"]) == (3, 3)
+
+    updates = calls("UpdateService")
+    again = await ACTION.execute(ctx)
+    await ACTION.verify(ctx)
+    assert not again.changed
+    assert calls("UpdateService") == updates
+
+
+async def test_execute_on_a_missing_service_fails_for_good(world: MotoServer) -> None:
+    params = EcsSetDesiredCount(cluster=CLUSTER, service="nope", desired=1)
+    with pytest.raises(ActionFailed, match="not found"):
+        await ACTION.execute(make_ctx(world, params))
+
+
+def _backend_service() -> Any:
+    return ecs_backends[ACCOUNT][TARGET].services[f"{CLUSTER}:{SERVICE}"]
+
+
+async def test_verify_waits_for_the_tasks_to_run(world: MotoServer) -> None:
+    params = EcsSetDesiredCount(cluster=CLUSTER, service=SERVICE, desired=3)
+    ctx = make_ctx(world, params)
+    await ACTION.execute(ctx)
+    # moto starts tasks the moment the count changes; real ECS takes a while. Hold them
+    # back in moto's backend so verify has something to wait for.
+    backend = _backend_service()
+    backend.running_count = 1
+    looks = calls("DescribeServices")
+
+    async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+        verify = tg.create_task(ACTION.verify(ctx))
+        await eventually(lambda: calls("DescribeServices") > looks, "verify's first look")
+        assert not verify.done()
+        backend.running_count = 3
+
+
+async def test_verify_gives_up_at_the_deadline_with_what_it_saw(world: MotoServer) -> None:
+    params = EcsSetDesiredCount(cluster=CLUSTER, service=SERVICE, desired=3)
+    await ACTION.execute(make_ctx(world, params))
+    _backend_service().running_count = 1
+    with pytest.raises(RetryableError, match="1 running, desired 3"):
+        await ACTION.verify(make_ctx(world, params, within=0.3))
+
+
+async def test_verify_fails_at_once_on_a_failed_rollout(world: MotoServer) -> None:
+    params = EcsSetDesiredCount(cluster=CLUSTER, service=SERVICE, desired=3)
+    await ACTION.execute(make_ctx(world, params))
+    backend = _backend_service()
+    backend.running_count = 0
+    backend.deployments[0]["rolloutState"] = "FAILED"
+    backend.deployments[0]["rolloutStateReason"] = "circuit breaker: tasks failed to start"
+    with pytest.raises(ActionFailed, match="circuit breaker"):
+        await ACTION.verify(make_ctx(world, params))
+
+
+def test_iam_statements_name_the_service_in_each_region() -> None:
+    params = EcsSetDesiredCount(cluster="c-{target_region}", service="{service}", desired=1)
+    (statement,) = ACTION.iam_statements(params, [SOURCE, TARGET], account=ACCOUNT)
+    assert statement.actions == ("ecs:DescribeServices", "ecs:UpdateService")
+    assert statement.resources == tuple(
+        f"arn:aws:ecs:{r}:{ACCOUNT}:service/c-{r}/*" for r in (SOURCE, TARGET)
+    )

@@ -1,0 +1,89 @@
+"""Each moto fix-up (tests/fixtures/moto_fixups.py) closes a gap that moto itself shows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.fixtures.moto_fixups import apply_moto_fixups, without_moto_fixups
+from tests.fixtures.moto_server import MotoServer
+from tests.integration.actions.step_support import SOURCE, TARGET
+
+
+@pytest.fixture(params=["moto as is", "fixed"])
+def fixed(request: pytest.FixtureRequest, moto: MotoServer) -> Iterator[bool]:
+    apply_moto_fixups()
+    if request.param == "fixed":
+        yield True
+    else:
+        with without_moto_fixups():
+            yield False
+
+
+def _promoted(moto: MotoServer) -> tuple[dict[str, Any], dict[str, Any]]:
+    source, target = moto.boto3_client("rds", SOURCE), moto.boto3_client("rds", TARGET)
+    primary = source.create_db_instance(
+        DBInstanceIdentifier="primary",
+        Engine="postgres",
+        DBInstanceClass="db.t3.micro",
+        MasterUsername="admin",
+        MasterUserPassword="not-a-secret-1",
+        AllocatedStorage=20,
+    )["DBInstance"]
+    target.create_db_instance_read_replica(
+        DBInstanceIdentifier="replica", SourceDBInstanceIdentifier=primary["DBInstanceArn"]
+    )
+    target.promote_read_replica(DBInstanceIdentifier="replica")
+    return (
+        target.describe_db_instances(DBInstanceIdentifier="replica")["DBInstances"][0],
+        source.describe_db_instances(DBInstanceIdentifier="primary")["DBInstances"][0],
+    )
+
+
+def test_rds_promote_clears_source(moto: MotoServer, fixed: bool) -> None:
+    replica, primary = _promoted(moto)
+    if fixed:
+        assert "ReadReplicaSourceDBInstanceIdentifier" not in replica
+        assert primary["ReadReplicaDBInstanceIdentifiers"] == []
+    else:  # the gap: both links survive the promotion
+        assert replica["ReadReplicaSourceDBInstanceIdentifier"].endswith(":db:primary")
+        assert primary["ReadReplicaDBInstanceIdentifiers"] == [replica["DBInstanceArn"]]
+
+
+def _global_database(moto: MotoServer) -> tuple[Any, str, str]:
+    source, target = moto.boto3_client("rds", SOURCE), moto.boto3_client("rds", TARGET)
+    primary = source.create_db_cluster(
+        DBClusterIdentifier="prim",
+        Engine="aurora-postgresql",
+        MasterUsername="admin",
+        MasterUserPassword="not-a-secret-1",
+    )["DBCluster"]["DBClusterArn"]
+    source.create_global_cluster(GlobalClusterIdentifier="glob", SourceDBClusterIdentifier=primary)
+    secondary = target.create_db_cluster(
+        DBClusterIdentifier="sec", Engine="aurora-postgresql", GlobalClusterIdentifier="glob"
+    )["DBCluster"]["DBClusterArn"]
+    return target, primary, secondary
+
+
+def _members(client: Any) -> dict[str, bool]:
+    [glob] = client.describe_global_clusters(GlobalClusterIdentifier="glob")["GlobalClusters"]
+    return {m["DBClusterArn"]: m["IsWriter"] for m in glob["GlobalClusterMembers"]}
+
+
+def test_rds_global_source_is_writer(moto: MotoServer, fixed: bool) -> None:
+    target, primary, secondary = _global_database(moto)
+    assert _members(target) == {primary: fixed, secondary: False}
+
+
+def test_rds_remove_from_global_any_region(moto: MotoServer, fixed: bool) -> None:
+    target, primary, secondary = _global_database(moto)
+    target.remove_from_global_cluster(GlobalClusterIdentifier="glob", DbClusterIdentifier=secondary)
+    detached = target.describe_db_clusters(DBClusterIdentifier="sec")["DBClusters"][0]
+    if fixed:
+        assert set(_members(target)) == {primary}
+        assert not detached.get("GlobalClusterIdentifier")
+    else:  # the gap: a call from the member's region does nothing, and says nothing
+        assert set(_members(target)) == {primary, secondary}
+        assert detached["GlobalClusterIdentifier"] == "glob"
