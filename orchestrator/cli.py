@@ -13,6 +13,7 @@ from pathlib import Path
 
 from orchestrator import __version__
 from orchestrator.policy.durations import DurationError, parse_duration
+from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 
 EXIT_OK = 0
@@ -70,6 +71,40 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("scenario", help="a scenario file")
     e.add_argument("--at", required=True, help="the moment, e.g. 5m or 2m30s")
 
+    r = sub.add_parser(
+        "readiness",
+        help="run every runbook step's read-only check against AWS and report",
+        description="For every move the policies could make (failover to each standby, failback,"
+        " switchover), render each step's parameters and run its action's read-only check."
+        " Reports what is ready, what is missing, and steps that depend on the control plane of"
+        " the region being evacuated. Exit 1 when something is not ready or could not be"
+        " checked. AWS credentials come from the standard chain.",
+    )
+    r.add_argument(
+        "--policy",
+        action="append",
+        dest="policies",
+        metavar="PATH",
+        help="policy file or folder; repeatable (default: policies)",
+    )
+    r.add_argument("--endpoint-url", help="send every AWS call here (an emulator)")
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+
+    i = sub.add_parser(
+        "iam-policy",
+        help="print the least-privilege IAM policy for the configured signals and actions",
+        description="Print an IAM policy document (JSON) covering exactly the API calls the"
+        " policies' signals and runbook actions make, with resource ARNs where AWS supports"
+        " them.",
+    )
+    i.add_argument(
+        "--policy",
+        action="append",
+        dest="policies",
+        metavar="PATH",
+        help="policy file or folder; repeatable (default: policies)",
+    )
+
     from orchestrator.agent import add_agent_parser
 
     add_agent_parser(sub)
@@ -87,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_test(args.paths, args.verbose)
         if args.command == "explain":
             return cmd_explain(args.scenario, args.at)
+        if args.command == "readiness":
+            return cmd_readiness(args.policies or ["policies"], args.endpoint_url, args.json)
+        if args.command == "iam-policy":
+            return cmd_iam_policy(args.policies or ["policies"])
         if args.command == "agent":
             from orchestrator.agent import run_agent
 
@@ -196,4 +235,49 @@ def cmd_explain(path: str, at: str) -> int:
         return EXIT_UNUSABLE
     result = Simulation(loaded.scenario, loaded.policy, loaded.policy_version).run(until=moment)
     print(explain(result, moment))
+    return EXIT_OK
+
+
+def _load_policies(paths: list[str]) -> list[Policy] | None:
+    from orchestrator.policy.loader import load_policy_set
+
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        _err(f"failoverd: no such file or folder: {', '.join(missing)}")
+        return None
+    try:
+        return list(load_policy_set(paths))
+    except SourceErrors as exc:
+        for error in exc.errors:
+            _err(str(error))
+        return None
+
+
+def cmd_readiness(paths: list[str], endpoint_url: str | None, as_json: bool) -> int:
+    import asyncio
+    import dataclasses
+    import json
+
+    from orchestrator.readiness import format_report, readiness
+    from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
+
+    policies = _load_policies(paths)
+    if policies is None:
+        return EXIT_UNUSABLE
+    clients = AwsClients(AwsClientConfig(endpoint_url=endpoint_url))
+    report = asyncio.run(readiness(policies, clients))
+    if as_json:
+        print(json.dumps([dataclasses.asdict(s) for s in report.steps], indent=2))
+    else:
+        print(format_report(report))
+    return EXIT_OK if report.ready else EXIT_FAILED
+
+
+def cmd_iam_policy(paths: list[str]) -> int:
+    from orchestrator.iam import iam_policy_text
+
+    policies = _load_policies(paths)
+    if policies is None:
+        return EXIT_UNUSABLE
+    sys.stdout.write(iam_policy_text(policies))
     return EXIT_OK

@@ -1,0 +1,87 @@
+"""The least-privilege IAM policy for what the configured policies make failoverd do.
+
+Signals read (AWS Health, CloudWatch alarms and metrics); actions write (each action states
+its own permissions, with resource ARNs where AWS supports them). The document covers every
+move a policy could make, so every region a step's parameters can be rendered for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from orchestrator.actions.base import IamStatement
+from orchestrator.actions.registry import get_action
+from orchestrator.actions.render import render_params
+from orchestrator.policy.models import AwsHealthSignal, CloudWatchAlarmSignal, Policy
+from orchestrator.readiness import moves
+
+
+def signal_statements(policy: Policy) -> list[IamStatement]:
+    out: list[IamStatement] = []
+    if any(isinstance(s, AwsHealthSignal) for s in policy.signals):
+        # AWS Health supports no resource-level permissions.
+        out.append(
+            IamStatement(
+                (
+                    "health:DescribeEvents",
+                    "health:DescribeEventDetails",
+                    "health:DescribeAffectedEntities",
+                )
+            )
+        )
+    if any(isinstance(s, CloudWatchAlarmSignal) for s in policy.signals):
+        arns = sorted(
+            f"arn:aws:cloudwatch:{region}:*:alarm:{name}"
+            for s in policy.signals
+            if isinstance(s, CloudWatchAlarmSignal)
+            for region, names in s.alarms.items()
+            for name in names
+        )
+        out.append(IamStatement(("cloudwatch:DescribeAlarms",), tuple(arns)))
+    if policy.replication is not None:
+        # GetMetricData has no resource-level permissions.
+        out.append(IamStatement(("cloudwatch:GetMetricData",)))
+    return out
+
+
+def action_statements(policy: Policy) -> list[IamStatement]:
+    out: list[IamStatement] = []
+    for move, steps in moves(policy):
+        for step in steps:
+            params = render_params(
+                step,
+                service=policy.service,
+                source_region=move.source,
+                target_region=move.target,
+                primary_region=policy.primary,
+            )
+            out.extend(get_action(step.action).iam_statements(params, [move.source, move.target]))
+    return out
+
+
+def iam_policy(policies: Iterable[Policy]) -> dict[str, Any]:
+    """One IAM policy document. Statements granting the same actions are merged (their
+    resources united; ``*`` absorbs the rest), and everything is sorted, so the output is
+    stable and diffable."""
+    by_actions: dict[tuple[str, ...], set[str]] = {}
+    for policy in policies:
+        for st in (*signal_statements(policy), *action_statements(policy)):
+            by_actions.setdefault(tuple(sorted(set(st.actions))), set()).update(st.resources)
+    statements = []
+    for i, (actions, resources) in enumerate(sorted(by_actions.items())):
+        listed = ["*"] if "*" in resources else sorted(resources)
+        statements.append(
+            {
+                "Sid": f"Failoverd{i + 1}",
+                "Effect": "Allow",
+                "Action": list(actions),
+                "Resource": listed if len(listed) > 1 else listed[0],
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def iam_policy_text(policies: Iterable[Policy]) -> str:
+    return json.dumps(iam_policy(policies), indent=2) + "\n"

@@ -1,0 +1,114 @@
+"""`failoverd readiness` against a moto server: what is missing, what is ready, and which
+steps lean on the control plane of the region being evacuated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.policy.loader import load_policy_text
+from orchestrator.readiness import readiness
+from orchestrator.signals.aws_clients import AwsClients
+from tests.fixtures.moto_server import MotoServer
+
+POLICY = """
+service: shop
+regions: [us-east-1, us-west-2]
+rto: 15m
+rpo: 1m
+detection: {{quorum: 1}}
+signals:
+  - {{name: api, type: http, target: "https://{{region}}.shop.example.com/"}}
+runbooks:
+  failover:
+    - name: scale
+      action: autoscaling.set_capacity
+      params: {{auto_scaling_group: "shop-{{target_region}}", desired: 4}}
+    - name: dns
+      action: route53.set_record
+      after: [scale]
+      params:
+        hosted_zone_id: {zone}
+        name: api.shop.example.com
+        value: "{{target_region}}.shop.example.com"
+"""
+
+
+def seed(moto: MotoServer, *, max_size: int = 10) -> str:
+    r53 = moto.boto3_client("route53")
+    zone = r53.create_hosted_zone(Name="shop.example.com", CallerReference="readiness")
+    zone_id: str = zone["HostedZone"]["Id"].split("/")[-1]
+    for region in ("us-east-1", "us-west-2"):
+        ec2 = moto.boto3_client("ec2", region)
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        asg = moto.boto3_client("autoscaling", region)
+        asg.create_launch_configuration(
+            LaunchConfigurationName=f"lc-{region}", ImageId=image, InstanceType="t3.micro"
+        )
+        asg.create_auto_scaling_group(
+            AutoScalingGroupName=f"shop-{region}",
+            LaunchConfigurationName=f"lc-{region}",
+            MinSize=0,
+            MaxSize=max_size,
+            DesiredCapacity=0,
+            AvailabilityZones=[f"{region}a"],
+        )
+    return zone_id
+
+
+def by_step(report: Any) -> dict[tuple[str, str, str], Any]:
+    return {(s.move.runbook, s.move.target, s.step): s for s in report.steps}
+
+
+async def test_a_seeded_world_is_ready_and_route53_is_flagged_when_evacuating_its_region(
+    moto: MotoServer,
+) -> None:
+    zone = seed(moto)
+    policy = load_policy_text(POLICY.format(zone=zone))
+    report = await readiness([policy], AwsClients(moto.client_config()))
+    steps = by_step(report)
+    assert report.ready, [s for s in report.steps if not s.ready]
+    # failover us-east-1 -> us-west-2 and failback us-west-2 -> us-east-1, two steps each
+    assert set(steps) == {
+        ("failover", "us-west-2", "scale"),
+        ("failover", "us-west-2", "dns"),
+        ("failback", "us-east-1", "scale"),
+        ("failback", "us-east-1", "dns"),
+    }
+    # Route 53's control plane is us-east-1: evacuating us-east-1 leans on it.
+    assert steps[("failover", "us-west-2", "dns")].control_plane_in_source
+    assert not steps[("failback", "us-east-1", "dns")].control_plane_in_source
+
+
+async def test_missing_and_undersized_resources_are_reported(moto: MotoServer) -> None:
+    zone = seed(moto, max_size=2)  # desired 4 will not fit
+    policy = load_policy_text(POLICY.format(zone=zone.replace("Z", "Y", 1) + "X"))
+    report = await readiness([policy], AwsClients(moto.client_config()))
+    steps = by_step(report)
+    assert not report.ready
+    scale = steps[("failover", "us-west-2", "scale")]
+    assert not scale.ready
+    assert "ASG max below desired: max 2 < desired 4" in scale.findings
+    dns = steps[("failover", "us-west-2", "dns")]
+    assert not dns.ready
+    assert dns.findings  # the zone does not exist
+
+
+def test_cli_exit_codes_and_report(
+    moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    zone = seed(moto, max_size=2)
+    policy_file = tmp_path / "shop.yaml"
+    policy_file.write_text(POLICY.format(zone=zone))
+    args = ["readiness", "--policy", str(policy_file), "--endpoint-url", moto.endpoint_url]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "shop: failover us-east-1 -> us-west-2" in out
+    assert "NOT READY  scale (autoscaling.set_capacity)" in out
+    assert "depends on the us-east-1 control plane" in out
+    assert main(["readiness", "--policy", str(tmp_path / "nope.yaml")]) == 2
