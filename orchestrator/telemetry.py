@@ -108,6 +108,24 @@ AGENT_LAST_SEEN = Gauge(
 )
 MQTT_CONNECTED = Gauge("failoverd_mqtt_connected", "1 while connected to the MQTT broker.")
 
+# --- runbooks ---------------------------------------------------------------------------
+RUNBOOK_STEP_ATTEMPTS = Counter(
+    "failoverd_runbook_step_attempts_total",
+    "Runbook step attempts by action and outcome (succeeded, failed, retryable, timeout).",
+    ("service", "action", "outcome"),
+)
+RUNBOOK_STEP_DURATION = Histogram(
+    "failoverd_runbook_step_duration_seconds",
+    "How long one attempt of a runbook step took (check, execute and verify).",
+    ("action",),
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+RUNS_FINISHED = Counter(
+    "failoverd_runs_finished_total",
+    "Runbook runs finished, by kind and outcome (succeeded, failed).",
+    ("service", "kind", "outcome"),
+)
+
 # --- state store ----------------------------------------------------------------------
 STORE_OPERATION_DURATION = Histogram(
     "failoverd_store_operation_duration_seconds",

@@ -1,0 +1,149 @@
+"""RTO accounting: where a run stands against its recovery time objective.
+
+The RTO clock starts at detection (the decision's ``detected_at``: when the active region
+was first seen down). A run an operator asked for, with nothing detected, is measured from
+the decision instead. ``rto_remaining`` is ``rto - elapsed`` and goes negative when the
+budget is overrun (the overrun is a number worth showing, not a zero). Everything here is
+computed from the journal alone, so a progress snapshot reads the same on any daemon
+instance and after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from orchestrator.engine.state import RunStatus
+from orchestrator.runbook.journal import RunJournal, StepStatus, fold
+from orchestrator.store.base import JournalRecord, JournalStatus
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptProgress:
+    attempt: int
+    started_at: float
+    ended_at: float | None
+    duration: float  # so far, while it runs
+    error: str = ""
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StepProgress:
+    name: str
+    action: str
+    after: tuple[str, ...]
+    status: StepStatus
+    attempts: tuple[AttemptProgress, ...]
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None  # first start to end (or to now while running), backoffs included
+    error: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunProgress:
+    """One run, as the API, the status page and the metrics show it."""
+
+    run_id: str
+    service: str
+    kind: str
+    source: str
+    target: str
+    policy_version: str
+    status: RunStatus
+    error: str
+    steps: tuple[StepProgress, ...]
+    detected_at: float | None
+    decided_at: float
+    started_at: float
+    finished_at: float | None
+    rto: float
+    elapsed: float  # since detection (or the decision), to the end or to now
+    rto_remaining: float  # rto - elapsed; negative when overrun
+
+    @property
+    def rto_exceeded(self) -> bool:
+        return self.rto_remaining < 0
+
+    def step(self, name: str) -> StepProgress:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def rto_clock_start(detected_at: float | None, decided_at: float) -> float:
+    return decided_at if detected_at is None else detected_at
+
+
+def rto_remaining(rto: float, detected_at: float | None, decided_at: float, now: float) -> float:
+    """``rto - (now - detection)``: the budget left at ``now``."""
+    return rto - (now - rto_clock_start(detected_at, decided_at))
+
+
+def progress_from_records(records: Sequence[JournalRecord], now: float) -> RunProgress:
+    """A snapshot of the run at ``now`` (wall clock) from its journal records."""
+    return build_progress(fold(records), now)
+
+
+def build_progress(journal: RunJournal, now: float) -> RunProgress:
+    header = journal.header
+    finished = journal.finished
+    end = finished.at if finished is not None else now
+    if finished is None:
+        status, error = RunStatus.RUNNING, ""
+    elif finished.status is JournalStatus.RUN_SUCCEEDED:
+        status, error = RunStatus.SUCCEEDED, ""
+    else:
+        status, error = RunStatus.FAILED, finished.error
+    steps = []
+    for step in header.steps:
+        history = journal.steps[step.name]
+        attempts = tuple(
+            AttemptProgress(
+                a.attempt,
+                a.started_at,
+                a.ended_at,
+                (a.ended_at if a.ended_at is not None else end) - a.started_at,
+                a.error,
+                a.retryable,
+            )
+            for a in history.attempts
+        )
+        started, ended = history.started_at, history.finished_at
+        duration = None if started is None else (ended if ended is not None else end) - started
+        steps.append(
+            StepProgress(
+                name=step.name,
+                action=step.action,
+                after=tuple(step.after),
+                status=history.status,
+                attempts=attempts,
+                started_at=started,
+                finished_at=ended,
+                duration=duration,
+                error=history.error,
+                detail=history.detail,
+            )
+        )
+    elapsed = end - rto_clock_start(header.detected_at, header.decided_at)
+    return RunProgress(
+        run_id=header.run_id,
+        service=header.service,
+        kind=header.kind,
+        source=header.source,
+        target=header.target,
+        policy_version=header.policy_version,
+        status=status,
+        error=error,
+        steps=tuple(steps),
+        detected_at=header.detected_at,
+        decided_at=header.decided_at,
+        started_at=header.started_at,
+        finished_at=None if finished is None else finished.at,
+        rto=header.rto,
+        elapsed=elapsed,
+        rto_remaining=header.rto - elapsed,
+    )
