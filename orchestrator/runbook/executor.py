@@ -192,6 +192,7 @@ class Executor:
                 await self._fail_unreadable(run_id, records, exc)
                 continue
             run = self._new_run(journal)
+            await self._adopt_state(journal.header)
             run.log.info(
                 "run_resumed",
                 kind=journal.header.kind,
@@ -498,6 +499,27 @@ class Executor:
         updated = set_waiting_approval(state, waiting)
         if updated is not state:
             await self._save_state(updated)
+
+    async def _adopt_state(self, header: RunHeader) -> None:
+        """A resumed run must show in the service state (API, status page) and block other
+        runs while it moves things, even if the crash came before the first state write."""
+        state = await self._guard(self._store.load_state(header.service))
+        if state is None:
+            state = ServiceState(header.service, active_region=header.source)
+        run = state.run
+        if run is not None and run.id == header.run_id:
+            return
+        if run is None and state.active_region == header.target:
+            return  # settled already: the crash came between the state write and run end
+        if run is not None and run.status is RunStatus.RUNNING:
+            log.warning(
+                "run_state_superseded",
+                run_id=header.run_id,
+                service=header.service,
+                other_run=run.id,
+            )
+            return
+        await self._save_state(replace(state, run=_run_info(header)))
 
     async def _settle_state(self, header: RunHeader, ok: bool, error: str) -> None:
         """Record the run's end in the service state (idempotent: a resume after a crash

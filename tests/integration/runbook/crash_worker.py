@@ -1,70 +1,74 @@
 """A daemon stand-in for the crash-resume test: runs (or resumes) the example webapp
-policy's failover runbook with the real executor and the real SqliteStore, and stops dead
-at a chosen point so that the test can SIGKILL it there.
+policy's failover runbook with the real executor, the real actions and the real
+SqliteStore, against the test's moto server over HTTP, and stops dead at one chosen point
+so that the test can SIGKILL it there.
 
-The actions are stand-ins that change a "world" kept in files (the real AWS actions are
-tested against moto on their own): each step's effect is its rendered parameters, written
-only when not already there (read first, act only if needed, as every action must), and
-every real change is appended to ``effects.log`` so that a change applied twice shows.
+Crash points (one per incarnation, given on the command line):
 
-Crash points, ``<step>:<point>``: ``started`` (step_started committed, nothing touched),
-``applied`` (mid-step: the world changed, the journal does not know yet), ``succeeded``
-(step_succeeded committed, dependents not started). Each point stops the worker once: it is
-written to ``used`` and to ``marker`` (which the test waits for), then the worker blocks the
-whole event loop, so that nothing moves until the SIGKILL.
+* ``run:started`` — ``run_started`` committed, the service state not yet written, no step
+  begun;
+* ``<step>:started`` — the step's ``step_started`` committed, nothing touched;
+* ``<step>:applied`` — mid-step: ``execute`` changed the world, ``verify`` has not run and
+  the journal does not know;
+* ``before:<Operation>`` / ``after:<Operation>`` — around one AWS call (any service): the
+  request not yet sent / the answer received, still inside ``execute``;
+* ``<step>:succeeded`` — ``step_succeeded`` committed, dependents not started;
+* ``run:settled`` — the service state records the move, ``run_succeeded`` not yet written.
 
-    python -m tests.integration.runbook.crash_worker DIR
+At the point, the worker writes it to ``marker`` (which the test waits for) and blocks the
+whole event loop, so nothing else moves until the SIGKILL. A point the run passes without
+meeting is a test plan error: the worker then finishes and the test sees it.
+
+    python -m tests.integration.runbook.crash_worker DIR POINT|none
+
+``DIR/config.json`` holds the moto endpoint and the seeded hosted zone id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator.actions.base import (
-    Action,
-    CheckReport,
-    ExecuteOutcome,
-    IamStatement,
-    StepContext,
-)
+from orchestrator.actions.base import Action, CheckReport, ExecuteOutcome, IamStatement, StepContext
+from orchestrator.actions.registry import get_action
 from orchestrator.clock import SYSTEM_CLOCK
-from orchestrator.engine.state import Decision, ServiceState
-from orchestrator.engine.vocabulary import Action as Kind
-from orchestrator.engine.vocabulary import Phase
-from orchestrator.policy.loader import load_policy_file
+from orchestrator.engine.state import ServiceState
 from orchestrator.runbook import Executor
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.store.base import JournalRecord, JournalStatus, Store
 from orchestrator.store.sqlite import SqliteStore
+from tests.integration.runbook.webapp_world import (
+    SERVICE,
+    SOURCE,
+    failover_decision,
+    webapp_policy,
+)
 
-ROOT = Path(__file__).parents[3]
-POLICY = ROOT / "policies" / "webapp" / "webapp.yaml"
 RUN_ID = "webapp-crash-test"
-POINT_OF = {JournalStatus.STEP_STARTED: "started", JournalStatus.STEP_SUCCEEDED: "succeeded"}
+POLICY_VERSION = "crash-test"
+POINT_OF = {
+    JournalStatus.RUN_STARTED: "started",
+    JournalStatus.STEP_STARTED: "started",
+    JournalStatus.STEP_SUCCEEDED: "succeeded",
+}
 
 
 class Crasher:
-    def __init__(self, folder: Path) -> None:
-        self.used = folder / "used"
+    def __init__(self, folder: Path, point: str) -> None:
         self.marker = folder / "marker"
+        self.point = point
 
     def at(self, point: str) -> None:
-        used = self.used.read_text().split() if self.used.exists() else []
-        if point in used:
+        if point != self.point:
             return
-        with self.used.open("a") as f:
-            f.write(point + "\n")
-            f.flush()
-            os.fsync(f.fileno())
         tmp = self.marker.with_suffix(".tmp")
         tmp.write_text(point)
         tmp.replace(self.marker)
@@ -72,7 +76,7 @@ class Crasher:
 
 
 class CrashingStore:
-    """The real store; stops at ``<step>:started`` / ``<step>:succeeded`` after the write."""
+    """The real store; stops after the journal write or state save named by the point."""
 
     def __init__(self, inner: Store, crasher: Crasher) -> None:
         self._inner = inner
@@ -82,87 +86,100 @@ class CrashingStore:
     async def append_journal(self, record: JournalRecord) -> None:
         await self._inner.append_journal(record)
         if record.status in POINT_OF:
-            self._crasher.at(f"{record.step}:{POINT_OF[record.status]}")
+            self._crasher.at(f"{record.step or 'run'}:{POINT_OF[record.status]}")
+
+    async def save_state(self, state: ServiceState, token: int) -> None:
+        await self._inner.save_state(state, token)
+        if state.run is None:
+            self._crasher.at("run:settled")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
 
-class WorldAction(Action):
-    """Sets ``world/<step>.json`` to the step's rendered parameters, idempotently."""
+class CrashingAction(Action):
+    """The real action; stops between a changing ``execute`` and ``verify``."""
 
-    name = "world"
+    # The executor renders a step's parameters from the policy's registry, not from these.
+    name = "crashing"
     params_model = BaseModel
 
-    def __init__(self, folder: Path, crasher: Crasher) -> None:
-        self.world = folder / "world"
-        self.effects = folder / "effects.log"
+    def __init__(self, inner: Action, crasher: Crasher) -> None:
+        self.inner = inner
         self.crasher = crasher
 
-    def _wanted(self, ctx: StepContext) -> str:
-        return json.dumps(ctx.params.model_dump(mode="json"), sort_keys=True)
-
     async def check(self, ctx: StepContext) -> CheckReport:
-        return CheckReport(ready=self.world.is_dir())
+        return await self.inner.check(ctx)
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        target = self.world / f"{ctx.step}.json"
-        wanted = self._wanted(ctx)
-        if target.exists() and target.read_text() == wanted:
-            return ExecuteOutcome(changed=False, detail=f"{ctx.step} already in place")
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(wanted)
-        tmp.replace(target)
-        with self.effects.open("a") as f:
-            f.write(f"{ctx.step} attempt={ctx.attempt}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.crasher.at(f"{ctx.step}:applied")
-        return ExecuteOutcome(changed=True, detail=f"{ctx.step} set")
+        outcome = await self.inner.execute(ctx)
+        if outcome.changed:
+            self.crasher.at(f"{ctx.step}:applied")
+        return outcome
 
     async def verify(self, ctx: StepContext) -> None:
-        if (self.world / f"{ctx.step}.json").read_text() != self._wanted(ctx):
-            raise AssertionError(f"{ctx.step}: effect not visible")
+        await self.inner.verify(ctx)
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
-        return []
+        return self.inner.iam_statements(params, regions, account)
 
 
-async def main(folder: Path) -> int:
-    crasher = Crasher(folder)
+class CrashingAws(AwsClients):
+    """The real client factory; every client stops before/after the named AWS call."""
+
+    def __init__(self, config: AwsClientConfig, crasher: Crasher) -> None:
+        super().__init__(config)
+        self.crasher = crasher
+
+    @asynccontextmanager
+    async def client(self, service: str, region: str) -> AsyncIterator[Any]:
+        async with super().client(service, region) as client:
+            for when in ("before", "after"):
+
+                def hook(when: str = when, **kwargs: Any) -> None:
+                    operation = kwargs["event_name"].rsplit(".", 1)[-1]
+                    self.crasher.at(f"{when}:{operation}")
+
+                client.meta.events.register(f"{when}-call.*", hook)
+            yield client
+
+
+def aws_config(endpoint_url: str) -> AwsClientConfig:
+    # As tests/fixtures/moto_server.py's client_config (not imported: it imports moto).
+    return AwsClientConfig(
+        endpoint_url=endpoint_url,
+        access_key_id="testing",
+        secret_access_key="testing",
+        connect_timeout=2.0,
+        read_timeout=10.0,
+        max_attempts=2,
+    )
+
+
+async def main(folder: Path, point: str) -> int:
+    config = json.loads((folder / "config.json").read_text())
+    crasher = Crasher(folder, point)
     inner = await SqliteStore.open(folder / "state.db")
     try:
         lease = await inner.acquire_lease("crash-worker", 60.0)
         if lease is None:
             print("lease taken", file=sys.stderr)
             return 3
-        store = CrashingStore(inner, crasher)
-        action = WorldAction(folder, crasher)
         executor = Executor(
-            store,
-            AwsClients(AwsClientConfig(endpoint_url="http://127.0.0.1:9")),
+            CrashingStore(inner, crasher),
+            CrashingAws(aws_config(config["endpoint_url"]), crasher),
             SYSTEM_CLOCK,
             token=lambda: lease.token,
-            actions=lambda _name: action,
+            actions=lambda name: CrashingAction(get_action(name), crasher),
         )
         if await inner.read_run(RUN_ID):
             await executor.resume_unfinished()
         else:
-            policy = load_policy_file(POLICY)
-            now = SYSTEM_CLOCK.now()
-            decision = Decision(
-                service="webapp",
-                at=now,
-                phase=Phase.FAILING_OVER,
-                action=Kind.FAILOVER,
-                active_region="us-east-1",
-                target="us-west-2",
-                policy_version="crash-test",
-                detected_at=now - 30.0,
-            )
-            state = ServiceState("webapp", "us-east-1")
+            policy = webapp_policy(config["zone_id"])
+            decision = failover_decision(SYSTEM_CLOCK.now(), POLICY_VERSION)
+            state = ServiceState(SERVICE, SOURCE)
             await executor.start_run(policy, decision, state, run_id=RUN_ID)
         return 0
     finally:
@@ -170,4 +187,4 @@ async def main(folder: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(Path(sys.argv[1]))))
+    sys.exit(asyncio.run(main(Path(sys.argv[1]), sys.argv[2])))
