@@ -1,0 +1,100 @@
+"""The contract between the daemon and its front doors (HTTP API, CLI, MQTT commands).
+
+The daemon implements :class:`Control`; the API, the MQTT command topic and tests use it.
+Reads are cheap, synchronous snapshots of immutable data (safe to call from any handler);
+commands are async because they are journaled in the store before they take effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from orchestrator.engine.healthbook import RegionVerdict, VantageView
+from orchestrator.engine.state import Decision, LagReading, OperatorCommand
+from orchestrator.runbook.rto import RunProgress
+
+
+@dataclass(frozen=True)
+class ServiceSnapshot:
+    """Everything an on-call engineer needs about one service, at one moment."""
+
+    service: str
+    at: float  # wall clock of the snapshot
+    policy_version: str
+    mode: str  # automatic | advisory
+    regions: tuple[str, ...]  # priority order; the first is the primary
+    active_region: str
+    phase: str
+    reasons: tuple[str, ...]
+    paused: bool
+    rto: float
+    rpo: float
+    verdicts: Mapping[str, RegionVerdict]
+    evidence: Mapping[str, tuple[VantageView, ...]]
+    lag: Mapping[str, LagReading]
+    decision: Decision | None
+    run: RunProgress | None  # the current run, or the last one
+    recent_decisions: tuple[Decision, ...] = ()  # newest last; only changes are kept
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What became of an operator command: accepted (and journaled) or refused, and why."""
+
+    accepted: bool
+    message: str
+    decision: Decision | None = None
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    problems: tuple[str, ...] = field(default=())  # why not ready, in words
+
+
+class NotLeaderError(Exception):
+    """A mutating command reached an instance that does not lead; ``leader`` says who does."""
+
+    def __init__(self, leader: str | None) -> None:
+        super().__init__(f"not the leader; the leader is {leader or 'unknown'}")
+        self.leader = leader
+
+
+class Control(Protocol):
+    """The daemon as its front doors see it.
+
+    Contract: ``snapshot``/``services``/``readiness`` never block and never raise for a
+    known service; ``command`` journals who/what/why (``OperatorCommand.by``/``reason``) in
+    the store before acting, returns within a few seconds (it does not wait for a run to
+    finish), and raises :class:`NotLeaderError` on a follower.
+    """
+
+    node_id: str
+
+    @property
+    def policy_version(self) -> str: ...
+
+    def leader(self) -> str | None:
+        """The node id holding the leader lease, if known."""
+        ...
+
+    def is_leader(self) -> bool: ...
+
+    def readiness(self) -> Readiness:
+        """Policies loaded, store reachable, leader known."""
+        ...
+
+    def services(self) -> Sequence[str]: ...
+
+    def snapshot(self, service: str) -> ServiceSnapshot | None: ...
+
+    async def run_progress(self, run_id: str) -> RunProgress | None: ...
+
+    async def command(self, service: str, command: OperatorCommand) -> CommandResult: ...
+
+    async def pause_all(self, by: str, reason: str) -> None:
+        """The global brake: pause every service (journaled)."""
+        ...
