@@ -10,7 +10,7 @@ the region being evacuated (DESIGN principle 5: static stability).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from orchestrator.actions.base import ActionError, CheckReport, RetryableError, 
 from orchestrator.actions.registry import get_action
 from orchestrator.actions.render import render_params
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.policy.durations import format_duration
 from orchestrator.policy.models import Policy, Step
 from orchestrator.signals.aws_clients import AwsClients
 
@@ -47,13 +48,24 @@ class StepReadiness:
         return self.control_plane_region == self.move.source
 
 
+@dataclass(frozen=True)
+class LagReadiness:
+    """The replica in a standby region: is its lag known, fresh and within the RPO?"""
+
+    service: str
+    region: str
+    ready: bool
+    finding: str
+
+
 @dataclass
 class ReadinessReport:
     steps: list[StepReadiness] = field(default_factory=list)
+    lag: list[LagReadiness] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
-        return all(s.ready and s.checked for s in self.steps)
+        return all(s.ready and s.checked for s in self.steps) and all(x.ready for x in self.lag)
 
 
 def moves(policy: Policy) -> Iterator[tuple[Move, list[Step]]]:
@@ -108,10 +120,44 @@ async def check_step(
     )
 
 
+async def check_lag(
+    policies: Sequence[Policy], aws: AwsClients, clock: Clock
+) -> list[LagReadiness]:
+    """Read each standby replica's lag once, as the daemon would, and hold it against the
+    RPO: a replica that is missing, silent, stale or behind is not ready to take over."""
+    from orchestrator.signals.lag import ReplicationLagSource, lag_watches
+
+    by_service = {p.service: p for p in policies}
+    source = ReplicationLagSource(list(policies), aws, clock)
+    out: list[LagReadiness] = []
+    for watch in lag_watches(policies):
+        rpo = by_service[watch.service].rpo
+        try:
+            async with aws.client("cloudwatch", watch.region) as client:
+                reading = await source.read(client, watch)
+        except Exception as exc:  # any failure to read is "could not check", reported
+            out.append(LagReadiness(watch.service, watch.region, False, f"could not read: {exc}"))
+            continue
+        fd = format_duration
+        if reading is None or reading.seconds is None:
+            finding, ok = "no lag data: replica absent, or its metric is not published", False
+        elif clock.now() - reading.observed_at > watch.max_age:
+            age = fd(clock.now() - reading.observed_at)
+            finding, ok = f"lag reading is {age} old (max_age {fd(watch.max_age)})", False
+        elif reading.seconds > rpo:
+            finding, ok = f"lag {fd(reading.seconds)} above the RPO {fd(rpo)}", False
+        else:
+            finding, ok = f"lag {fd(reading.seconds)} within the RPO {fd(rpo)}", True
+        out.append(LagReadiness(watch.service, watch.region, ok, finding))
+    return out
+
+
 async def readiness(
     policies: Iterable[Policy], aws: AwsClients, clock: Clock = SYSTEM_CLOCK
 ) -> ReadinessReport:
-    """Check every step of every move; checks of one policy run concurrently."""
+    """Check every step of every move (checks of one policy run concurrently), and the
+    replication lag of every standby replica."""
+    policies = list(policies)
     report = ReadinessReport()
     for policy in policies:
         jobs = [(move, step) for move, steps in moves(policy) for step in steps]
@@ -119,6 +165,7 @@ async def readiness(
             *(check_step(policy, move, step, aws, clock) for move, step in jobs)
         )
         report.steps.extend(results)
+    report.lag.extend(await check_lag(policies, aws, clock))
     return report
 
 
@@ -141,6 +188,9 @@ def format_report(report: ReadinessReport) -> str:
                 " region being evacuated (prefer a data-plane switch: health-check inversion,"
                 " ARC routing controls)"
             )
+    for x in report.lag:
+        state = "ready" if x.ready else "NOT READY"
+        lines.append(f"{x.service}: replica in {x.region}: {state} - {x.finding}")
     ready = sum(1 for s in report.steps if s.ready and s.checked)
     lines.append(f"{ready} of {len(report.steps)} step checks ready")
     return "\n".join(lines)

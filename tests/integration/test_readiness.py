@@ -3,6 +3,7 @@ steps lean on the control plane of the region being evacuated."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,53 @@ def test_cli_exit_codes_and_report(
     assert "NOT READY  scale (autoscaling.set_capacity)" in out
     assert "depends on the us-east-1 control plane" in out
     assert main(["readiness", "--policy", str(tmp_path / "nope.yaml")]) == 2
+
+
+LAG_POLICY = (
+    POLICY
+    + """
+replication:
+  sources:
+    us-west-2: {{type: rds_replica_lag, db_instance: shop-db-usw2}}
+  max_age: 5m
+"""
+)
+
+
+def put_lag(moto: MotoServer, value: float, age_s: float) -> None:
+    cw = moto.boto3_client("cloudwatch", "us-west-2")
+    cw.put_metric_data(
+        Namespace="AWS/RDS",
+        MetricData=[
+            {
+                "MetricName": "ReplicaLag",
+                "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": "shop-db-usw2"}],
+                "Timestamp": datetime.now(UTC) - timedelta(seconds=age_s),
+                "Value": value,
+                "Unit": "Seconds",
+            }
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("lag", "age", "ready", "words"),
+    [
+        (None, 0, False, "no lag data"),
+        (5.0, 30, True, "lag 5s within the RPO 1m"),
+        (120.0, 30, False, "lag 2m above the RPO 1m"),
+    ],
+)
+async def test_replica_lag_is_held_against_the_rpo(
+    moto: MotoServer, lag: float | None, age: float, ready: bool, words: str
+) -> None:
+    zone = seed(moto)
+    if lag is not None:
+        put_lag(moto, lag, age)
+    policy = load_policy_text(LAG_POLICY.format(zone=zone))
+    report = await readiness([policy], AwsClients(moto.client_config()))
+    (replica,) = report.lag
+    assert replica.region == "us-west-2"
+    assert replica.ready is ready
+    assert words in replica.finding
+    assert report.ready is ready  # the steps themselves are ready in the seeded world
