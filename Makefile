@@ -30,9 +30,10 @@ scenarios: $(STAMP)
 	$(VENV)/bin/failoverd validate policies
 	$(VENV)/bin/failoverd test policies
 
-schema: $(STAMP) ## regenerate policies/schema.json and docs/policy-reference.md from the models
+schema: $(STAMP) ## regenerate policies/schema.json and the policy/settings references from the models
 	$(VENV)/bin/failoverd schema -o policies/schema.json
 	$(VENV)/bin/failoverd schema --markdown -o docs/policy-reference.md
+	$(PY) -c 'from orchestrator.settings import settings_reference as r; print(r(), end="")' > docs/settings-reference.md
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

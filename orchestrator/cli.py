@@ -1,7 +1,8 @@
 """The ``failoverd`` command.
 
-Exit codes: 0 success; 1 invalid policies (validate) or failed scenarios (test); 2 a file
-that cannot be used (an invalid scenario file, a missing path) or bad command-line usage.
+Exit codes: 0 success; 1 invalid policies (validate), failed scenarios (test), not ready
+(readiness), or a refused operator command; 2 a file that cannot be used (an invalid
+scenario file, a missing path), bad command-line usage, or an unreachable API.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="failoverd",
         description="Multi-region failover orchestrator for AWS.",
-        epilog="Exit codes: 0 ok; 1 invalid policies or failed scenarios; 2 unusable input.",
+        epilog="Exit codes: 0 ok; 1 invalid policies, failed scenarios, not ready, or a command"
+        " refused; 2 unusable input (bad file, option, or connection).",
     )
     p.add_argument("--version", action="version", version=f"failoverd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -106,14 +108,28 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     from orchestrator.agent import add_agent_parser
+    from orchestrator.daemon import add_run_parser
+    from orchestrator.drills import add_drill_parser
+    from orchestrator.operator_cli import add_operator_parsers
 
+    add_run_parser(sub)
     add_agent_parser(sub)
+    add_drill_parser(sub)
+    add_operator_parsers(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "operator", None):
+            from orchestrator.operator_cli import run_operator
+
+            return run_operator(args)
+        if args.command == "run":
+            from orchestrator.daemon import run_daemon
+
+            return run_daemon(args)
         if args.command == "validate":
             return cmd_validate(args.paths)
         if args.command == "schema":
@@ -126,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_readiness(args.policies or ["policies"], args.endpoint_url, args.json)
         if args.command == "iam-policy":
             return cmd_iam_policy(args.policies or ["policies"])
+        if args.command == "drill":
+            from orchestrator.drills import run_drill
+
+            return run_drill(args)
         if args.command == "agent":
             from orchestrator.agent import run_agent
 

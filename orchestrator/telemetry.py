@@ -126,6 +126,57 @@ RUNS_FINISHED = Counter(
     ("service", "kind", "outcome"),
 )
 
+# --- HTTP API ---------------------------------------------------------------------------
+API_REQUESTS = Counter(
+    "failoverd_api_requests_total",
+    "HTTP API requests by method, route template and status code.",
+    ("method", "route", "status"),
+)
+API_REQUEST_DURATION = Histogram(
+    "failoverd_api_request_duration_seconds",
+    "Time taken to answer an HTTP API request, by route template.",
+    ("route",),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+API_COMMANDS = Counter(
+    "failoverd_api_commands_total",
+    "Operator commands received over the API, by command and outcome"
+    " (accepted, refused, not_leader).",
+    ("command", "outcome"),
+)
+
+# --- MQTT event stream and commands ------------------------------------------------------
+EVENTS_PUBLISHED = Counter(
+    "failoverd_events_published_total", "Messages published on the MQTT event stream.", ("type",)
+)
+EVENTS_DROPPED = Counter(
+    "failoverd_events_dropped_total",
+    "Event stream messages dropped before publishing (queue_full, invalid).",
+    ("reason",),
+)
+EVENTS_QUEUED = Gauge("failoverd_events_queued", "Event stream messages waiting for the broker.")
+EVENTS_CONNECTED = Gauge(
+    "failoverd_events_connected", "1 while the event publisher is connected to the broker."
+)
+MQTT_COMMANDS = Counter(
+    "failoverd_mqtt_commands_total",
+    "Operator commands received over MQTT, by outcome"
+    " (accepted, refused, not_leader, invalid, retained, too_large, unknown_topic, error).",
+    ("outcome",),
+)
+
+# --- daemon -----------------------------------------------------------------------------
+POLICY_RELOADS = Counter(
+    "failoverd_policy_reloads_total",
+    "Policy reloads (SIGHUP or a changed file), by outcome (success, failure).",
+    ("outcome",),
+)
+SOURCE_RESTARTS = Counter(
+    "failoverd_signal_source_restarts_total",
+    "Signal sources restarted by the supervisor after they crashed or returned.",
+    ("source",),
+)
+
 # --- state store ----------------------------------------------------------------------
 STORE_OPERATION_DURATION = Histogram(
     "failoverd_store_operation_duration_seconds",

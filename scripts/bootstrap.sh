@@ -20,9 +20,10 @@ if ! have_python; then
     exit 1
 fi
 
-# Debian packages the integration tests run for real (mosquitto: MQTT agents).
+# Debian packages the integration tests run for real: mosquitto (MQTT agents and events),
+# systemd (systemd-analyze verify/security on the unit, sysusers/tmpfiles).
 missing=()
-for pkg_bin in mosquitto:/usr/sbin/mosquitto; do
+for pkg_bin in mosquitto:/usr/sbin/mosquitto systemd:/usr/bin/systemd-analyze; do
     pkg="${pkg_bin%%:*}"; bin="${pkg_bin#*:}"
     [ -x "$bin" ] || missing+=("$pkg")
 done

@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.policy.actions import ACTION_NAMES
@@ -350,6 +351,40 @@ class Runbooks(Strict):
 
 
 # ---------------------------------------------------------------------------------------
+# Drills (game days)
+
+
+class DrillMode(StrEnum):
+    DRY_RUN = "dry-run"
+    SWITCHOVER = "switchover"
+
+
+class DrillSpec(Strict):
+    """One scheduled drill of a policy: ``{cron: "0 10 * * TUE", mode: dry-run}``."""
+
+    cron: str = Field(description="Five-field crontab expression, e.g. '0 10 * * TUE'.")
+    mode: DrillMode = Field(default=DrillMode.DRY_RUN, description="dry-run or switchover.")
+    hold: Duration = Field(default=300.0, gt=0, description="switchover: time on the standby.")
+    timezone: str = Field(default="UTC", description="Time zone of the cron expression.")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
+        return value
+
+    def trigger(self) -> Any:
+        """The apscheduler CronTrigger (raises ValueError for an unknown time zone)."""
+        try:
+            return CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+        except Exception as exc:  # pytz/zoneinfo raise their own types for a bad zone
+            raise ValueError(f"drill {self.cron!r}: time zone {self.timezone!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------
 # The policy
 
 
@@ -389,6 +424,11 @@ class Policy(Strict):
     )
     guards: Guards = Field(default=Guards(), description="What may stop or delay a move.")
     runbooks: Runbooks = Field(description="The steps of a failover, failback, switchover.")
+    drills: list[DrillSpec] = Field(
+        default_factory=list,
+        description="Scheduled game days, e.g. {cron: '0 10 * * TUE', mode: dry-run}; the"
+        " daemon runs them only while every region is healthy and nothing else runs.",
+    )
 
     @property
     def primary(self) -> str:

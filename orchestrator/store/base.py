@@ -58,6 +58,9 @@ class JournalStatus(StrEnum):
     STEP_SKIPPED = "step_skipped"  # a dependency failed with on_failure: abort
     RUN_SUCCEEDED = "run_succeeded"
     RUN_FAILED = "run_failed"
+    # An operator's command (who, what, why in `detail`), journaled before it takes effect;
+    # run_id is "" unless it approves a run's step.
+    OPERATOR_COMMAND = "operator_command"
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ class Store(Protocol):
         ...
 
     async def recent_runs(self, service: str, limit: int = 20) -> Sequence[str]:
-        """The service's latest run ids, newest first."""
+        """The service's latest run ids, newest first (operator commands, with run id "",
+        are not runs)."""
         ...
 
     # -- approvals ---------------------------------------------------------------------

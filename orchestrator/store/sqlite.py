@@ -545,7 +545,7 @@ class SqliteStore:
         def recent(conn: sqlite3.Connection) -> list[str]:
             # A run's age is its first record's: a long run does not overtake a newer one.
             rows = conn.execute(
-                "SELECT run_id FROM journal WHERE service = ? GROUP BY run_id"
+                "SELECT run_id FROM journal WHERE service = ? AND run_id != '' GROUP BY run_id"
                 " ORDER BY MIN(seq) DESC LIMIT ?",
                 (service, limit),
             ).fetchall()

@@ -1,0 +1,467 @@
+"""The HTTP API: an aiohttp application over :class:`~orchestrator.control.Control`.
+
+Reads are open (the API binds to loopback by default); every mutating call needs the bearer
+token and goes through ``Control.command`` (or ``pause_all``), which journals who/what/why
+before anything happens. Errors are always JSON ``{"error": code, "message": ...}``; bad input
+is a 4xx naming the field, and anything unexpected becomes a logged JSON 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.api import schemas as s
+from orchestrator.api.auth import TokenAuth
+from orchestrator.api.errors import ApiError
+from orchestrator.api.openapi import RouteDoc, build_openapi
+from orchestrator.control import Control, NotLeaderError, ServiceSnapshot
+from orchestrator.engine.state import Command, OperatorCommand
+from orchestrator.telemetry import API_COMMANDS, API_REQUEST_DURATION, API_REQUESTS, get_logger
+
+log = get_logger("failoverd.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DEFAULT_TOKEN_LABEL = "api"
+MAX_BODY = 64 * 1024  # a command body is a few hundred bytes; this bounds junk, not use
+MAX_RUN_ID = 128
+# Control.command returns "within a few seconds" by contract; past this the caller gets a
+# 504 and a hint to check the status (the command may still have been journaled).
+COMMAND_TIMEOUT = 15.0
+
+# Which optional fields each command honours.
+_ALLOWED: dict[Command, frozenset[str]] = {
+    Command.FAILOVER: frozenset({"to", "force"}),
+    Command.SWITCHOVER: frozenset({"to"}),
+    Command.FAILBACK: frozenset(),
+    Command.APPROVE: frozenset(),
+    Command.PAUSE: frozenset(),
+    Command.RESUME: frozenset(),
+}
+SERVICE_COMMANDS = tuple(_ALLOWED)
+
+_CONTROL = web.AppKey("control", Control)
+_AUTH = web.AppKey("auth", TokenAuth)
+_REGISTRY = web.AppKey("registry", CollectorRegistry)
+_LABEL = web.AppKey("token_label", str)
+_OPENAPI = web.AppKey("openapi", bytes)
+_COMMAND_TIMEOUT = web.AppKey("command_timeout", float)
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+# --- helpers ------------------------------------------------------------------------------
+def _json(body: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(text=body.model_dump_json(), status=status, content_type="application/json")
+
+
+def _error_response(err: ApiError) -> web.Response:
+    response = _json(err.body, err.status)
+    response.headers.update(err.headers)
+    return response
+
+
+def _validation_details(exc: ValidationError) -> list[str]:
+    out = []
+    for e in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(p) for p in e["loc"]) or "body"
+        if e["type"] == "extra_forbidden":
+            out.append(f"{field}: unknown field")
+        else:
+            out.append(f"{field}: {e['msg']}")
+    return out
+
+
+async def _read_command(request: web.Request) -> s.CommandRequest:
+    raw = await request.read()  # bounded by client_max_size: 413 beyond it
+    if not raw.strip():
+        raise ApiError(400, "empty_body", "send a JSON object with a non-empty 'reason'")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    try:
+        return s.CommandRequest.model_validate(data)
+    except ValidationError as exc:
+        details = _validation_details(exc)
+        raise ApiError(
+            400, "invalid_body", "invalid fields: " + "; ".join(details), details=details
+        ) from None
+
+
+def _control(request: web.Request) -> Control:
+    return request.app[_CONTROL]
+
+
+# --- middleware ---------------------------------------------------------------------------
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer is JSON on error; the unexpected is logged and becomes a 500."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ApiError as err:
+        status = err.status
+        return _error_response(err)
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400:
+            raise  # redirects and the like are not errors
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+        headers.pop("Content-Length", None)
+        return _error_response(ApiError(exc.status, code, exc.reason, headers=headers))
+    except Exception:
+        log.exception("api_unhandled_error", method=request.method, route=route)
+        return _error_response(
+            ApiError(500, "internal_error", "an unexpected error occurred; it has been logged")
+        )
+    finally:
+        API_REQUESTS.labels(request.method, route, str(status)).inc()
+        API_REQUEST_DURATION.labels(route).observe(time.monotonic() - started)
+
+
+# --- read handlers ------------------------------------------------------------------------
+async def healthz(request: web.Request) -> web.Response:
+    return _json(s.HealthBody(status="ok"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    r = _control(request).readiness()
+    return _json(s.ReadinessBody(ready=r.ready, problems=list(r.problems)), 200 if r.ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[_REGISTRY])
+    # web.Response(content_type=...) refuses parameters; the exposition type carries two.
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def status(request: web.Request) -> web.Response:
+    control = _control(request)
+    services = []
+    for name in control.services():
+        snap = control.snapshot(name)
+        if snap is not None:  # a service removed by a reload between the two calls
+            services.append(s.summary_body(snap))
+    return _json(
+        s.StatusBody(
+            node_id=control.node_id,
+            leader=control.leader(),
+            is_leader=control.is_leader(),
+            policy_version=control.policy_version,
+            services=services,
+        )
+    )
+
+
+def _snapshot(control: Control, name: str) -> ServiceSnapshot:
+    snap = control.snapshot(name) if name in control.services() else None
+    if snap is None:
+        known = ", ".join(sorted(control.services())) or "none"
+        raise ApiError(404, "unknown_service", f"no service named {name!r} (known: {known})")
+    return snap
+
+
+async def service(request: web.Request) -> web.Response:
+    control = _control(request)
+    snap = _snapshot(control, request.match_info["name"])
+    return _json(s.service_body(snap, node_id=control.node_id, leader=control.leader()))
+
+
+async def run(request: web.Request) -> web.Response:
+    run_id = request.match_info["id"]
+    if len(run_id) > MAX_RUN_ID:
+        raise ApiError(400, "invalid_run_id", f"run ids are at most {MAX_RUN_ID} characters")
+    async with asyncio.timeout(request.app[_COMMAND_TIMEOUT]):
+        progress = await _control(request).run_progress(run_id)
+    if progress is None:
+        raise ApiError(404, "unknown_run", f"no run with id {run_id!r}")
+    return _json(s.run_body(progress))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_OPENAPI], content_type="application/json")
+
+
+# --- mutating handlers --------------------------------------------------------------------
+def _not_leader(exc: NotLeaderError) -> ApiError:
+    return ApiError(
+        409,
+        "not_leader",
+        f"this instance does not lead; send the command to {exc.leader or 'the leader'}",
+        leader=exc.leader,
+    )
+
+
+def _command_handler(command: Command) -> Handler:
+    allowed = _ALLOWED[command]
+
+    async def handle(request: web.Request) -> web.Response:
+        request.app[_AUTH].check(request.headers.get("Authorization"))
+        control = _control(request)
+        name = request.match_info["name"]
+        snap = _snapshot(control, name)
+        body = await _read_command(request)
+        extra = sorted((body.model_fields_set & {"to", "force"}) - allowed)
+        if extra:
+            raise ApiError(
+                400,
+                "field_not_allowed",
+                f"{command.value} does not take {', '.join(repr(f) for f in extra)}",
+            )
+        if body.to is not None and body.to not in snap.regions:
+            raise ApiError(
+                400,
+                "unknown_region",
+                f"{name} has no region {body.to!r} (regions: {', '.join(snap.regions)})",
+            )
+        op = OperatorCommand(
+            command,
+            to=body.to,
+            force=body.force,
+            by=body.by or request.app[_LABEL],
+            reason=body.reason,
+        )
+        ctx = {"service": name, "command": command.value, "to": op.to, "force": op.force}
+        try:
+            async with asyncio.timeout(request.app[_COMMAND_TIMEOUT]):
+                result = await control.command(name, op)
+        except NotLeaderError as exc:
+            API_COMMANDS.labels(command.value, "not_leader").inc()
+            log.info("api_command_not_leader", **ctx, by=op.by, leader=exc.leader)
+            raise _not_leader(exc) from None
+        except TimeoutError:
+            raise ApiError(
+                504,
+                "timeout",
+                "the daemon did not answer in time; check the status before retrying",
+            ) from None
+        outcome = "accepted" if result.accepted else "refused"
+        API_COMMANDS.labels(command.value, outcome).inc()
+        log.info(
+            "api_command", **ctx, by=op.by, reason=op.reason, outcome=outcome, run_id=result.run_id
+        )
+        payload = s.command_result_body(result)
+        if not result.accepted:
+            raise ApiError(409, "refused", result.message, result=payload)
+        return _json(payload, 202)
+
+    handle.__name__ = f"command_{command.value}"
+    return handle
+
+
+async def pause_all(request: web.Request) -> web.Response:
+    request.app[_AUTH].check(request.headers.get("Authorization"))
+    body = await _read_command(request)
+    extra = sorted(body.model_fields_set & {"to", "force"})
+    if extra:
+        raise ApiError(
+            400, "field_not_allowed", f"pause does not take {', '.join(repr(f) for f in extra)}"
+        )
+    by = body.by or request.app[_LABEL]
+    try:
+        async with asyncio.timeout(request.app[_COMMAND_TIMEOUT]):
+            await _control(request).pause_all(by, body.reason)
+    except NotLeaderError as exc:
+        API_COMMANDS.labels("pause_all", "not_leader").inc()
+        raise _not_leader(exc) from None
+    except TimeoutError:
+        raise ApiError(
+            504, "timeout", "the daemon did not answer in time; check the status"
+        ) from None
+    API_COMMANDS.labels("pause_all", "accepted").inc()
+    log.info("api_pause_all", by=by, reason=body.reason)
+    return _json(s.CommandResultBody(accepted=True, message="every service is paused"), 202)
+
+
+# --- the route table ----------------------------------------------------------------------
+def routes() -> list[tuple[RouteDoc, Handler]]:
+    """Every route with its documentation: the app and the OpenAPI document share this."""
+    table: list[tuple[RouteDoc, Handler]] = [
+        (
+            RouteDoc("GET", "/healthz", "healthz", "the process is alive", {200: s.HealthBody}),
+            healthz,
+        ),
+        (
+            RouteDoc(
+                "GET",
+                "/readyz",
+                "readyz",
+                "policies loaded, store reachable, leader known",
+                {200: s.ReadinessBody, 503: s.ReadinessBody},
+            ),
+            readyz,
+        ),
+        (
+            RouteDoc(
+                "GET", "/metrics", "metrics", "Prometheus metrics", {200: CONTENT_TYPE_LATEST}
+            ),
+            metrics,
+        ),
+        (
+            RouteDoc("GET", "/v1/status", "status", "every service in brief", {200: s.StatusBody}),
+            status,
+        ),
+        (
+            RouteDoc(
+                "GET",
+                "/v1/services/{name}",
+                "service",
+                "one service: verdicts with evidence, phase, reasons, RTO, lag, run",
+                {200: s.ServiceBody},
+            ),
+            service,
+        ),
+        (
+            RouteDoc("GET", "/v1/runs/{id}", "run", "a run and its steps", {200: s.RunBody}),
+            run,
+        ),
+        (
+            RouteDoc(
+                "GET",
+                "/v1/openapi.json",
+                "openapi",
+                "this document",
+                {200: "application/json"},
+            ),
+            openapi,
+        ),
+    ]
+    for command in SERVICE_COMMANDS:
+        table.append(
+            (
+                RouteDoc(
+                    "POST",
+                    f"/v1/services/{{name}}/{command.value}",
+                    command.value,
+                    f"{command.value} (journaled with who and why)",
+                    {202: s.CommandResultBody, 409: s.ErrorBody},
+                    request=s.CommandRequest,
+                    authenticated=True,
+                    tags=("commands",),
+                ),
+                _command_handler(command),
+            )
+        )
+    table.append(
+        (
+            RouteDoc(
+                "POST",
+                "/v1/pause",
+                "pause_all",
+                "the global brake: pause every service",
+                {202: s.CommandResultBody, 409: s.ErrorBody},
+                request=s.CommandRequest,
+                authenticated=True,
+                tags=("commands",),
+            ),
+            pause_all,
+        )
+    )
+    return table
+
+
+def make_app(
+    control: Control,
+    *,
+    token: str | None,
+    metrics_registry: CollectorRegistry = REGISTRY,
+    token_label: str = DEFAULT_TOKEN_LABEL,
+    command_timeout: float = COMMAND_TIMEOUT,
+) -> web.Application:
+    """The API over ``control``. ``token`` None disables mutating calls (403)."""
+    if command_timeout <= 0:
+        raise ValueError(f"command_timeout must be positive, got {command_timeout}")
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app[_CONTROL] = control
+    app[_AUTH] = TokenAuth(token)
+    app[_REGISTRY] = metrics_registry
+    app[_LABEL] = token_label
+    app[_COMMAND_TIMEOUT] = float(command_timeout)
+    table = routes()
+    app[_OPENAPI] = json.dumps(build_openapi(doc for doc, _ in table)).encode()
+    for doc, handler in table:
+        app.router.add_route(doc.method, doc.path, handler, name=doc.operation_id)
+    return app
+
+
+# --- serving ------------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost could resolve anywhere
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    allow_remote: bool = False,
+    shutdown_timeout: float = 5.0,
+) -> web.AppRunner:
+    """Start serving ``app``; the caller owns the runner and calls ``runner.cleanup()``.
+
+    Refuses a non-loopback ``host`` unless ``allow_remote`` (DESIGN: loopback by default:
+    anyone who can reach the port can read the state, and try the token).
+    """
+    if not is_loopback(host) and not allow_remote:
+        raise ValueError(
+            f"refusing to serve the API on {host!r}: not a loopback address"
+            " (allow remote access explicitly to bind it)"
+        )
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"the API port must be an integer in 0..65535, got {port!r}")
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("api_listening", addresses=[str(a) for a in runner.addresses])
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port the runner listens on (useful with port 0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    raise RuntimeError("the API runner is not listening on a TCP port")
+
+
+__all__: list[str] = [
+    "SERVICE_COMMANDS",
+    "bound_port",
+    "error_middleware",
+    "is_loopback",
+    "make_app",
+    "routes",
+    "serve",
+]

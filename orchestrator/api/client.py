@@ -1,0 +1,176 @@
+"""A small async client of the failoverd HTTP API (what the operator CLI uses).
+
+Every request has a total timeout. Reads are retried on connection errors (exponential
+backoff with full jitter, within a time budget) because they are idempotent; commands are
+sent once: a failover must not be issued twice because an answer got lost — the operator
+checks ``status`` and decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+DEFAULT_API = "http://127.0.0.1:8080"
+DEFAULT_TIMEOUT = 10.0
+READ_ATTEMPTS = 3
+READ_BUDGET = 5.0  # seconds spent retrying reads, at most
+BACKOFF_BASE = 0.2
+
+
+class ApiUnreachable(Exception):
+    """The API could not be reached, or did not answer in time, or answered non-JSON."""
+
+
+class ApiRefused(Exception):
+    """The API answered with an error status; ``code`` is its machine-readable error."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+        self.code = str(body.get("error", "http_error"))
+        self.message = str(body.get("message", f"HTTP {status}"))
+        super().__init__(f"{self.message} (HTTP {status}, {self.code})")
+
+
+def validate_base_url(url: str) -> str:
+    """The API address without a trailing slash; ``ValueError`` naming what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"the API address must start with http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"the API address has no host: {url!r}")
+    try:
+        parts.port  # noqa: B018 -- urlsplit validates the port lazily
+    except ValueError:
+        raise ValueError(f"the API address has an invalid port: {url!r}") from None
+    if parts.query or parts.fragment:
+        raise ValueError(f"the API address must not have a query or fragment: {url!r}")
+    return url.rstrip("/")
+
+
+class ApiClient:
+    """Use as ``async with ApiClient(url, token=...) as api:``. Not shared between loops."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_API,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.base_url = validate_base_url(base_url)
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"ApiClient({self.base_url!r}, token={'set' if self._token else 'unset'})"
+
+    async def __aenter__(self) -> ApiClient:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- reads ---------------------------------------------------------------------------
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, body): a 503 is an answer here, not an error."""
+        try:
+            return True, await self._get("/readyz")
+        except ApiRefused as exc:
+            if exc.status == 503:
+                return False, exc.body
+            raise
+
+    async def status(self) -> dict[str, Any]:
+        return await self._get("/v1/status")
+
+    async def service(self, name: str) -> dict[str, Any]:
+        return await self._get(f"/v1/services/{quote(name, safe='')}")
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        return await self._get(f"/v1/runs/{quote(run_id, safe='')}")
+
+    # --- commands ------------------------------------------------------------------------
+    async def command(
+        self,
+        service: str,
+        command: str,
+        *,
+        reason: str,
+        to: str | None = None,
+        force: bool = False,
+        by: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": reason}
+        if to is not None:
+            body["to"] = to
+        if force:
+            body["force"] = True
+        if by is not None:
+            body["by"] = by
+        path = f"/v1/services/{quote(service, safe='')}/{quote(command, safe='')}"
+        return await self._send("POST", path, body)
+
+    async def pause_all(self, *, reason: str, by: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": reason}
+        if by is not None:
+            body["by"] = by
+        return await self._send("POST", "/v1/pause", body)
+
+    # --- plumbing ------------------------------------------------------------------------
+    async def _get(self, path: str) -> dict[str, Any]:
+        deadline = time.monotonic() + READ_BUDGET
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return await self._send("GET", path, None)
+            except ApiUnreachable:
+                wait = random.uniform(0, BACKOFF_BASE * 2 ** (attempt - 1))
+                if attempt == READ_ATTEMPTS or time.monotonic() + wait > deadline:
+                    raise
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        if self._session is None:
+            raise RuntimeError("use ApiClient as 'async with ApiClient(...) as api'")
+        headers = {"Accept": "application/json"}
+        if self._token is not None and method != "GET":
+            headers["Authorization"] = f"Bearer {self._token}"
+        url = self.base_url + path
+        try:
+            async with self._session.request(method, url, json=body, headers=headers) as resp:
+                try:
+                    payload = await resp.json(content_type=None)
+                except ValueError:
+                    raise ApiUnreachable(
+                        f"{url} answered HTTP {resp.status} without JSON: is it failoverd?"
+                    ) from None
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__  # a timeout's str() is empty
+            raise ApiUnreachable(
+                f"cannot reach the failoverd API at {self.base_url}: {reason}"
+            ) from None
+        if not isinstance(payload, dict):
+            raise ApiUnreachable(f"{url} answered an unexpected JSON document")
+        if status >= 400:
+            raise ApiRefused(status, payload)
+        return payload

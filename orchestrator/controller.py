@@ -1,0 +1,582 @@
+"""The per-service control loop: observations in, decisions out, runs started.
+
+:class:`Controller` implements :class:`orchestrator.control.Control`. It keeps, per service,
+a :class:`HealthBook`, the :class:`ServiceState` (from the store; created with the primary
+active when absent), the latest lag readings, the last :class:`Decision` and a bounded list
+of decision changes. It is the :class:`ObservationSink` and :class:`LagSink` the signal
+sources feed.
+
+One engine pass (``evaluate_all``) per tick and after each observation batch (debounced):
+verdicts -> ``decide()`` -> ``apply_decision`` -> fenced ``save_state`` -> a run started in
+the background when the decision says so (never two per service). Only the holder of the
+leader lease acts: without it the token provider answers None, so the executor stops at its
+next journal write, and ``decide()`` starts nothing (``not_leader``); observing goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from orchestrator.actions.registry import get_action
+from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.control import CommandResult, NotLeaderError, Readiness, ServiceSnapshot
+from orchestrator.engine.decide import decide
+from orchestrator.engine.healthbook import HealthBook, RegionVerdict
+from orchestrator.engine.observation import Observation
+from orchestrator.engine.state import (
+    MOVE_COMMANDS,
+    Command,
+    Decision,
+    LagReading,
+    OperatorCommand,
+    RunStatus,
+    ServiceState,
+    apply_command,
+    apply_decision,
+)
+from orchestrator.policy.actions import APPROVAL_ACTION
+from orchestrator.policy.loader import PolicySet
+from orchestrator.policy.models import Policy
+from orchestrator.runbook.executor import ActionLookup, Executor, RunRejected, new_run_id
+from orchestrator.runbook.journal import JournalError, StepStatus
+from orchestrator.runbook.rto import RunProgress
+from orchestrator.signals.aws_clients import AwsClients
+from orchestrator.store.base import (
+    ApprovalRecord,
+    JournalRecord,
+    JournalStatus,
+    Lease,
+    Store,
+    StoreError,
+)
+from orchestrator.telemetry import OBSERVATIONS, get_logger
+
+log = get_logger("failoverd.controller")
+
+RECENT_DECISIONS = 50
+_WAITING = frozenset({StepStatus.RUNNING, StepStatus.RETRYING})
+
+
+@dataclass
+class _Service:
+    policy: Policy
+    book: HealthBook
+    state: ServiceState
+    lag: dict[str, LagReading] = field(default_factory=dict)
+    verdicts: Mapping[str, RegionVerdict] = field(default_factory=dict)
+    decision: Decision | None = None
+    recent: collections.deque[Decision] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_DECISIONS)
+    )
+    run_task: asyncio.Task[None] | None = None
+    progress: RunProgress | None = None
+
+
+class Controller:
+    """The daemon's brain and the :class:`~orchestrator.control.Control` its front doors use.
+
+    Lifecycle: ``await load()`` (states from the store), then ``await run()`` (lease and
+    engine loops, and the runs, in one TaskGroup) until cancelled; ``await drain(grace)``
+    before cancelling lets running steps reach their next journal point (bounded);
+    ``await close()`` releases the lease.
+    """
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        store: Store,
+        aws: AwsClients,
+        *,
+        node_id: str,
+        clock: Clock = SYSTEM_CLOCK,
+        lease_ttl: float = 15.0,
+        tick: float = 1.0,
+        debounce: float = 0.05,
+        actions: ActionLookup = get_action,
+    ) -> None:
+        if not node_id:
+            raise ValueError("node_id must be a non-empty string")
+        if not lease_ttl > 0 or not tick > 0 or debounce < 0:
+            raise ValueError(
+                f"lease_ttl and tick must be positive and debounce not negative, got "
+                f"lease_ttl={lease_ttl!r} tick={tick!r} debounce={debounce!r}"
+            )
+        self.node_id = node_id
+        self._set = policies
+        self._store = store
+        self._clock = clock
+        self._ttl = lease_ttl
+        self._tick = tick
+        self._debounce = debounce
+        self.executor = Executor(store, aws, clock, token=self.token, actions=actions)
+        self._services: dict[str, _Service] = {}
+        self._lease: Lease | None = None
+        self._lease_deadline = 0.0  # monotonic: past it the lease may have expired
+        self._leader_name: str | None = None
+        self._store_ok = False
+        self._evaluated = False
+        self._stopping = False
+        self._resuming = False
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._resume_task: asyncio.Task[None] | None = None
+        self.on_tick: list[Callable[[], None]] = []  # e.g. the systemd watchdog ping
+
+    # -- Control: reads ------------------------------------------------------------------
+    @property
+    def policy_version(self) -> str:
+        return self._set.version
+
+    @property
+    def policy_set(self) -> PolicySet:
+        return self._set
+
+    @property
+    def evaluated(self) -> bool:
+        """True once every service has been through the engine once."""
+        return self._evaluated
+
+    def token(self) -> int | None:
+        """The fencing token while we hold an unexpired lease (the executor's provider)."""
+        if self._lease is None or self._clock.monotonic() >= self._lease_deadline:
+            return None
+        return self._lease.token
+
+    def is_leader(self) -> bool:
+        return self.token() is not None
+
+    def leader(self) -> str | None:
+        return self.node_id if self.is_leader() else self._leader_name
+
+    def readiness(self) -> Readiness:
+        problems: list[str] = []
+        if not self._set.policies:
+            problems.append("no policies loaded")
+        if not self._store_ok:
+            problems.append("the state store is not reachable")
+        if self.leader() is None:
+            problems.append("no leader is known")
+        if not self._evaluated:
+            problems.append("the first evaluation has not finished")
+        return Readiness(ready=not problems, problems=tuple(problems))
+
+    def services(self) -> Sequence[str]:
+        return sorted(self._services)
+
+    def snapshot(self, service: str) -> ServiceSnapshot | None:
+        svc = self._services.get(service)
+        if svc is None:
+            return None
+        p, now = svc.policy, self._clock.now()
+        d = svc.decision
+        return ServiceSnapshot(
+            service=service,
+            at=now,
+            policy_version=self._set.version,
+            mode=p.mode.value,
+            regions=tuple(p.regions),
+            active_region=svc.state.active_region,
+            phase=d.phase.value if d else "unknown",
+            reasons=tuple(r.value for r in d.reasons) if d else (),
+            paused=svc.state.paused,
+            rto=p.rto,
+            rpo=p.rpo,
+            verdicts=dict(svc.verdicts),
+            evidence={r: svc.book.evidence(r, now) for r in p.regions},
+            lag=dict(svc.lag),
+            decision=d,
+            run=svc.progress,
+            recent_decisions=tuple(svc.recent),
+        )
+
+    async def run_progress(self, run_id: str) -> RunProgress | None:
+        try:
+            return await self.executor.progress(run_id)
+        except (StoreError, JournalError) as exc:
+            log.warning("run_progress_unavailable", run_id=run_id, error=str(exc))
+            return None
+
+    # -- sinks (called by the signal sources on the event loop; never block or raise) ----
+    def put(self, obs: Observation) -> None:
+        svc = self._services.get(obs.service)
+        if svc is not None and svc.book.observe(obs):
+            OBSERVATIONS.labels(source=obs.source or "unknown").inc()
+            self._wake.set()
+
+    def put_lag(self, service: str, region: str, reading: LagReading) -> None:
+        svc = self._services.get(service)
+        if svc is not None:
+            svc.lag[region] = reading
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def load(self) -> None:
+        """Read every service's state from the store (raises StoreError when unreachable)."""
+        for policy in self._set:
+            self._services[policy.service] = await self._new_service(policy)
+        self._store_ok = True
+
+    async def _new_service(self, policy: Policy) -> _Service:
+        state = await self._store.load_state(policy.service)
+        if state is None or state.active_region not in policy.regions:
+            if state is not None:
+                log.warning(
+                    "active_region_not_in_policy",
+                    service=policy.service,
+                    active_region=state.active_region,
+                )
+            state = ServiceState(policy.service, policy.primary)
+        return _Service(policy=policy, book=HealthBook(policy), state=state)
+
+    async def run(self) -> None:
+        """The lease and engine loops, and every run, until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            tg.create_task(self._lease_loop())
+            tg.create_task(self._tick_loop())
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking decisions; give running runs ``grace`` seconds to reach their end or
+        next journal point. A run cut short stays unfinished in the journal and is resumed
+        by the next leader."""
+        self._stopping = True
+        tasks = [s.run_task for s in self._services.values() if s.run_task is not None]
+        if self._resume_task is not None:
+            tasks.append(self._resume_task)
+        tasks = [t for t in tasks if not t.done()]
+        if tasks:
+            log.info("draining_runs", runs=len(tasks), grace=grace)
+            await asyncio.wait(tasks, timeout=grace)
+
+    async def close(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            try:
+                async with asyncio.timeout(self._store.timeout + 1):
+                    await self._store.release_lease(lease)
+                log.info("leader_lease_released", node_id=self.node_id)
+            except (StoreError, TimeoutError) as exc:
+                log.warning("leader_lease_release_failed", error=str(exc))
+
+    # -- reload ----------------------------------------------------------------------------
+    async def swap(self, new: PolicySet) -> None:
+        """Swap in a validated policy set at once: unchanged services keep their books,
+        changed ones get new books (state kept), new ones get state from the store."""
+        services: dict[str, _Service] = {}
+        for policy in new:
+            old = self._services.get(policy.service)
+            if old is None:
+                services[policy.service] = await self._new_service(policy)
+            elif old.policy == policy:
+                services[policy.service] = old
+            else:
+                services[policy.service] = replace(old, policy=policy, book=HealthBook(policy))
+        async with self._lock:
+            self._services = services
+            self._set = new
+        self._wake.set()
+
+    # -- the engine ------------------------------------------------------------------------
+    async def evaluate_all(self) -> None:
+        for name in list(self._services):
+            await self.evaluate(name)
+        self._evaluated = True
+
+    async def evaluate(self, service: str, operator: OperatorCommand | None = None) -> Decision:
+        async with self._lock:
+            return await self._evaluate(self._services[service], operator)
+
+    async def _evaluate(self, svc: _Service, operator: OperatorCommand | None) -> Decision:
+        await self._refresh_run(svc)
+        now = self._clock.now()
+        svc.verdicts = svc.book.verdicts(now)
+        state = svc.state
+        d = decide(
+            svc.policy,
+            state,
+            svc.verdicts,
+            svc.lag,
+            now,
+            operator,
+            leader=self.is_leader() and not self._stopping,
+            policy_version=self._set.version,
+        )
+        self._record(svc, d)
+        busy = self._resuming or (svc.run_task is not None and not svc.run_task.done())
+        if d.starts_run and d.target is not None and self._tg is not None and not busy:
+            run_id = new_run_id(svc.policy.service)
+            svc.state = apply_decision(state, d, run_id)
+            svc.run_task = self._tg.create_task(self._drive(svc, d, state, run_id))
+            return d
+        if d.starts_run:
+            return d  # a run is being driven or resumed; the executor owns the state
+        new = apply_decision(state, d, "")
+        if new is not state:
+            svc.state = new
+            await self._save(svc)
+        return d
+
+    def _record(self, svc: _Service, d: Decision) -> None:
+        prev = svc.decision
+        svc.decision = d
+        if prev is not None and prev.key() == d.key():
+            return
+        svc.recent.append(d)
+        log.info(
+            "decision_changed",
+            service=d.service,
+            phase=d.phase.value,
+            action=d.action.value,
+            target=d.target,
+            reasons=[r.value for r in d.reasons],
+            policy_version=d.policy_version,
+        )
+
+    async def _refresh_run(self, svc: _Service) -> None:
+        """While a run is recorded, the executor owns the state: read it back, and the run's
+        progress for snapshots."""
+        run = svc.state.run
+        if run is None:
+            return
+        driving = svc.run_task is not None and not svc.run_task.done()
+        try:
+            stored = await self._store.load_state(svc.policy.service)
+            # Until the executor's first write, the run exists only in memory: keep it.
+            if stored is not None and (stored.run is not None or not driving):
+                svc.state = stored
+            if svc.state.run is not None:
+                svc.progress = await self.executor.progress(svc.state.run.id) or svc.progress
+            self._store_ok = True
+        except (StoreError, JournalError) as exc:
+            log.warning("run_refresh_failed", service=svc.policy.service, error=str(exc))
+
+    async def _drive(self, svc: _Service, d: Decision, before: ServiceState, run_id: str) -> None:
+        service = svc.policy.service
+        try:
+            await self.executor.start_run(svc.policy, d, before, run_id=run_id)
+        except StoreError as exc:  # fenced out, not leader, store down: resumed later
+            log.warning("run_interrupted", service=service, run_id=run_id, error=str(exc))
+        except RunRejected as exc:
+            log.error("run_rejected", service=service, run_id=run_id, error=str(exc))
+        except Exception:
+            log.exception("run_crashed", service=service, run_id=run_id)
+        try:
+            stored = await self._store.load_state(service)
+            if stored is not None:
+                svc.state = stored
+            svc.progress = await self.executor.progress(run_id) or svc.progress
+        except (StoreError, JournalError) as exc:
+            log.warning("run_refresh_failed", service=service, error=str(exc))
+        self._wake.set()
+
+    async def _save(self, svc: _Service) -> None:
+        token = self.token()
+        if token is None:
+            return  # followers keep state in memory only; the leader's is the truth
+        try:
+            await self._store.save_state(svc.state, token)
+            self._store_ok = True
+        except StoreError as exc:
+            self._store_ok = False
+            log.warning("state_save_failed", service=svc.policy.service, error=str(exc))
+
+    async def _tick_loop(self) -> None:
+        while True:
+            if not self._stopping:
+                try:
+                    await self.evaluate_all()
+                except Exception:  # one bad pass must not stop the engine
+                    log.exception("engine_tick_failed")
+            for ping in self.on_tick:
+                ping()
+            await self._wait_for_tick()
+
+    async def _wait_for_tick(self) -> None:
+        self._wake.clear()
+        sleeper = asyncio.ensure_future(self._clock.sleep(self._tick))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sleeper, woken):
+                t.cancel()
+            await asyncio.gather(sleeper, woken, return_exceptions=True)
+        if woken.done() and not woken.cancelled() and self._debounce:
+            # A batch of observations arrives as many puts: evaluate once after it.
+            await self._clock.sleep(self._debounce)
+
+    # -- leadership --------------------------------------------------------------------
+    async def _lease_loop(self) -> None:
+        while True:
+            await self.lease_step()
+            await self._clock.sleep(self._ttl / 3)
+
+    async def lease_step(self) -> None:
+        """Acquire or renew the lease once (called every ttl/3)."""
+        started = self._clock.monotonic()
+        try:
+            async with asyncio.timeout(self._store.timeout + 1):
+                if self._lease is None:
+                    lease = await self._store.acquire_lease(self.node_id, self._ttl)
+                    if lease is None:
+                        self._leader_name = await self._store.leader()
+                    else:
+                        self._became_leader(lease, started)
+                else:
+                    renewed = await self._store.renew_lease(self._lease)
+                    if renewed is None:
+                        self._lost("renew_refused")
+                    else:
+                        self._lease, self._lease_deadline = renewed, started + self._ttl
+            self._store_ok = True
+        except (StoreError, TimeoutError) as exc:
+            self._store_ok = False
+            log.warning("leader_lease_store_error", error=str(exc) or type(exc).__name__)
+            if self._lease is not None and self._clock.monotonic() >= self._lease_deadline:
+                self._lost("renew_deadline_passed")
+
+    def _became_leader(self, lease: Lease, started: float) -> None:
+        self._lease, self._lease_deadline = lease, started + self._ttl
+        self._leader_name = self.node_id
+        log.info("leader_lease_acquired", node_id=self.node_id, token=lease.token)
+        if self._tg is not None and not self._stopping:
+            self._resuming = True
+            self._resume_task = self._tg.create_task(self._resume())
+
+    def _lost(self, why: str) -> None:
+        self._lease = None
+        self._leader_name = None
+        log.warning("leader_lease_lost", node_id=self.node_id, why=why)
+
+    async def _resume(self) -> None:
+        try:
+            resumed = await self.executor.resume_unfinished()
+            if resumed:
+                log.info("runs_resumed", runs=resumed)
+        except StoreError as exc:
+            log.warning("resume_interrupted", error=str(exc))
+        except Exception:
+            log.exception("resume_crashed")
+        finally:
+            self._resuming = False
+            for svc in self._services.values():
+                await self._refresh_run(svc)
+            self._wake.set()
+
+    # -- Control: commands -------------------------------------------------------------
+    async def command(self, service: str, command: OperatorCommand) -> CommandResult:
+        svc = self._services.get(service)
+        if svc is None:
+            return CommandResult(False, f"unknown service {service!r}")
+        token = self.token()
+        if token is None:
+            raise NotLeaderError(self.leader())
+        if self._stopping:
+            return CommandResult(False, "the daemon is shutting down")
+        now = self._clock.now()
+        try:
+            if command.command is Command.APPROVE:
+                return await self._approve(svc, command, now)
+            await self._journal(svc, command, token, now)
+        except StoreError as exc:
+            return CommandResult(False, f"not journaled, nothing done: {exc}")
+        if command.command in (Command.PAUSE, Command.RESUME):
+            async with self._lock:
+                svc.state = apply_command(svc.state, command)
+                await self._save(svc)
+                d = await self._evaluate(svc, None)
+            return CommandResult(True, f"{service} {command.command.value}d", decision=d)
+        if command.command in MOVE_COMMANDS:
+            async with self._lock:
+                d = await self._evaluate(svc, command)
+            return self._result(svc, d)
+        return CommandResult(False, f"unsupported command {command.command.value!r}")
+
+    async def _approve(self, svc: _Service, command: OperatorCommand, now: float) -> CommandResult:
+        run = svc.state.run
+        service = svc.policy.service
+        if run is not None and run.status is RunStatus.RUNNING:
+            step = await self._waiting_approval_step(run.id)
+            if step is None:
+                return CommandResult(False, f"run {run.id} is not waiting for an approval")
+            await self._store.record_approval(
+                ApprovalRecord(service, run.id, step, command.by, command.reason, now)
+            )
+            return CommandResult(
+                True, f"approved step {step} of run {run.id}", svc.decision, run.id
+            )
+        await self._store.record_approval(
+            ApprovalRecord(service, "", "", command.by, command.reason, now)
+        )
+        async with self._lock:
+            d = await self._evaluate(svc, command)
+        return self._result(svc, d)
+
+    async def _waiting_approval_step(self, run_id: str) -> str | None:
+        progress = await self.executor.progress(run_id)
+        if progress is None:
+            return None
+        for step in progress.steps:
+            if step.action == APPROVAL_ACTION and step.status in _WAITING:
+                return step.name
+        return None
+
+    def _result(self, svc: _Service, d: Decision) -> CommandResult:
+        run = svc.state.run
+        if d.starts_run and run is not None:
+            return CommandResult(True, f"{d.action.value} to {d.target} started", d, run.id)
+        why = "; ".join([*(r.value for r in d.reasons), *d.notes]) or d.phase.value
+        return CommandResult(False, f"refused: {why}", d)
+
+    async def _journal(
+        self, svc: _Service, command: OperatorCommand, token: int, now: float
+    ) -> None:
+        # Operator commands are journaled outside any run (run_id ""): who, what, why.
+        detail: dict[str, Any] = {
+            "by": command.by,
+            "reason": command.reason,
+            "to": command.to,
+            "force": command.force,
+        }
+        await self._store.append_journal(
+            JournalRecord(
+                run_id="",
+                service=svc.policy.service,
+                status=JournalStatus.OPERATOR_COMMAND,
+                at=now,
+                token=token,
+                policy_version=self._set.version,
+                step=f"operator.{command.command.value}",
+                kind=command.command.value,
+                target_region=command.to or "",
+                detail=json.dumps(detail, sort_keys=True),
+            )
+        )
+        log.info(
+            "operator_command",
+            service=svc.policy.service,
+            command=command.command.value,
+            to=command.to,
+            force=command.force,
+            by=command.by,
+            reason=command.reason,
+        )
+
+    async def pause_all(self, by: str, reason: str) -> None:
+        for service in self.services():
+            await self.command(service, OperatorCommand(Command.PAUSE, by=by, reason=reason))
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=."""
+        parts = []
+        for name in self.services():
+            svc = self._services[name]
+            phase = svc.decision.phase.value if svc.decision else "unknown"
+            parts.append(f"{name}={phase}@{svc.state.active_region}")
+        role = "leader" if self.is_leader() else "follower"
+        return f"{role}; policies {self._set.version}; " + ", ".join(parts)

@@ -1,0 +1,322 @@
+"""``failoverd run``: the daemon's wiring and supervision.
+
+One :class:`asyncio.TaskGroup` owns everything: the controller (lease and engine loops, the
+runs), the signal sources (each under :func:`supervise`, restarted together on reload), the
+policy-file watcher and the HTTP API when it is available. SIGHUP or a changed policy file
+reloads; SIGTERM/SIGINT drain (bounded) and exit 0; systemd hears READY/WATCHDOG/STATUS/
+RELOADING/STOPPING through :class:`Notifier`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.controller import Controller
+from orchestrator.daemon_support import (
+    policy_mtimes,
+    reload_policies,
+    supervise,
+    try_load,
+)
+from orchestrator.policy.loader import PolicySet
+from orchestrator.policy.yamlsource import SourceErrors
+from orchestrator.sdnotify import Notifier
+from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
+from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings
+from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
+from orchestrator.signals.lag import ReplicationLagSource
+from orchestrator.signals.mqtt_agents import BrokerConfig, MqttAgentSource
+from orchestrator.signals.probes import ProbeContext
+from orchestrator.signals.scheduler import ProbeScheduler
+from orchestrator.store.base import StoreError
+from orchestrator.store.sqlite import SqliteStore
+from orchestrator.telemetry import configure_logging, get_logger
+
+log = get_logger("failoverd.daemon")
+
+DEFAULT_CONFIG = "/etc/failoverd/failoverd.yaml"
+SHUTDOWN_GRACE = 6.0  # of the 10 s systemd and the issue allow; the rest is closing
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """What the daemon needs. A stand-in until orchestrator/settings.py lands: only
+    :func:`load_settings` builds it, so switching to the real Settings is one function."""
+
+    node_id: str
+    policies: tuple[str, ...]
+    state_path: str = "/var/lib/failoverd/state.db"
+    store_timeout: float = 2.0
+    lease_ttl: float = 15.0
+    tick: float = 1.0
+    aws_endpoint_url: str | None = None
+    health_endpoint_url: str | None = None
+    aws_connect_timeout: float = 3.0
+    aws_read_timeout: float = 10.0
+    probes_max_concurrency: int = 256
+    mqtt_url: str | None = None
+    http_bind: str = "127.0.0.1"
+    http_port: int | None = None  # None: no HTTP API
+    http_token_file: str | None = None
+    log_level: str = "info"
+    policy_poll_interval: float = 3.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> DaemonSettings:
+    """The daemon's view of :class:`orchestrator.settings.Settings` (file + FAILOVERD_*
+    environment; raises SourceErrors naming file:line or the variable)."""
+    from orchestrator.settings import load_settings as load
+
+    s = load(path, os.environ if env is None else env)
+    return DaemonSettings(
+        node_id=s.node_id,
+        policies=tuple(str(p) for p in s.policies),
+        state_path=str(s.state.path),
+        store_timeout=s.state.timeout,
+        lease_ttl=s.leader.ttl,
+        tick=s.engine.tick,
+        aws_endpoint_url=s.aws.endpoint_url,
+        health_endpoint_url=s.aws.health_endpoint_url,
+        aws_connect_timeout=s.aws.connect_timeout,
+        aws_read_timeout=s.aws.read_timeout,
+        probes_max_concurrency=s.probes.max_concurrency,
+        mqtt_url=s.mqtt.broker,
+        http_bind=s.http.bind,
+        http_port=s.http.port,
+        http_token_file=str(s.http.token_file) if s.http.token_file else None,
+        log_level=s.log.level,
+    )
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.notifier = notifier or Notifier.from_env()
+        self.aws = AwsClients(
+            AwsClientConfig(
+                endpoint_url=settings.aws_endpoint_url,
+                connect_timeout=settings.aws_connect_timeout,
+                read_timeout=settings.aws_read_timeout,
+            )
+        )
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._ready_sent = False
+        self._sources: asyncio.Task[None] | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def run(self) -> int:
+        s = self.settings
+        policies = try_load(s.policies)
+        if policies is None:
+            log.error("daemon_not_started", why="the policies have errors")
+            return 2
+        try:
+            store = await SqliteStore.open(s.state_path, timeout=s.store_timeout, clock=self.clock)
+        except StoreError as exc:
+            log.error("daemon_not_started", why=str(exc))
+            return 2
+        controller = Controller(
+            policies,
+            store,
+            self.aws,
+            node_id=s.node_id,
+            clock=self.clock,
+            lease_ttl=s.lease_ttl,
+            tick=s.tick,
+        )
+        try:
+            await controller.load()
+            controller.on_tick.append(lambda: self._ticked(controller))
+            await self._supervise(controller)
+        finally:
+            await controller.close()
+            await store.close()
+        log.info("daemon_stopped")
+        return 0
+
+    def _ticked(self, controller: Controller) -> None:
+        if not controller.evaluated:
+            return
+        if not self._ready_sent:
+            self._ready_sent = True
+            log.info("daemon_ready", services=len(controller.services()))
+            self.notifier.ready(controller.summary())
+        self.notifier.watchdog()
+        self.notifier.status(controller.summary())
+
+    async def _supervise(self, controller: Controller) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, handler in (
+            (signal.SIGTERM, self.request_stop),
+            (signal.SIGINT, self.request_stop),
+            (signal.SIGHUP, self.request_reload),
+        ):
+            loop.add_signal_handler(sig, handler)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                core = tg.create_task(controller.run())
+                watcher = tg.create_task(self._watch(controller, tg))
+                api = self._start_api(controller, tg)
+                self._sources = tg.create_task(self._run_sources(controller.policy_set, controller))
+                log.info("daemon_started", node_id=self.settings.node_id)
+                await self._stop.wait()
+                self.notifier.stopping()
+                log.info("daemon_stopping")
+                watcher.cancel()
+                await controller.drain(SHUTDOWN_GRACE)
+                for task in (self._sources, core, api):
+                    if task is not None:
+                        task.cancel()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def _start_api(self, controller: Controller, tg: asyncio.TaskGroup) -> asyncio.Task[Any] | None:
+        s = self.settings
+        if s.http_port is None:
+            return None
+        # Hook: the HTTP API (orchestrator/api/app.py) is written in parallel; wire it when
+        # it exists. make_app(control, token=...) and serve(app, host, port).
+        if importlib.util.find_spec("orchestrator.api.app") is None:
+            log.warning("http_api_unavailable", why="orchestrator.api.app is not installed")
+            return None
+        app_module: Any = importlib.import_module("orchestrator.api.app")
+        token = Path(s.http_token_file).read_text().strip() if s.http_token_file else None
+        app = app_module.make_app(controller, token=token)
+
+        async def api() -> None:
+            # serve() starts the site and returns its runner; this task owns its cleanup.
+            runner = await app_module.serve(app, s.http_bind, s.http_port)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await runner.cleanup()
+
+        return tg.create_task(api())
+
+    async def _watch(self, controller: Controller, tg: asyncio.TaskGroup) -> None:
+        """Reload on SIGHUP or on a policy file's change (polled: no inotify needed)."""
+        paths = self.settings.policies
+        seen = policy_mtimes(paths)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.policy_poll_interval):
+                    await self._reload.wait()
+            why = "sighup" if self._reload.is_set() else ""
+            self._reload.clear()
+            now = policy_mtimes(paths)
+            if not why and now != seen:
+                why = "file_changed"
+            seen = now
+            if not why:
+                continue
+            self.notifier.reloading()
+            if await reload_policies(controller, paths, why):
+                if self._sources is not None:
+                    self._sources.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._sources
+                self._sources = tg.create_task(self._run_sources(controller.policy_set, controller))
+            self.notifier.ready(controller.summary())
+
+    async def _run_sources(self, policies: PolicySet, controller: Controller) -> None:
+        """Every signal source for ``policies``, each supervised, until cancelled."""
+        s = self.settings
+        items = list(policies)
+        async with ProbeContext(clock=self.clock) as ctx, asyncio.TaskGroup() as tg:
+            runs: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+            probes = ProbeScheduler(
+                items,
+                "local",
+                ctx.make_prober,
+                clock=self.clock,
+                max_concurrency=s.probes_max_concurrency,
+            )
+            runs.append((probes.name, lambda: probes.run(controller)))
+            if any(sig.type == "aws_health" for p in items for sig in p.signals):
+                health = AwsHealthSource(
+                    items,
+                    settings=HealthClientSettings(
+                        endpoint_url=s.health_endpoint_url or s.aws_endpoint_url,
+                        connect_timeout=s.aws_connect_timeout,
+                        read_timeout=s.aws_read_timeout,
+                    ),
+                    clock=self.clock,
+                )
+                runs.append((health.name, lambda: health.run(controller)))
+            alarms = CloudWatchAlarmSource(items, self.aws, self.clock)
+            if alarms.watches:
+                runs.append((alarms.name, lambda: alarms.run(controller)))
+            lag = ReplicationLagSource(items, self.aws, self.clock)
+            if lag.watches:
+                runs.append((lag.name, lambda: lag.run(controller)))
+            if s.mqtt_url:
+                agents = MqttAgentSource(BrokerConfig.from_url(s.mqtt_url), items, clock=self.clock)
+                runs.append((agents.name, lambda: agents.run(controller)))
+            for name, run in runs:
+                tg.create_task(supervise(name, run, self.clock))
+            log.info("signal_sources_started", sources=[name for name, _ in runs])
+
+
+# -- CLI ---------------------------------------------------------------------------------
+def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "run", help="Run the failover daemon (foreground; systemd Type=notify)."
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="settings file (default: $FAILOVERD_CONFIG, else /etc/failoverd/failoverd.yaml;"
+        " a missing default file means defaults)",
+    )
+    return parser
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    path = args.config or os.environ.get("FAILOVERD_CONFIG") or None
+    try:
+        settings = load_settings(path)
+    except SourceErrors as exc:
+        for error in exc.errors:
+            print(f"failoverd run: {error}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"failoverd run: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    return asyncio.run(Daemon(settings).run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="failoverd")
+    add_run_parser(parser.add_subparsers(dest="command", required=True))
+    return run_daemon(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,557 @@
+"""Daemon settings: a YAML file overridden by ``FAILOVERD_*`` environment variables.
+
+The file (``--config``, default :data:`DEFAULT_CONFIG`) is read with the policy loader's YAML
+reader, so every problem names ``file:line:column`` and the key path, and unknown keys are
+errors. Environment variables override single keys, nested with ``__``:
+``FAILOVERD_HTTP__PORT=9090`` sets ``http.port``; a problem there names the variable.
+
+Secrets are never settings: the API token and the broker password are *files*, read when
+they are used (so a rotated file is picked up), and AWS credentials come from the standard
+chain (environment, profile, instance or container role). Printing or logging a
+:class:`Settings` therefore cannot leak one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.policy.durations import Duration, format_duration
+from orchestrator.policy.loader import validate_model
+from orchestrator.policy.yamlsource import (
+    LoadedYaml,
+    Path_,
+    SourceError,
+    SourceErrors,
+    format_path,
+    load_yaml_file,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.signals.aws_clients import AwsClientConfig
+    from orchestrator.signals.mqtt_agents import BrokerConfig
+
+DEFAULT_CONFIG = Path("/etc/failoverd/failoverd.yaml")
+ENV_PREFIX = "FAILOVERD_"
+ENV_NESTED = "__"
+# Variables with the prefix that are not settings: where the settings file is.
+RESERVED_ENV = frozenset({"FAILOVERD_CONFIG"})
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used (a secret file missing or empty); names the setting."""
+
+
+class Section(BaseModel):
+    """Base for every settings section: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _positive(value: float, what: str) -> float:
+    if value <= 0:
+        raise ValueError(f"{what} must be greater than zero")
+    return value
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("no credentials in the URL (it gets logged)")
+    return value
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The first line of ``path``; :class:`SettingsError` naming ``what`` when it cannot be
+    read or is empty. The secret itself never appears in the message."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"{what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{what} {path}: not UTF-8 text") from None
+    lines = text.splitlines()
+    secret = lines[0].strip() if lines else ""
+    if not secret:
+        raise SettingsError(f"{what} {path} is empty")
+    return secret
+
+
+class StateSettings(Section):
+    """Where the daemon keeps its journal, service state and leader lease."""
+
+    backend: Literal["sqlite"] = Field(
+        "sqlite", description="The state store; `sqlite` is the embedded single-node store."
+    )
+    path: Path = Field(Path("/var/lib/failoverd/state.db"), description="The SQLite database file.")
+    timeout: Duration = Field(
+        5.0, description="Bound of every store call; a slower store counts as unreachable."
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        return _positive(v, "timeout")
+
+
+class LeaderSettings(Section):
+    """The leader lease: only its holder acts."""
+
+    ttl: Duration = Field(
+        10.0,
+        description="Lease time to live; the holder renews well before it ends, and another"
+        " node takes over at most this long after the holder vanished.",
+    )
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, v: float) -> float:
+        return _positive(v, "ttl")
+
+
+class EngineSettings(Section):
+    """The decision loop."""
+
+    tick: Duration = Field(
+        1.0, description="Time between engine evaluations (a new observation batch also ticks)."
+    )
+
+    @field_validator("tick")
+    @classmethod
+    def _tick(cls, v: float) -> float:
+        if not 0.01 <= v <= 60:
+            raise ValueError("tick must be between 10ms and 1m")
+        return v
+
+
+class AwsSettings(Section):
+    """How AWS is reached. Credentials come from the standard chain (environment, profile,
+    instance or container role), never from this file."""
+
+    endpoint_url: str | None = Field(
+        None,
+        description="Override AWS's endpoint for every service (an emulator); unset in production.",
+    )
+    health_endpoint_url: str | None = Field(
+        None, description="Override the AWS Health API endpoint only (wins over `endpoint_url`)."
+    )
+    connect_timeout: Duration = Field(3.0, description="TCP and TLS connect bound per attempt.")
+    read_timeout: Duration = Field(10.0, description="Bound on waiting for a response per attempt.")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Attempts per call, first included (exponential backoff with jitter).",
+    )
+
+    _urls = field_validator("endpoint_url", "health_endpoint_url")(_http_url)
+
+    @field_validator("connect_timeout", "read_timeout")
+    @classmethod
+    def _timeouts(cls, v: float) -> float:
+        return _positive(v, "a timeout")
+
+    def client_config(self, *, health: bool = False) -> AwsClientConfig:
+        """The aiobotocore client settings; ``health=True`` for the AWS Health API."""
+        from orchestrator.signals.aws_clients import AwsClientConfig
+
+        endpoint = (self.health_endpoint_url or self.endpoint_url) if health else self.endpoint_url
+        return AwsClientConfig(
+            endpoint_url=endpoint,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_attempts=self.max_attempts,
+        )
+
+
+class ProbeSettings(Section):
+    """The synthetic probe scheduler."""
+
+    max_concurrency: int = Field(256, ge=1, description="Probes in flight at most.")
+    dispatch_slack: Duration = Field(
+        0.005, description="A probe due within this much is started now (never late)."
+    )
+    trust_ca_file: Path | None = Field(
+        None, description="A CA bundle trusted, besides the system's, when probing over TLS."
+    )
+
+    @field_validator("dispatch_slack")
+    @classmethod
+    def _slack(cls, v: float) -> float:
+        if not 0 <= v <= 1:
+            raise ValueError("dispatch_slack must be between 0s and 1s")
+        return v
+
+
+class MqttSettings(Section):
+    """The MQTT broker (remote probe agents, event stream, optional commands); off when
+    `broker` is unset."""
+
+    broker: str | None = Field(
+        None, description="`mqtt://host[:port]` or `mqtts://host[:port]`; no credentials in it."
+    )
+    tls_ca: Path | None = Field(None, description="CA bundle for the broker (default: system).")
+    tls_cert: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    tls_key: Path | None = Field(None, description="Client certificate key.")
+    tls_insecure: bool = Field(
+        False, description="Skip the broker's host name check (the chain is still verified)."
+    )
+    username: str | None = Field(None, description="Broker user name.")
+    password_file: Path | None = Field(
+        None, description="File whose first line is the broker password (read at connect)."
+    )
+    commands_enabled: bool = Field(
+        False, description="Accept operator commands on the command topic (broker ACLs guard it)."
+    )
+    topic_prefix: str = Field(
+        "failoverd/v1",
+        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+        description="Prefix of every topic the daemon publishes or subscribes to.",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> MqttSettings:
+        from orchestrator.signals.mqtt_agents import BrokerConfigError
+
+        if self.broker is None:
+            if self.tls_ca or self.tls_cert or self.tls_key or self.username or self.password_file:
+                raise ValueError("broker options are set but `broker` is not")
+            return self
+        try:
+            self.broker_config()
+        except BrokerConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def broker_config(self) -> BrokerConfig | None:
+        """The broker connection settings (None when MQTT is off). Reads no file."""
+        from orchestrator.signals.mqtt_agents import BrokerConfig
+
+        if self.broker is None:
+            return None
+        return BrokerConfig.from_url(
+            self.broker,
+            ca_file=self.tls_ca,
+            cert_file=self.tls_cert,
+            key_file=self.tls_key,
+            tls_insecure=self.tls_insecure,
+            username=self.username,
+            password_file=self.password_file,
+        )
+
+
+class HttpSettings(Section):
+    """The HTTP API, `/metrics` and the status page."""
+
+    bind: str = Field("127.0.0.1", description="Address to listen on (an IP address).")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port).")
+    token_file: Path | None = Field(
+        None,
+        description="File whose first line is the bearer token for mutating calls; without"
+        " it mutating calls are disabled.",
+    )
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            msg = f"expected an IP address such as 127.0.0.1 or ::1, got {v!r}"
+            raise ValueError(msg) from None
+        return v
+
+    def token(self) -> str | None:
+        """The bearer token, read from ``token_file`` now; None when none is configured."""
+        if self.token_file is None:
+            return None
+        return read_secret_file(self.token_file, "http.token_file")
+
+
+class LogSettings(Section):
+    """Logging (structlog)."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Threshold.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="`auto`: JSON lines unless stderr is a terminal."
+    )
+
+    @property
+    def json_output(self) -> bool | None:
+        """What :func:`orchestrator.telemetry.configure_logging` takes (None: decide by TTY)."""
+        return None if self.format == "auto" else self.format == "json"
+
+
+def _paths(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """Everything the daemon needs besides its policies (see `load_settings`)."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+    )
+
+    node_id: str = Field(
+        default_factory=socket.gethostname,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="This instance's name in leases and journals (default: the host name).",
+    )
+    policies: Annotated[list[Path], Field(min_length=1)] = Field(
+        default_factory=lambda: [Path("/etc/failoverd/policies")],
+        description="Policy files or folders (`*.yaml` below them).",
+    )
+    state: StateSettings = Field(default_factory=StateSettings, description="State store.")
+    leader: LeaderSettings = Field(default_factory=LeaderSettings, description="Leader lease.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="Decision loop.")
+    aws: AwsSettings = Field(default_factory=AwsSettings, description="AWS clients.")
+    probes: ProbeSettings = Field(default_factory=ProbeSettings, description="Probe scheduler.")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT broker.")
+    http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP API.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+
+    _policies = field_validator("policies", mode="before")(_paths)
+
+    def __init__(self, **values: Any) -> None:
+        """``Settings()`` reads ``FAILOVERD_*`` variables through pydantic-settings' sources
+        (no file, no located errors); the daemon uses :func:`load_settings` instead."""
+        super().__init__(**values)
+
+    # pydantic runs a model's custom __init__ from model_validate, and BaseSettings' drops
+    # the validation context on the way, which durations need to refuse unit-less numbers
+    # from files. Marking it as the base init makes model_validate validate directly.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def load_settings(path: str | Path | None, env: Mapping[str, str]) -> Settings:
+    """Settings from the file at ``path`` (None: :data:`DEFAULT_CONFIG`, which may be
+    missing, meaning defaults; an explicitly named file must exist) overridden by the
+    ``FAILOVERD_*`` variables in ``env``. Raise :class:`SourceErrors` listing every problem,
+    each with ``file:line:column`` or the environment variable it comes from."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    if path is None and not file.exists():
+        loaded = LoadedYaml(file=str(file), data={}, text="")
+    else:
+        loaded = load_yaml_file(file)
+        if loaded.data is None or not isinstance(loaded.data, dict):
+            raise SourceErrors([loaded.error((), "expected a mapping of settings at the top")])
+    overrides, origins, env_errors = _env_overrides(env)
+    merged = LoadedYaml(
+        file=loaded.file,
+        data=_deep_merge(loaded.data, overrides),
+        lines=loaded.lines,
+        text=loaded.text,
+    )
+    try:
+        settings = validate_model(Settings, merged)
+    except SourceErrors as exc:
+        raise SourceErrors([*(_blame_env(e, origins) for e in exc.errors), *env_errors]) from None
+    if env_errors:
+        raise SourceErrors(env_errors)
+    return settings
+
+
+def _env_overrides(
+    env: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[str, str], list[SourceError]]:
+    """``FAILOVERD_A__B=v`` as ``{"a": {"b": v}}``, the variable behind each key path, and
+    errors for variables naming no setting (a typo must not be silently ignored)."""
+    data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    errors: list[SourceError] = []
+    known = list(Settings.model_fields)
+    for name in sorted(env):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in RESERVED_ENV:
+            continue
+        value = env[name]
+        if value == "":
+            continue  # an empty variable is unset, as in pydantic-settings' env_ignore_empty
+        keys = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED)
+        if not all(keys) or keys[0] not in known:
+            errors.append(
+                SourceError(
+                    f"environment {name}",
+                    0,
+                    0,
+                    "",
+                    f"no such setting; top-level settings are: {', '.join(known)}",
+                )
+            )
+            continue
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[keys[-1]] = _env_value(value)
+        origins[format_path(tuple(keys))] = name
+    return data, origins, errors
+
+
+def _env_value(value: str) -> Any:
+    """Lists and mappings are written as JSON (`["/a", "/b"]`); everything else stays a
+    string for the models to convert (`8080`, `true`, `30s`)."""
+    if value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _deep_merge(base: Any, override: dict[str, Any]) -> Any:
+    if not isinstance(base, dict):
+        return override or base
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _blame_env(error: SourceError, origins: Mapping[str, str]) -> SourceError:
+    """Attribute an error on a key that came from the environment to its variable."""
+    for key_path, name in origins.items():
+        if error.path == key_path or error.path.startswith((key_path + ".", key_path + "[")):
+            return SourceError(f"environment {name}", 0, 0, error.path, error.message)
+    return error
+
+
+def env_path(path: Path_) -> str:
+    """The environment variable that sets the key at ``path``: ``("http", "port")`` ->
+    ``FAILOVERD_HTTP__PORT``."""
+    return ENV_PREFIX + ENV_NESTED.join(str(p).upper() for p in path)
+
+
+# ---------------------------------------------------------------------------------------
+# The reference (docs/settings-reference.md)
+
+_SECTIONS: tuple[type[BaseModel], ...] = (
+    StateSettings,
+    LeaderSettings,
+    EngineSettings,
+    AwsSettings,
+    ProbeSettings,
+    MqttSettings,
+    HttpSettings,
+    LogSettings,
+)
+
+
+def settings_reference() -> str:
+    """The Markdown reference of every setting, generated from the models above so that the
+    two cannot disagree; a test fails when the committed file is out of date."""
+    lines = [
+        "# Settings reference",
+        "",
+        "<!-- Generated by orchestrator.settings.settings_reference(); do not edit. Rewrite it"
+        " with `python -c 'from orchestrator.settings import settings_reference as r;"
+        ' print(r(), end="")\' > docs/settings-reference.md`. -->',
+        "",
+        f"The daemon reads `{DEFAULT_CONFIG}` (or the file given with `--config`; a missing"
+        " default file means all defaults), then applies environment variables: "
+        f"`{ENV_PREFIX}<KEY>` for a top-level key and `{ENV_NESTED}` between nested keys, e.g."
+        f" `{env_path(('http', 'port'))}=9090`. Lists are written as JSON"
+        f' (`{env_path(("policies",))}=\'["/a", "/b"]\'`); an empty variable counts as'
+        " unset; a variable with the prefix that names no setting is an error.",
+        "",
+        "Durations are written `500ms`, `30s`, `5m`, `1h`. Unknown keys are errors everywhere."
+        " Secrets are never settings: the API token and the broker password are files, read"
+        " when used; AWS credentials come from the standard chain (environment, profile,"
+        " instance or container role).",
+        "",
+        *_section(Settings, "## Top level", ()),
+    ]
+    for name, field in Settings.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and model in _SECTIONS:
+            lines += _section(model, f"## `{name}`", (name,))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _section(model: type[BaseModel], title: str, prefix: Path_) -> list[str]:
+    doc = " ".join((model.__doc__ or "").split())
+    out = [title, ""]
+    if doc and not doc.startswith("Base for"):
+        out += [doc, ""]
+    out += ["| key | type | default | environment | meaning |", "|---|---|---|---|---|"]
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and field.annotation in _SECTIONS:
+            continue  # a whole section: documented under its own heading
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        kind = _type_name(field).replace("|", "\\|")
+        default = _default_text(name, field).replace("|", "\\|")
+        env = env_path((*prefix, name))
+        out.append(f"| `{name}` | {kind} | {default} | `{env}` | {meaning} |")
+    return [*out, ""]
+
+
+def _is_duration(field: FieldInfo) -> bool:
+    return any(type(m).__name__ == "PlainSerializer" for m in field.metadata)
+
+
+def _type_name(field: FieldInfo) -> str:
+    if _is_duration(field):
+        return "duration"
+    tp = field.annotation
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    members = [a for a in args if a is not type(None)] if optional else [tp]
+    names = []
+    for member in members:
+        origin = typing.get_origin(member)
+        if origin is Literal:
+            names.append(" | ".join(f"`{a}`" for a in typing.get_args(member)))
+        elif origin is list:
+            names.append(f"list of {_plain(typing.get_args(member)[0])}")
+        else:
+            names.append(_plain(member))
+    return " | ".join(names) + (" (optional)" if optional else "")
+
+
+def _plain(tp: Any) -> str:
+    return {"str": "string", "int": "integer", "bool": "boolean"}.get(
+        getattr(tp, "__name__", str(tp)), getattr(tp, "__name__", str(tp))
+    ).replace("Path", "path")
+
+
+def _default_text(name: str, field: FieldInfo) -> str:
+    if name == "node_id":
+        return "the host name"  # not the host that happened to generate the file
+    if field.is_required():
+        return "**required**"
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "—"
+    if _is_duration(field):
+        return f"`{format_duration(value)}`"
+    if isinstance(value, list):
+        return ", ".join(f"`{v}`" for v in value) or "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"

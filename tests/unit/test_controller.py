@@ -1,0 +1,214 @@
+"""The controller with observations fed by hand, a real SqliteStore and a fake action, on a
+virtual clock: a region going down starts a run that moves the active region; operator
+commands are journaled and act; a follower starts nothing; a broken reload keeps the set."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.control import NotLeaderError
+from orchestrator.controller import Controller
+from orchestrator.daemon_support import POLICY_RELOADS, reload_policies
+from orchestrator.engine.observation import Observation
+from orchestrator.engine.state import Command, OperatorCommand
+from orchestrator.engine.vocabulary import Action, Phase, Reason
+from orchestrator.policy.loader import load_policy_set
+from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
+from orchestrator.store.sqlite import SqliteStore
+from tests.fixtures.clock import VirtualClock, eventually
+from tests.unit.runbook.fakes import ScriptedAction
+
+POLICY = """\
+service: shop
+regions: [us-east-1, us-west-2]
+rto: 15m
+rpo: 1m
+vantage_points: [local]
+detection: {interval: 1s, timeout: 1s, consecutive_failures: 2, quorum: 1, staleness: 1h}
+signals:
+  - name: api
+    type: http
+    target: http://127.0.0.1:9/{region}
+guards: {cooldown: 0s}
+runbooks:
+  failover:
+    - name: move
+      action: wait
+      params: {duration: 1s}
+"""
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "shop.yaml").write_text(POLICY)
+    return d
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = await SqliteStore.open(tmp_path / "state.db")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock()
+
+
+@pytest.fixture
+def action(clock: VirtualClock) -> ScriptedAction:
+    return ScriptedAction(clock)
+
+
+@pytest.fixture
+async def controller(
+    policy_dir: Path, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
+) -> AsyncIterator[Controller]:
+    aws = AwsClients(AwsClientConfig(endpoint_url="http://127.0.0.1:9", max_attempts=1))
+    c = Controller(
+        load_policy_set([policy_dir]),
+        store,
+        aws,
+        node_id="node-a",
+        clock=clock,
+        lease_ttl=30.0,
+        debounce=0.0,
+        actions=lambda _name: action,
+    )
+    await c.load()
+    yield c
+    await c.close()
+
+
+async def running(c: Controller) -> AsyncIterator[None]:
+    task = asyncio.create_task(c.run())
+    try:
+        yield None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def see(c: Controller, clock: VirtualClock, region: str, ok: bool) -> None:
+    c.put(Observation("shop", region, "api", "local", ok, clock.now(), source="test"))
+
+
+def region_down(c: Controller, clock: VirtualClock) -> None:
+    for _ in range(3):
+        clock.advance(1.0)
+        see(c, clock, "us-east-1", False)
+        see(c, clock, "us-west-2", True)
+
+
+async def test_a_region_seen_down_starts_a_run_that_moves_the_active_region(
+    controller: Controller, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
+) -> None:
+    async for _ in running(controller):
+        await eventually(controller.is_leader, "the lease")
+        action.durations["move"] = 5.0  # holds the run open until the clock moves
+        region_down(controller, clock)
+        await eventually(lambda: action.calls != [], "the runbook step to run")
+        state = await store.load_state("shop")
+        assert state is not None and state.run is not None
+        assert (state.run.kind, state.run.target) == (Action.FAILOVER, "us-west-2")
+        clock.advance(5.0)
+        await eventually(
+            lambda: controller.snapshot("shop").active_region == "us-west-2",  # type: ignore[union-attr]
+            "the run to finish and the state to be read back",
+        )
+        saved = await store.load_state("shop")
+        assert saved is not None and saved.active_region == "us-west-2" and saved.run is None
+        assert [c.step for c in action.calls] == ["move"]  # one run, not two
+        snap = controller.snapshot("shop")
+        assert snap is not None and snap.run is not None and snap.run.target == "us-west-2"
+        phases = [d.phase for d in snap.recent_decisions]
+        assert Phase.FAILING_OVER in phases
+
+
+async def test_operator_commands_are_journaled_and_act(
+    controller: Controller, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
+) -> None:
+    async for _ in running(controller):
+        await eventually(controller.is_leader, "the lease")
+        see(controller, clock, "us-east-1", True)
+        see(controller, clock, "us-west-2", True)
+        pause = OperatorCommand(Command.PAUSE, by="alice", reason="maintenance")
+        result = await controller.command("shop", pause)
+        assert result.accepted
+        saved = await store.load_state("shop")
+        assert saved is not None and saved.paused
+
+        move = OperatorCommand(Command.SWITCHOVER, to="us-west-2", by="alice", reason="drill")
+        refused = await controller.command("shop", move)
+        assert not refused.accepted and refused.decision is not None
+        assert Reason.PAUSED in refused.decision.reasons
+        assert action.calls == []
+
+        await controller.command("shop", OperatorCommand(Command.RESUME, by="bob", reason="ok"))
+        started = await controller.command("shop", move)
+        assert started.accepted and started.run_id
+        assert started.decision is not None and started.decision.action is Action.SWITCHOVER
+        await eventually(lambda: action.calls != [], "the switchover step")
+
+        journal = await store.read_run("")
+        assert [(r.step, json.loads(r.detail)) for r in journal][:2] == [
+            (
+                "operator.pause",
+                {"by": "alice", "force": False, "reason": "maintenance", "to": None},
+            ),
+            (
+                "operator.switchover",
+                {"by": "alice", "force": False, "reason": "drill", "to": "us-west-2"},
+            ),
+        ]
+        unknown = await controller.command("nope", pause)
+        assert not unknown.accepted and "unknown service" in unknown.message
+
+
+async def test_a_follower_starts_nothing_and_refuses_commands(
+    controller: Controller, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
+) -> None:
+    other = await store.acquire_lease("node-b", 3600.0)
+    assert other is not None
+    async for _ in running(controller):
+        await eventually(lambda: controller.leader() == "node-b", "the leader's name")
+        region_down(controller, clock)
+        await controller.evaluate("shop")
+        snap = controller.snapshot("shop")
+        assert snap is not None and snap.decision is not None
+        assert Reason.NOT_LEADER in snap.decision.reasons
+        assert snap.decision.action is Action.NONE
+        assert action.calls == [] and await store.unfinished_runs() == []
+        with pytest.raises(NotLeaderError) as err:
+            await controller.command("shop", OperatorCommand(Command.PAUSE, reason="x"))
+        assert err.value.leader == "node-b"
+        # A follower is ready (it knows the leader): it serves reads and redirects writes.
+        await eventually(lambda: controller.readiness().ready, "readiness as a follower")
+
+
+async def test_a_broken_reload_keeps_the_old_set_and_a_good_one_keeps_state(
+    controller: Controller, policy_dir: Path, clock: VirtualClock
+) -> None:
+    old = controller.policy_version
+    failures = POLICY_RELOADS.labels(outcome="failure")._value.get()
+    (policy_dir / "shop.yaml").write_text(POLICY.replace("rto: 15m", "rto: soon"))
+    assert not await reload_policies(controller, [str(policy_dir)], "test")
+    assert controller.policy_version == old
+    assert POLICY_RELOADS.labels(outcome="failure")._value.get() == failures + 1
+    assert controller.services() == ["shop"]
+
+    (policy_dir / "shop.yaml").write_text(POLICY.replace("rto: 15m", "rto: 10m"))
+    assert await reload_policies(controller, [str(policy_dir)], "test")
+    assert controller.policy_version != old
+    snap = controller.snapshot("shop")
+    assert snap is not None and snap.rto == 600.0 and snap.active_region == "us-east-1"

@@ -1,0 +1,346 @@
+"""The operator CLI against a real aiohttp server on 127.0.0.1 serving ``make_app(fake)``:
+tables, ``--json`` and exit codes (0 done, 1 refused / not ready, 2 usage / connection)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from orchestrator.api import bound_port, make_app, serve
+from orchestrator.control import CommandResult, Readiness
+from orchestrator.engine.state import Command, OperatorCommand
+from orchestrator.engine.vocabulary import REASON_TEXT, Reason
+from orchestrator.operator_cli import (
+    ASCII_GLYPHS,
+    add_operator_parsers,
+    render_service,
+    run_operator,
+)
+from tests.fixtures.binaries import free_port
+from tests.unit.api.fakes import FakeControl
+
+TOKEN = "cli-test-token"
+
+
+@dataclass
+class Api:
+    url: str
+    control: FakeControl
+    token_file: Path
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    """The API on a random loopback port, served from its own thread and loop (the CLI runs
+    its own ``asyncio.run`` in the test thread)."""
+    control = FakeControl()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    port: list[int] = []
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        app = make_app(control, token=TOKEN, metrics_registry=CollectorRegistry())
+        runner = await serve(app, "127.0.0.1", 0)
+        try:
+            port.append(bound_port(runner))
+            started.set()
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(10), "the API server did not start"
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    try:
+        yield Api(f"http://127.0.0.1:{port[0]}", control, token_file)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        assert not thread.is_alive(), "the API server did not stop"
+        loop.close()
+
+
+def token(api: Api) -> list[str]:
+    return ["--token-file", str(api.token_file)]
+
+
+def cli(argv: list[str]) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="failoverd")
+    add_operator_parsers(parser.add_subparsers(dest="command", required=True))
+    out = io.StringIO()
+    code = run_operator(parser.parse_args(argv), out=out)
+    return code, out.getvalue()
+
+
+# --- status -------------------------------------------------------------------------------
+def test_status_prints_one_line_per_service(api: Api) -> None:
+    code, out = cli(["status", "--api", api.url])
+    assert code == 0
+    header, columns, *rows = out.splitlines()
+    assert header.startswith("node node-a · leader node-a · policies ")
+    assert columns.split() == ["SERVICE", "MODE", "ACTIVE", "PHASE", "PAUSED", "RUN", "REASONS"]
+    by_name = {r.split()[0]: r.split() for r in rows}
+    assert by_name["catalog"] == ["catalog", "automatic", "us-east-1", "steady", "no", "-", "-"]
+    assert by_name["webapp"] == [
+        "webapp",
+        "automatic",
+        "us-east-1",
+        "failing_over",
+        "no",
+        "run-0001",
+        "running",
+        "active_down",
+    ]
+
+
+def test_status_of_a_service_shows_regions_with_vantage_dots_and_the_run(api: Api) -> None:
+    code, out = cli(["status", "webapp", "--api", api.url])
+    assert code == 0
+    assert f"why: active_down: {REASON_TEXT[Reason.ACTIVE_DOWN]}" in out
+    assert "RTO: 13.0m left of 15.0m (2.0m since detection)" in out
+    assert "lag: us-west-2 12s ok (RPO 60s, measured 20s ago)" in out
+    assert "decision: failover → us-west-2" in out
+    east = next(line for line in out.splitlines() if line.startswith("us-east-1"))
+    assert east.split()[:3] == ["us-east-1", "down", "2/2"]
+    assert "✗ local" in east and "✗ agent-eu" in east and "● agent-ap" in east
+    west = next(line for line in out.splitlines() if line.startswith("us-west-2"))
+    assert "healthy" in west and "✗" not in west
+    assert "run run-0001: failover us-east-1 → us-west-2, running" in out
+    steps = [line.split() for line in out.splitlines() if line.startswith("  notify-start")]
+    assert steps == [["notify-start", "notify.sns", "succeeded", "2", "2s"]]
+
+
+def test_service_detail_falls_back_to_ascii_marks() -> None:
+    body = json.loads(
+        json.dumps({"service": "s", "mode": "automatic", "active_region": "a", "primary": "a"})
+    )
+    body |= {
+        "phase": "steady",
+        "paused": False,
+        "reasons": [],
+        "rto": {"budget": 60, "remaining": None, "elapsed": None, "detected_at": None},
+        "rpo": 10,
+        "lag": [],
+        "decision": None,
+        "run": None,
+        "verdicts": [
+            {
+                "region": "a",
+                "verdict": "degraded",
+                "failing": ["v1"],
+                "quorum": 2,
+                "vantages": [
+                    {"vantage": "v1", "view": "failing"},
+                    {"vantage": "v2", "view": "passing"},
+                ],
+            }
+        ],
+    }
+    text = render_service(body, ASCII_GLYPHS)
+    assert "x v1  + v2" in text and "1/2" in text
+    assert "s (automatic) | active a" in text
+    text.encode("ascii")  # a C-locale terminal can print all of it
+
+
+def test_status_json_is_the_api_document_with_readiness(api: Api) -> None:
+    code, out = cli(["status", "--json", "--api", api.url])
+    assert code == 0
+    body = json.loads(out)
+    assert {s["name"] for s in body["services"]} == {"webapp", "catalog"}
+    assert body["readiness"] == {"ready": True, "problems": []}
+    code, out = cli(["status", "webapp", "--json", "--api", api.url])
+    assert code == 0 and json.loads(out)["verdicts"][0]["verdict"] == "down"
+
+
+def test_status_exits_1_when_the_daemon_is_not_ready(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.control.ready = Readiness(False, ("no leader known",))
+    code, out = cli(["status", "--api", api.url])
+    assert code == 1
+    assert "webapp" in out  # the table is still printed
+    assert "the daemon is not ready: no leader known" in capsys.readouterr().err
+
+
+def test_status_of_an_unknown_service_is_a_usage_error(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = cli(["status", "nope", "--api", api.url])
+    assert code == 2
+    assert "no service named 'nope'" in capsys.readouterr().err
+
+
+def test_the_api_address_comes_from_the_environment(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAILOVERD_API", api.url)
+    assert cli(["status"])[0] == 0
+
+
+# --- commands -----------------------------------------------------------------------------
+def test_failover_sends_target_force_who_and_why(api: Api) -> None:
+    code, out = cli(
+        [
+            "failover",
+            "webapp",
+            "--to",
+            "us-west-2",
+            "--force",
+            "--reason",
+            "us-east-1 is down",
+            "--by",
+            "alice",
+            "--api",
+            api.url,
+            "--token-file",
+            str(api.token_file),
+        ]
+    )
+    assert code == 0
+    assert out == "accepted: failover started (run run-0002)\n"
+    assert api.control.commands == [
+        (
+            "webapp",
+            OperatorCommand(Command.FAILOVER, "us-west-2", True, "alice", "us-east-1 is down"),
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["switchover", "webapp", "--to", "us-west-2"], Command.SWITCHOVER),
+        (["failback", "webapp"], Command.FAILBACK),
+        (["approve", "webapp"], Command.APPROVE),
+        (["pause", "webapp"], Command.PAUSE),
+        (["resume", "webapp"], Command.RESUME),
+    ],
+)
+def test_each_command_reaches_the_daemon(
+    api: Api, monkeypatch: pytest.MonkeyPatch, argv: list[str], expected: Command
+) -> None:
+    monkeypatch.setenv("FAILOVERD_TOKEN_FILE", str(api.token_file))
+    code, _ = cli([*argv, "--reason", "drill", "--by", "bob", "--api", api.url])
+    assert code == 0
+    ((service, command),) = api.control.commands
+    assert (service, command.command, command.by, command.reason) == (
+        "webapp",
+        expected,
+        "bob",
+        "drill",
+    )
+
+
+def test_pause_without_a_service_is_the_global_brake(api: Api) -> None:
+    code, out = cli(
+        ["pause", "--reason", "incident", "--by", "carol", "--api", api.url, "--json", *token(api)]
+    )
+    assert code == 0
+    assert json.loads(out)["accepted"] is True
+    assert api.control.paused_all == [("carol", "incident")]
+
+
+def test_a_refused_command_exits_1_with_the_engine_message(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.control.result = CommandResult(False, "paused: resume first")
+    code, out = cli(
+        ["failover", "webapp", "--reason", "r", "--api", api.url, "--json", *token(api)]
+    )
+    assert code == 1
+    assert json.loads(out)["error"] == "refused"
+    assert "refused: paused: resume first" in capsys.readouterr().err
+
+
+def test_not_the_leader_exits_1_naming_the_leader(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.control.leader_id = "node-b"
+    code, _ = cli(
+        [
+            "approve",
+            "webapp",
+            "--reason",
+            "r",
+            "--api",
+            api.url,
+            "--token-file",
+            str(api.token_file),
+        ]
+    )
+    assert code == 1
+    assert "(leader: node-b)" in capsys.readouterr().err
+
+
+def test_without_a_token_the_command_is_refused_with_a_hint(
+    api: Api, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FAILOVERD_TOKEN_FILE", raising=False)
+    code, _ = cli(["pause", "webapp", "--reason", "r", "--api", api.url])
+    assert code == 1
+    assert "--token-file" in capsys.readouterr().err
+    assert api.control.commands == []
+
+
+def test_an_unknown_region_is_a_usage_error(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = cli(
+        ["failover", "webapp", "--to", "mars-1", "--reason", "r", "--api", api.url, *token(api)]
+    )
+    assert code == 2
+    assert "mars-1" in capsys.readouterr().err
+
+
+# --- usage and connection errors ----------------------------------------------------------
+def test_unreachable_api_exits_2_with_the_address(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _ = cli(["status", "--api", url, "--timeout", "2"])
+    assert code == 2
+    assert f"cannot reach the failoverd API at {url}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://127.0.0.1", "http://", "http://h:x"])
+def test_a_bad_api_address_is_a_usage_error(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = cli(["status", "--api", url])
+    assert code == 2
+    assert "API address" in capsys.readouterr().err
+
+
+def test_an_unreadable_or_empty_token_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing"
+    code, _ = cli(["pause", "--reason", "r", "--token-file", str(missing)])
+    assert code == 2
+    assert f"cannot read the token file {missing}" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    code, _ = cli(["pause", "--reason", "r", "--token-file", str(empty)])
+    assert code == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["failover", "webapp"],  # no reason
+        ["failover", "webapp", "--reason", "   "],
+        ["failback", "webapp", "--reason", "r", "--to", "us-west-2"],  # failback takes no --to
+        ["switchover", "webapp", "--reason", "r", "--force"],
+    ],
+)
+def test_bad_flags_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli(argv)
+    assert exc.value.code == 2

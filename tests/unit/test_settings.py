@@ -1,0 +1,238 @@
+"""Daemon settings: file + FAILOVERD_* environment, located errors, secrets kept out."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from orchestrator import settings as settings_module
+from orchestrator.policy.yamlsource import SourceErrors
+from orchestrator.settings import (
+    Settings,
+    SettingsError,
+    load_settings,
+    settings_reference,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "failoverd.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def messages(exc: pytest.ExceptionInfo[SourceErrors]) -> list[str]:
+    return [str(e) for e in exc.value.errors]
+
+
+def test_missing_default_file_means_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG", tmp_path / "absent.yaml")
+    s = load_settings(None, {})
+    assert s.node_id == socket.gethostname()
+    assert s.policies == [Path("/etc/failoverd/policies")]
+    assert (s.http.bind, s.http.port, s.http.token_file) == ("127.0.0.1", 8080, None)
+    assert (s.leader.ttl, s.engine.tick, s.probes.dispatch_slack) == (10.0, 1.0, 0.005)
+    assert s.state.path == Path("/var/lib/failoverd/state.db")
+    assert s.mqtt.broker_config() is None
+    assert not s.mqtt.commands_enabled
+
+
+def test_an_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceErrors) as exc:
+        load_settings(tmp_path / "nope.yaml", {})
+    assert messages(exc) == [f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory"]
+
+
+def test_file_values_are_read_and_env_overrides_them(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "node_id: use1-a\nhttp:\n  port: 9000\n  bind: ::1\nengine:\n  tick: 500ms\n",
+    )
+    s = load_settings(
+        path,
+        {
+            "FAILOVERD_HTTP__PORT": "9100",
+            "FAILOVERD_POLICIES": '["/srv/a", "/srv/b"]',
+            "FAILOVERD_LEADER__TTL": "15s",
+            "FAILOVERD_LOG__LEVEL": "",  # empty: unset, the default stays
+            "FAILOVERD_CONFIG": "/elsewhere.yaml",  # the file's own location, not a setting
+            "HOME": "/root",
+        },
+    )
+    assert s.node_id == "use1-a"
+    assert (s.http.bind, s.http.port) == ("::1", 9100)
+    assert s.engine.tick == 0.5
+    assert s.leader.ttl == 15.0
+    assert s.policies == [Path("/srv/a"), Path("/srv/b")]
+    assert s.log.level == "info"
+
+
+def test_file_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "http:\n  port: 70000\n  prot: 1\nengine:\n  tick: 1\naws:\n  endpoint_url: ftp://x\n",
+    )
+    with pytest.raises(SourceErrors) as exc:
+        load_settings(path, {})
+    assert messages(exc) == [
+        f"{path}:2:3: http.port: Input should be less than or equal to 65535 (got 70000)",
+        f"{path}:3:3: http.prot: unknown key 'prot'; expected one of: bind, port, token_file",
+        f"{path}:5:3: engine.tick: expected a duration such as 500ms, 30s, 5m, 1h or 1m30s "
+        "(a string with a unit), got 1",
+        f"{path}:7:3: aws.endpoint_url: expected an http:// or https:// URL with a host, "
+        "got 'ftp://x'",
+    ]
+
+
+def test_yaml_syntax_and_shape_errors_are_located(tmp_path: Path) -> None:
+    with pytest.raises(SourceErrors, match=r"failoverd.yaml:\d+:\d+: invalid YAML"):
+        load_settings(write(tmp_path, "http:\n  port: [1\n"), {})
+    with pytest.raises(SourceErrors, match="expected a mapping of settings"):
+        load_settings(write(tmp_path, "- a\n"), {})
+
+
+def test_env_errors_name_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(SourceErrors) as exc:
+        load_settings(
+            write(tmp_path, "log:\n  level: debug\n"),
+            {
+                "FAILOVERD_HTTP__BIND": "localhost",
+                "FAILOVERD_HTTP__PROT": "1",
+                "FAILOVERD_HTTPS__PORT": "1",
+                "FAILOVERD_ENGINE__TICK": "10",
+            },
+        )
+    text = messages(exc)
+    assert (
+        "environment FAILOVERD_HTTP__BIND: http.bind: expected an IP address such as "
+        "127.0.0.1 or ::1, got 'localhost'" in text
+    )
+    assert any(
+        m.startswith("environment FAILOVERD_HTTP__PROT: http.prot: unknown key") for m in text
+    )
+    assert any(m.startswith("environment FAILOVERD_HTTPS__PORT: no such setting") for m in text)
+    assert any(m.startswith("environment FAILOVERD_ENGINE__TICK: engine.tick:") for m in text)
+
+
+def test_settings_built_directly_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAILOVERD_HTTP__PORT", "9300")
+    monkeypatch.setenv("FAILOVERD_LOG__FORMAT", "console")
+    s = Settings()
+    assert (s.http.port, s.log.format) == (9300, "console")
+
+
+def test_mqtt_settings_become_a_broker_config(tmp_path: Path) -> None:
+    s = load_settings(
+        write(
+            tmp_path,
+            "mqtt:\n  broker: mqtts://[::1]:8883\n  tls_ca: /etc/ca.pem\n  username: fo\n"
+            "  password_file: /etc/pw\n  commands_enabled: true\n",
+        ),
+        {},
+    )
+    broker = s.mqtt.broker_config()
+    assert broker is not None
+    assert (broker.host, broker.port, broker.tls, broker.username) == ("::1", 8883, True, "fo")
+    assert broker.ca_file == Path("/etc/ca.pem")
+    assert broker.password_file == Path("/etc/pw")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("mqtt:\n  broker: mqtt://127.0.0.1\n  tls_ca: /ca.pem\n", "need an mqtts:// broker URL"),
+        ("mqtt:\n  broker: mqtt://u:p@127.0.0.1\n", "no credentials in the URL"),
+        ("mqtt:\n  broker: http://127.0.0.1\n", "scheme must be mqtt:// or mqtts://"),
+        ("mqtt:\n  username: fo\n", "broker options are set but `broker` is not"),
+        ("mqtt:\n  topic_prefix: a/#\n", "does not match"),
+    ],
+)
+def test_bad_mqtt_settings_fail_at_load(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(SourceErrors, match=message) as exc:
+        load_settings(path, {})
+    assert str(exc.value).startswith(f"{path}:")
+
+
+def test_the_token_is_read_at_use_and_never_held(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cr3t-token\n", encoding="utf-8")
+    s = load_settings(write(tmp_path, f"http:\n  token_file: {token_file}\n"), {})
+    assert s.http.token() == "s3cr3t-token"
+    token_file.write_text("rotated\n", encoding="utf-8")
+    assert s.http.token() == "rotated"  # a rotated file is picked up without a restart
+    assert "rotated" not in repr(s) and "rotated" not in s.model_dump_json()
+
+
+def test_an_unusable_token_file_is_a_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n", encoding="utf-8")
+    s = load_settings(write(tmp_path, f"http:\n  token_file: {empty}\n"), {})
+    with pytest.raises(SettingsError, match=r"http.token_file .*empty is empty"):
+        s.http.token()
+    missing = load_settings(write(tmp_path, f"http:\n  token_file: {tmp_path}/x\n"), {})
+    with pytest.raises(SettingsError, match="No such file"):
+        missing.http.token()
+    assert load_settings(write(tmp_path, "{}\n"), {}).http.token() is None
+
+
+def test_settings_are_immutable(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, "{}\n"), {})
+    with pytest.raises(ValidationError):
+        s.http.port = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        s.node_id = "other"  # type: ignore[misc]
+
+
+def test_aws_client_config_points_health_at_its_own_endpoint(tmp_path: Path) -> None:
+    s = load_settings(
+        write(
+            tmp_path,
+            "aws:\n  endpoint_url: http://127.0.0.1:5000\n"
+            "  health_endpoint_url: http://127.0.0.1:5001\n  read_timeout: 2s\n",
+        ),
+        {},
+    )
+    assert s.aws.client_config().endpoint_url == "http://127.0.0.1:5000"
+    health = s.aws.client_config(health=True)
+    assert (health.endpoint_url, health.read_timeout) == ("http://127.0.0.1:5001", 2.0)
+
+
+def test_log_format_maps_to_configure_logging(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "{}\n"), {}).log.json_output is None
+    s = load_settings(write(tmp_path, "log:\n  format: json\n"), {})
+    assert s.log.json_output is True
+
+
+def test_the_example_settings_file_is_valid() -> None:
+    s = load_settings(ROOT / "systemd" / "failoverd.example.yaml", {})
+    assert s.http.token_file == Path("/etc/failoverd/api-token")
+    assert s.state.path == Path("/var/lib/failoverd/state.db")
+
+
+def test_committed_reference_is_current() -> None:
+    committed = (ROOT / "docs" / "settings-reference.md").read_text(encoding="utf-8")
+    assert committed == settings_reference(), (
+        "docs/settings-reference.md is out of date with orchestrator/settings.py; regenerate"
+        " it with the command in its header"
+    )
+
+
+def test_reference_documents_every_key_with_its_variable() -> None:
+    text = settings_reference()
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and hasattr(section, "model_fields"):
+            for key in section.model_fields:
+                assert f"`FAILOVERD_{name.upper()}__{key.upper()}`" in text
+        else:
+            assert f"| `{name}` |" in text
+    assert "| `tick` | duration | `1s` |" in text
+    assert socket.gethostname() not in text.replace("the host name", "")
