@@ -42,6 +42,7 @@ from orchestrator.engine.state import (
 from orchestrator.policy.actions import APPROVAL_ACTION
 from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
+from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.executor import ActionLookup, Executor, RunRejected, new_run_id
 from orchestrator.runbook.journal import JournalError, StepStatus
 from orchestrator.runbook.rto import RunProgress
@@ -127,6 +128,10 @@ class Controller:
         self._tg: asyncio.TaskGroup | None = None
         self._resume_task: asyncio.Task[None] | None = None
         self.on_tick: list[Callable[[], None]] = []  # e.g. the systemd watchdog ping
+        # Called with each decision that differs from the service's last one (e.g. the MQTT
+        # event stream); must not block. A hook that raises is logged and skipped.
+        self.on_decision: list[Callable[[Decision], object]] = []
+        self._readiness: dict[str, ReadinessReport] = {}
 
     # -- Control: reads ------------------------------------------------------------------
     @property
@@ -194,6 +199,18 @@ class Controller:
             run=svc.progress,
             recent_decisions=tuple(svc.recent),
         )
+
+    def readiness_report(self) -> Mapping[str, ReadinessReport]:
+        """The latest readiness evaluation per service (the daemon's periodic job), or
+        nothing for a service not evaluated yet."""
+        return dict(self._readiness)
+
+    def record_readiness(self, service: str, report: ReadinessReport | None) -> None:
+        """Keep ``report`` as the service's latest readiness (None forgets it)."""
+        if report is None:
+            self._readiness.pop(service, None)
+        else:
+            self._readiness[service] = report
 
     async def run_progress(self, run_id: str) -> RunProgress | None:
         try:
@@ -336,6 +353,11 @@ class Controller:
             reasons=[r.value for r in d.reasons],
             policy_version=d.policy_version,
         )
+        for hook in self.on_decision:
+            try:
+                hook(d)
+            except Exception:  # a listener must not stop the engine
+                log.exception("decision_hook_failed", service=d.service)
 
     async def _refresh_run(self, svc: _Service) -> None:
         """While a run is recorded, the executor owns the state: read it back, and the run's

@@ -5,6 +5,19 @@ runs), the signal sources (each under :func:`supervise`, restarted together on r
 policy-file watcher and the HTTP API when it is available. SIGHUP or a changed policy file
 reloads; SIGTERM/SIGINT drain (bounded) and exit 0; systemd hears READY/WATCHDOG/STATUS/
 RELOADING/STOPPING through :class:`Notifier`.
+
+Periodic jobs run on one apscheduler ``AsyncIOScheduler`` owned by :class:`DaemonJobs` (a
+task of the same TaskGroup): readiness every 30 minutes (first shortly after start; kept on
+the controller, ``Controller.readiness_report()``, and exported as metrics) and the
+policies' scheduled drills, replaced on every reload. With a broker configured, an
+:class:`EventPublisher` task streams decisions, state and run progress (fed by
+:class:`EventBridge` from the controller's hooks) and takes operator commands when enabled.
+
+AWS Health polling is deliberately *not* an apscheduler job: :class:`AwsHealthSource` keeps
+state across polls (its backoff, the endpoint fallback to the other Health region, the open
+events it has reported) and is a signal source like the others, so it must be cancelled and
+rebuilt with them on reload; its own deadline loop on the injected clock does that and is
+testable in virtual time, which an apscheduler job (wall clock) would not be.
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ import importlib.util
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +37,19 @@ from typing import Any
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.controller import Controller
 from orchestrator.daemon_support import (
+    DaemonJobs,
+    EventBridge,
+    ReadinessFn,
     policy_mtimes,
     reload_policies,
     supervise,
     try_load,
 )
+from orchestrator.events import EventPublisher
 from orchestrator.policy.loader import PolicySet
+from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
+from orchestrator.readiness import ReadinessReport, readiness
 from orchestrator.sdnotify import Notifier
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings
@@ -66,6 +85,10 @@ class DaemonSettings:
     aws_read_timeout: float = 10.0
     probes_max_concurrency: int = 256
     mqtt_url: str | None = None
+    mqtt_broker: BrokerConfig | None = None  # TLS/credentials; None: built from mqtt_url
+    mqtt_commands_enabled: bool = False
+    readiness_interval: float = 30 * 60.0
+    readiness_first_delay: float = 10.0
     http_bind: str = "127.0.0.1"
     http_port: int | None = None  # None: no HTTP API
     http_token_file: str | None = None
@@ -93,6 +116,8 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         aws_read_timeout=s.aws.read_timeout,
         probes_max_concurrency=s.probes.max_concurrency,
         mqtt_url=s.mqtt.broker,
+        mqtt_broker=s.mqtt.broker_config(),
+        mqtt_commands_enabled=s.mqtt.commands_enabled,
         http_bind=s.http.bind,
         http_port=s.http.port,
         http_token_file=str(s.http.token_file) if s.http.token_file else None,
@@ -107,6 +132,7 @@ class Daemon:
         *,
         clock: Clock = SYSTEM_CLOCK,
         notifier: Notifier | None = None,
+        readiness_fn: ReadinessFn | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -122,6 +148,17 @@ class Daemon:
         self._reload = asyncio.Event()
         self._ready_sent = False
         self._sources: asyncio.Task[None] | None = None
+        self._readiness_fn = readiness_fn or self._readiness
+        self.jobs: DaemonJobs | None = None
+
+    async def _readiness(self, policies: Sequence[Policy]) -> ReadinessReport:
+        return await readiness(policies, self.aws, self.clock)
+
+    def broker(self) -> BrokerConfig | None:
+        s = self.settings
+        if s.mqtt_broker is not None:
+            return s.mqtt_broker
+        return BrokerConfig.from_url(s.mqtt_url) if s.mqtt_url else None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -180,6 +217,15 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tg:
                 core = tg.create_task(controller.run())
+                events = self._start_events(controller, tg)
+                self.jobs = DaemonJobs(
+                    controller,
+                    self._readiness_fn,
+                    self.clock,
+                    readiness_interval=self.settings.readiness_interval,
+                    first_delay=self.settings.readiness_first_delay,
+                )
+                jobs = tg.create_task(self.jobs.run())
                 watcher = tg.create_task(self._watch(controller, tg))
                 api = self._start_api(controller, tg)
                 self._sources = tg.create_task(self._run_sources(controller.policy_set, controller))
@@ -188,13 +234,26 @@ class Daemon:
                 self.notifier.stopping()
                 log.info("daemon_stopping")
                 watcher.cancel()
+                jobs.cancel()  # no drill or readiness check starts while draining
                 await controller.drain(SHUTDOWN_GRACE)
-                for task in (self._sources, core, api):
+                for task in (self._sources, core, api, events):
                     if task is not None:
                         task.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    def _start_events(
+        self, controller: Controller, tg: asyncio.TaskGroup
+    ) -> asyncio.Task[None] | None:
+        broker = self.broker()
+        if broker is None:
+            return None
+        commands = controller.command if self.settings.mqtt_commands_enabled else None
+        publisher = EventPublisher(broker, commands=commands, clock=self.clock)
+        EventBridge(controller, publisher).attach()
+        log.info("event_stream_enabled", broker=broker.url, commands=commands is not None)
+        return tg.create_task(publisher.run())
 
     def _start_api(self, controller: Controller, tg: asyncio.TaskGroup) -> asyncio.Task[Any] | None:
         s = self.settings
@@ -237,6 +296,8 @@ class Daemon:
                 continue
             self.notifier.reloading()
             if await reload_policies(controller, paths, why):
+                if self.jobs is not None:
+                    self.jobs.replace_drills(controller.policy_set)
                 if self._sources is not None:
                     self._sources.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -275,8 +336,9 @@ class Daemon:
             lag = ReplicationLagSource(items, self.aws, self.clock)
             if lag.watches:
                 runs.append((lag.name, lambda: lag.run(controller)))
-            if s.mqtt_url:
-                agents = MqttAgentSource(BrokerConfig.from_url(s.mqtt_url), items, clock=self.clock)
+            broker = self.broker()
+            if broker is not None:
+                agents = MqttAgentSource(broker, items, clock=self.clock)
                 runs.append((agents.name, lambda: agents.run(controller)))
             for name, run in runs:
                 tg.create_task(supervise(name, run, self.clock))

@@ -1,19 +1,39 @@
-"""Small parts of the daemon: source supervision, policy reload, the systemd notifier.
+"""Small parts of the daemon: source supervision, policy reload, the periodic jobs
+(readiness, scheduled drills) and the bridge from the controller to the MQTT event stream.
 
 Kept apart from :mod:`orchestrator.daemon` (the wiring) so each can be tested alone.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from orchestrator.clock import Clock
+from orchestrator.control import NotLeaderError
 from orchestrator.controller import Controller
+from orchestrator.drills import DrillSchedule
+from orchestrator.engine.state import Command, OperatorCommand, RunStatus
+from orchestrator.events import EventPublisher
 from orchestrator.policy.loader import PolicySet, load_policy_set, policy_files
+from orchestrator.policy.models import DrillMode, DrillSpec, Policy
 from orchestrator.policy.yamlsource import SourceErrors
-from orchestrator.telemetry import POLICY_RELOADS, SOURCE_RESTARTS, get_logger
+from orchestrator.readiness import ReadinessReport
+from orchestrator.telemetry import (
+    POLICY_RELOADS,
+    READINESS_LAST_RUN,
+    READINESS_STEPS_NOT_READY,
+    SOURCE_RESTARTS,
+    get_logger,
+)
 
 log = get_logger("failoverd.daemon")
 
@@ -85,3 +105,252 @@ def policy_mtimes(paths: Iterable[str]) -> dict[str, float]:
         except OSError:
             out[raw] = -1.0
     return out
+
+
+# -- periodic jobs -------------------------------------------------------------------------
+ReadinessFn = Callable[[Sequence[Policy]], Awaitable[ReadinessReport]]
+"""``orchestrator.readiness.readiness`` bound to the daemon's AWS clients and clock."""
+
+READINESS_JOB = "readiness"
+READINESS_INTERVAL = 30 * 60.0
+READINESS_FIRST_DELAY = 10.0  # after start: let the clients and the first evaluation settle
+READINESS_TIMEOUT = 300.0  # per service: every check has its own step timeout besides
+DRILL_RUN_POLL = 1.0
+
+
+class DaemonJobs:
+    """The daemon's periodic jobs on one apscheduler ``AsyncIOScheduler``: readiness every
+    ``readiness_interval`` seconds (first ``first_delay`` after start) and the policies'
+    scheduled drills (:class:`DrillSchedule`).
+
+    Contract: ``run()`` is the only owner of the scheduler and of the jobs' work; it starts
+    the scheduler, returns only by cancellation, and on the way out shuts the scheduler down
+    and cancels and awaits every job in flight (the work runs in ``run``'s TaskGroup, the
+    scheduler's own task only waits for it). Jobs never raise into the scheduler. Job
+    timing is apscheduler's (wall clock); the work uses the injected clock.
+    """
+
+    def __init__(
+        self,
+        controller: Controller,
+        readiness: ReadinessFn,
+        clock: Clock,
+        *,
+        readiness_interval: float = READINESS_INTERVAL,
+        first_delay: float = READINESS_FIRST_DELAY,
+        readiness_timeout: float = READINESS_TIMEOUT,
+    ) -> None:
+        if not readiness_interval > 0 or first_delay < 0 or not readiness_timeout > 0:
+            raise ValueError(
+                "readiness_interval and readiness_timeout must be positive and first_delay not"
+                f" negative, got {readiness_interval!r}, {readiness_timeout!r}, {first_delay!r}"
+            )
+        self._controller = controller
+        self._readiness = readiness
+        self._clock = clock
+        self._interval = readiness_interval
+        self._first_delay = first_delay
+        self._timeout = readiness_timeout
+        self.scheduler = AsyncIOScheduler(timezone=datetime.UTC)
+        self.drills = DrillSchedule(self.scheduler, self._owned_drill, controller.snapshot)
+        self._tg: asyncio.TaskGroup | None = None
+        self.started = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                self.scheduler.start()
+                self.scheduler.add_job(
+                    self._owned_readiness,
+                    IntervalTrigger(seconds=self._interval, timezone=datetime.UTC),
+                    id=READINESS_JOB,
+                    name="readiness evaluation",
+                    next_run_time=_utcnow() + datetime.timedelta(seconds=self._first_delay),
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=max(1, int(self._interval)),
+                )
+                self.replace_drills(self._controller.policy_set)
+                log.info("daemon_jobs_started", readiness_interval=self._interval)
+                self.started.set()
+                await asyncio.Event().wait()
+            finally:
+                self._tg = None
+                if self.scheduler.running:
+                    self.scheduler.shutdown(wait=False)
+                log.info("daemon_jobs_stopped")
+
+    def replace_drills(self, policies: PolicySet) -> bool:
+        """Schedule ``policies``' drills in place of the previous ones (on start and each
+        reload). On a bad drill (unknown time zone) the old schedule stays and False."""
+        try:
+            ids = self.drills.replace({p.service: p.drills for p in policies if p.drills})
+        except ValueError as exc:
+            log.error("drill_schedule_failed", error=str(exc), version=policies.version)
+            return False
+        log.info("drills_scheduled", jobs=ids, version=policies.version)
+        return True
+
+    # The scheduler's tasks only wait: the work belongs to run()'s TaskGroup, so cancelling
+    # run() cancels it (awaiting a task propagates the waiter's cancellation too).
+    async def _owned(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._tg is None:  # not running (or stopping): nothing may outlive run()
+            log.warning("daemon_job_skipped", why="the jobs are not running")
+            work.close()
+            return
+        await self._tg.create_task(work)
+
+    async def _owned_readiness(self) -> None:
+        await self._owned(self.evaluate_readiness())
+
+    async def _owned_drill(self, service: str, spec: DrillSpec) -> None:
+        await self._owned(self.run_drill(service, spec))
+
+    async def evaluate_readiness(self, services: Sequence[str] | None = None) -> None:
+        """Evaluate readiness of ``services`` (default: all), keep each report on the
+        controller and export the not-ready step counts. Never raises: a service whose
+        evaluation fails or overruns keeps its previous report."""
+        policies = self._controller.policy_set
+        wanted = [p for p in policies if services is None or p.service in services]
+        if services is None:
+            for gone in set(self._controller.readiness_report()) - set(policies.policies):
+                self._controller.record_readiness(gone, None)
+                _remove_label(gone)
+        for policy in wanted:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    report = await self._readiness([policy])
+            except Exception as exc:  # a check that escapes is a bug; the job carries on
+                log.error(
+                    "readiness_evaluation_failed",
+                    service=policy.service,
+                    error=repr(exc),
+                    exc_info=not isinstance(exc, TimeoutError),
+                )
+                continue
+            not_ready = sum(1 for s in report.steps if not (s.ready and s.checked))
+            self._controller.record_readiness(policy.service, report)
+            READINESS_STEPS_NOT_READY.labels(service=policy.service).set(not_ready)
+            log.info(
+                "readiness_evaluated",
+                service=policy.service,
+                ready=report.ready,
+                steps=len(report.steps),
+                not_ready_steps=not_ready,
+                lag_not_ready=sum(1 for x in report.lag if not x.ready),
+            )
+        READINESS_LAST_RUN.set(self._clock.now())
+
+    async def run_drill(self, service: str, spec: DrillSpec) -> None:
+        """A scheduled drill (the guard has passed). ``dry-run``: readiness for the service,
+        kept like the periodic one. ``switchover``: operator commands through the controller
+        (journaled, its executor, never two runs), a hold, and the failback."""
+        if spec.mode is DrillMode.DRY_RUN:
+            await self.evaluate_readiness([service])
+            report = self._controller.readiness_report().get(service)
+            log.info(
+                "drill_finished",
+                service=service,
+                mode=str(spec.mode),
+                ok=report is not None and report.ready,
+            )
+            return
+        policy = self._controller.policy_set.policies.get(service)
+        if policy is None:
+            log.warning("drill_skipped", service=service, mode=str(spec.mode), reasons=["gone"])
+            return
+        standby, primary = policy.regions[1], policy.primary
+        reason = f"scheduled drill ({spec.cron} {spec.timezone})"
+        if not await self._move(policy, Command.SWITCHOVER, standby, reason):
+            return
+        log.info("drill_hold", service=service, region=standby, seconds=spec.hold)
+        await self._clock.sleep(spec.hold)
+        ok = await self._move(policy, Command.FAILBACK, primary, reason)
+        log.info("drill_finished", service=service, mode=str(spec.mode), ok=ok)
+
+    async def _move(self, policy: Policy, command: Command, to: str, reason: str) -> bool:
+        service = policy.service
+        try:
+            result = await self._controller.command(
+                service, OperatorCommand(command, to=to, by="drill", reason=reason)
+            )
+        except NotLeaderError as exc:
+            log.info("drill_skipped", service=service, reasons=["not_leader"], leader=exc.leader)
+            return False
+        if not result.accepted or result.run_id is None:
+            log.warning("drill_refused", service=service, command=str(command), why=result.message)
+            return False
+        # Bounded: a run held at an approval step goes on, the drill stops following it.
+        deadline = self._clock.monotonic() + 2 * policy.rto
+        while self._clock.monotonic() < deadline:
+            progress = await self._controller.run_progress(result.run_id)
+            if progress is not None and progress.status is not RunStatus.RUNNING:
+                ok = progress.status is RunStatus.SUCCEEDED
+                log.info(
+                    "drill_run_finished",
+                    service=service,
+                    run_id=result.run_id,
+                    status=str(progress.status),
+                    rto_achieved=progress.elapsed,
+                )
+                return ok
+            await self._clock.sleep(DRILL_RUN_POLL)
+        log.warning("drill_run_overdue", service=service, run_id=result.run_id)
+        return False
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _remove_label(service: str) -> None:
+    with contextlib.suppress(KeyError):  # never exported for this service
+        READINESS_STEPS_NOT_READY.remove(service)
+
+
+# -- the event stream ----------------------------------------------------------------------
+class EventBridge:
+    """Feeds an :class:`EventPublisher` from the controller: each decision change (the
+    controller's ``on_decision`` hook), and after every engine tick the retained state of
+    each service (the publisher sends only what changed) and the progress of its run (read
+    by the controller's tick already: no extra store reads). Every call is synchronous and
+    never raises into the engine."""
+
+    def __init__(self, controller: Controller, publisher: EventPublisher) -> None:
+        self._controller = controller
+        self._publisher = publisher
+        self._known: set[str] = set()
+        self._finished: dict[str, str] = {}  # service -> the last run id reported ended
+
+    def attach(self) -> None:
+        self._controller.on_decision.append(self._publisher.publish_decision)
+        self._controller.on_tick.append(self.after_tick)
+
+    def after_tick(self) -> None:
+        try:
+            self._after_tick()
+        except Exception:
+            log.exception("event_bridge_failed")
+
+    def _after_tick(self) -> None:
+        services = set(self._controller.services())
+        for gone in self._known - services:
+            self._publisher.forget_service(gone)
+            self._finished.pop(gone, None)
+        for service in sorted(services):
+            snap = self._controller.snapshot(service)
+            if snap is None:
+                continue
+            self._publisher.publish_state(snap)
+            run = snap.run
+            if run is None or self._finished.get(service) == run.run_id:
+                continue
+            ended = run.status is not RunStatus.RUNNING
+            # A run that ended before we first saw the service (before a restart) was
+            # reported then: do not replay it.
+            if not (ended and service not in self._known):
+                self._publisher.publish_run(run)
+            if ended:
+                self._finished[service] = run.run_id
+        self._known = services

@@ -176,6 +176,14 @@ SOURCE_RESTARTS = Counter(
     "Signal sources restarted by the supervisor after they crashed or returned.",
     ("source",),
 )
+READINESS_STEPS_NOT_READY = Gauge(
+    "failoverd_readiness_not_ready_steps",
+    "Runbook step checks not ready at the last readiness evaluation.",
+    ("service",),
+)
+READINESS_LAST_RUN = Gauge(
+    "failoverd_readiness_last_run_timestamp_seconds", "When readiness was last evaluated."
+)
 
 # --- state store ----------------------------------------------------------------------
 STORE_OPERATION_DURATION = Histogram(
