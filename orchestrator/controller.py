@@ -409,13 +409,20 @@ class Controller:
 
     async def _tick_loop(self) -> None:
         while True:
+            healthy = True
             if not self._stopping:
                 try:
                     await self.evaluate_all()
-                except Exception:  # one bad pass must not stop the engine
+                except StoreError:
+                    # Degraded, not wedged: keep observing without acting (DESIGN principle
+                    # 2); a restart would only throw the health windows away.
+                    log.warning("engine_tick_store_unavailable")
+                except Exception:  # one bad pass must not stop the engine...
                     log.exception("engine_tick_failed")
-            for ping in self.on_tick:
-                ping()
+                    healthy = False  # ...but a loop that only fails must not feed the watchdog
+            if healthy:
+                for ping in self.on_tick:
+                    ping()
             await self._wait_for_tick()
 
     async def _wait_for_tick(self) -> None:
