@@ -217,11 +217,6 @@ class MqttSettings(Section):
     commands_enabled: bool = Field(
         False, description="Accept operator commands on the command topic (broker ACLs guard it)."
     )
-    topic_prefix: str = Field(
-        "failoverd/v1",
-        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
-        description="Prefix of every topic the daemon publishes or subscribes to.",
-    )
 
     @model_validator(mode="after")
     def _coherent(self) -> MqttSettings:

@@ -4,6 +4,7 @@ old set and logs the file:line error, SIGTERM exits 0 within 10 s."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -14,6 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -126,6 +128,14 @@ async def test_ready_reload_with_errors_and_clean_shutdown(
         await eventually(lambda: any("WATCHDOG=1" in m for m in messages), "a WATCHDOG=1 ping", 5)
         started = events("daemon_started")
         assert started
+        await eventually(lambda: bool(events("api_listening")), "the API to listen", 5)
+        (listening,) = events("api_listening")
+        addresses = listening["addresses"]
+        assert isinstance(addresses, list)
+        host, api_port = ast.literal_eval(str(addresses[0]))[:2]
+        api = f"http://{host}:{api_port}"
+        async with aiohttp.ClientSession() as http, http.get(f"{api}/v1/status") as status:
+            version_before = (await status.json())["policy_version"]
 
         policy_file.write_text(POLICY.format(port=port).replace("rto: 15m", "rto: soon"))
         proc.send_signal(signal.SIGHUP)
@@ -135,6 +145,12 @@ async def test_ready_reload_with_errors_and_clean_shutdown(
         assert not events("policy_reloaded")
         assert any("RELOADING=1" in m for m in messages)
         assert proc.returncode is None  # still running on the old set
+        # ... and still ready, serving the old set's version.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{api}/readyz") as ready:
+                assert ready.status == 200, await ready.text()
+            async with http.get(f"{api}/v1/status") as status:
+                assert (await status.json())["policy_version"] == version_before
 
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
