@@ -13,6 +13,7 @@ from typing import Protocol
 
 from orchestrator.engine.healthbook import RegionVerdict, VantageView
 from orchestrator.engine.state import Decision, LagReading, OperatorCommand
+from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.rto import RunProgress
 
 
@@ -92,6 +93,10 @@ class Control(Protocol):
     def snapshot(self, service: str) -> ServiceSnapshot | None: ...
 
     async def run_progress(self, run_id: str) -> RunProgress | None: ...
+
+    def readiness_report(self) -> Mapping[str, ReadinessReport]:
+        """The latest periodic readiness evaluation per service (none before the first)."""
+        ...
 
     async def command(self, service: str, command: OperatorCommand) -> CommandResult: ...
 

@@ -175,6 +175,10 @@ async def status(request: web.Request) -> web.Response:
     )
 
 
+async def readiness_report(request: web.Request) -> web.Response:
+    return _json(s.readiness_report_body(_control(request).readiness_report()))
+
+
 def _snapshot(control: Control, name: str) -> ServiceSnapshot:
     snap = control.snapshot(name) if name in control.services() else None
     if snap is None:
@@ -322,6 +326,16 @@ def routes() -> list[tuple[RouteDoc, Handler]]:
         (
             RouteDoc("GET", "/v1/status", "status", "every service in brief", {200: s.StatusBody}),
             status,
+        ),
+        (
+            RouteDoc(
+                "GET",
+                "/v1/readiness",
+                "readiness_report",
+                "the latest periodic readiness evaluation per service",
+                {200: s.ReadinessReportBody},
+            ),
+            readiness_report,
         ),
         (
             RouteDoc(

@@ -18,6 +18,7 @@ from orchestrator.control import CommandResult, ServiceSnapshot
 from orchestrator.engine.healthbook import RegionVerdict, SignalView, VantageView
 from orchestrator.engine.state import Decision, LagReading
 from orchestrator.engine.vocabulary import REASON_TEXT, Reason
+from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.rto import RunProgress
 
 MAX_REASON = 500
@@ -426,3 +427,67 @@ def command_result_body(r: CommandResult) -> CommandResultBody:
         run_id=r.run_id,
         decision=None if r.decision is None else decision_body(r.decision),
     )
+
+
+# -- readiness -------------------------------------------------------------------------
+
+
+class StepReadinessBody(_Out):
+    runbook: str
+    source: str
+    target: str
+    step: str
+    action: str
+    ready: bool
+    checked: bool = Field(description="False: the check itself could not run (throttled...).")
+    findings: list[str]
+    control_plane_region: str | None
+    control_plane_in_source: bool = Field(
+        description="The step depends on the control plane of the region it evacuates."
+    )
+
+
+class LagReadinessBody(_Out):
+    region: str
+    ready: bool
+    finding: str
+
+
+class ServiceReadinessBody(_Out):
+    ready: bool
+    steps: list[StepReadinessBody]
+    lag: list[LagReadinessBody]
+
+
+class ReadinessReportBody(_Out):
+    services: dict[str, ServiceReadinessBody] = Field(
+        description="The latest periodic evaluation per service; absent before the first."
+    )
+
+
+def readiness_report_body(reports: Mapping[str, ReadinessReport]) -> ReadinessReportBody:
+    out: dict[str, ServiceReadinessBody] = {}
+    for service, report in sorted(reports.items()):
+        out[service] = ServiceReadinessBody(
+            ready=report.ready,
+            steps=[
+                StepReadinessBody(
+                    runbook=x.move.runbook,
+                    source=x.move.source,
+                    target=x.move.target,
+                    step=x.step,
+                    action=x.action,
+                    ready=x.ready,
+                    checked=x.checked,
+                    findings=list(x.findings),
+                    control_plane_region=x.control_plane_region,
+                    control_plane_in_source=x.control_plane_in_source,
+                )
+                for x in report.steps
+            ],
+            lag=[
+                LagReadinessBody(region=x.region, ready=x.ready, finding=x.finding)
+                for x in report.lag
+            ],
+        )
+    return ReadinessReportBody(services=out)

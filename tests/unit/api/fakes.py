@@ -8,7 +8,7 @@ and reasons have the shapes the daemon will really serve. Commands are recorded,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from orchestrator.engine.observation import FailureKind, Observation
 from orchestrator.engine.state import LagReading, OperatorCommand, RunStatus, ServiceState
 from orchestrator.policy.loader import PolicySet, load_policy_set
 from orchestrator.policy.models import AWS_HEALTH_VANTAGE, AwsHealthSignal, Policy
+from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.journal import StepStatus
 from orchestrator.runbook.rto import AttemptProgress, RunProgress, StepProgress
 
@@ -152,6 +153,7 @@ class FakeControl:
     policies: PolicySet = field(default_factory=load_policies)
     snapshots: dict[str, ServiceSnapshot] = field(default_factory=dict)
     runs: dict[str, RunProgress] = field(default_factory=lambda: {RUN_ID: run_progress()})
+    readiness_reports: dict[str, ReadinessReport] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.snapshots:
@@ -166,6 +168,9 @@ class FakeControl:
 
     def is_leader(self) -> bool:
         return self.leader_id == self.node_id
+
+    def readiness_report(self) -> Mapping[str, ReadinessReport]:
+        return self.readiness_reports
 
     def readiness(self) -> Readiness:
         return self.ready
