@@ -562,6 +562,28 @@ class Controller:
         why = "; ".join([*(r.value for r in d.reasons), *d.notes]) or d.phase.value
         return CommandResult(False, f"refused: {why}", d)
 
+    async def journal_drill(self, service: str, mode: str, detail: Mapping[str, Any]) -> bool:
+        """Record a drill's result in the journal (a dry-run is not a run, so it gets a record
+        of its own); False when this instance does not lead (the leader records drills)."""
+        token = self.token()
+        svc = self._services.get(service)
+        if token is None or svc is None:
+            return False
+        await self._store.append_journal(
+            JournalRecord(
+                run_id="",
+                service=service,
+                status=JournalStatus.DRILL_FINISHED,
+                at=self._clock.now(),
+                token=token,
+                policy_version=self._set.version,
+                step=f"drill.{mode}",
+                kind=mode,
+                detail=json.dumps(dict(detail), sort_keys=True),
+            )
+        )
+        return True
+
     async def _journal(
         self, svc: _Service, command: OperatorCommand, token: int, now: float
     ) -> None:

@@ -27,6 +27,7 @@ from orchestrator.policy.loader import PolicySet, load_policy_set, policy_files
 from orchestrator.policy.models import DrillMode, DrillSpec, Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport
+from orchestrator.store.base import StoreError
 from orchestrator.telemetry import (
     POLICY_RELOADS,
     READINESS_LAST_RUN,
@@ -249,12 +250,26 @@ class DaemonJobs:
         if spec.mode is DrillMode.DRY_RUN:
             await self.evaluate_readiness([service])
             report = self._controller.readiness_report().get(service)
-            log.info(
-                "drill_finished",
-                service=service,
-                mode=str(spec.mode),
-                ok=report is not None and report.ready,
-            )
+            ok = report is not None and report.ready
+            log.info("drill_finished", service=service, mode=str(spec.mode), ok=ok)
+            detail = {
+                "ok": ok,
+                "cron": spec.cron,
+                "not_ready": [
+                    f"{s.move.runbook} {s.move.target} {s.step}: {'; '.join(s.findings)}"
+                    for s in (report.steps if report else [])
+                    if not (s.ready and s.checked)
+                ]
+                + [
+                    f"replica {x.region}: {x.finding}"
+                    for x in (report.lag if report else [])
+                    if not x.ready
+                ],
+            }
+            try:
+                await self._controller.journal_drill(service, str(spec.mode), detail)
+            except StoreError as exc:
+                log.warning("drill_not_recorded", service=service, error=str(exc))
             return
         policy = self._controller.policy_set.policies.get(service)
         if policy is None:

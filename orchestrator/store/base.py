@@ -61,6 +61,8 @@ class JournalStatus(StrEnum):
     # An operator's command (who, what, why in `detail`), journaled before it takes effect;
     # run_id is "" unless it approves a run's step.
     OPERATOR_COMMAND = "operator_command"
+    # A drill that is not a run (dry-run): its result in `detail`; run_id "".
+    DRILL_FINISHED = "drill_finished"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from orchestrator.policy.loader import load_policy_set
 from orchestrator.policy.models import DrillMode, DrillSpec, Policy
 from orchestrator.readiness import Move, ReadinessReport, StepReadiness
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
+from orchestrator.store.base import JournalStatus
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
 from tests.unit.runbook.fakes import ScriptedAction
@@ -222,11 +223,18 @@ async def test_a_dry_run_drill_evaluates_readiness_for_its_service(
     controller: Controller, clock: VirtualClock
 ) -> None:
     fake = FakeReadiness()
+    await controller.lease_step()  # the leader records drills
     healthy(controller, clock)
     await controller.evaluate_all()
     async with running(DaemonJobs(controller, fake, clock)) as jobs:
         assert await jobs.drills.fire("shop", DrillSpec(cron="0 10 * * TUE"))
     assert fake.calls == [["shop"]] and "shop" in controller.readiness_report()
+    # Recorded like a run: a journal record with the result, not a run of its own.
+    records = await controller._store.read_run("")
+    (drill,) = [r for r in records if r.status is JournalStatus.DRILL_FINISHED]
+    assert drill.service == "shop" and drill.kind == "dry-run"
+    assert '"cron": "0 10 * * TUE"' in drill.detail
+    assert await controller._store.recent_runs("shop") == []
 
 
 async def test_a_drill_never_fires_while_a_region_is_not_healthy(
