@@ -18,70 +18,10 @@ from orchestrator.signals.aws_clients import AwsClients
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.moto_server import MotoServer
 from tests.integration.runbook.webapp_world import moto_mutations
+from tests.integration.shop_world import POLICY, PRIMARY, RECORD, STANDBY
+from tests.integration.shop_world import seed as seed_world
 
-PRIMARY, STANDBY = "us-east-1", "us-west-2"
-RECORD = "api.shop.example.com"
 HOLD = 1234.5
-
-POLICY = """
-service: shop
-regions: [us-east-1, us-west-2]
-rto: 15m
-rpo: 1m
-detection: {{quorum: 1}}
-signals:
-  - {{name: api, type: http, target: "https://{{region}}.shop.example.com/"}}
-runbooks:
-  failover:
-    - name: scale
-      action: autoscaling.set_capacity
-      params: {{auto_scaling_group: "shop-{{target_region}}", desired: 4}}
-    - name: dns
-      action: route53.set_record
-      after: [scale]
-      params:
-        hosted_zone_id: {zone}
-        name: api.shop.example.com
-        value: "{{target_region}}.shop.example.com"
-"""
-
-
-def seed(moto: MotoServer, *, max_size: int = 10) -> str:
-    r53 = moto.boto3_client("route53")
-    zone = r53.create_hosted_zone(Name="shop.example.com", CallerReference="drill")
-    zone_id: str = zone["HostedZone"]["Id"].split("/")[-1]
-    r53.change_resource_record_sets(
-        HostedZoneId=zone_id,
-        ChangeBatch={
-            "Changes": [
-                {
-                    "Action": "UPSERT",
-                    "ResourceRecordSet": {
-                        "Name": RECORD,
-                        "Type": "CNAME",
-                        "TTL": 60,
-                        "ResourceRecords": [{"Value": f"{PRIMARY}.shop.example.com"}],
-                    },
-                }
-            ]
-        },
-    )
-    for region in (PRIMARY, STANDBY):
-        ec2 = moto.boto3_client("ec2", region)
-        image = ec2.describe_images()["Images"][0]["ImageId"]
-        asg = moto.boto3_client("autoscaling", region)
-        asg.create_launch_configuration(
-            LaunchConfigurationName=f"lc-{region}", ImageId=image, InstanceType="t3.micro"
-        )
-        asg.create_auto_scaling_group(
-            AutoScalingGroupName=f"shop-{region}",
-            LaunchConfigurationName=f"lc-{region}",
-            MinSize=0,
-            MaxSize=max_size,
-            DesiredCapacity=0,
-            AvailabilityZones=[f"{region}a"],
-        )
-    return zone_id
 
 
 def dns(moto: MotoServer, zone_id: str) -> list[str]:
@@ -111,7 +51,7 @@ def creds(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_dry_run_prints_each_step_and_its_findings_and_changes_nothing(
     moto: MotoServer, tmp_path: Path, capsys: Any, creds: None
 ) -> None:
-    zone = seed(moto, max_size=2)  # desired 4 will not fit
+    zone = seed_world(moto, max_size=2, record=True)  # desired 4 will not fit
     policy_file = tmp_path / "shop.yaml"
     policy_file.write_text(POLICY.format(zone=zone))
     args = ["shop", "--mode", "dry-run", "--policy", str(policy_file)]
@@ -162,7 +102,7 @@ class HoldWatcher:
 async def test_switchover_drill_moves_dns_to_the_standby_and_back(
     moto: MotoServer, tmp_path: Path
 ) -> None:
-    zone = seed(moto)
+    zone = seed_world(moto, record=True)
     policy = load_policy_text(POLICY.format(zone=zone))
     clock = HoldWatcher(moto, zone)
     store = await SqliteStore.open(tmp_path / "state.db")
@@ -205,7 +145,7 @@ async def test_switchover_drill_moves_dns_to_the_standby_and_back(
 def test_switchover_cli_writes_a_json_report_and_refuses_a_held_lease(
     moto: MotoServer, tmp_path: Path, capsys: Any, creds: None
 ) -> None:
-    zone = seed(moto)
+    zone = seed_world(moto, record=True)
     policy_file = tmp_path / "shop.yaml"
     policy_file.write_text(POLICY.format(zone=zone))
     report_file = tmp_path / "drill.json"
@@ -242,7 +182,7 @@ def test_switchover_cli_writes_a_json_report_and_refuses_a_held_lease(
 async def test_a_drill_refuses_when_the_daemon_holds_the_lease(
     moto: MotoServer, tmp_path: Path, capsys: Any, creds: None
 ) -> None:
-    zone = seed(moto)
+    zone = seed_world(moto, record=True)
     policy_file = tmp_path / "shop.yaml"
     policy_file.write_text(POLICY.format(zone=zone))
     store = await SqliteStore.open(tmp_path / "state.db")

@@ -14,50 +14,7 @@ from orchestrator.policy.loader import load_policy_text
 from orchestrator.readiness import readiness
 from orchestrator.signals.aws_clients import AwsClients
 from tests.fixtures.moto_server import MotoServer
-
-POLICY = """
-service: shop
-regions: [us-east-1, us-west-2]
-rto: 15m
-rpo: 1m
-detection: {{quorum: 1}}
-signals:
-  - {{name: api, type: http, target: "https://{{region}}.shop.example.com/"}}
-runbooks:
-  failover:
-    - name: scale
-      action: autoscaling.set_capacity
-      params: {{auto_scaling_group: "shop-{{target_region}}", desired: 4}}
-    - name: dns
-      action: route53.set_record
-      after: [scale]
-      params:
-        hosted_zone_id: {zone}
-        name: api.shop.example.com
-        value: "{{target_region}}.shop.example.com"
-"""
-
-
-def seed(moto: MotoServer, *, max_size: int = 10) -> str:
-    r53 = moto.boto3_client("route53")
-    zone = r53.create_hosted_zone(Name="shop.example.com", CallerReference="readiness")
-    zone_id: str = zone["HostedZone"]["Id"].split("/")[-1]
-    for region in ("us-east-1", "us-west-2"):
-        ec2 = moto.boto3_client("ec2", region)
-        image = ec2.describe_images()["Images"][0]["ImageId"]
-        asg = moto.boto3_client("autoscaling", region)
-        asg.create_launch_configuration(
-            LaunchConfigurationName=f"lc-{region}", ImageId=image, InstanceType="t3.micro"
-        )
-        asg.create_auto_scaling_group(
-            AutoScalingGroupName=f"shop-{region}",
-            LaunchConfigurationName=f"lc-{region}",
-            MinSize=0,
-            MaxSize=max_size,
-            DesiredCapacity=0,
-            AvailabilityZones=[f"{region}a"],
-        )
-    return zone_id
+from tests.integration.shop_world import POLICY, seed
 
 
 def by_step(report: Any) -> dict[tuple[str, str, str], Any]:
