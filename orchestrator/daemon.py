@@ -348,7 +348,7 @@ class Daemon:
 # -- CLI ---------------------------------------------------------------------------------
 def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "run", help="Run the failover daemon (foreground; systemd Type=notify)."
+        "run", help="run the failover daemon (foreground; systemd Type=notify)"
     )
     parser.add_argument(
         "--config",
