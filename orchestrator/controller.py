@@ -57,6 +57,8 @@ from orchestrator.store.base import (
 )
 from orchestrator.telemetry import OBSERVATIONS, get_logger
 
+LEASE_SAFETY = 0.8  # act for at most this share of the lease's TTL after each renewal
+
 log = get_logger("failoverd.controller")
 
 RECENT_DECISIONS = 50
@@ -461,7 +463,7 @@ class Controller:
                     if renewed is None:
                         self._lost("renew_refused")
                     else:
-                        self._lease, self._lease_deadline = renewed, started + self._ttl
+                        self._lease, self._lease_deadline = renewed, self._deadline(started)
             self._store_ok = True
         except (StoreError, TimeoutError) as exc:
             self._store_ok = False
@@ -469,8 +471,14 @@ class Controller:
             if self._lease is not None and self._clock.monotonic() >= self._lease_deadline:
                 self._lost("renew_deadline_passed")
 
+    def _deadline(self, started: float) -> float:
+        # Stop acting a margin before the lease can expire in the store: the store's expiry
+        # counts from when it received the call (later than `started`), and local clocks
+        # drift; a leader that acts a little less long is safe, one that acts too long is not.
+        return started + self._ttl * LEASE_SAFETY
+
     def _became_leader(self, lease: Lease, started: float) -> None:
-        self._lease, self._lease_deadline = lease, started + self._ttl
+        self._lease, self._lease_deadline = lease, self._deadline(started)
         self._leader_name = self.node_id
         log.info("leader_lease_acquired", node_id=self.node_id, token=lease.token)
         if self._tg is not None and not self._stopping:
