@@ -21,9 +21,11 @@ if ! have_python; then
 fi
 
 # Debian packages the integration tests run for real: mosquitto (MQTT agents and events),
-# systemd (systemd-analyze verify/security on the unit, sysusers/tmpfiles).
+# systemd (systemd-analyze verify/security on the unit, sysusers/tmpfiles), chromium (the
+# status page rendered headless).
 missing=()
-for pkg_bin in mosquitto:/usr/sbin/mosquitto systemd:/usr/bin/systemd-analyze; do
+for pkg_bin in mosquitto:/usr/sbin/mosquitto systemd:/usr/bin/systemd-analyze \
+    chromium:/usr/bin/chromium; do
     pkg="${pkg_bin%%:*}"; bin="${pkg_bin#*:}"
     [ -x "$bin" ] || missing+=("$pkg")
 done

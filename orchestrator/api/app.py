@@ -22,6 +22,7 @@ from orchestrator.api import schemas as s
 from orchestrator.api.auth import TokenAuth
 from orchestrator.api.errors import ApiError
 from orchestrator.api.openapi import RouteDoc, build_openapi
+from orchestrator.api.status_page import load_page, status_page
 from orchestrator.control import Control, NotLeaderError, ServiceSnapshot
 from orchestrator.engine.state import Command, OperatorCommand
 from orchestrator.telemetry import API_COMMANDS, API_REQUEST_DURATION, API_REQUESTS, get_logger
@@ -304,6 +305,12 @@ def routes() -> list[tuple[RouteDoc, Handler]]:
     """Every route with its documentation: the app and the OpenAPI document share this."""
     table: list[tuple[RouteDoc, Handler]] = [
         (
+            RouteDoc(
+                "GET", "/", "status_page", "the on-call status page (HTML)", {200: "text/html"}
+            ),
+            status_page,
+        ),
+        (
             RouteDoc("GET", "/healthz", "healthz", "the process is alive", {200: s.HealthBody}),
             healthz,
         ),
@@ -413,6 +420,7 @@ def make_app(
     app[_REGISTRY] = metrics_registry
     app[_LABEL] = token_label
     app[_COMMAND_TIMEOUT] = float(command_timeout)
+    load_page()  # a wheel built without its package data fails here, not on first view
     table = routes()
     app[_OPENAPI] = json.dumps(build_openapi(doc for doc, _ in table)).encode()
     for doc, handler in table:

@@ -1,0 +1,210 @@
+"""The status page in a real headless Chromium against a real aiohttp server on 127.0.0.1:
+what the on-call engineer sees after the page's first refresh, what it shows when the API
+starts failing, and a screenshot to look at when the layout is in doubt."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from orchestrator.api import bound_port, make_app, serve
+from orchestrator.engine.vocabulary import REASON_TEXT, Reason
+from tests.fixtures.binaries import require_binary
+from tests.unit.api.fakes import FakeControl
+
+CHROMIUM_TIMEOUT = 60.0
+# Virtual time runs the page's timers without the test waiting for them and is paused while
+# fetches are in flight, so "after the first refresh" does not depend on machine speed.
+FIRST_REFRESH_BUDGET_MS = 2000
+# The page refreshes every 3 s: this budget covers the first load and one more refresh.
+SECOND_REFRESH_BUDGET_MS = 5000
+
+
+@pytest.fixture
+def chromium() -> str:
+    return require_binary("chromium", "/usr/bin/chromium")
+
+
+async def _serve(control: FakeControl) -> AsyncIterator[str]:
+    app = make_app(control, token=None, metrics_registry=CollectorRegistry())
+    runner = await serve(app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{bound_port(runner)}/"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def page_url() -> AsyncIterator[str]:
+    async for url in _serve(FakeControl()):
+        yield url
+
+
+class FailsAfterFirstRefresh(FakeControl):
+    """Answers the first refresh (one /v1/status and one detail per service each ask for the
+    service list), then every call fails as if the engine had wedged."""
+
+    def services(self) -> Sequence[str]:
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > 1 + len(self.snapshots):
+            raise RuntimeError("engine wedged")
+        return super().services()
+
+
+async def run_chromium(binary: str, tmp: Path, url: str, *args: str) -> str:
+    """Run headless Chromium on ``url``; its stdout. Killed if it outlives the timeout."""
+    profile = tmp / "profile"
+    profile.mkdir(exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *args,
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"HOME": str(tmp), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": "UTC"},
+    )
+    try:
+        async with asyncio.timeout(CHROMIUM_TIMEOUT):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, f"chromium exited {proc.returncode}: {err.decode()[-2000:]}"
+    return out.decode()
+
+
+class _Text(HTMLParser):
+    """The visible text of a DOM dump, one string per text node (scripts and styles out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip and data.strip():
+            self.parts.append(data.strip())
+
+
+def visible_text(dom: str) -> str:
+    parser = _Text()
+    parser.feed(dom)
+    return "\n".join(parser.parts)
+
+
+def card(dom: str, service: str) -> str:
+    """The visible text of one service's card."""
+    match = re.search(rf'<section [^>]*data-service="{service}".*?</section>', dom, re.DOTALL)
+    assert match is not None, f"no card for {service}"
+    return visible_text(match.group(0))
+
+
+async def test_first_refresh_shows_every_service_with_its_state(
+    chromium: str, page_url: str, tmp_path: Path
+) -> None:
+    dom = await run_chromium(
+        chromium,
+        tmp_path,
+        page_url,
+        f"--virtual-time-budget={FIRST_REFRESH_BUDGET_MS}",
+        "--dump-dom",
+    )
+    text = visible_text(dom)
+    assert "node: node-a" in text and "leader: node-a (this node)" in text
+    assert "1 of 2 services need attention." in text
+    assert re.search(r"updated \d\d:\d\d:\d\d", text)
+    assert "Stale since" not in text and "Cannot reach" not in text
+    # Not-steady services come first.
+    assert re.findall(r'<section [^>]*data-service="([^"]+)"', dom) == ["webapp", "catalog"]
+
+    webapp = card(dom, "webapp")
+    assert "Failing over" in webapp
+    assert "active:\nus-east-1" in webapp
+    assert REASON_TEXT[Reason.ACTIVE_DOWN] in webapp
+    assert re.search(r"us-east-1\n\(active\)\nDown\n", webapp)
+    assert re.search(r"us-west-2\nHealthy\n", webapp)
+    assert "local: failing" in webapp and "agent-ap: passing" in webapp
+    assert "2 min used, 13 min left" in webapp  # RTO: 120 s of the 900 s budget
+    assert "12 s — within RPO (reading 20 s old)" in webapp
+    assert "failover us-east-1 → us-west-2" in webapp
+    for step, status, duration in (
+        ("notify-start", "SUCCEEDED", "2.5 s"),
+        ("promote-db", "RUNNING", "87 s"),
+    ):
+        assert re.search(rf"{step}\n[a-z._]+\n{status}\n{duration}\n", webapp), step
+    assert "retried after: throttled" in webapp
+    assert "Recent decisions" in webapp
+
+    catalog = card(dom, "catalog")
+    assert "Steady" in catalog and "active:\nus-east-1" in catalog
+    assert re.findall(r"(us-east-1|us-west-2|eu-west-1)(?:\n\(active\))?\nHealthy", catalog) == [
+        "us-east-1",
+        "us-west-2",
+        "eu-west-1",
+    ]
+    assert "not running: nothing detected" in catalog
+    assert "Current run" not in catalog
+
+
+async def test_a_failing_api_marks_the_page_stale_and_keeps_the_last_view(
+    chromium: str, tmp_path: Path
+) -> None:
+    async for url in _serve(FailsAfterFirstRefresh()):
+        dom = await run_chromium(
+            chromium,
+            tmp_path,
+            url,
+            f"--virtual-time-budget={SECOND_REFRESH_BUDGET_MS}",
+            "--dump-dom",
+        )
+    text = visible_text(dom)
+    assert re.search(
+        r"Stale since \d\d:\d\d:\d\d \(\d+ s ago\): HTTP 500: an unexpected error", text
+    ), text
+    assert "engine wedged" not in text  # the API's 500 does not leak internals
+    # The last good view stays up (dimmed) rather than vanishing in the middle of an incident.
+    assert "Failing over" in card(dom, "webapp")
+    assert 'class="is-stale"' in dom
+
+
+async def test_screenshot_of_the_page(chromium: str, page_url: str, tmp_path: Path) -> None:
+    png = tmp_path / "status.png"
+    await run_chromium(
+        chromium,
+        tmp_path,
+        page_url,
+        f"--virtual-time-budget={FIRST_REFRESH_BUDGET_MS}",
+        f"--screenshot={png}",
+        "--window-size=1280,900",
+    )
+    print(f"status page screenshot: {png}")
+    data = png.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1280, 900)
+    # A blank or unstyled page compresses to a few kB; the rendered cards are far larger.
+    assert len(data) > 50_000, f"suspiciously small screenshot ({len(data)} bytes): {png}"
