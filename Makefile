@@ -8,9 +8,8 @@ STAMP := $(VENV)/.installed
 
 test: $(STAMP) lint typecheck scenarios unit ## everything CI checks (pytest last: its summary closes the run)
 
-run: $(STAMP) ## the product as it stands: the example policies' scenario tests
-	$(VENV)/bin/failoverd validate policies
-	$(VENV)/bin/failoverd test policies
+run: $(STAMP) ## the product in its sandbox: emulated AWS on loopback, the daemon, two agents
+	$(VENV)/bin/failoverd sandbox
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh $(VENV)

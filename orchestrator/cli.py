@@ -111,8 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     from orchestrator.daemon import add_run_parser
     from orchestrator.drills import add_drill_parser
     from orchestrator.operator_cli import add_operator_parsers
+    from orchestrator.sandbox.runner import add_sandbox_parser
 
     add_run_parser(sub)
+    add_sandbox_parser(sub)
     add_agent_parser(sub)
     add_drill_parser(sub)
     add_operator_parsers(sub)
@@ -142,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_readiness(args.policies or ["policies"], args.endpoint_url, args.json)
         if args.command == "iam-policy":
             return cmd_iam_policy(args.policies or ["policies"])
+        if args.command == "sandbox":
+            from orchestrator.sandbox.runner import run_sandbox
+
+            return run_sandbox(args)
         if args.command == "drill":
             from orchestrator.drills import run_drill
 

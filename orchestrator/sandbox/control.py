@@ -1,0 +1,157 @@
+"""The sandbox's control endpoint: faults injected into the running sandbox over HTTP.
+
+``POST /faults`` with ``{"fault": "<name>", "arg": "<region|duration|service>"}`` applies a
+fault at once and answers ``{"ok": true, "message": ...}``; an unknown fault or a bad
+argument is a 400 ``{"ok": false, "message": ...}`` that says what is wrong. ``GET /state``
+answers the endpoints' modes and the replica lag being published. The endpoint listens on
+127.0.0.1 only and has no authentication: it can break the sandbox, nothing else.
+
+:func:`send_fault` is the client (``failoverd sandbox fault``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.policy.durations import DurationError, parse_duration
+from orchestrator.sandbox.health_api import HealthApiEmulator
+from orchestrator.sandbox.region_endpoints import RegionEndpoints
+from orchestrator.telemetry import get_logger
+
+log = get_logger("failoverd.sandbox.control")
+
+FAULTS = ("region-down", "region-up", "slow", "flap", "health-event", "lag", "throttle")
+HEALTH_SERVICE = "EC2"  # one of the services the example's aws_health signal watches
+CLIENT_TIMEOUT = 10.0  # seconds, per control request
+
+
+class FaultError(ValueError):
+    """A fault that cannot be applied: unknown, or a bad argument. The message says why."""
+
+
+@dataclass
+class Faults:
+    """What the faults act on. ``apply`` is atomic per fault and idempotent (the same fault
+    twice leaves the sandbox as once), except ``health-event``, which opens one more event."""
+
+    endpoints: RegionEndpoints
+    health: HealthApiEmulator
+    publish_lag: Callable[[float], None]  # blocking; puts one datapoint now
+    lag_seconds: float = 5.0
+    health_events: dict[str, list[str]] = field(default_factory=dict)
+
+    async def apply(self, fault: str, arg: str) -> str:
+        if fault in ("region-down", "region-up", "slow", "flap", "health-event"):
+            self.endpoints.get(arg)  # a clear error for an unknown region
+        if fault == "region-down":
+            self.endpoints.set_mode(arg, "down")
+            return f"{arg}: the endpoint answers 503"
+        if fault == "slow":
+            self.endpoints.set_mode(arg, "slow")
+            return f"{arg}: the endpoint answers after the probe timeout"
+        if fault == "flap":
+            self.endpoints.set_mode(arg, "flap")
+            return f"{arg}: the endpoint alternates between 200 and 503"
+        if fault == "region-up":
+            self.endpoints.set_mode(arg, "up")
+            for arn in self.health_events.pop(arg, []):
+                self.health.close_event(arn)
+            return f"{arg}: the endpoint is healthy, its Health events closed"
+        if fault == "health-event":
+            arn = self.health.open_event(
+                HEALTH_SERVICE, arg, description=f"sandbox: operational issue in {arg}"
+            )
+            self.health_events.setdefault(arg, []).append(arn)
+            return f"{arg}: AWS Health event open ({arn})"
+        if fault == "lag":
+            try:
+                seconds = parse_duration(arg)
+            except DurationError as exc:
+                raise FaultError(f"lag: {exc}") from None
+            if seconds < 0:
+                raise FaultError("lag: must not be negative")
+            self.lag_seconds = seconds
+            await asyncio.to_thread(self.publish_lag, seconds)
+            return f"replica lag is now {arg}"
+        if fault == "throttle":
+            raise FaultError("throttle is not implemented in this sandbox yet")
+        raise FaultError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "endpoints": {r: e.mode for r, e in self.endpoints.endpoints.items()},
+            "lag_seconds": self.lag_seconds,
+            "health_events": self.health_events,
+        }
+
+
+class ControlServer:
+    """The control endpoint on 127.0.0.1 (kernel-chosen port). ``stop`` is idempotent."""
+
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/faults", self._fault)
+        app.router.add_get("/state", self._state)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _fault(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"ok": False, "message": "the body is not JSON"}, status=400)
+        if not isinstance(body, dict):
+            body = {}
+        fault, arg = body.get("fault"), body.get("arg")
+        if not isinstance(fault, str) or not isinstance(arg, str):
+            message = 'expected {"fault": "<name>", "arg": "<argument>"} with strings'
+            return web.json_response({"ok": False, "message": message}, status=400)
+        try:
+            message = await self.faults.apply(fault, arg)
+        except (FaultError, ValueError) as exc:
+            return web.json_response({"ok": False, "message": str(exc)}, status=400)
+        log.info("sandbox_fault_injected", fault=fault, arg=arg)
+        return web.json_response({"ok": True, "message": message})
+
+    async def _state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.faults.state())
+
+
+def send_fault(control_url: str, fault: str, arg: str) -> str:
+    """Ask the sandbox at ``control_url`` to apply a fault; its message. Raises
+    :class:`FaultError` when the sandbox refuses, OSError when it cannot be reached."""
+    request = urllib.request.Request(
+        f"{control_url.rstrip('/')}/faults",
+        data=json.dumps({"fault": fault, "arg": arg}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
+            return str(json.loads(response.read())["message"])
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["message"]
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {exc.code}"
+        raise FaultError(str(message)) from None

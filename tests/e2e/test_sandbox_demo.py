@@ -1,0 +1,174 @@
+"""`failoverd sandbox` end to end, as a subprocess: the scripted outage demo, and a live
+sandbox taking a fault through `sandbox fault`, failing over, and stopping cleanly on
+SIGINT with none of its processes left behind. Everything listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.binaries import require_binary
+
+ROOT = Path(__file__).parents[2]
+COMMAND = [sys.executable, "-m", "orchestrator", "sandbox"]
+DEMO_DEADLINE = 60.0  # the demo bounds itself at 45 s (--deadline) plus start and stop
+START_DEADLINE = 60.0
+FAILOVER_DEADLINE = 30.0
+STOP_DEADLINE = 20.0
+INTERVAL, FAILURES = 1.0, 3  # the sandbox policy's detection
+LAST_LINE = re.compile(
+    r"demo: failover to us-west-2 complete, detect_s=(?P<detect>[\d.]+)"
+    r" failover_s=(?P<failover>[\d.]+) rto_budget_s=(?P<rto>\d+)"
+)
+
+
+@pytest.fixture(autouse=True)
+def _mosquitto_when_in_ci() -> None:
+    # With the broker the sandbox runs the agents and quorum 2: what a user gets.
+    require_binary("mosquitto", "/usr/sbin/mosquitto")
+
+
+def test_the_demo_fails_over_to_the_standby_and_says_how_fast() -> None:
+    done = subprocess.run(
+        [*COMMAND, "--demo", "--port", "0", "--deadline", "45"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_DEADLINE,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    match = LAST_LINE.fullmatch(lines[-1])
+    assert match, lines[-1]
+    assert 0 <= float(match["detect"]) <= INTERVAL * FAILURES + 2
+    assert 0 < float(match["failover"]) < 10
+    assert int(match["rto"]) == 900  # the example policy's 15m
+    assert any("traffic moved: Route 53 record -> us-west-2" in line for line in lines)
+    for step in ("promote-db", "scale-up", "flip-dns"):
+        assert any(f"step {step}" in line and "succeeded" in line for line in lines), step
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: str, within: float) -> re.Match[str]:
+    """Read the sandbox's stdout line by line until ``pattern`` matches (deadline)."""
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    deadline = time.monotonic() + within
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            seen.append(line)
+            found = re.search(pattern, line)
+            if found:
+                return found
+            continue
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    pytest.fail(f"no line matching {pattern!r} within {within}s:\n" + "".join(seen[-30:]))
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=3) as response:
+        return json.loads(response.read())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose, but only its parent (the sandbox) can reap it.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
+
+
+def test_a_fault_from_the_command_line_moves_the_service_and_ctrl_c_stops_everything() -> None:
+    proc = subprocess.Popen(
+        [*COMMAND, "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        api = _read_until(
+            proc, r"sandbox: api +(http://127\.0\.0\.1:\d+)/v1/status", START_DEADLINE
+        )[1]
+        control = _read_until(proc, r"sandbox: control +(http://127\.0\.0\.1:\d+)", 5)[1]
+        pids = {
+            name: int(pid)
+            for name, pid in re.findall(
+                r"(\S+)=(\d+)", _read_until(proc, r"sandbox: pids (.*)", 5)[1]
+            )
+        }
+        assert {"daemon", "mosquitto", "agent-eu", "agent-ap"} <= set(pids), pids
+        service = f"{api}/v1/services/webapp"
+
+        def steady() -> bool:
+            body = _get(service)
+            verdicts = {v["region"]: v["verdict"] for v in body["verdicts"]}
+            lag = {x["region"]: x["within_rpo"] for x in body["lag"]}
+            return set(verdicts.values()) == {"healthy"} and lag.get("us-west-2") is True
+
+        _wait(steady, "both regions healthy and the lag known", START_DEADLINE)
+
+        fault = subprocess.run(
+            [*COMMAND, "fault", "region-down", "us-east-1", "--control", control],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert fault.returncode == 0, fault.stderr
+        assert "us-east-1" in fault.stdout
+
+        refused = subprocess.run(
+            [*COMMAND, "fault", "region-down", "eu-north-9", "--control", control],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert refused.returncode == 2 and "eu-north-9" in refused.stderr, refused.stderr
+
+        def moved() -> bool:
+            body = _get(service)
+            run = body.get("run") or {}
+            return body["active_region"] == "us-west-2" and run.get("status") == "succeeded"
+
+        _wait(moved, "webapp active in us-west-2 after a succeeded run", FAILOVER_DEADLINE)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the sandbox did not stop within {STOP_DEADLINE}s of SIGINT")
+    assert rc == 0
+    left = [name for name, pid in pids.items() if _alive(pid)]
+    assert not left, f"still running after the sandbox exited: {left}"
+
+
+def _wait(check: Any, what: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError as exc:  # the API not up yet, or a slow answer
+            last = exc
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {within}s waiting for {what} (last error: {last!r})")
