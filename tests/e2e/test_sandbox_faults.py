@@ -1,0 +1,150 @@
+"""`failoverd sandbox` under a flapping primary: the daemon moves the service at most once,
+never back and forth. Everything listens on 127.0.0.1; the sandbox is a subprocess on port 0
+and is stopped with SIGINT at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.binaries import require_binary
+
+ROOT = Path(__file__).parents[2]
+COMMAND = [sys.executable, "-m", "orchestrator", "sandbox"]
+START_DEADLINE = 60.0
+STOP_DEADLINE = 20.0
+WINDOW = 25.0  # seconds of the daemon's own decisions watched after the fault
+WINDOW_DEADLINE = WINDOW + 15.0  # wall-clock bound on seeing the engine reach the window's end
+MOVES = ("failover", "switchover", "failback")
+RUNS_FINISHED = re.compile(r"^failoverd_runs_finished_total\{[^}]*\} (\S+)$", re.MULTILINE)
+
+
+@pytest.fixture(autouse=True)
+def _mosquitto_when_in_ci() -> None:
+    # With the broker the sandbox runs the agents and quorum 2: what a user gets.
+    require_binary("mosquitto", "/usr/sbin/mosquitto")
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: str, within: float) -> re.Match[str]:
+    """Read the sandbox's stdout line by line until ``pattern`` matches (deadline)."""
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    deadline = time.monotonic() + within
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            seen.append(line)
+            found = re.search(pattern, line)
+            if found:
+                return found
+            continue
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    pytest.fail(f"no line matching {pattern!r} within {within}s:\n" + "".join(seen[-30:]))
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=3) as response:
+        return json.loads(response.read())
+
+
+def _wait(check: Callable[[], bool], what: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError as exc:  # the API not up yet, or a slow answer
+            last = exc
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {within}s waiting for {what} (last error: {last!r})")
+
+
+def test_a_flapping_primary_moves_the_service_at_most_once() -> None:
+    proc = subprocess.Popen(
+        [*COMMAND, "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        api = _read_until(
+            proc, r"sandbox: api +(http://127\.0\.0\.1:\d+)/v1/status", START_DEADLINE
+        )[1]
+        control = _read_until(proc, r"sandbox: control +(http://127\.0\.0\.1:\d+)", 5)[1]
+        service = f"{api}/v1/services/webapp"
+
+        def steady() -> bool:
+            body = _get(service)
+            verdicts = {v["region"]: v["verdict"] for v in body["verdicts"]}
+            lag = {x["region"]: x["within_rpo"] for x in body["lag"]}
+            return (
+                body["active_region"] == "us-east-1"
+                and set(verdicts.values()) == {"healthy"}
+                and lag.get("us-west-2") is True
+            )
+
+        _wait(steady, "webapp steady in us-east-1, both regions healthy", START_DEADLINE)
+
+        fault = subprocess.run(
+            [*COMMAND, "fault", "flap", "us-east-1", "--control", control],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert fault.returncode == 0, fault.stderr
+        fault_at = time.time()
+
+        run_ids: set[str] = set()
+        actives: list[str] = ["us-east-1"]  # each change of the active region, in order
+        moves: list[dict[str, Any]] = []  # the daemon's own record of its move decisions
+
+        def watched_the_window() -> bool:
+            body = _get(service)
+            run = body.get("run")
+            if run and run["kind"] in MOVES:
+                run_ids.add(run["run_id"])
+            if body["active_region"] != actives[-1]:
+                actives.append(body["active_region"])
+            for d in body["recent_decisions"]:
+                if d["action"] in MOVES and d["at"] >= fault_at and d not in moves:
+                    moves.append(d)
+            # The witness: the engine has decided (it decides every tick) up to the window's
+            # end, so every decision of the window has been seen.
+            decision = body.get("decision")
+            return decision is not None and decision["at"] >= fault_at + WINDOW
+
+        _wait(watched_the_window, f"{WINDOW}s of decisions under the flap", WINDOW_DEADLINE)
+
+        assert len(run_ids) <= 1, f"more than one move under a flap: {sorted(run_ids)}"
+        assert len(actives) <= 2, f"the active region changed more than once: {actives}"
+        targets = {d["target"] for d in moves}
+        assert targets <= {"us-west-2"}, f"moves towards {targets}: {moves}"
+        with urllib.request.urlopen(f"{api}/metrics", timeout=3) as response:
+            finished = sum(float(n) for n in RUNS_FINISHED.findall(response.read().decode()))
+        assert finished <= 1, f"{finished} runs finished under a flap"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the sandbox did not stop within {STOP_DEADLINE}s of SIGINT")
+    assert rc == 0
