@@ -4,23 +4,25 @@ SIGINT with none of its processes left behind. Everything listens on 127.0.0.1."
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.binaries import require_binary
+from tests.e2e.support import (  # noqa: F401 - the fixture applies to this module
+    COMMAND,
+    ROOT,
+    _mosquitto_when_in_ci,
+    get_json,
+    read_until,
+    start_sandbox,
+)
 
-ROOT = Path(__file__).parents[2]
-COMMAND = [sys.executable, "-m", "orchestrator", "sandbox"]
 DEMO_DEADLINE = 60.0  # the demo bounds itself at 45 s (--deadline) plus start and stop
 START_DEADLINE = 60.0
 FAILOVER_DEADLINE = 30.0
@@ -30,12 +32,6 @@ LAST_LINE = re.compile(
     r"demo: failover to us-west-2 complete, detect_s=(?P<detect>[\d.]+)"
     r" failover_s=(?P<failover>[\d.]+) rto_budget_s=(?P<rto>\d+)"
 )
-
-
-@pytest.fixture(autouse=True)
-def _mosquitto_when_in_ci() -> None:
-    # With the broker the sandbox runs the agents and quorum 2: what a user gets.
-    require_binary("mosquitto", "/usr/sbin/mosquitto")
 
 
 def test_the_demo_fails_over_to_the_standby_and_says_how_fast() -> None:
@@ -58,31 +54,6 @@ def test_the_demo_fails_over_to_the_standby_and_says_how_fast() -> None:
         assert any(f"step {step}" in line and "succeeded" in line for line in lines), step
 
 
-def _read_until(proc: subprocess.Popen[str], pattern: str, within: float) -> re.Match[str]:
-    """Read the sandbox's stdout line by line until ``pattern`` matches (deadline)."""
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    deadline = time.monotonic() + within
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line:
-            seen.append(line)
-            found = re.search(pattern, line)
-            if found:
-                return found
-            continue
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    pytest.fail(f"no line matching {pattern!r} within {within}s:\n" + "".join(seen[-30:]))
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=3) as response:
-        return json.loads(response.read())
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -94,29 +65,19 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_fault_from_the_command_line_moves_the_service_and_ctrl_c_stops_everything() -> None:
-    proc = subprocess.Popen(
-        [*COMMAND, "--port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, api, control = start_sandbox()
     try:
-        api = _read_until(
-            proc, r"sandbox: api +(http://127\.0\.0\.1:\d+)/v1/status", START_DEADLINE
-        )[1]
-        control = _read_until(proc, r"sandbox: control +(http://127\.0\.0\.1:\d+)", 5)[1]
         pids = {
             name: int(pid)
             for name, pid in re.findall(
-                r"(\S+)=(\d+)", _read_until(proc, r"sandbox: pids (.*)", 5)[1]
+                r"(\S+)=(\d+)", read_until(proc, r"sandbox: pids (.*)", 5)[1]
             )
         }
         assert {"daemon", "mosquitto", "agent-eu", "agent-ap"} <= set(pids), pids
         service = f"{api}/v1/services/webapp"
 
         def steady() -> bool:
-            body = _get(service)
+            body = get_json(service)
             verdicts = {v["region"]: v["verdict"] for v in body["verdicts"]}
             lag = {x["region"]: x["within_rpo"] for x in body["lag"]}
             return set(verdicts.values()) == {"healthy"} and lag.get("us-west-2") is True
@@ -143,7 +104,7 @@ def test_a_fault_from_the_command_line_moves_the_service_and_ctrl_c_stops_everyt
         assert refused.returncode == 2 and "eu-north-9" in refused.stderr, refused.stderr
 
         def moved() -> bool:
-            body = _get(service)
+            body = get_json(service)
             run = body.get("run") or {}
             return body["active_region"] == "us-west-2" and run.get("status") == "succeeded"
 

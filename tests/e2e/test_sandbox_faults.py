@@ -4,61 +4,31 @@ and is stopped with SIGINT at the end."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.binaries import require_binary
+from tests.e2e.support import (  # noqa: F401 - the fixture applies to this module
+    COMMAND,
+    ROOT,
+    _mosquitto_when_in_ci,
+    get_json,
+    read_until,
+    start_sandbox,
+)
 
-ROOT = Path(__file__).parents[2]
-COMMAND = [sys.executable, "-m", "orchestrator", "sandbox"]
 START_DEADLINE = 60.0
 STOP_DEADLINE = 20.0
 WINDOW = 25.0  # seconds of the daemon's own decisions watched after the fault
 WINDOW_DEADLINE = WINDOW + 15.0  # wall-clock bound on seeing the engine reach the window's end
 MOVES = ("failover", "switchover", "failback")
 RUNS_FINISHED = re.compile(r"^failoverd_runs_finished_total\{[^}]*\} (\S+)$", re.MULTILINE)
-
-
-@pytest.fixture(autouse=True)
-def _mosquitto_when_in_ci() -> None:
-    # With the broker the sandbox runs the agents and quorum 2: what a user gets.
-    require_binary("mosquitto", "/usr/sbin/mosquitto")
-
-
-def _read_until(proc: subprocess.Popen[str], pattern: str, within: float) -> re.Match[str]:
-    """Read the sandbox's stdout line by line until ``pattern`` matches (deadline)."""
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    deadline = time.monotonic() + within
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line:
-            seen.append(line)
-            found = re.search(pattern, line)
-            if found:
-                return found
-            continue
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    pytest.fail(f"no line matching {pattern!r} within {within}s:\n" + "".join(seen[-30:]))
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=3) as response:
-        return json.loads(response.read())
 
 
 def _wait(check: Callable[[], bool], what: str, within: float) -> None:
@@ -75,22 +45,12 @@ def _wait(check: Callable[[], bool], what: str, within: float) -> None:
 
 
 def test_a_flapping_primary_moves_the_service_at_most_once() -> None:
-    proc = subprocess.Popen(
-        [*COMMAND, "--port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, api, control = start_sandbox()
     try:
-        api = _read_until(
-            proc, r"sandbox: api +(http://127\.0\.0\.1:\d+)/v1/status", START_DEADLINE
-        )[1]
-        control = _read_until(proc, r"sandbox: control +(http://127\.0\.0\.1:\d+)", 5)[1]
         service = f"{api}/v1/services/webapp"
 
         def steady() -> bool:
-            body = _get(service)
+            body = get_json(service)
             verdicts = {v["region"]: v["verdict"] for v in body["verdicts"]}
             lag = {x["region"]: x["within_rpo"] for x in body["lag"]}
             return (
@@ -116,7 +76,7 @@ def test_a_flapping_primary_moves_the_service_at_most_once() -> None:
         moves: list[dict[str, Any]] = []  # the daemon's own record of its move decisions
 
         def watched_the_window() -> bool:
-            body = _get(service)
+            body = get_json(service)
             run = body.get("run")
             if run and run["kind"] in MOVES:
                 run_ids.add(run["run_id"])
