@@ -22,13 +22,23 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.policy.durations import DurationError, parse_duration
+from orchestrator.sandbox.fault_proxy import FaultProxy, ThrottleSpecError, parse_throttle
 from orchestrator.sandbox.health_api import HealthApiEmulator
-from orchestrator.sandbox.region_endpoints import RegionEndpoints
+from orchestrator.sandbox.region_endpoints import RegionEndpoints, local_down_supported
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.control")
 
-FAULTS = ("region-down", "region-up", "slow", "flap", "health-event", "lag", "throttle")
+FAULTS = (
+    "region-down",
+    "region-up",
+    "slow",
+    "flap",
+    "health-event",
+    "lag",
+    "throttle",
+    "local-down",
+)
 HEALTH_SERVICE = "EC2"  # one of the services the example's aws_health signal watches
 CLIENT_TIMEOUT = 10.0  # seconds, per control request
 
@@ -47,9 +57,10 @@ class Faults:
     publish_lag: Callable[[float], None]  # blocking; puts one datapoint now
     lag_seconds: float = 5.0
     health_events: dict[str, list[str]] = field(default_factory=dict)
+    proxy: FaultProxy | None = None  # between the daemon and moto; None: no throttling
 
     async def apply(self, fault: str, arg: str) -> str:
-        if fault in ("region-down", "region-up", "slow", "flap", "health-event"):
+        if fault in ("region-down", "region-up", "slow", "flap", "health-event", "local-down"):
             self.endpoints.get(arg)  # a clear error for an unknown region
         if fault == "region-down":
             self.endpoints.set_mode(arg, "down")
@@ -60,6 +71,11 @@ class Faults:
         if fault == "flap":
             self.endpoints.set_mode(arg, "flap")
             return f"{arg}: the endpoint alternates between 200 and 503"
+        if fault == "local-down":
+            if not local_down_supported():
+                raise FaultError("local-down needs Linux: it tells the daemon's probes by /proc")
+            self.endpoints.set_mode(arg, "local-down")
+            return f"{arg}: the endpoint answers 503 to the daemon's own probes, 200 to agents"
         if fault == "region-up":
             self.endpoints.set_mode(arg, "up")
             for arn in self.health_events.pop(arg, []):
@@ -82,7 +98,13 @@ class Faults:
             await asyncio.to_thread(self.publish_lag, seconds)
             return f"replica lag is now {arg}"
         if fault == "throttle":
-            raise FaultError("throttle is not implemented in this sandbox yet")
+            if self.proxy is None:
+                raise FaultError("throttle: this sandbox has no fault proxy in front of moto")
+            try:
+                spec = parse_throttle(arg)
+            except ThrottleSpecError as exc:
+                raise FaultError(str(exc)) from None
+            return self.proxy.set_throttle(spec)
         raise FaultError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
 
     def state(self) -> dict[str, Any]:
@@ -90,6 +112,7 @@ class Faults:
             "endpoints": {r: e.mode for r, e in self.endpoints.endpoints.items()},
             "lag_seconds": self.lag_seconds,
             "health_events": self.health_events,
+            "throttled": None if self.proxy is None else self.proxy.throttled.service,
         }
 
 

@@ -7,6 +7,8 @@ Each region gets one small aiohttp server answering ``GET /healthz`` with 200
 * ``slow`` — the answer is held for :data:`SLOW_DELAY` seconds, past any sandbox probe
   timeout, so the probe times out;
 * ``flap`` — alternates between a 200 and a 503, request by request;
+* ``local-down`` — 503 to the sandbox daemon's own probes (its ``local`` vantage point),
+  200 to everyone else (the agents): a failure only the daemon's vantage sees;
 * ``up`` — healthy again.
 
 The same port also accepts TCP connections, so a ``tcp`` signal can point at it.
@@ -15,6 +17,7 @@ The same port also accepts TCP connections, so a ``tcp`` signal can point at it.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,10 +27,73 @@ from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.endpoints")
 
-Mode = Literal["up", "down", "slow", "flap"]
-MODES: tuple[Mode, ...] = ("up", "down", "slow", "flap")
+Mode = Literal["up", "down", "slow", "flap", "local-down"]
+MODES: tuple[Mode, ...] = ("up", "down", "slow", "flap", "local-down")
 SLOW_DELAY = 5.0  # seconds; well past the sandbox policy's 500 ms probe timeout
 OK_BODY = '{"status":"ok"}'
+PROC = "/proc"
+# `python -m orchestrator run ...`: the daemon, whose probes are the `local` vantage point.
+DAEMON_ARGV = ("-m", "orchestrator", "run")
+
+
+def local_down_supported() -> bool:
+    """Whether this host lets ``local-down`` tell the daemon's probes apart (Linux /proc)."""
+    return os.path.exists(f"{PROC}/net/tcp")
+
+
+def _socket_inode(peer: tuple[str, int], server_port: int) -> str | None:
+    """The inode of the client end of the loopback connection ``peer`` -> ``server_port``."""
+    want_local = f"0100007F:{peer[1]:04X}"  # 127.0.0.1, little-endian address, port in hex
+    want_remote = f"0100007F:{server_port:04X}"
+    try:
+        with open(f"{PROC}/net/tcp", encoding="ascii") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 9 and fields[1] == want_local and fields[2] == want_remote:
+                    return fields[9]
+    except OSError:
+        return None
+    return None
+
+
+def _is_daemon(pid: str) -> bool:
+    try:
+        with open(f"{PROC}/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return any(tuple(argv[i : i + 3]) == DAEMON_ARGV for i in range(len(argv)))
+
+
+def from_daemon(peer: tuple[str, int], server_port: int) -> bool:
+    """Whether the connection from ``peer`` belongs to a child of this process running the
+    daemon. Blocking (reads /proc); False when it cannot tell. The sandbox's own children
+    only: the agents are children too, and their probes look the same on the wire, so the
+    owning process is the only honest way to tell the vantage points apart."""
+    if peer[0] != "127.0.0.1":
+        return False
+    inode = _socket_inode(peer, server_port)
+    if inode is None:
+        return False
+    socket_link = f"socket:[{inode}]"
+    me = str(os.getpid())
+    try:
+        pids = [p for p in os.listdir(PROC) if p.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            with open(f"{PROC}/{pid}/stat", encoding="ascii", errors="replace") as f:
+                # The command name may hold spaces: the parent pid follows its closing ')'.
+                parent = f.read().rsplit(")", 1)[1].split()[1]
+            if parent != me or not _is_daemon(pid):
+                continue
+            for fd in os.listdir(f"{PROC}/{pid}/fd"):
+                if os.readlink(f"{PROC}/{pid}/fd/{fd}") == socket_link:
+                    return True
+        except (OSError, IndexError):
+            continue  # the process ended, or is not ours to look at
+    return False
 
 
 @dataclass
@@ -57,6 +123,10 @@ class RegionEndpoint:
             return web.Response(status=503, text='{"status":"flapping"}')
         if mode == "down":
             return web.Response(status=503, text='{"status":"down"}')
+        if mode == "local-down":
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            if peer is not None and await asyncio.to_thread(from_daemon, peer, self.port):
+                return web.Response(status=503, text='{"status":"down for local"}')
         return web.Response(text=OK_BODY, content_type="application/json")
 
 

@@ -37,8 +37,10 @@ import aiohttp
 import yaml
 
 from orchestrator.sandbox.control import FAULTS, ControlServer, FaultError, Faults, send_fault
+from orchestrator.sandbox.fault_proxy import FaultProxy
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints
+from orchestrator.sandbox.seed import ALL_REGIONS, seed_world, write_sandbox_policies
 from orchestrator.sandbox.world import (
     DEFAULT_LAG,
     PRIMARY,
@@ -50,8 +52,6 @@ from orchestrator.sandbox.world import (
     failover_problems,
     feed_lag,
     publish_lag,
-    sandbox_policy,
-    seed_webapp,
 )
 from orchestrator.telemetry import configure_logging, get_logger
 
@@ -251,19 +251,26 @@ class Sandbox:
         self.moto = MotoWorld()
         stack.push_async_callback(asyncio.to_thread, self.moto.stop)
         await asyncio.to_thread(self.moto.start)
-        self.zone_id = (await asyncio.to_thread(seed_webapp, self.moto)).zone_id
+        # The daemon reaches moto through the proxy, so `fault throttle` can get in between.
+        self.proxy = FaultProxy(self.moto.endpoint_url)
+        stack.push_async_callback(self.proxy.stop)
+        await self.proxy.start()
+        self.zones = (await asyncio.to_thread(seed_world, self.moto)).zones
+        self.zone_id = self.zones[SERVICE]
 
         self.health = HealthApiEmulator()
         await self.health.start()
         stack.push_async_callback(self.health.stop)
-        self.endpoints = RegionEndpoints(list(REGIONS))
+        self.endpoints = RegionEndpoints(list(ALL_REGIONS))
         stack.push_async_callback(self.endpoints.stop)
         await self.endpoints.start()
 
         def lag(seconds: float) -> None:
             publish_lag(self.moto, seconds)
 
-        self.faults = Faults(self.endpoints, self.health, lag, lag_seconds=DEFAULT_LAG)
+        self.faults = Faults(
+            self.endpoints, self.health, lag, lag_seconds=DEFAULT_LAG, proxy=self.proxy
+        )
         control = ControlServer(self.faults)
         stack.push_async_callback(control.stop)
         await control.start()
@@ -274,7 +281,7 @@ class Sandbox:
         policies = self.workdir / "policies"
         policies.mkdir()
         ports = {r: e.port for r, e in self.endpoints.endpoints.items()}
-        (policies / f"{SERVICE}.yaml").write_text(sandbox_policy(self.zone_id, ports, vantages))
+        write_sandbox_policies(policies, self.zones, ports, vantages)
         if broker:
             for agent in AGENTS:
                 argv = [sys.executable, "-m", "orchestrator", "agent", "--id", agent]
@@ -333,7 +340,7 @@ class Sandbox:
             "engine": {"tick": "500ms"},
             "leader": {"ttl": "3s"},
             "aws": {
-                "endpoint_url": self.moto.endpoint_url,
+                "endpoint_url": self.proxy.endpoint_url,
                 "health_endpoint_url": self.health.endpoint_url,
                 "read_timeout": "5s",
             },
