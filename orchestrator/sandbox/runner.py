@@ -1,8 +1,9 @@
 """``failoverd sandbox``: the real daemon against an emulated AWS world on loopback.
 
 Starts moto (with the fix-ups), the AWS Health emulator, one HTTP endpoint per region, the
-control endpoint for faults, mosquitto and two ``failoverd agent`` processes (when mosquitto
-is installed) and ``failoverd run`` with generated settings; prints where everything is and
+control endpoint for faults, an MQTT broker (mosquitto, or the embedded amqtt broker when
+mosquitto is missing) with two ``failoverd agent`` processes, and ``failoverd run`` with
+generated settings; prints where everything is and
 then one line per service every 2 s until SIGINT/SIGTERM, which stops everything it started
 and exits 0. ``--demo`` runs a scripted outage of us-east-1 instead and exits 0 only when
 the world in moto really ended in us-west-2. ``failoverd sandbox fault ...`` injects a fault
@@ -36,6 +37,7 @@ from typing import Any, TextIO
 import aiohttp
 import yaml
 
+from orchestrator.sandbox.broker import available as embedded_broker_available
 from orchestrator.sandbox.control import FAULTS, ControlServer, FaultError, Faults, send_fault
 from orchestrator.sandbox.fault_proxy import FaultProxy
 from orchestrator.sandbox.health_api import HealthApiEmulator
@@ -309,11 +311,7 @@ class Sandbox:
             self.broker_note = "agents off (--no-agents): vantage point local only, quorum 1"
             return None
         if binary is None:
-            self.broker_note = (
-                "agents off: mosquitto is not installed (apt-get install mosquitto);"
-                " vantage point local only, quorum 1"
-            )
-            return None
+            return await self._start_embedded_broker()
         port = _free_port()
         config = self.workdir / "mosquitto.conf"
         lines = [
@@ -327,6 +325,23 @@ class Sandbox:
         proc = await self._process("mosquitto", [binary, "-c", str(config)])
         await _until(lambda: _port_open(port), "mosquitto to listen", START_DEADLINE, proc)
         self.broker_note = f"broker mqtt://127.0.0.1:{port}; agents {', '.join(AGENTS)}"
+        return f"mqtt://127.0.0.1:{port}"
+
+    async def _start_embedded_broker(self) -> str | None:
+        if not embedded_broker_available():
+            self.broker_note = (
+                "agents off: neither mosquitto (apt-get install mosquitto) nor amqtt"
+                " (pip install 'failoverd[sandbox]') is installed; vantage point local only,"
+                " quorum 1"
+            )
+            return None
+        port = _free_port()
+        argv = [sys.executable, "-m", "orchestrator.sandbox.broker", "--port", str(port)]
+        proc = await self._process("broker", argv)
+        await _until(
+            lambda: _port_open(port), "the embedded broker to listen", START_DEADLINE, proc
+        )
+        self.broker_note = f"broker mqtt://127.0.0.1:{port} (amqtt); agents {', '.join(AGENTS)}"
         return f"mqtt://127.0.0.1:{port}"
 
     async def _start_daemon(self, policies: Path, broker: str | None) -> None:
@@ -416,7 +431,7 @@ async def _main(args: argparse.Namespace) -> int:
                 await _first(sandbox.start(), stop)
         except (SandboxError, OSError, TimeoutError) as exc:
             print(f"sandbox: could not start: {exc}", file=sys.stderr)
-            for name in ("daemon", *AGENTS, "mosquitto"):
+            for name in ("daemon", *AGENTS, "mosquitto", "broker"):
                 logfile = workdir / f"{name}.log"
                 if logfile.exists():
                     print(f"--- {logfile} ---\n{_tail(logfile)}", file=sys.stderr)
