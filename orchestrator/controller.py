@@ -375,6 +375,9 @@ class Controller:
                 svc.state = stored
             if svc.state.run is not None:
                 svc.progress = await self.executor.progress(svc.state.run.id) or svc.progress
+            elif svc.progress is not None and svc.progress.status is RunStatus.RUNNING:
+                # A run resumed after a restart ends without a _drive of ours: catch its end.
+                svc.progress = await self.executor.progress(svc.progress.run_id) or svc.progress
             self._store_ok = True
         except (StoreError, JournalError) as exc:
             log.warning("run_refresh_failed", service=svc.policy.service, error=str(exc))

@@ -1,0 +1,254 @@
+"""SIGKILL `failoverd run` in the middle of a failover runbook, start a new daemon on the
+same state file: the run resumes from its journal, completes, and nothing already applied
+to the world is applied again.
+
+Same setup as tests/integration/test_daemon_e2e.py (its fixtures and helpers are imported;
+only the body of its ``daemon`` fixture, which cannot be imported as a function that starts
+two daemons, is restated in :func:`write_config` and :func:`running_daemon`), with one
+change to the webapp runbook: a 4 s ``hold`` wait after promote-db that flip-dns waits for,
+so that there is a window in which promote-db has changed the world and the run is still in
+flight. The daemon is killed in that window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.fixtures.moto_server import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, MotoServer
+
+# The integration test's helpers are private to that module; imported here on purpose so
+# both tests build the very same daemon setup.
+from tests.integration import test_daemon_e2e as _e2e
+from tests.integration.runbook.webapp_world import (
+    SOURCE,
+    TARGET,
+    Seeded,
+    assert_failed_over,
+    moto_mutations,
+)
+from tests.integration.test_daemon_e2e import (
+    FAILOVER_DEADLINE,
+    ROOT,
+    START_DEADLINE,
+    STEPS,
+    TOKEN,
+    DaemonProcess,
+    Target,
+    _listening_port,
+    e2e_policy,
+    get_json,
+    service,
+    stop,
+    until,
+    wait_failed_over,
+    wait_ready_to_fail_over,
+)
+
+# Its fixtures, made visible to pytest in this module under the same names.
+http = _e2e.http
+seeded = _e2e.seeded
+targets = _e2e.targets
+
+HOLD = "hold"
+RESUME_DEADLINE = 30.0
+
+
+def kill_window_policy(zone_id: str, targets: dict[str, Target]) -> str:
+    """The e2e policy with a 4 s ``hold`` after promote-db that flip-dns also waits for."""
+    policy = yaml.safe_load(e2e_policy(zone_id, targets))
+    steps: list[dict[str, Any]] = policy["runbooks"]["failover"]
+    names = [s["name"] for s in steps]
+    assert {"promote-db", "scale-up", "flip-dns"} <= set(names), names
+    flip = steps[names.index("flip-dns")]
+    flip["after"] = ["promote-db", "scale-up", HOLD]
+    steps.insert(
+        names.index("flip-dns"),
+        {"name": HOLD, "action": "wait", "params": {"duration": "4s"}, "after": ["promote-db"]},
+    )
+    return yaml.safe_dump(policy, sort_keys=False)
+
+
+def write_config(tmp_path: Path, moto: MotoServer, policy: str) -> Path:
+    """The same daemon settings as the integration test's fixture; both daemons use them."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "webapp.yaml").write_text(policy)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    config = tmp_path / "failoverd.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "node_id": "e2e-node",
+                "policies": [str(policies)],
+                "state": {"path": str(tmp_path / "state.db")},
+                "engine": {"tick": "200ms"},
+                "leader": {"ttl": "3s"},
+                "aws": {"endpoint_url": moto.endpoint_url, "read_timeout": "5s"},
+                "http": {"bind": "127.0.0.1", "port": 0, "token_file": str(token_file)},
+                "log": {"format": "json"},
+            }
+        )
+    )
+    return config
+
+
+def daemon_env() -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "FAILOVERD_")) and k not in ("NOTIFY_SOCKET",)
+    }
+    env.update(
+        AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY_ID,
+        AWS_SECRET_ACCESS_KEY=FAKE_SECRET_ACCESS_KEY,
+        AWS_DEFAULT_REGION=SOURCE,
+    )
+    return env
+
+
+@asynccontextmanager
+async def running_daemon(config: Path) -> AsyncIterator[DaemonProcess]:
+    """`python -m orchestrator run --config <config>`, yielded once its API listens;
+    killed on the way out if still running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "run",
+        "--config",
+        str(config),
+        env=daemon_env(),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    handle = DaemonProcess(proc)
+
+    async def read_stderr() -> None:
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            handle.stderr.append(line.decode(errors="replace"))
+
+    reader = asyncio.create_task(read_stderr())
+    try:
+
+        async def listening() -> bool:
+            return _listening_port(handle) is not None
+
+        await until(listening, "the API to listen", START_DEADLINE, handle)
+        handle.base_url = f"http://127.0.0.1:{_listening_port(handle)}"
+        yield handle
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+@pytest.fixture
+def mutations(seeded: Seeded) -> Iterator[Counter[str]]:
+    """Changes that reach moto after the world is seeded (seeding is not counted)."""
+    with moto_mutations() as counts:
+        yield counts
+
+
+@pytest.fixture
+def launch(
+    tmp_path: Path, moto: MotoServer, seeded: Seeded, targets: dict[str, Target]
+) -> Callable[[], AbstractAsyncContextManager[DaemonProcess]]:
+    """Start a daemon on the kill-window policy; every call uses the same config and state."""
+    config = write_config(tmp_path, moto, kill_window_policy(seeded.zone_id, targets))
+    return lambda: running_daemon(config)
+
+
+def steps_by_name(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in run["steps"]}
+
+
+async def test_a_killed_daemon_resumes_the_run_and_applies_nothing_twice(
+    launch: Callable[[], AbstractAsyncContextManager[DaemonProcess]],
+    http: aiohttp.ClientSession,
+    targets: dict[str, Target],
+    moto: MotoServer,
+    seeded: Seeded,
+    mutations: Counter[str],
+) -> None:
+    async with launch() as first:
+        await wait_ready_to_fail_over(http, first)
+        targets[SOURCE].status = 503
+
+        run_id = ""
+        mid_flight: dict[str, Any] = {}
+
+        async def holding() -> bool:
+            nonlocal run_id, mid_flight
+            run = (await service(http, first)).get("run") or {}
+            if not run:
+                return False
+            run_id = run["run_id"]
+            status, body = await get_json(http, f"{first.base_url}/v1/runs/{run_id}")
+            assert status == 200, body
+            steps = steps_by_name(body)
+            mid_flight = body
+            return bool(
+                steps["promote-db"]["status"] == "succeeded" and steps[HOLD]["status"] == "running"
+            )
+
+        await until(holding, "promote-db done and hold running", FAILOVER_DEADLINE, first)
+        first.proc.send_signal(signal.SIGKILL)
+        assert await asyncio.wait_for(first.proc.wait(), 10) == -signal.SIGKILL
+
+    # Killed in the window: the world was half moved.
+    assert steps_by_name(mid_flight)["flip-dns"]["status"] == "pending", mid_flight
+    before_kill = Counter(mutations)
+    assert before_kill["PromoteReadReplica"] == 1, before_kill
+    assert before_kill["ChangeResourceRecordSets"] == 0, before_kill
+
+    async with launch() as second:
+        run: dict[str, Any] = {}
+
+        async def finished() -> bool:
+            nonlocal run
+            status, run = await get_json(http, f"{second.base_url}/v1/runs/{run_id}")
+            assert status == 200, run
+            return bool(run["status"] == "succeeded")
+
+        await until(finished, f"run {run_id} to succeed", RESUME_DEADLINE, second)
+        # The service view follows the resumed run to its end, as the status page shows it.
+        after = await wait_failed_over(http, second)
+        assert after["run"]["run_id"] == run_id, after["run"]
+        assert {s["name"] for s in run["steps"]} == STEPS | {HOLD}
+        assert all(s["status"] == "succeeded" for s in run["steps"]), run["steps"]
+        assert (run["source"], run["target"]) == (SOURCE, TARGET)
+        assert_failed_over(moto, seeded, run_id)
+
+        # The new daemon resumed the journal rather than starting over: it made only the
+        # changes of the steps still to do (flip-dns, notify-done); promote-db, its tag,
+        # scale-up and notify-start reached moto once, from the killed daemon.
+        assert [e["run_id"] for e in second.events("run_resumed")] == [run_id]
+        assert mutations - before_kill == Counter(ChangeResourceRecordSets=1, Publish=1), (
+            before_kill,
+            mutations,
+        )
+        assert mutations["PromoteReadReplica"] == 1, mutations
+        steps = steps_by_name(run)
+        assert len(steps["promote-db"]["attempts"]) == 1, steps["promote-db"]
+        assert steps["promote-db"]["detail"].startswith("changed:"), steps["promote-db"]
+        # The interrupted wait was run again in full by the new daemon.
+        assert len(steps[HOLD]["attempts"]) == 2, steps[HOLD]
+
+        await stop(second)
