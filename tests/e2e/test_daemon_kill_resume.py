@@ -13,12 +13,10 @@ flight. The daemon is killed in that window.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.fixtures.moto_server import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, MotoServer
+from tests.fixtures.moto_server import MotoServer
 
 # The integration test's helpers are private to that module; imported here on purpose so
 # both tests build the very same daemon setup.
@@ -40,15 +38,13 @@ from tests.integration.runbook.webapp_world import (
 )
 from tests.integration.test_daemon_e2e import (
     FAILOVER_DEADLINE,
-    ROOT,
-    START_DEADLINE,
     STEPS,
     TOKEN,
     DaemonProcess,
     Target,
-    _listening_port,
     e2e_policy,
     get_json,
+    running_daemon,
     service,
     stop,
     until,
@@ -103,60 +99,6 @@ def write_config(tmp_path: Path, moto: MotoServer, policy: str) -> Path:
         )
     )
     return config
-
-
-def daemon_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "FAILOVERD_")) and k not in ("NOTIFY_SOCKET",)
-    }
-    env.update(
-        AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY_ID,
-        AWS_SECRET_ACCESS_KEY=FAKE_SECRET_ACCESS_KEY,
-        AWS_DEFAULT_REGION=SOURCE,
-    )
-    return env
-
-
-@asynccontextmanager
-async def running_daemon(config: Path) -> AsyncIterator[DaemonProcess]:
-    """`python -m orchestrator run --config <config>`, yielded once its API listens;
-    killed on the way out if still running."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "run",
-        "--config",
-        str(config),
-        env=daemon_env(),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    handle = DaemonProcess(proc)
-
-    async def read_stderr() -> None:
-        assert proc.stderr is not None
-        async for line in proc.stderr:
-            handle.stderr.append(line.decode(errors="replace"))
-
-    reader = asyncio.create_task(read_stderr())
-    try:
-
-        async def listening() -> bool:
-            return _listening_port(handle) is not None
-
-        await until(listening, "the API to listen", START_DEADLINE, handle)
-        handle.base_url = f"http://127.0.0.1:{_listening_port(handle)}"
-        yield handle
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
 
 
 @pytest.fixture

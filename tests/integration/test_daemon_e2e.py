@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,52 +213,8 @@ async def daemon(
             }
         )
     )
-    # Only the variables the daemon needs: no real AWS profile, no systemd socket, no
-    # FAILOVERD_* override from the developer's shell.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "FAILOVERD_")) and k not in ("NOTIFY_SOCKET",)
-    }
-    env.update(
-        AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY_ID,
-        AWS_SECRET_ACCESS_KEY=FAKE_SECRET_ACCESS_KEY,
-        AWS_DEFAULT_REGION=SOURCE,
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "run",
-        "--config",
-        str(config),
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    handle = DaemonProcess(proc)
-
-    async def read_stderr() -> None:
-        assert proc.stderr is not None
-        async for line in proc.stderr:
-            handle.stderr.append(line.decode(errors="replace"))
-
-    reader = asyncio.create_task(read_stderr())
-    try:
-
-        async def listening() -> bool:
-            return _listening_port(handle) is not None
-
-        await until(listening, "the API to listen", START_DEADLINE, handle)
-        handle.base_url = f"http://127.0.0.1:{_listening_port(handle)}"
+    async with running_daemon(config) as handle:
         yield handle
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
 
 
 @pytest.fixture
@@ -436,3 +393,59 @@ async def test_an_operator_fails_over_through_the_api(
         == 1
     )
     await stop(daemon)
+
+
+def daemon_env() -> dict[str, str]:
+    """Only the variables the daemon needs: no real AWS profile, no systemd socket, no
+    FAILOVERD_* override from the developer's shell."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "FAILOVERD_")) and k not in ("NOTIFY_SOCKET",)
+    }
+    env.update(
+        AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY_ID,
+        AWS_SECRET_ACCESS_KEY=FAKE_SECRET_ACCESS_KEY,
+        AWS_DEFAULT_REGION=SOURCE,
+    )
+    return env
+
+
+@asynccontextmanager
+async def running_daemon(config: Path) -> AsyncIterator[DaemonProcess]:
+    """`python -m orchestrator run --config <config>`, yielded once its API listens;
+    killed on the way out if still running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "run",
+        "--config",
+        str(config),
+        env=daemon_env(),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    handle = DaemonProcess(proc)
+
+    async def read_stderr() -> None:
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            handle.stderr.append(line.decode(errors="replace"))
+
+    reader = asyncio.create_task(read_stderr())
+    try:
+
+        async def listening() -> bool:
+            return _listening_port(handle) is not None
+
+        await until(listening, "the API to listen", START_DEADLINE, handle)
+        handle.base_url = f"http://127.0.0.1:{_listening_port(handle)}"
+        yield handle
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
