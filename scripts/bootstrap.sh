@@ -22,10 +22,13 @@ fi
 
 # Debian packages the integration tests run for real: mosquitto (MQTT agents and events),
 # systemd (systemd-analyze verify/security on the unit, sysusers/tmpfiles), chromium (the
-# status page rendered headless).
+# status page rendered headless), etcd-server (the HA store's 3-member test cluster),
+# etcd-client (etcdctl, to inspect it), prometheus (promtool checks; a real server scraping
+# the sandbox).
 missing=()
 for pkg_bin in mosquitto:/usr/sbin/mosquitto systemd:/usr/bin/systemd-analyze \
-    chromium:/usr/bin/chromium; do
+    chromium:/usr/bin/chromium etcd-server:/usr/bin/etcd etcd-client:/usr/bin/etcdctl \
+    prometheus:/usr/bin/promtool; do
     pkg="${pkg_bin%%:*}"; bin="${pkg_bin#*:}"
     [ -x "$bin" ] || missing+=("$pkg")
 done

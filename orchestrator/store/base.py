@@ -63,6 +63,10 @@ class JournalStatus(StrEnum):
     OPERATOR_COMMAND = "operator_command"
     # A drill that is not a run (dry-run): its result in `detail`; run_id "".
     DRILL_FINISHED = "drill_finished"
+    # The leader's decision for a service changed (phase, action, target, reasons and the
+    # evidence as JSON in `detail`); run_id "". Only the leader writes it (fenced), so the
+    # audit log holds the decisions that were acted on, not every follower's view.
+    DECISION = "decision"
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,18 @@ class ApprovalRecord:
     by: str
     reason: str
     at: float
+
+
+def check_journal_query(since: float | None, until: float | None, limit: int) -> None:
+    """The argument checks every ``read_journal`` makes (shared by the implementations)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"read_journal limit must be a positive integer, got {limit!r}")
+    if since is not None and until is not None and since > until:
+        raise ValueError(f"read_journal since ({since}) is after until ({until})")
+
+
+def in_window(record: JournalRecord, since: float | None, until: float | None) -> bool:
+    return (since is None or record.at >= since) and (until is None or record.at <= until)
 
 
 class Store(Protocol):
@@ -142,6 +158,19 @@ class Store(Protocol):
     async def recent_runs(self, service: str, limit: int = 20) -> Sequence[str]:
         """The service's latest run ids, newest first (operator commands, with run id "",
         are not runs)."""
+        ...
+
+    async def read_journal(
+        self,
+        service: str | None = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> Sequence[JournalRecord]:
+        """The audit view: the newest ``limit`` records (of one service, or all) whose ``at``
+        lies in ``[since, until]``, returned oldest first (append order). ``limit`` must be
+        a positive integer (ValueError otherwise)."""
         ...
 
     # -- approvals ---------------------------------------------------------------------

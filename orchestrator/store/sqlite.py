@@ -39,6 +39,8 @@ from typing import Any, TypeVar
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.state import ServiceState
 from orchestrator.store.base import (
+    check_journal_query,
+    in_window,
     ApprovalRecord,
     FencedOut,
     JournalRecord,
@@ -552,6 +554,35 @@ class SqliteStore:
             return [str(r[0]) for r in rows]
 
         return await self._call("recent_runs", recent)
+
+    async def read_journal(
+        self,
+        service: str | None = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> Sequence[JournalRecord]:
+        check_journal_query(since, until, limit)
+
+        def read(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            # Newest first, so the scan stops after `limit` matches; `at` lives in the body.
+            if service is None:
+                return conn.execute("SELECT seq, body FROM journal ORDER BY seq DESC").fetchall()
+            return conn.execute(
+                "SELECT seq, body FROM journal WHERE service = ? ORDER BY seq DESC", (service,)
+            ).fetchall()
+
+        rows = await self._call("read_journal", read)
+        found: list[JournalRecord] = []
+        for seq, body in rows:
+            rec = decode_journal(body, f"journal record {seq} in {self.path}")
+            if in_window(rec, since, until):
+                found.append(rec)
+                if len(found) == limit:
+                    break
+        found.reverse()
+        return found
 
     # -- approvals ------------------------------------------------------------------------
     async def record_approval(self, approval: ApprovalRecord) -> None:

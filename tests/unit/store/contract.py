@@ -465,6 +465,39 @@ class StoreContract:
         with pytest.raises(ValueError, match="limit"):
             await store.recent_runs("web", limit=0)
 
+    async def test_the_journal_reads_back_filtered_by_service_and_time_newest_limited(
+        self, store: Store, ttl: float
+    ) -> None:
+        lease = await store.acquire_lease("daemon-a", ttl)
+        assert lease is not None
+        t = lease.token
+        for i in range(6):
+            await store.append_journal(
+                record("", JournalStatus.DECISION, t, at=T0 + i, detail=f"web {i}")
+            )
+            await store.append_journal(
+                record("r", JournalStatus.RUN_STARTED, t, service="api", at=T0 + i + 0.5)
+            )
+        web = await store.read_journal("web")
+        assert [r.detail for r in web] == [f"web {i}" for i in range(6)]  # oldest first
+        assert web[0].status is JournalStatus.DECISION
+        assert len(await store.read_journal()) == 12
+        # The newest `limit`, still oldest first.
+        assert [r.detail for r in await store.read_journal("web", limit=2)] == ["web 4", "web 5"]
+        window = await store.read_journal("web", since=T0 + 1, until=T0 + 3)
+        assert [r.at for r in window] == [T0 + 1, T0 + 2, T0 + 3]
+        both = await store.read_journal(since=T0 + 4.5)
+        assert [(r.service, r.at) for r in both] == [
+            ("api", T0 + 4.5),
+            ("web", T0 + 5),
+            ("api", T0 + 5.5),
+        ]
+        assert await store.read_journal("nobody") == []
+        with pytest.raises(ValueError, match="limit"):
+            await store.read_journal(limit=0)
+        with pytest.raises(ValueError, match="after"):
+            await store.read_journal(since=T0 + 2, until=T0 + 1)
+
     # -- approvals -----------------------------------------------------------------------
     async def test_approvals_are_recorded_per_service_run_and_step(self, store: Store) -> None:
         assert not await store.approved("web", "r1", "gate")
