@@ -2,7 +2,8 @@
 
 Signals read (AWS Health, CloudWatch alarms and metrics); actions write (each action states
 its own permissions, with resource ARNs where AWS supports them). The document covers every
-move a policy could make, so every region a step's parameters can be rendered for.
+move a policy could make: each step's parameters rendered for the move, in the region the step
+acts in (the move's target, or the step's own ``region``, e.g. ``{source_region}``).
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ def action_statements(policy: Policy) -> list[IamStatement]:
                 source_region=move.source,
                 target_region=move.target,
                 primary_region=policy.primary,
+                regions=policy.regions,
             )
-            out.extend(get_action(step.action).iam_statements(params, [move.source, move.target]))
+            # The move's target, or the region the step names for itself (iam_regions).
+            out.extend(get_action(step.action).iam_statements(params, [move.target]))
     return out
 
 

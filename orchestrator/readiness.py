@@ -2,7 +2,8 @@
 
 A move is (runbook, source, target): the failover runbook from the primary to each standby,
 the switchover runbook likewise, and the failback runbook from each standby to the primary.
-Each step's parameters are rendered for that move and its action's ``check`` runs (read-only).
+Each step's parameters are rendered for that move and its action's ``check`` runs (read-only),
+in the region the step acts in (the move's target, or the step's own ``region``).
 The report says what is ready, what is missing, and which steps depend on a control plane in
 the region being evacuated (DESIGN principle 5: static stability).
 """
@@ -88,6 +89,7 @@ async def check_step(
             source_region=move.source,
             target_region=move.target,
             primary_region=policy.primary,
+            regions=policy.regions,
         )
     except ValidationError as exc:
         return replace(base, findings=(f"parameters invalid: {exc.errors()[0]['msg']}",))

@@ -18,6 +18,7 @@ from orchestrator.actions.base import (
     ExecuteOutcome,
     IamStatement,
     StepContext,
+    typed_params,
 )
 from orchestrator.policy.actions import Approval as ApprovalParams
 from orchestrator.policy.durations import format_duration
@@ -31,12 +32,6 @@ log = get_logger("failoverd.actions.approval")
 POLL_INTERVAL = 1.0
 
 
-def _params(params: BaseModel) -> ApprovalParams:
-    if not isinstance(params, ApprovalParams):
-        raise TypeError(f"approval got {type(params).__name__} parameters")
-    return params
-
-
 class Approval(Action):
     """Wait until ``ctx.approvals.approved(service, run_id, step)`` holds, or fail with
     "approval timed out" at ``ctx.deadline``. A store that cannot be read counts as "not
@@ -46,11 +41,11 @@ class Approval(Action):
     params_model = ApprovalParams
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        _params(ctx.params)
+        typed_params(ctx, ApprovalParams)
         return CheckReport(ready=True)
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        params = _params(ctx.params)
+        params = typed_params(ctx, ApprovalParams)
         approvals = ctx.approvals
         if approvals is None:
             raise ActionFailed("approval step has no approval store to read from")

@@ -38,6 +38,7 @@ from orchestrator.actions.base import (
     IamStatement,
     RetryableError,
     StepContext,
+    typed_params,
 )
 from orchestrator.actions.errors import aws_errors, transient_as_pending
 from orchestrator.actions.rds import PROMOTED_BY_TAG, RdsArn, parse_rds_arn, tags_of
@@ -89,14 +90,6 @@ def target_arn(p: AuroraGlobal) -> RdsArn:
 
 def _same_arn(a: str | None, b: str) -> bool:
     return a is not None and a.strip().lower() == b.strip().lower()
-
-
-def _params(ctx: StepContext) -> AuroraGlobal:
-    if not isinstance(ctx.params, AuroraGlobal):
-        raise ActionFailed(
-            f"step {ctx.step}: expected AuroraGlobal parameters, got {type(ctx.params).__name__}"
-        )
-    return ctx.params
 
 
 async def describe_global(client: Any, identifier: str) -> dict[str, Any] | None:
@@ -164,7 +157,7 @@ class GlobalFailover(Action):
     params_model = AuroraGlobal
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        p = _params(ctx)
+        p = typed_params(ctx, AuroraGlobal)
         try:
             target = target_arn(p)
             gc_id = global_cluster_id(p.global_cluster)
@@ -211,7 +204,7 @@ class GlobalFailover(Action):
         return report()
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        p = _params(ctx)
+        p = typed_params(ctx, AuroraGlobal)
         target = target_arn(p)
         gc_id = global_cluster_id(p.global_cluster)
         arn = p.target_cluster_arn.strip()
@@ -264,7 +257,7 @@ class GlobalFailover(Action):
         return self._changed(ctx, mode, gc_id, arn, previous=writer_of(global_cluster))
 
     async def verify(self, ctx: StepContext) -> None:
-        p = _params(ctx)
+        p = typed_params(ctx, AuroraGlobal)
         target = target_arn(p)
         gc_id = global_cluster_id(p.global_cluster)
         arn = p.target_cluster_arn.strip()
@@ -315,7 +308,7 @@ class GlobalFailover(Action):
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
-        p = AuroraGlobal.model_validate(params.model_dump())
+        p = typed_params(params, AuroraGlobal)
         gc_arn = f"arn:aws:rds::{account}:global-cluster:{global_cluster_id(p.global_cluster)}"
         cluster_arn = p.target_cluster_arn.strip()
         moves = {

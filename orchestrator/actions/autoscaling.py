@@ -1,4 +1,6 @@
-"""``autoscaling.set_capacity``: scale the target region's Auto Scaling group.
+"""``autoscaling.set_capacity``: scale an Auto Scaling group in the step's region (its
+``region`` parameter, e.g. ``{source_region}`` to scale the old region down; by default the
+run's target region).
 
 Idempotent: ``execute`` reads the group and calls AWS only for what differs. When the bounds
 change too, one ``UpdateAutoScalingGroup`` carries MinSize, MaxSize and DesiredCapacity
@@ -10,7 +12,6 @@ prerequisite for anything the runbook does next).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,9 +24,10 @@ from orchestrator.actions.base import (
     ExecuteOutcome,
     IamStatement,
     StepContext,
+    typed_params,
 )
 from orchestrator.actions.errors import aws_errors
-from orchestrator.actions.render import fill
+from orchestrator.actions.render import fill_for_iam, iam_regions
 from orchestrator.actions.wait import poll_until
 from orchestrator.policy.actions import AutoscalingSetCapacity
 from orchestrator.telemetry import get_logger
@@ -33,13 +35,6 @@ from orchestrator.telemetry import get_logger
 log = get_logger("failoverd.actions.autoscaling")
 
 SERVICE = "autoscaling"
-_PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
-
-
-def _params(params: BaseModel) -> AutoscalingSetCapacity:
-    if not isinstance(params, AutoscalingSetCapacity):
-        raise TypeError(f"autoscaling.set_capacity got {type(params).__name__} parameters")
-    return params
 
 
 async def _describe(client: Any, name: str) -> dict[str, Any] | None:
@@ -71,14 +66,14 @@ def _in_service(group: dict[str, Any]) -> int:
 
 
 class SetCapacity(Action):
-    """Set the target region's ASG to ``desired`` (and ``min``/``max`` when given)."""
+    """Set the step region's ASG to ``desired`` (and ``min``/``max`` when given)."""
 
     name = "autoscaling.set_capacity"
     params_model = AutoscalingSetCapacity
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        p = _params(ctx.params)
-        region = ctx.target_region
+        p = typed_params(ctx, AutoscalingSetCapacity)
+        region = ctx.region
         try:
             async with ctx.aws.client(SERVICE, region) as client:
                 group = await _describe(client, p.auto_scaling_group)
@@ -95,8 +90,8 @@ class SetCapacity(Action):
         )
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        p = _params(ctx.params)
-        region = ctx.target_region
+        p = typed_params(ctx, AutoscalingSetCapacity)
+        region = ctx.region
         async with ctx.aws.client(SERVICE, region) as client:
             group = await _describe(client, p.auto_scaling_group)
             if group is None:
@@ -142,8 +137,8 @@ class SetCapacity(Action):
         return ExecuteOutcome(changed=True, detail=detail)
 
     async def verify(self, ctx: StepContext) -> None:
-        p = _params(ctx.params)
-        region = ctx.target_region
+        p = typed_params(ctx, AutoscalingSetCapacity)
+        region = ctx.region
         async with ctx.aws.client(SERVICE, region) as client:
 
             async def probe() -> tuple[bool, str]:
@@ -168,12 +163,12 @@ class SetCapacity(Action):
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
-        p = _params(params)
+        p = typed_params(params, AutoscalingSetCapacity)
         arns = sorted(
             {
                 f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:*:"
-                f"autoScalingGroupName/{_name_in(p.auto_scaling_group, region)}"
-                for region in regions
+                f"autoScalingGroupName/{fill_for_iam(p.auto_scaling_group, region, p)}"
+                for region in iam_regions(p, regions)
             }
         )
         return [
@@ -184,9 +179,3 @@ class SetCapacity(Action):
                 resources=tuple(arns),
             ),
         ]
-
-
-def _name_in(template: str, region: str) -> str:
-    """The group's name when ``region`` is the target; other placeholders (not known
-    before a run) widen to a wildcard."""
-    return _PLACEHOLDER.sub("*", fill(template, {"target_region": region}))

@@ -22,12 +22,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from orchestrator.clock import Clock
+from orchestrator.policy.actions import Regional
 from orchestrator.signals.aws_clients import AwsClients
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ActionError(Exception):
@@ -77,6 +80,26 @@ class StepContext:
     def remaining(self) -> float:
         return max(0.0, self.deadline - self.clock.monotonic())
 
+    @property
+    def region(self) -> str:
+        """The region the step acts in: its ``region`` parameter when the action takes one
+        and the step gives it (e.g. ``{source_region}`` to fence the old writers), else the
+        run's target region."""
+        region = self.params.region if isinstance(self.params, Regional) else None
+        return region or self.target_region
+
+
+def typed_params(source: StepContext | BaseModel, model: type[M]) -> M:
+    """The step's parameters (``ctx.params``, or the parameters themselves) as the action's
+    ``model``; ActionFailed, naming the step, when they are something else."""
+    params = source.params if isinstance(source, StepContext) else source
+    if not isinstance(params, model):
+        where = f"step {source.step}: " if isinstance(source, StepContext) else ""
+        raise ActionFailed(
+            f"{where}expected {model.__name__} parameters, got {type(params).__name__}"
+        )
+    return params
+
 
 @dataclass(frozen=True)
 class CheckReport:
@@ -122,4 +145,7 @@ class Action(ABC):
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
         """The least-privilege permissions this step needs (resource ARNs where AWS
-        supports them), for ``failoverd iam-policy``."""
+        supports them), for ``failoverd iam-policy``. ``regions`` are the target regions
+        the step may run against; a step that names its own ``region`` acts there instead
+        (see :func:`orchestrator.actions.render.iam_regions`). ``params`` may still hold
+        placeholders (see :func:`orchestrator.actions.render.fill_for_iam`)."""

@@ -1,4 +1,6 @@
-"""``ecs.set_desired_count``: scale an ECS service in the target region and wait for its tasks.
+"""``ecs.set_desired_count``: scale an ECS service and wait for its tasks, in the step's region
+(its ``region`` parameter, e.g. ``{source_region}`` to fence the old writers; by default the
+run's target region).
 
 Idempotent: ``UpdateService`` is called only when the service's desired count differs.
 ``verify`` waits until the service has settled at (at least) the wanted size: its running
@@ -9,7 +11,6 @@ step at once instead of waiting out the deadline.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,9 +24,10 @@ from orchestrator.actions.base import (
     ExecuteOutcome,
     IamStatement,
     StepContext,
+    typed_params,
 )
 from orchestrator.actions.errors import aws_errors
-from orchestrator.actions.render import fill
+from orchestrator.actions.render import fill_for_iam, iam_regions
 from orchestrator.actions.wait import poll_until
 from orchestrator.policy.actions import EcsSetDesiredCount
 from orchestrator.telemetry import get_logger
@@ -33,13 +35,6 @@ from orchestrator.telemetry import get_logger
 log = get_logger("failoverd.actions.ecs")
 
 SERVICE = "ecs"
-_PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
-
-
-def _params(params: BaseModel) -> EcsSetDesiredCount:
-    if not isinstance(params, EcsSetDesiredCount):
-        raise TypeError(f"ecs.set_desired_count got {type(params).__name__} parameters")
-    return params
 
 
 class _Missing(ActionFailed):
@@ -71,14 +66,14 @@ def _failed_rollout(service: dict[str, Any]) -> str | None:
 
 
 class SetDesiredCount(Action):
-    """Set the target region's ECS service to ``desired`` tasks and wait until they run."""
+    """Set the step region's ECS service to ``desired`` tasks and wait until they run."""
 
     name = "ecs.set_desired_count"
     params_model = EcsSetDesiredCount
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        p = _params(ctx.params)
-        region = ctx.target_region
+        p = typed_params(ctx, EcsSetDesiredCount)
+        region = ctx.region
         async with ctx.aws.client(SERVICE, region) as client:
             try:
                 service = await _describe(client, p, region)
@@ -94,8 +89,8 @@ class SetDesiredCount(Action):
         )
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        p = _params(ctx.params)
-        region = ctx.target_region
+        p = typed_params(ctx, EcsSetDesiredCount)
+        region = ctx.region
         async with ctx.aws.client(SERVICE, region) as client:
             service = await _describe(client, p, region)
             current = int(service.get("desiredCount", 0))
@@ -119,8 +114,8 @@ class SetDesiredCount(Action):
         return ExecuteOutcome(changed=True, detail=detail)
 
     async def verify(self, ctx: StepContext) -> None:
-        p = _params(ctx.params)
-        region = ctx.target_region
+        p = typed_params(ctx, EcsSetDesiredCount)
+        region = ctx.region
         async with ctx.aws.client(SERVICE, region) as client:
 
             async def probe() -> tuple[bool, str]:
@@ -140,13 +135,10 @@ class SetDesiredCount(Action):
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
-        p = _params(params)
+        p = typed_params(params, EcsSetDesiredCount)
         arns = set()
-        for region in regions:
-            cluster, service = (
-                _PLACEHOLDER.sub("*", fill(v, {"target_region": region}))
-                for v in (p.cluster, p.service)
-            )
+        for region in iam_regions(p, regions):
+            cluster, service = (fill_for_iam(v, region, p) for v in (p.cluster, p.service))
             arns.add(f"arn:aws:ecs:{region}:{account}:service/{cluster}/{service}")
         actions = ("ecs:DescribeServices", "ecs:UpdateService")
         return [IamStatement(actions=actions, resources=tuple(sorted(arns)))]

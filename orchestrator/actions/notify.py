@@ -31,9 +31,10 @@ from orchestrator.actions.base import (
     IamStatement,
     RetryableError,
     StepContext,
+    typed_params,
 )
 from orchestrator.actions.errors import aws_errors
-from orchestrator.actions.render import fill
+from orchestrator.actions.render import fill_for_iam
 from orchestrator.policy.actions import MqttPublish as MqttPublishParams
 from orchestrator.policy.actions import SnsPublish as SnsPublishParams
 from orchestrator.signals.mqtt_agents import BrokerConfig
@@ -61,12 +62,6 @@ def topic_region(topic_arn: str) -> str:
     return parts[3]
 
 
-def _sns_params(params: BaseModel) -> SnsPublishParams:
-    if not isinstance(params, SnsPublishParams):
-        raise TypeError(f"sns.publish got {type(params).__name__} parameters")
-    return params
-
-
 def _run_attributes(ctx: StepContext) -> dict[str, dict[str, str]]:
     values = {
         "service": ctx.service,
@@ -92,7 +87,7 @@ class SnsPublish(Action):
     params_model = SnsPublishParams
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        p = _sns_params(ctx.params)
+        p = typed_params(ctx, SnsPublishParams)
         try:
             region = topic_region(p.topic_arn)
         except ValueError as exc:
@@ -108,7 +103,7 @@ class SnsPublish(Action):
         return CheckReport(ready=True, control_plane_region=region)
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        p = _sns_params(ctx.params)
+        p = typed_params(ctx, SnsPublishParams)
         try:
             region = topic_region(p.topic_arn)
         except ValueError as exc:
@@ -148,11 +143,8 @@ class SnsPublish(Action):
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
-        p = _sns_params(params)
-        if "{target_region}" in p.topic_arn:
-            arns = sorted({fill(p.topic_arn, {"target_region": r}) for r in regions})
-        else:
-            arns = [p.topic_arn]
+        p = typed_params(params, SnsPublishParams)
+        arns = sorted({fill_for_iam(p.topic_arn, r, p) for r in regions})
         return [
             IamStatement(actions=("sns:GetTopicAttributes", "sns:Publish"), resources=tuple(arns))
         ]
@@ -225,12 +217,6 @@ def topic_problem(topic: str) -> str | None:
     return None
 
 
-def _mqtt_params(params: BaseModel) -> MqttPublishParams:
-    if not isinstance(params, MqttPublishParams):
-        raise TypeError(f"mqtt.publish got {type(params).__name__} parameters")
-    return params
-
-
 class MqttPublish(Action):
     """Publish ``payload`` to ``topic`` (with ``qos`` and ``retain``) through the installed
     :class:`MqttPublisher`. At least once; a retained message makes a repeat harmless."""
@@ -239,7 +225,7 @@ class MqttPublish(Action):
     params_model = MqttPublishParams
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        p = _mqtt_params(ctx.params)
+        p = typed_params(ctx, MqttPublishParams)
         findings = []
         if mqtt_publisher(ctx) is None:
             findings.append("no MQTT broker is configured for mqtt.publish steps")
@@ -249,7 +235,7 @@ class MqttPublish(Action):
         return CheckReport(ready=not findings, findings=tuple(findings))
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        p = _mqtt_params(ctx.params)
+        p = typed_params(ctx, MqttPublishParams)
         problem = topic_problem(p.topic)
         if problem is not None:
             raise ActionFailed(problem)

@@ -27,6 +27,7 @@ from orchestrator.actions.base import (
     IamStatement,
     RetryableError,
     StepContext,
+    typed_params,
 )
 from orchestrator.actions.errors import aws_errors, classify, transient_as_pending
 from orchestrator.actions.wait import poll_until
@@ -80,15 +81,6 @@ def tags_of(resource: dict[str, Any]) -> dict[str, str]:
     return {str(t.get("Key")): str(t.get("Value")) for t in resource.get("TagList") or []}
 
 
-def _params(ctx: StepContext) -> RdsPromoteReadReplica:
-    if not isinstance(ctx.params, RdsPromoteReadReplica):
-        raise ActionFailed(
-            f"step {ctx.step}: expected RdsPromoteReadReplica parameters, "
-            f"got {type(ctx.params).__name__}"
-        )
-    return ctx.params
-
-
 def _where(ctx: StepContext, p: RdsPromoteReadReplica) -> tuple[str, str]:
     """(region, identifier) of the replica: an ARN says both, an id lives in the target."""
     arn = parse_rds_arn(p.db_instance)
@@ -124,7 +116,7 @@ class PromoteReadReplica(Action):
     params_model = RdsPromoteReadReplica
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        p = _params(ctx)
+        p = typed_params(ctx, RdsPromoteReadReplica)
         findings: list[str] = []
         region, identifier = _where(ctx, p)
         try:
@@ -148,7 +140,7 @@ class PromoteReadReplica(Action):
         )
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        p = _params(ctx)
+        p = typed_params(ctx, RdsPromoteReadReplica)
         region, identifier = _where(ctx, p)
         async with ctx.aws.client(SERVICE, region) as client:
             instance = await describe_instance(client, identifier)
@@ -189,7 +181,7 @@ class PromoteReadReplica(Action):
         )
 
     async def verify(self, ctx: StepContext) -> None:
-        p = _params(ctx)
+        p = typed_params(ctx, RdsPromoteReadReplica)
         region, identifier = _where(ctx, p)
         async with ctx.aws.client(SERVICE, region) as client:
 
@@ -212,7 +204,7 @@ class PromoteReadReplica(Action):
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
-        p = RdsPromoteReadReplica.model_validate(params.model_dump())
+        p = typed_params(params, RdsPromoteReadReplica)
         arn = parse_rds_arn(p.db_instance)
         if arn is not None:
             resources: tuple[str, ...] = (p.db_instance.strip(),)

@@ -10,7 +10,7 @@ and ``Z1`` are the same zone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -22,6 +22,7 @@ from orchestrator.actions.base import (
     IamStatement,
     RetryableError,
     StepContext,
+    typed_params,
 )
 from orchestrator.actions.errors import aws_errors, classify, transient_as_pending
 from orchestrator.actions.wait import poll_until
@@ -34,8 +35,6 @@ log = get_logger("failoverd.actions")
 CONTROL_PLANE_REGION = "us-east-1"
 SERVICE = "route53"
 _MAX_REMEMBERED_CHANGES = 1024
-
-M = TypeVar("M", bound=BaseModel)
 
 
 def zone_id(raw: str) -> str:
@@ -191,7 +190,7 @@ class SetRecord(Action):
         self._changes: dict[tuple[str, str, str], str] = {}
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        p = _params(ctx, Route53SetRecord)
+        p = typed_params(ctx, Route53SetRecord)
         findings = record_problems(p)
         zone = zone_id(p.hosted_zone_id)
         async with ctx.aws.client(SERVICE, CONTROL_PLANE_REGION) as client:
@@ -216,7 +215,7 @@ class SetRecord(Action):
         )
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        p = _params(ctx, Route53SetRecord)
+        p = typed_params(ctx, Route53SetRecord)
         if problems := record_problems(p):
             raise ActionFailed("; ".join(problems))
         zone = zone_id(p.hosted_zone_id)
@@ -252,7 +251,7 @@ class SetRecord(Action):
         )
 
     async def verify(self, ctx: StepContext) -> None:
-        p = _params(ctx, Route53SetRecord)
+        p = typed_params(ctx, Route53SetRecord)
         zone = zone_id(p.hosted_zone_id)
         wanted = wanted_record_set(p)
         change = self._changes.get(_key(ctx))
@@ -283,7 +282,7 @@ class SetRecord(Action):
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
-        p = Route53SetRecord.model_validate(params.model_dump())
+        p = typed_params(params, Route53SetRecord)
         statements = [
             IamStatement(
                 actions=(
@@ -327,7 +326,7 @@ class SetHealthCheckInverted(Action):
     params_model = Route53SetHealthCheckInverted
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        p = _params(ctx, Route53SetHealthCheckInverted)
+        p = typed_params(ctx, Route53SetHealthCheckInverted)
         findings: list[str] = []
         async with ctx.aws.client(SERVICE, CONTROL_PLANE_REGION) as client:
             await _read_or_finding(
@@ -341,7 +340,7 @@ class SetHealthCheckInverted(Action):
         )
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        p = _params(ctx, Route53SetHealthCheckInverted)
+        p = typed_params(ctx, Route53SetHealthCheckInverted)
         check_id = health_check_id(p.health_check_id)
         async with ctx.aws.client(SERVICE, CONTROL_PLANE_REGION) as client:
             async with aws_errors():
@@ -376,7 +375,7 @@ class SetHealthCheckInverted(Action):
         return ExecuteOutcome(changed=True, detail=f"health check {check_id} inverted={p.inverted}")
 
     async def verify(self, ctx: StepContext) -> None:
-        p = _params(ctx, Route53SetHealthCheckInverted)
+        p = typed_params(ctx, Route53SetHealthCheckInverted)
         check_id = health_check_id(p.health_check_id)
         async with ctx.aws.client(SERVICE, CONTROL_PLANE_REGION) as client:
 
@@ -397,22 +396,13 @@ class SetHealthCheckInverted(Action):
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
-        p = Route53SetHealthCheckInverted.model_validate(params.model_dump())
+        p = typed_params(params, Route53SetHealthCheckInverted)
         return [
             IamStatement(
                 actions=("route53:GetHealthCheck", "route53:UpdateHealthCheck"),
                 resources=(_health_check_arn(p.health_check_id),),
             )
         ]
-
-
-def _params(ctx: StepContext, model: type[M]) -> M:
-    if not isinstance(ctx.params, model):
-        raise ActionFailed(
-            f"step {ctx.step}: expected {model.__name__} parameters, "
-            f"got {type(ctx.params).__name__}"
-        )
-    return ctx.params
 
 
 def _key(ctx: StepContext) -> tuple[str, str, str]:

@@ -21,6 +21,7 @@ from orchestrator.actions.base import (
     IamStatement,
     RetryableError,
     StepContext,
+    typed_params,
 )
 from orchestrator.policy.actions import Wait as WaitParams
 from orchestrator.policy.durations import format_duration
@@ -63,12 +64,6 @@ async def poll_until(
         delay = min(max_delay, delay * 2)
 
 
-def _params(params: BaseModel) -> WaitParams:
-    if not isinstance(params, WaitParams):
-        raise TypeError(f"wait got {type(params).__name__} parameters")
-    return params
-
-
 class Wait(Action):
     """Sleep ``duration`` on the step's clock (e.g. to let DNS caches drain).
 
@@ -80,11 +75,11 @@ class Wait(Action):
     params_model = WaitParams
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        _params(ctx.params)
+        typed_params(ctx, WaitParams)
         return CheckReport(ready=True)
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        duration = _params(ctx.params).duration
+        duration = typed_params(ctx, WaitParams).duration
         remaining = ctx.remaining()
         if duration > remaining:
             raise ActionFailed(

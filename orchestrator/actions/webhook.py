@@ -38,6 +38,7 @@ from orchestrator.actions.base import (
     IamStatement,
     RetryableError,
     StepContext,
+    typed_params,
 )
 from orchestrator.policy.actions import Webhook as WebhookParams
 from orchestrator.telemetry import get_logger
@@ -49,12 +50,6 @@ TIMESTAMP_HEADER = "X-Failoverd-Timestamp"
 DELIVERY_HEADER = "X-Failoverd-Delivery"
 USER_AGENT = "failoverd-webhook"
 _RETRYABLE_STATUS = frozenset({408, 429})
-
-
-def _params(params: BaseModel) -> WebhookParams:
-    if not isinstance(params, WebhookParams):
-        raise TypeError(f"webhook got {type(params).__name__} parameters")
-    return params
 
 
 def endpoint(url: str) -> str:
@@ -116,7 +111,7 @@ class Webhook(Action):
 
     async def check(self, ctx: StepContext) -> CheckReport:
         # Never calls the URL: a check must not notify anyone.
-        p = _params(ctx.params)
+        p = typed_params(ctx, WebhookParams)
         findings = []
         try:
             endpoint(p.url)
@@ -130,7 +125,7 @@ class Webhook(Action):
         return CheckReport(ready=not findings, findings=tuple(findings))
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
-        p = _params(ctx.params)
+        p = typed_params(ctx, WebhookParams)
         try:
             where = endpoint(p.url)
         except ValueError as exc:

@@ -8,21 +8,36 @@ Strings may hold placeholders (see :data:`PLACEHOLDERS`), filled in when a run s
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.policy.durations import Duration
+from orchestrator.policy.regions import StepRegion
 
 PLACEHOLDERS = ("target_region", "source_region", "primary_region", "service")
 
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Why the action takes no `region` parameter: said when a step gives it one anyway.
+    no_region: ClassVar[str] = "it calls no regional AWS API"
+
+
+class Regional(_Params):
+    """Parameters of an action on a regional AWS API: it acts in ``region``."""
+
+    region: StepRegion | None = Field(
+        default=None,
+        description="Where the step acts: one of the policy's regions, or {source_region},"
+        " {target_region} or {primary_region}. Default: the run's target region.",
+    )
 
 
 class Route53SetRecord(_Params):
     """UPSERT a record set and wait until Route 53 reports the change INSYNC."""
+
+    no_region: ClassVar[str] = "Route 53 is global (its control plane is in us-east-1)"
 
     hosted_zone_id: str
     name: str
@@ -49,12 +64,19 @@ class Route53SetRecord(_Params):
 class Route53SetHealthCheckInverted(_Params):
     """Move traffic through pre-created failover records by inverting a health check."""
 
+    no_region: ClassVar[str] = "Route 53 is global (its control plane is in us-east-1)"
+
     health_check_id: str
     inverted: bool = True
 
 
 class RdsPromoteReadReplica(_Params):
     """Promote a cross-region read replica to a standalone writer."""
+
+    no_region: ClassVar[str] = (
+        "the replica is in the target region; for another, give db_instance as an ARN"
+        " (arn:aws:rds:{source_region}:...)"
+    )
 
     db_instance: str = Field(description="The replica's identifier in the target region.")
     expected_source: str | None = Field(
@@ -65,6 +87,8 @@ class RdsPromoteReadReplica(_Params):
 class AuroraGlobal(_Params):
     """Move the writer of an Aurora global database to the target region's cluster."""
 
+    no_region: ClassVar[str] = "the region is the one in target_cluster_arn"
+
     global_cluster: str
     target_cluster_arn: str
     mode: Literal["auto", "switchover", "failover", "detach_and_promote"] = Field(
@@ -73,7 +97,9 @@ class AuroraGlobal(_Params):
     )
 
 
-class AutoscalingSetCapacity(_Params):
+class AutoscalingSetCapacity(Regional):
+    """Set an Auto Scaling group's capacity (and bounds) in the step's region."""
+
     auto_scaling_group: str
     desired: int = Field(ge=0)
     min: int | None = Field(default=None, ge=0)
@@ -81,13 +107,22 @@ class AutoscalingSetCapacity(_Params):
     wait_in_service: bool = True
 
 
-class EcsSetDesiredCount(_Params):
+class EcsSetDesiredCount(Regional):
+    """Set an ECS service's desired count in the step's region and wait for its tasks."""
+
     cluster: str
     service: str
     desired: int = Field(ge=0)
 
 
 class SnsPublish(_Params):
+    """Publish to an SNS topic, in the topic's own region."""
+
+    no_region: ClassVar[str] = (
+        "SNS publishes in the topic's region, the one in topic_arn"
+        " (arn:aws:sns:{source_region}:... for another)"
+    )
+
     topic_arn: str
     subject: str | None = None
     message: str

@@ -23,6 +23,7 @@ from orchestrator.policy.models import (
     Policy,
     Step,
 )
+from orchestrator.policy.regions import POLICY_REGIONS
 
 Problem = tuple[tuple[str | int, ...], str]
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -240,10 +241,12 @@ def _runbooks(policy: Policy) -> Iterator[Problem]:
     ]
     for book, steps in books:
         if steps is not None:
-            yield from _runbook(("runbooks", book), steps)
+            yield from _runbook(("runbooks", book), steps, tuple(policy.regions))
 
 
-def _runbook(base: tuple[str | int, ...], steps: list[Step]) -> Iterator[Problem]:
+def _runbook(
+    base: tuple[str | int, ...], steps: list[Step], regions: tuple[str, ...]
+) -> Iterator[Problem]:
     names = [s.name for s in steps]
     for i, name in _duplicates(names):
         yield (*base, i, "name"), f"step name {name!r} is used twice"
@@ -257,7 +260,7 @@ def _runbook(base: tuple[str | int, ...], steps: list[Step]) -> Iterator[Problem
                     (*base, i, "after", j),
                     f"no step named {dep!r} in this runbook; expected one of: {', '.join(names)}",
                 )
-        yield from _params((*base, i), step)
+        yield from _params((*base, i), step, regions)
     cycle = _find_cycle(steps)
     if cycle:
         index = names.index(cycle[0])
@@ -267,17 +270,19 @@ def _runbook(base: tuple[str | int, ...], steps: list[Step]) -> Iterator[Problem
         )
 
 
-def _params(base: tuple[str | int, ...], step: Step) -> Iterator[Problem]:
+def _params(base: tuple[str | int, ...], step: Step, regions: tuple[str, ...]) -> Iterator[Problem]:
     model = ACTION_PARAMS.get(step.action)
     if model is None:
         return  # already reported by the field validator
     try:
-        model.model_validate(step.params, context={FROM_FILE: True})
+        model.model_validate(step.params, context={FROM_FILE: True, POLICY_REGIONS: regions})
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err["loc"])
             msg = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "extra_forbidden" and loc == ("region",):
+                msg = f"{step.action} takes no region: {model.no_region}"
+            elif err["type"] == "extra_forbidden":
                 msg = (
                     f"unknown parameter {loc[-1]!r} for {step.action}; expected one of:"
                     f" {', '.join(model.model_fields)}"

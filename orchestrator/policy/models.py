@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.policy.actions import ACTION_NAMES
 from orchestrator.policy.durations import Duration
+from orchestrator.policy.regions import REGION_PATTERN as REGION_PATTERN  # re-exported
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"
 LOCAL_VANTAGE = "local"
 AWS_HEALTH_VANTAGE = "aws_health"
 CLOUDWATCH_VANTAGE = "cloudwatch"

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from orchestrator.cli import main
+from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.policy.loader import load_policy_text
-from orchestrator.readiness import readiness
+from orchestrator.readiness import check_step, moves, readiness
+from orchestrator.sandbox.seed import ALL_REGIONS, example_policy, seed_world
+from orchestrator.sandbox.world import MotoWorld
 from orchestrator.signals.aws_clients import AwsClients
 from tests.fixtures.moto_server import MotoServer
 from tests.integration.shop_world import POLICY, seed
@@ -120,3 +123,49 @@ async def test_replica_lag_is_held_against_the_rpo(
     assert replica.ready is ready
     assert words in replica.finding
     assert report.ready is ready  # the steps themselves are ready in the seeded world
+
+
+class _SeedInto:
+    """The sandbox's seeding, pointed at the test's moto server (it needs only boto3
+    clients from its world; made once each, as making one takes a while)."""
+
+    def __init__(self, moto: MotoServer) -> None:
+        self.moto = moto
+        self.clients: dict[tuple[str, str], Any] = {}
+
+    def client(self, service: str, region: str) -> Any:
+        key = (service, region)
+        if key not in self.clients:
+            self.clients[key] = self.moto.boto3_client(service, region)
+        return self.clients[key]
+
+
+# Steps of the examples that act in the region being left (`region: "{source_region}"`).
+SOURCE_REGION_STEPS = {
+    ("ledger", "fence-old-writers"),
+    ("ledger", "stop-old-writers"),
+    ("catalog", "scale-down-standby"),
+}
+
+
+async def test_example_steps_for_the_region_being_left_are_checked_there(
+    moto: MotoServer,
+) -> None:
+    seeded = seed_world(cast(MotoWorld, _SeedInto(moto)))
+    ports = dict.fromkeys(ALL_REGIONS, 9)  # probe targets: readiness probes nothing
+    aws = AwsClients(moto.client_config())
+    checked = []
+    for name in ("ledger", "catalog"):
+        policy = load_policy_text(example_policy(name, seeded.zones, ports, ["local"]))
+        for move, steps in moves(policy):
+            for step in steps:
+                if (name, step.name) in SOURCE_REGION_STEPS:
+                    checked.append(await check_step(policy, move, step, aws, SYSTEM_CLOCK))
+    # ledger: failover, switchover and failback; catalog: failback from each standby.
+    assert len(checked) == 5, checked
+    for s in checked:
+        assert (s.ready, s.checked, s.findings) == (True, True, ()), s
+        # The ECS service of the region being left, read through that region's API (and so
+        # flagged as leaning on the control plane of the region being evacuated).
+        assert s.control_plane_region == s.move.source
+        assert s.control_plane_in_source

@@ -13,8 +13,10 @@ from aiobotocore.stub import AioStubber
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
-from orchestrator.actions.base import StepContext
+from orchestrator.actions.base import Action, ExecuteOutcome, StepContext
+from orchestrator.actions.render import render_params
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.policy.models import Step
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from tests.fixtures.clock import VirtualClock, eventually
 
@@ -49,6 +51,32 @@ def make_ctx(
         deadline=clock.monotonic() + within,
         facts=dict(facts or {}),
     )
+
+
+def rendered(action: str, params: Mapping[str, Any]) -> BaseModel:
+    """A step's parameters as a policy writes them (placeholders and all), rendered for a
+    run from SOURCE to TARGET the way a run renders them."""
+    step = Step(name="step", action=action, params=dict(params))
+    return render_params(
+        step,
+        service="web",
+        source_region=SOURCE,
+        target_region=TARGET,
+        primary_region=SOURCE,
+        regions=(SOURCE, TARGET),
+    )
+
+
+async def run_in_source(action: Action, ctx: StepContext) -> ExecuteOutcome:
+    """Run a step meant for the source region as the executor runs it (check, execute,
+    verify), after making sure its check looked there and found it ready."""
+    assert ctx.region == SOURCE
+    report = await action.check(ctx)
+    assert report.ready, report.findings
+    assert report.control_plane_region == SOURCE  # readiness flags it when leaving SOURCE
+    outcome = await action.execute(ctx)
+    await action.verify(ctx)
+    return outcome
 
 
 def calls(service: str, operation: str, outcome: str = "ok") -> float:

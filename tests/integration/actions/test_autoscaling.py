@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from moto.autoscaling.models import autoscaling_backends
 from prometheus_client import REGISTRY
+from pydantic import BaseModel
 
 from orchestrator.actions.autoscaling import SetCapacity
 from orchestrator.actions.base import ActionFailed, RetryableError, StepContext
@@ -19,6 +20,7 @@ from orchestrator.policy.actions import AutoscalingSetCapacity
 from orchestrator.signals.aws_clients import AwsClients
 from tests.fixtures.clock import eventually
 from tests.fixtures.moto_server import MotoServer
+from tests.integration.actions.step_support import rendered, run_in_source
 
 SOURCE, TARGET = "us-east-1", "us-west-2"
 ACCOUNT = "123456789012"  # moto's default account
@@ -39,9 +41,7 @@ def boto3_for(moto: MotoServer, service: str, region: str) -> Any:
     return moto.boto3_client(service, region)
 
 
-def make_ctx(
-    moto: MotoServer, params: AutoscalingSetCapacity, *, within: float = 20.0
-) -> StepContext:
+def make_ctx(moto: MotoServer, params: BaseModel, *, within: float = 20.0) -> StepContext:
     return StepContext(
         service="web",
         run_id="run-1",
@@ -58,28 +58,32 @@ def make_ctx(
     )
 
 
-@pytest.fixture
-def world(moto: MotoServer) -> Iterator[MotoServer]:
-    """The standby ASG in the target region, scaled to zero (min 0, max 2)."""
-    ec2 = boto3_for(moto, "ec2", TARGET)
+def _create_group(moto: MotoServer, region: str, desired: int) -> None:
+    ec2 = boto3_for(moto, "ec2", region)
     ec2.create_launch_template(
         LaunchTemplateName="web-lt",
         LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "t3.micro"},
     )
     zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
-    boto3_for(moto, "autoscaling", TARGET).create_auto_scaling_group(
+    boto3_for(moto, "autoscaling", region).create_auto_scaling_group(
         AutoScalingGroupName=ASG,
         LaunchTemplate={"LaunchTemplateName": "web-lt", "Version": "$Latest"},
         MinSize=0,
         MaxSize=2,
-        DesiredCapacity=0,
+        DesiredCapacity=desired,
         AvailabilityZones=zones[:2],
     )
+
+
+@pytest.fixture
+def world(moto: MotoServer) -> Iterator[MotoServer]:
+    """The standby ASG in the target region, scaled to zero (min 0, max 2)."""
+    _create_group(moto, TARGET, 0)
     yield moto
 
 
-def group(moto: MotoServer) -> dict[str, object]:
-    client = boto3_for(moto, "autoscaling", TARGET)
+def group(moto: MotoServer, region: str = TARGET) -> dict[str, object]:
+    client = boto3_for(moto, "autoscaling", region)
     groups = client.describe_auto_scaling_groups(AutoScalingGroupNames=[ASG])["AutoScalingGroups"]
     result: dict[str, object] = groups[0]
     return result
@@ -125,6 +129,35 @@ async def test_check_reports_a_missing_group(world: MotoServer) -> None:
     report = await ACTION.check(make_ctx(world, params))
     assert not report.ready
     assert report.findings == (f"ASG no-such-asg not found in {TARGET}",)
+
+
+SCALE_DOWN_OLD = {"region": "{source_region}", "auto_scaling_group": ASG, "desired": 0}
+
+
+async def test_a_source_region_step_scales_the_source_and_leaves_the_target_alone(
+    world: MotoServer,
+) -> None:
+    _create_group(world, SOURCE, 2)  # the old region still runs 2
+    boto3_for(world, "autoscaling", TARGET).set_desired_capacity(
+        AutoScalingGroupName=ASG, DesiredCapacity=1
+    )
+    ctx = make_ctx(world, rendered("autoscaling.set_capacity", SCALE_DOWN_OLD))
+
+    outcome = await run_in_source(ACTION, ctx)
+
+    assert outcome.detail == "desired 2 -> 0"
+    assert group(world, SOURCE)["DesiredCapacity"] == 0
+    assert group(world, TARGET)["DesiredCapacity"] == 1  # never touched
+    assert not (await ACTION.execute(ctx)).changed
+
+
+async def test_a_source_region_steps_check_looks_in_the_source(world: MotoServer) -> None:
+    # The group exists in the target only: a step meant for the source is not ready.
+    report = await ACTION.check(
+        make_ctx(world, rendered("autoscaling.set_capacity", SCALE_DOWN_OLD))
+    )
+    assert not report.ready
+    assert report.findings == (f"ASG {ASG} not found in {SOURCE}",)
 
 
 async def test_scale_out_with_new_bounds_changes_the_world_once(world: MotoServer) -> None:
@@ -224,4 +257,14 @@ def test_iam_statements_scope_writes_to_the_group_in_each_region() -> None:
     assert write.resources == tuple(
         f"arn:aws:autoscaling:{r}:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/web-{r}"
         for r in (SOURCE, TARGET)
+    )
+
+
+def test_iam_statements_of_a_source_region_step_name_the_source() -> None:
+    params = rendered(
+        "autoscaling.set_capacity", {**SCALE_DOWN_OLD, "auto_scaling_group": "web-{source_region}"}
+    )
+    _, write = ACTION.iam_statements(params, [TARGET], account=ACCOUNT)
+    assert write.resources == (
+        f"arn:aws:autoscaling:{SOURCE}:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/web-{SOURCE}",
     )

@@ -5,21 +5,27 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from moto.ecs.models import ecs_backends
 from prometheus_client import REGISTRY
+from pydantic import BaseModel
 
 from orchestrator.actions.base import ActionFailed, RetryableError, StepContext
 from orchestrator.actions.ecs import SetDesiredCount
 from orchestrator.actions.registry import get_action
 from orchestrator.clock import SYSTEM_CLOCK
+from orchestrator.iam import iam_policy
 from orchestrator.policy.actions import EcsSetDesiredCount
+from orchestrator.policy.loader import load_policy_set
 from orchestrator.signals.aws_clients import AwsClients
 from tests.fixtures.clock import eventually
 from tests.fixtures.moto_server import MotoServer
+from tests.integration.actions.step_support import rendered, run_in_source
 
+ROOT = Path(__file__).resolve().parents[3]
 SOURCE, TARGET = "us-east-1", "us-west-2"
 ACCOUNT = "123456789012"  # moto's default account
 CLUSTER, SERVICE = "web-cluster", "web"
@@ -39,7 +45,7 @@ def boto3_for(moto: MotoServer, service: str, region: str) -> Any:
     return moto.boto3_client(service, region)
 
 
-def make_ctx(moto: MotoServer, params: EcsSetDesiredCount, *, within: float = 20.0) -> StepContext:
+def make_ctx(moto: MotoServer, params: BaseModel, *, within: float = 20.0) -> StepContext:
     return StepContext(
         service="web",
         run_id="run-1",
@@ -56,20 +62,34 @@ def make_ctx(moto: MotoServer, params: EcsSetDesiredCount, *, within: float = 20
     )
 
 
-@pytest.fixture
-def world(moto: MotoServer) -> Iterator[MotoServer]:
-    """The standby ECS service in the target region, at zero tasks."""
-    ecs = boto3_for(moto, "ecs", TARGET)
+def _create_service(moto: MotoServer, region: str, desired: int) -> None:
+    ecs = boto3_for(moto, "ecs", region)
     ecs.create_cluster(clusterName=CLUSTER)
     ecs.register_task_definition(
         family="web", containerDefinitions=[{"name": "web", "image": "nginx", "memory": 128}]
     )
-    ecs.create_service(cluster=CLUSTER, serviceName=SERVICE, taskDefinition="web", desiredCount=0)
+    ecs.create_service(
+        cluster=CLUSTER, serviceName=SERVICE, taskDefinition="web", desiredCount=desired
+    )
+
+
+@pytest.fixture
+def world(moto: MotoServer) -> Iterator[MotoServer]:
+    """The standby ECS service in the target region, at zero tasks."""
+    _create_service(moto, TARGET, 0)
     yield moto
 
 
-def service(moto: MotoServer) -> dict[str, Any]:
-    found = boto3_for(moto, "ecs", TARGET).describe_services(cluster=CLUSTER, services=[SERVICE])[
+@pytest.fixture
+def both_regions(world: MotoServer) -> Iterator[MotoServer]:
+    """The service in both regions, each running 2 tasks (the old region not yet fenced)."""
+    _create_service(world, SOURCE, 2)
+    boto3_for(world, "ecs", TARGET).update_service(cluster=CLUSTER, service=SERVICE, desiredCount=2)
+    yield world
+
+
+def service(moto: MotoServer, region: str = TARGET) -> dict[str, Any]:
+    found = boto3_for(moto, "ecs", region).describe_services(cluster=CLUSTER, services=[SERVICE])[
         "services"
     ]
     result: dict[str, Any] = found[0]
@@ -108,6 +128,33 @@ async def test_check_reports_what_is_missing(
     report = await ACTION.check(make_ctx(world, params))
     assert not report.ready
     assert report.findings == (finding,)
+
+
+FENCE = {"region": "{source_region}", "cluster": CLUSTER, "service": SERVICE, "desired": 0}
+
+
+async def test_a_source_region_step_scales_the_source_and_leaves_the_target_alone(
+    both_regions: MotoServer,
+) -> None:
+    ctx = make_ctx(both_regions, rendered("ecs.set_desired_count", FENCE))
+
+    outcome = await run_in_source(ACTION, ctx)
+
+    assert outcome.detail == "desired 2 -> 0"
+    source = service(both_regions, SOURCE)
+    assert (source["desiredCount"], source["runningCount"]) == (0, 0)
+    target = service(both_regions, TARGET)
+    assert (target["desiredCount"], target["runningCount"]) == (2, 2)
+    assert not (await ACTION.execute(ctx)).changed
+
+
+async def test_a_source_region_steps_check_looks_in_the_source(world: MotoServer) -> None:
+    # The service exists in the target only: a step meant for the source is not ready.
+    params = rendered("ecs.set_desired_count", FENCE)
+    report = await ACTION.check(make_ctx(world, params))
+    assert not report.ready
+    assert report.findings == (f"ECS cluster {CLUSTER} not found in {SOURCE}",)
+    assert report.control_plane_region == SOURCE
 
 
 async def test_scale_out_changes_the_world_once(world: MotoServer) -> None:
@@ -182,3 +229,21 @@ def test_iam_statements_name_the_service_in_each_region() -> None:
     assert statement.resources == tuple(
         f"arn:aws:ecs:{r}:{ACCOUNT}:service/c-{r}/*" for r in (SOURCE, TARGET)
     )
+
+
+def test_iam_statements_of_a_source_region_step_name_the_source() -> None:
+    params = rendered("ecs.set_desired_count", {**FENCE, "cluster": "c-{source_region}"})
+    # As iam-policy asks: the move's target; the step names its own region.
+    (statement,) = ACTION.iam_statements(params, [TARGET], account=ACCOUNT)
+    assert statement.resources == (f"arn:aws:ecs:{SOURCE}:{ACCOUNT}:service/c-{SOURCE}/{SERVICE}",)
+
+
+def test_iam_policy_grants_each_ledger_writer_fence_in_its_own_region() -> None:
+    # ledger fences the old region's writers (`region: "{source_region}"`) and starts the
+    # new region's: each service is granted in its own region, never in the other.
+    doc = iam_policy(load_policy_set([ROOT / "policies" / "ledger"]))
+    (statement,) = [s for s in doc["Statement"] if "ecs:UpdateService" in s["Action"]]
+    assert statement["Resource"] == [
+        f"arn:aws:ecs:{region}:*:service/ledger-{region}/ledger-writer"
+        for region in ("eu-central-1", "eu-west-1")
+    ]
