@@ -39,8 +39,6 @@ from typing import Any, TypeVar
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.state import ServiceState
 from orchestrator.store.base import (
-    check_journal_query,
-    in_window,
     ApprovalRecord,
     FencedOut,
     JournalRecord,
@@ -48,6 +46,8 @@ from orchestrator.store.base import (
     Lease,
     StoreError,
     StoreUnavailable,
+    check_journal_query,
+    in_window,
 )
 from orchestrator.store.codec import (
     decode_journal,
