@@ -11,8 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from orchestrator.audit import AuditEntry
 from orchestrator.engine.healthbook import RegionVerdict, VantageView
 from orchestrator.engine.state import Decision, LagReading, OperatorCommand
+from orchestrator.incident_report import ReportData
 from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.rto import RunProgress
 
@@ -93,6 +95,26 @@ class Control(Protocol):
     def snapshot(self, service: str) -> ServiceSnapshot | None: ...
 
     async def run_progress(self, run_id: str) -> RunProgress | None: ...
+
+    async def audit_entries(
+        self,
+        service: str | None = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> Sequence[AuditEntry]:
+        """The audit log from the shared store (any instance answers): the newest ``limit``
+        journal records (of ``service``, or all) with ``since <= at <= until``, oldest
+        first. Read-only; bounded by the store's timeout (``TimeoutError``); raises
+        ``StoreError`` when the store cannot answer and ``ValueError`` for a bad window."""
+        ...
+
+    async def run_report(self, run_id: str) -> ReportData | None:
+        """What the post-incident report of ``run_id`` is made of (its records, the
+        service's records around it, the RPO); None for an unknown run. Read-only; errors
+        as :meth:`audit_entries`."""
+        ...
 
     def readiness_report(self) -> Mapping[str, ReadinessReport]:
         """The latest periodic readiness evaluation per service (none before the first)."""

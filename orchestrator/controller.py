@@ -11,6 +11,13 @@ verdicts -> ``decide()`` -> ``apply_decision`` -> fenced ``save_state`` -> a run
 the background when the decision says so (never two per service). Only the holder of the
 leader lease acts: without it the token provider answers None, so the executor stops at its
 next journal write, and ``decide()`` starts nothing (``not_leader``); observing goes on.
+
+The audit log: each change of the leader's decision for a service (and each decision that
+starts a run) is journaled as a ``decision`` record with its evidence, by a background
+:class:`AuditWriter` so that a slow store never holds up an engine pass. A decision that
+starts a run is durable before the run's ``run_started`` (the run waits for it, bounded),
+and the service's later decision records wait until ``run_started`` is in the journal, so
+in the audit the decision that started a run is the one right before it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.actions.registry import get_action
+from orchestrator.audit import AuditEntry, decision_detail, decision_record, entries
+from orchestrator.audit_writer import AuditWriter
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.control import CommandResult, NotLeaderError, Readiness, ServiceSnapshot
 from orchestrator.engine.decide import decide
@@ -39,6 +48,7 @@ from orchestrator.engine.state import (
     apply_command,
     apply_decision,
 )
+from orchestrator.incident_report import ReportData
 from orchestrator.policy.actions import APPROVAL_ACTION
 from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
@@ -62,6 +72,9 @@ LEASE_SAFETY = 0.8  # act for at most this share of the lease's TTL after each r
 log = get_logger("failoverd.controller")
 
 RECENT_DECISIONS = 50
+AUDIT_HELD = 100  # decision records of a service held back until its run_started is written
+REPORT_LEAD_UP = 200  # the service's journal records before a run, read for its report
+REPORT_CONTEXT = 500  # ... and while it ran
 _WAITING = frozenset({StepStatus.RUNNING, StepStatus.RETRYING})
 
 
@@ -78,6 +91,12 @@ class _Service:
     )
     run_task: asyncio.Task[None] | None = None
     progress: RunProgress | None = None
+    # The run whose run_started is not journaled yet: the service's decision records wait.
+    audit_hold: str | None = None
+    audit_held: collections.deque[JournalRecord] = field(
+        default_factory=lambda: collections.deque(maxlen=AUDIT_HELD)
+    )
+    start_audit: asyncio.Future[bool] | None = None  # the record of the run-starting decision
 
 
 class Controller:
@@ -117,6 +136,7 @@ class Controller:
         self._tick = tick
         self._debounce = debounce
         self.executor = Executor(store, aws, clock, token=self.token, actions=actions)
+        self.audit = AuditWriter(store, timeout=store.timeout + 1)
         self._services: dict[str, _Service] = {}
         self._lease: Lease | None = None
         self._lease_deadline = 0.0  # monotonic: past it the lease may have expired
@@ -157,6 +177,11 @@ class Controller:
 
     def is_leader(self) -> bool:
         return self.token() is not None
+
+    @property
+    def store_reachable(self) -> bool:
+        """Whether the last store call (lease step, state save or read) reached the store."""
+        return self._store_ok
 
     def leader(self) -> str | None:
         return self.node_id if self.is_leader() else self._leader_name
@@ -221,6 +246,42 @@ class Controller:
             log.warning("run_progress_unavailable", run_id=run_id, error=str(exc))
             return None
 
+    async def audit_entries(
+        self,
+        service: str | None = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> Sequence[AuditEntry]:
+        async with asyncio.timeout(self._store.timeout + 1):
+            records = await self._store.read_journal(service, since=since, until=until, limit=limit)
+        return entries(records)
+
+    async def run_report(self, run_id: str) -> ReportData | None:
+        async with asyncio.timeout(3 * (self._store.timeout + 1)):  # three bounded reads
+            run = list(await self._store.read_run(run_id))
+            if not run:
+                return None
+            service, start = run[0].service, run[0].at
+            ended = run[-1].status in (JournalStatus.RUN_SUCCEEDED, JournalStatus.RUN_FAILED)
+            end = run[-1].at if ended else None  # a run still going: up to now
+            # Two windows, so that a long run's own records cannot crowd out the decisions
+            # that led to it: the lead-up, then what happened while it ran.
+            before = await self._store.read_journal(service, until=start, limit=REPORT_LEAD_UP)
+            during = await self._store.read_journal(
+                service, since=start, until=end, limit=REPORT_CONTEXT
+            )
+        svc = self._services.get(service)
+        # A record at `start` is in both windows: keep the first window's.
+        around = [r for r in (*before, *(r for r in during if r.at > start)) if r.run_id != run_id]
+        return ReportData(
+            run=run,
+            around=around,
+            rpo=None if svc is None else svc.policy.rpo,
+            now=self._clock.now(),
+        )
+
     # -- sinks (called by the signal sources on the event loop; never block or raise) ----
     def put(self, obs: Observation) -> None:
         svc = self._services.get(obs.service)
@@ -256,6 +317,7 @@ class Controller:
         """The lease and engine loops, and every run, until cancelled."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            tg.create_task(self.audit.run())
             tg.create_task(self._lease_loop())
             tg.create_task(self._tick_loop())
 
@@ -271,6 +333,8 @@ class Controller:
         if tasks:
             log.info("draining_runs", runs=len(tasks), grace=grace)
             await asyncio.wait(tasks, timeout=grace)
+        if self.audit.pending and not await self.audit.flush(min(grace, self._store.timeout)):
+            log.warning("audit_records_not_flushed", pending=self.audit.pending)
 
     async def close(self) -> None:
         lease, self._lease = self._lease, None
@@ -325,10 +389,11 @@ class Controller:
             leader=self.is_leader() and not self._stopping,
             policy_version=self._set.version,
         )
-        self._record(svc, d)
         busy = self._resuming or (svc.run_task is not None and not svc.run_task.done())
-        if d.starts_run and d.target is not None and self._tg is not None and not busy:
-            run_id = new_run_id(svc.policy.service)
+        starting = d.starts_run and d.target is not None and self._tg is not None and not busy
+        run_id = new_run_id(svc.policy.service) if starting else ""
+        self._record(svc, d, run_id)
+        if starting and self._tg is not None:
             svc.state = apply_decision(state, d, run_id)
             svc.run_task = self._tg.create_task(self._drive(svc, d, state, run_id))
             return d
@@ -340,10 +405,15 @@ class Controller:
             await self._save(svc)
         return d
 
-    def _record(self, svc: _Service, d: Decision) -> None:
+    def _record(self, svc: _Service, d: Decision, run_id: str = "") -> None:
         prev = svc.decision
         svc.decision = d
-        if prev is not None and prev.key() == d.key():
+        changed = prev is None or prev.key() != d.key()
+        if changed or run_id:
+            # A run can start on an unchanged decision (held back while another run was
+            # resumed): its start is audited all the same.
+            self._audit_decision(svc, d, run_id)
+        if not changed:
             return
         svc.recent.append(d)
         log.info(
@@ -361,9 +431,59 @@ class Controller:
             except Exception:  # a listener must not stop the engine
                 log.exception("decision_hook_failed", service=d.service)
 
+    def _audit_decision(self, svc: _Service, d: Decision, run_id: str) -> None:
+        """Queue the decision record (the leader's only: followers' views are not acted on)."""
+        token = self.token()
+        if token is None:
+            return
+        try:
+            p = svc.policy
+            detail = decision_detail(
+                d,
+                verdicts=svc.verdicts,
+                evidence={r: svc.book.evidence(r, d.at) for r in p.regions},
+                lag=svc.lag,
+                regions=p.regions,
+                rto=p.rto,
+                rpo=p.rpo,
+                run_id=run_id or None,
+            )
+        except Exception:  # the record is for humans: it must never stop the engine
+            log.exception("audit_record_unbuildable", service=d.service)
+            return
+        record = decision_record(d, token=token, detail=detail)
+        if svc.audit_hold is not None:
+            svc.audit_held.append(record)
+            return
+        done = self.audit.submit(record)
+        if run_id:
+            svc.audit_hold, svc.start_audit = run_id, done
+
+    def _release_audit(self, svc: _Service, run_id: str) -> None:
+        """The run's run_started is journaled (or never will be): let the held records go."""
+        if svc.audit_hold != run_id:
+            return
+        svc.audit_hold, svc.start_audit = None, None
+        while svc.audit_held:
+            self.audit.submit(svc.audit_held.popleft())
+
+    async def _await_start_audit(self, svc: _Service) -> None:
+        # The run's first journal write must follow its decision record; the run waits for
+        # that record at most one bounded store call, and starts anyway after it.
+        done = svc.start_audit
+        if done is None:
+            return
+        try:
+            async with asyncio.timeout(self._store.timeout + 1):
+                await asyncio.shield(done)
+        except TimeoutError:
+            log.warning("audit_decision_not_written_before_run", service=svc.policy.service)
+
     async def _refresh_run(self, svc: _Service) -> None:
         """While a run is recorded, the executor owns the state: read it back, and the run's
         progress for snapshots."""
+        if svc.audit_hold is not None and (svc.run_task is None or svc.run_task.done()):
+            self._release_audit(svc, svc.audit_hold)  # e.g. a service object replaced by a reload
         run = svc.state.run
         if run is None:
             return
@@ -375,6 +495,8 @@ class Controller:
                 svc.state = stored
             if svc.state.run is not None:
                 svc.progress = await self.executor.progress(svc.state.run.id) or svc.progress
+                if svc.progress is not None:
+                    self._release_audit(svc, svc.progress.run_id)
             elif svc.progress is not None and svc.progress.status is RunStatus.RUNNING:
                 # A run resumed after a restart ends without a _drive of ours: catch its end.
                 svc.progress = await self.executor.progress(svc.progress.run_id) or svc.progress
@@ -384,6 +506,7 @@ class Controller:
 
     async def _drive(self, svc: _Service, d: Decision, before: ServiceState, run_id: str) -> None:
         service = svc.policy.service
+        await self._await_start_audit(svc)
         try:
             await self.executor.start_run(svc.policy, d, before, run_id=run_id)
         except StoreError as exc:  # fenced out, not leader, store down: resumed later
@@ -392,6 +515,8 @@ class Controller:
             log.error("run_rejected", service=service, run_id=run_id, error=str(exc))
         except Exception:
             log.exception("run_crashed", service=service, run_id=run_id)
+        finally:
+            self._release_audit(svc, run_id)
         try:
             stored = await self._store.load_state(service)
             if stored is not None:
@@ -405,6 +530,10 @@ class Controller:
         token = self.token()
         if token is None:
             return  # followers keep state in memory only; the leader's is the truth
+        if self._resuming:
+            # A new leader has not read the store's states yet: what it holds may be a
+            # follower's stale view, which must never overwrite the last leader's.
+            return
         try:
             await self._store.save_state(svc.state, token)
             self._store_ok = True
@@ -448,7 +577,24 @@ class Controller:
     async def _lease_loop(self) -> None:
         while True:
             await self.lease_step()
+            if self._lease is None:
+                await self.follow_store()
             await self._clock.sleep(self._ttl / 3)
+
+    async def follow_store(self) -> bool:
+        """Adopt the leader's service states from the store (a follower's, and a new
+        leader's before it decides anything): a warm standby must show, and take over from,
+        where the leader left things — not its own memory of before the last failover."""
+        for svc in list(self._services.values()):
+            try:
+                stored = await self._store.load_state(svc.policy.service)
+            except StoreError as exc:
+                log.warning("state_refresh_failed", service=svc.policy.service, error=str(exc))
+                return False
+            driving = svc.run_task is not None and not svc.run_task.done()
+            if stored is not None and stored.active_region in svc.policy.regions and not driving:
+                svc.state = stored
+        return True
 
     async def lease_step(self) -> None:
         """Acquire or renew the lease once (called every ttl/3)."""
@@ -495,6 +641,12 @@ class Controller:
 
     async def _resume(self) -> None:
         try:
+            async with self._lock:
+                if not await self.follow_store():
+                    # Acting on states we could not read back would undo the last leader's
+                    # work: give the lease up; the next lease step tries again.
+                    self._lost("state_reload_failed")
+                    return
             resumed = await self.executor.resume_unfinished()
             if resumed:
                 log.info("runs_resumed", runs=resumed)

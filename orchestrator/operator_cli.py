@@ -1,5 +1,6 @@
-"""Operator commands of the ``failoverd`` CLI: ``status``, ``failover``, ``switchover``,
-``failback``, ``approve``, ``pause``, ``resume`` — clients of a running daemon's HTTP API.
+"""Operator commands of the ``failoverd`` CLI: ``status``, ``audit``, ``report``,
+``failover``, ``switchover``, ``failback``, ``approve``, ``pause``, ``resume`` — clients of a
+running daemon's HTTP API.
 
 The API address comes from ``--api`` or ``FAILOVERD_API`` (default http://127.0.0.1:8080);
 the bearer token for commands from ``--token-file`` or ``FAILOVERD_TOKEN_FILE``. Output is a
@@ -38,7 +39,9 @@ API_ENV = "FAILOVERD_API"
 TOKEN_FILE_ENV = "FAILOVERD_TOKEN_FILE"
 
 MUTATING = ("failover", "switchover", "failback", "approve", "pause", "resume")
-OPERATOR_COMMANDS = ("status", *MUTATING)
+OPERATOR_COMMANDS = ("status", "audit", "report", *MUTATING)
+AUDIT_MAX_LIMIT = 1000
+POLICY_VERSION_SHORT = 8
 
 _EPILOG = (
     "Exit codes: 0 done; 1 refused or not ready; 2 usage or connection error."
@@ -67,13 +70,24 @@ def _positive(text: str) -> float:
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= AUDIT_MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {AUDIT_MAX_LIMIT}, got {text}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, *, json_output: bool = True) -> None:
     p.add_argument(
         "--api",
         default=None,
         help=f"the daemon's API address (default: ${API_ENV} or {DEFAULT_API})",
     )
-    p.add_argument("--json", action="store_true", help="print the API's JSON (for scripts)")
+    if json_output:
+        p.add_argument("--json", action="store_true", help="print the API's JSON (for scripts)")
     p.add_argument(
         "--timeout",
         type=_positive,
@@ -107,6 +121,49 @@ def add_operator_parsers(subparsers: Any) -> None:
     s.add_argument("service", nargs="?", help="a service name")
     _common(s)
     s.set_defaults(operator="status")
+
+    times = (
+        "TIME is an RFC 3339 time (2026-11-26T16:00:00Z; no offset means UTC), epoch seconds,"
+        " a duration ago (30m, 2h, 1d) or 'now'; the daemon reads it against its own clock."
+    )
+    a = subparsers.add_parser(
+        "audit",
+        help="show the audit log: decision changes, operator commands, runs and steps",
+        description="The journal, oldest first: each decision change of the leader (with its"
+        " reasons and the evidence), each operator command (who, what, why), each run and"
+        " step attempt, each with the policy version in force. Shows the newest --limit"
+        " entries of the window. " + times,
+        epilog=_EPILOG,
+        allow_abbrev=False,
+    )
+    a.add_argument("--service", default=None, help="one service only")
+    a.add_argument("--since", default=None, metavar="TIME", help="entries at or after TIME")
+    a.add_argument("--until", default=None, metavar="TIME", help="entries at or before TIME")
+    a.add_argument(
+        "--limit",
+        type=_limit,
+        default=None,
+        help=f"the newest N entries (1 to {AUDIT_MAX_LIMIT}; default: the API's, 100)",
+    )
+    a.add_argument(
+        "-v", "--verbose", action="store_true", help="also print each entry's detail (JSON)"
+    )
+    _common(a)
+    a.set_defaults(operator="audit")
+
+    r = subparsers.add_parser(
+        "report",
+        help="print a run's post-incident report (Markdown)",
+        description="The post-incident report of a run, as Markdown: what started it and why"
+        " (the evidence at decision time), a timeline from detection, each step's attempts"
+        " and duration, and the RTO and RPO achieved against the policy's.",
+        epilog=_EPILOG,
+        allow_abbrev=False,
+    )
+    r.add_argument("run_id", metavar="RUN_ID", help="a run id (see `failoverd audit`)")
+    r.add_argument("-o", "--output", default=None, help="write the report to this file")
+    _common(r, json_output=False)
+    r.set_defaults(operator="report", json=False)
 
     helps = {
         "failover": "move a service to a standby region now",
@@ -205,6 +262,10 @@ async def _dispatch(client: ApiClient, args: argparse.Namespace, out: TextIO) ->
     async with client as api:
         if args.operator == "status":
             return await _status(api, args, out)
+        if args.operator == "audit":
+            return await _audit(api, args, out)
+        if args.operator == "report":
+            return await _report(api, args, out)
         by = args.by or _user()
         if args.operator == "pause" and args.service is None:
             body = await api.pause_all(reason=args.reason, by=by)
@@ -242,6 +303,30 @@ async def _status(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     if not ready:
         problems = "; ".join(readiness.get("problems") or ["no reason given"])
         return _fail(f"the daemon is not ready: {problems}", EXIT_REFUSED)
+    return EXIT_OK
+
+
+async def _audit(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    body = await api.audit(
+        service=args.service, since=args.since, until=args.until, limit=args.limit
+    )
+    if args.json:
+        _print_json(body, out)
+    else:
+        out.write(render_audit(body, verbose=args.verbose))
+    return EXIT_OK
+
+
+async def _report(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    text = await api.report(args.run_id)
+    if args.output is None:
+        out.write(text)
+        return EXIT_OK
+    try:
+        await asyncio.to_thread(Path(args.output).write_text, text, encoding="utf-8")
+    except OSError as exc:
+        return _fail(f"cannot write the report to {args.output}: {exc}", EXIT_USAGE)
+    out.write(f"wrote the report of run {args.run_id} to {args.output}\n")
     return EXIT_OK
 
 
@@ -370,3 +455,41 @@ def render_service(body: dict[str, Any], dots: dict[str, str] | None = None) -> 
         ]
         out += table(("STEP", "ACTION", "STATUS", "ATTEMPTS", "DURATION", "ERROR"), steps, "  ")
     return out
+
+
+def _short_time(entry: dict[str, Any]) -> str:
+    text = str(entry.get("time", ""))
+    return text[:19].replace("T", " ") if len(text) >= 19 else text
+
+
+def render_audit(body: dict[str, Any], *, verbose: bool = False) -> str:
+    """The audit log as a table: time (UTC), service, entry, policy version, what and why."""
+    entries = body.get("entries") or []
+    if not entries:
+        return "no audit entries in this window\n"
+    rows = []
+    for e in entries:
+        what = " ".join(str(e.get("summary", "")).split())  # one line, whatever was journaled
+        codes = [r["code"] for r in e.get("reasons") or []]
+        if codes:
+            what += f" [{', '.join(codes)}]"
+        rows.append(
+            (
+                _short_time(e),
+                e["service"],
+                e["entry"],
+                str(e.get("policy_version", ""))[:POLICY_VERSION_SHORT] or "-",
+                what,
+            )
+        )
+    text = table(("TIME (UTC)", "SERVICE", "ENTRY", "POLICY", "WHAT AND WHY"), rows)
+    if verbose:
+        details = []
+        for e in entries:
+            detail = json.dumps(e.get("detail") or {}, sort_keys=True)
+            details.append(f"{_short_time(e)} {e['service']} {e['entry']}: {detail}")
+        text += "\n" + "\n".join(details) + "\n"
+    shown = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+    if len(entries) >= int(body.get("limit") or 0) > 0:
+        shown += " (the limit: older entries may exist; raise --limit or narrow --since)"
+    return text + shown + "\n"

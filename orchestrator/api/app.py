@@ -21,10 +21,13 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.api import schemas as s
 from orchestrator.api.auth import TokenAuth
 from orchestrator.api.errors import ApiError
-from orchestrator.api.openapi import RouteDoc, build_openapi
+from orchestrator.api.openapi import QueryParam, RouteDoc, build_openapi
 from orchestrator.api.status_page import load_page, status_page
+from orchestrator.audit import TIME_HINT, parse_time
 from orchestrator.control import Control, NotLeaderError, ServiceSnapshot
 from orchestrator.engine.state import Command, OperatorCommand
+from orchestrator.incident_report import report_markdown
+from orchestrator.store.base import StoreError
 from orchestrator.telemetry import API_COMMANDS, API_REQUEST_DURATION, API_REQUESTS, get_logger
 
 log = get_logger("failoverd.api")
@@ -34,6 +37,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DEFAULT_TOKEN_LABEL = "api"
 MAX_BODY = 64 * 1024  # a command body is a few hundred bytes; this bounds junk, not use
 MAX_RUN_ID = 128
+AUDIT_LIMIT = 100  # entries per /v1/audit answer unless ?limit= says otherwise
+AUDIT_MAX_LIMIT = 1000
+AUDIT_PARAMS = frozenset({"service", "since", "until", "limit"})
 # Control.command returns "within a few seconds" by contract; past this the caller gets a
 # 504 and a hint to check the status (the command may still have been journaled).
 COMMAND_TIMEOUT = 15.0
@@ -196,13 +202,89 @@ async def service(request: web.Request) -> web.Response:
 
 async def run(request: web.Request) -> web.Response:
     run_id = request.match_info["id"]
-    if len(run_id) > MAX_RUN_ID:
-        raise ApiError(400, "invalid_run_id", f"run ids are at most {MAX_RUN_ID} characters")
+    _check_run_id(run_id)
     async with asyncio.timeout(request.app[_COMMAND_TIMEOUT]):
         progress = await _control(request).run_progress(run_id)
     if progress is None:
         raise ApiError(404, "unknown_run", f"no run with id {run_id!r}")
     return _json(s.run_body(progress))
+
+
+def _check_run_id(run_id: str) -> None:
+    if len(run_id) > MAX_RUN_ID:
+        raise ApiError(400, "invalid_run_id", f"run ids are at most {MAX_RUN_ID} characters")
+
+
+def _bad_param(name: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_parameter", f"{name}: {message}", details=[f"{name}: {message}"])
+
+
+def _store_unavailable(exc: Exception) -> ApiError:
+    detail = str(exc) or type(exc).__name__
+    return ApiError(503, "store_unavailable", f"the state store did not answer: {detail}")
+
+
+def _audit_query(request: web.Request) -> tuple[str | None, float | None, float | None, int]:
+    query = request.query
+    unknown = sorted(set(query) - AUDIT_PARAMS)
+    if unknown:
+        known = ", ".join(sorted(AUDIT_PARAMS))
+        raise _bad_param(unknown[0], f"unknown parameter (known: {known})")
+    for name in AUDIT_PARAMS:
+        if len(query.getall(name, [])) > 1:
+            raise _bad_param(name, "given more than once")
+    service = query.get("service")
+    if service is not None:
+        service = service.strip()
+        if not service or len(service) > s.MAX_NAME or not service.isprintable():
+            raise _bad_param("service", f"expected a service name (1-{s.MAX_NAME} characters)")
+    now = time.time()
+    bounds: dict[str, float | None] = {}
+    for name in ("since", "until"):
+        raw = query.get(name)
+        try:
+            bounds[name] = None if raw is None else parse_time(raw, now)
+        except ValueError:
+            raise _bad_param(name, f"expected {TIME_HINT}, got {raw!r}") from None
+    since, until = bounds["since"], bounds["until"]
+    if since is not None and until is not None and since > until:
+        raise _bad_param("since", "is after until")
+    raw_limit = query.get("limit")
+    limit = AUDIT_LIMIT
+    if raw_limit is not None:
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= AUDIT_MAX_LIMIT:
+            raise _bad_param("limit", f"expected an integer from 1 to {AUDIT_MAX_LIMIT}")
+        limit = int(raw_limit)
+    return service, since, until, limit
+
+
+async def audit(request: web.Request) -> web.Response:
+    service, since, until, limit = _audit_query(request)
+    try:
+        async with asyncio.timeout(request.app[_COMMAND_TIMEOUT]):
+            found = await _control(request).audit_entries(
+                service, since=since, until=until, limit=limit
+            )
+    except StoreError as exc:
+        raise _store_unavailable(exc) from None
+    except TimeoutError:
+        raise ApiError(504, "timeout", "the state store did not answer in time") from None
+    return _json(s.audit_body(found, service=service, since=since, until=until, limit=limit))
+
+
+async def run_report(request: web.Request) -> web.Response:
+    run_id = request.match_info["id"]
+    _check_run_id(run_id)
+    try:
+        async with asyncio.timeout(request.app[_COMMAND_TIMEOUT]):
+            data = await _control(request).run_report(run_id)
+    except StoreError as exc:
+        raise _store_unavailable(exc) from None
+    except TimeoutError:
+        raise ApiError(504, "timeout", "the state store did not answer in time") from None
+    if data is None:
+        raise ApiError(404, "unknown_run", f"no run with id {run_id!r}")
+    return web.Response(text=report_markdown(data), content_type="text/markdown", charset="utf-8")
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -301,6 +383,19 @@ async def pause_all(request: web.Request) -> web.Response:
 
 
 # --- the route table ----------------------------------------------------------------------
+_TIME_SCHEMA = {"type": "string", "examples": ["2h", "2026-11-26T16:00:00Z", "1795708800"]}
+_AUDIT_QUERY = (
+    QueryParam("service", {"type": "string", "maxLength": s.MAX_NAME}, "one service only"),
+    QueryParam("since", _TIME_SCHEMA, f"entries at or after: {TIME_HINT}"),
+    QueryParam("until", _TIME_SCHEMA, f"entries at or before: {TIME_HINT}"),
+    QueryParam(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": AUDIT_MAX_LIMIT, "default": AUDIT_LIMIT},
+        "the newest this many entries of the window",
+    ),
+)
+
+
 def routes() -> list[tuple[RouteDoc, Handler]]:
     """Every route with its documentation: the app and the OpenAPI document share this."""
     table: list[tuple[RouteDoc, Handler]] = [
@@ -357,6 +452,29 @@ def routes() -> list[tuple[RouteDoc, Handler]]:
         (
             RouteDoc("GET", "/v1/runs/{id}", "run", "a run and its steps", {200: s.RunBody}),
             run,
+        ),
+        (
+            RouteDoc(
+                "GET",
+                "/v1/runs/{id}/report",
+                "run_report",
+                "the run's post-incident report (Markdown): timeline, evidence at decision"
+                " time, step durations, RTO and RPO achieved",
+                {200: "text/markdown", 503: s.ErrorBody},
+            ),
+            run_report,
+        ),
+        (
+            RouteDoc(
+                "GET",
+                "/v1/audit",
+                "audit",
+                "the audit log: decision changes, operator commands, runs and steps, oldest"
+                " first (the newest `limit` in the window)",
+                {200: s.AuditBody, 503: s.ErrorBody},
+                query=_AUDIT_QUERY,
+            ),
+            audit,
         ),
         (
             RouteDoc(

@@ -9,10 +9,12 @@ checks ``status`` and decides.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -22,6 +24,8 @@ DEFAULT_TIMEOUT = 10.0
 READ_ATTEMPTS = 3
 READ_BUDGET = 5.0  # seconds spent retrying reads, at most
 BACKOFF_BASE = 0.2
+
+T = TypeVar("T")
 
 
 class ApiUnreachable(Exception):
@@ -108,6 +112,25 @@ class ApiClient:
     async def run(self, run_id: str) -> dict[str, Any]:
         return await self._get(f"/v1/runs/{quote(run_id, safe='')}")
 
+    async def audit(
+        self,
+        *,
+        service: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """The audit log; ``since``/``until`` as the API takes them (RFC 3339, epoch seconds
+        or a duration ago such as ``2h``): the daemon parses them, against its clock."""
+        query = {"service": service, "since": since, "until": until, "limit": limit}
+        params = {k: str(v) for k, v in query.items() if v is not None}
+        return await self._get("/v1/audit", params)
+
+    async def report(self, run_id: str) -> str:
+        """A run's post-incident report (Markdown)."""
+        path = f"/v1/runs/{quote(run_id, safe='')}/report"
+        return await self._retried(lambda: self._fetch_text(path))
+
     # --- commands ------------------------------------------------------------------------
     async def command(
         self,
@@ -136,11 +159,14 @@ class ApiClient:
         return await self._send("POST", "/v1/pause", body)
 
     # --- plumbing ------------------------------------------------------------------------
-    async def _get(self, path: str) -> dict[str, Any]:
+    async def _get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        return await self._retried(lambda: self._send("GET", path, None, params))
+
+    async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + READ_BUDGET
         for attempt in range(1, READ_ATTEMPTS + 1):
             try:
-                return await self._send("GET", path, None)
+                return await call()
             except ApiUnreachable:
                 wait = random.uniform(0, BACKOFF_BASE * 2 ** (attempt - 1))
                 if attempt == READ_ATTEMPTS or time.monotonic() + wait > deadline:
@@ -148,15 +174,54 @@ class ApiClient:
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    def _session_or_fail(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError("use ApiClient as 'async with ApiClient(...) as api'")
+        return self._session
+
+    async def _fetch_text(self, path: str) -> str:
+        """GET a text document; an error status still answers JSON (``ApiRefused``)."""
+        session = self._session_or_fail()
+        url = self.base_url + path
+        headers = {"Accept": "text/markdown, application/json"}
+        try:
+            async with session.get(url, headers=headers) as resp:
+                status = resp.status
+                text = await resp.text()
+                media = resp.content_type
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ApiUnreachable(
+                f"cannot reach the failoverd API at {self.base_url}: {reason}"
+            ) from None
+        if status < 400:
+            if media != "text/markdown":
+                raise ApiUnreachable(f"{url} answered {media or 'no media type'}: is it failoverd?")
+            return text
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = None
+        if media != "application/json" or not isinstance(payload, dict):
+            raise ApiUnreachable(f"{url} answered HTTP {status} without JSON: is it failoverd?")
+        raise ApiRefused(status, payload)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        session = self._session_or_fail()
         headers = {"Accept": "application/json"}
         if self._token is not None and method != "GET":
             headers["Authorization"] = f"Bearer {self._token}"
         url = self.base_url + path
         try:
-            async with self._session.request(method, url, json=body, headers=headers) as resp:
+            async with session.request(
+                method, url, json=body, headers=headers, params=params
+            ) as resp:
                 try:
                     payload = await resp.json(content_type=None)
                 except ValueError:

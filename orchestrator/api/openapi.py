@@ -17,6 +17,15 @@ _REF = "#/components/schemas/{model}"
 
 
 @dataclass(frozen=True)
+class QueryParam:
+    """An optional query parameter: its name, JSON Schema and description."""
+
+    name: str
+    schema: Mapping[str, Any]
+    description: str
+
+
+@dataclass(frozen=True)
 class RouteDoc:
     """One route as documented. ``responses`` maps a status to a model, or to a media type
     (str) for a non-JSON body."""
@@ -29,6 +38,7 @@ class RouteDoc:
     request: type[BaseModel] | None = None
     authenticated: bool = False
     tags: tuple[str, ...] = field(default=())
+    query: tuple[QueryParam, ...] = field(default=())
 
 
 def _params(path: str) -> list[dict[str, Any]]:
@@ -63,7 +73,7 @@ def build_openapi(routes: Iterable[RouteDoc]) -> dict[str, Any]:
                 content = {"application/json": {"schema": ref(body)}}
             responses[str(status)] = {"description": _describe(status), "content": content}
         errors = {400, 404, 500} | ({401, 403, 409, 504} if r.authenticated else set())
-        if r.request is None:
+        if r.request is None and not r.query:
             errors -= {400}
         for status in sorted(errors - set(r.responses)):
             responses[str(status)] = {
@@ -77,7 +87,17 @@ def build_openapi(routes: Iterable[RouteDoc]) -> dict[str, Any]:
         }
         if r.tags:
             op["tags"] = list(r.tags)
-        if params := _params(r.path):
+        params = _params(r.path) + [
+            {
+                "name": q.name,
+                "in": "query",
+                "required": False,
+                "description": q.description,
+                "schema": dict(q.schema),
+            }
+            for q in r.query
+        ]
+        if params:
             op["parameters"] = params
         if r.request is not None:
             op["requestBody"] = {
@@ -116,7 +136,7 @@ _DESCRIPTIONS = {
     404: "no such service, run or route",
     409: "refused by the engine, or this instance is not the leader (see `leader`)",
     500: "an unexpected error (logged)",
-    503: "not ready",
+    503: "not ready, or the state store did not answer",
     504: "the daemon did not answer in time; the command may still take effect",
 }
 

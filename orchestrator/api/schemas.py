@@ -9,11 +9,12 @@ snapshot's own ``at``, so a response is consistent with itself.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping
-from typing import Annotated
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from orchestrator.audit import AuditEntry, format_time
 from orchestrator.control import CommandResult, ServiceSnapshot
 from orchestrator.engine.healthbook import RegionVerdict, SignalView, VantageView
 from orchestrator.engine.state import Decision, LagReading
@@ -240,6 +241,35 @@ class CommandResultBody(_Out):
     decision: DecisionBody | None = None
 
 
+class AuditEntryBody(_Out):
+    at: float = Field(description="when (epoch seconds)")
+    time: str = Field(description="when (RFC 3339, UTC)")
+    service: str
+    entry: str = Field(
+        description="decision, operator_command, run_started, step_started, step_succeeded,"
+        " step_failed, step_skipped, run_succeeded, run_failed or drill_finished"
+    )
+    run_id: str = Field(description="empty for decisions and operator commands")
+    step: str
+    attempt: int
+    policy_version: str
+    token: int = Field(description="the fencing token of the leader that wrote the record")
+    reasons: list[ReasonBody]
+    summary: str = Field(description="one line for humans")
+    detail: dict[str, Any] = Field(
+        description="the record's detail: a decision's evidence, a command's who and why"
+    )
+
+
+class AuditBody(_Out):
+    service: str | None
+    since: float | None
+    until: float | None
+    limit: int
+    count: int
+    entries: list[AuditEntryBody] = Field(description="oldest first")
+
+
 ErrorBody.model_rebuild()
 
 
@@ -417,6 +447,41 @@ def service_body(s: ServiceSnapshot, *, node_id: str, leader: str | None) -> Ser
         decision=None if s.decision is None else decision_body(s.decision),
         run=None if s.run is None else run_body(s.run),
         recent_decisions=[decision_body(d) for d in s.recent_decisions],
+    )
+
+
+def audit_entry_body(e: AuditEntry) -> AuditEntryBody:
+    return AuditEntryBody(
+        at=e.at,
+        time=format_time(e.at),
+        service=e.service,
+        entry=e.entry.value,
+        run_id=e.run_id,
+        step=e.step,
+        attempt=e.attempt,
+        policy_version=e.policy_version,
+        token=e.token,
+        reasons=_reasons(e.reasons),
+        summary=e.summary,
+        detail=dict(e.detail),
+    )
+
+
+def audit_body(
+    entries: Sequence[AuditEntry],
+    *,
+    service: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+) -> AuditBody:
+    return AuditBody(
+        service=service,
+        since=since,
+        until=until,
+        limit=limit,
+        count=len(entries),
+        entries=[audit_entry_body(e) for e in entries],
     )
 
 

@@ -15,10 +15,11 @@ from orchestrator.control import NotLeaderError
 from orchestrator.controller import Controller
 from orchestrator.daemon_support import POLICY_RELOADS, reload_policies
 from orchestrator.engine.observation import Observation
-from orchestrator.engine.state import Command, OperatorCommand
+from orchestrator.engine.state import Command, OperatorCommand, ServiceState
 from orchestrator.engine.vocabulary import Action, Phase, Reason
 from orchestrator.policy.loader import load_policy_set
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
+from orchestrator.store.base import JournalStatus
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
 from tests.unit.runbook.fakes import ScriptedAction
@@ -161,7 +162,8 @@ async def test_operator_commands_are_journaled_and_act(
         await eventually(lambda: action.calls != [], "the switchover step")
 
         journal = await store.read_run("")
-        assert [(r.step, json.loads(r.detail)) for r in journal][:2] == [
+        commands = [r for r in journal if r.status is JournalStatus.OPERATOR_COMMAND]
+        assert [(r.step, json.loads(r.detail)) for r in commands][:2] == [
             (
                 "operator.pause",
                 {"by": "alice", "force": False, "reason": "maintenance", "to": None},
@@ -194,6 +196,33 @@ async def test_a_follower_starts_nothing_and_refuses_commands(
         assert err.value.leader == "node-b"
         # A follower is ready (it knows the leader): it serves reads and redirects writes.
         await eventually(lambda: controller.readiness().ready, "readiness as a follower")
+
+
+async def test_a_follower_follows_the_leaders_state_and_takes_over_from_it(
+    controller: Controller, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
+) -> None:
+    other = await store.acquire_lease("node-b", 30.0)
+    assert other is not None
+    # The other leader failed the service over (and paused it) while this one followed.
+    moved = ServiceState("shop", "us-west-2", paused=True)
+    await store.save_state(moved, other.token)
+    async for _ in running(controller):
+        await eventually(lambda: controller.leader() == "node-b", "the leader's name")
+
+        def follows() -> bool:
+            snap = controller.snapshot("shop")
+            return snap is not None and snap.active_region == "us-west-2"
+
+        await eventually(follows, "the follower shows the leader's active region")
+        await store.release_lease(other)  # the leader goes away
+        clock.advance(10.0)  # the next lease step (every ttl/3)
+        await eventually(controller.is_leader, "taking over")
+        await controller.evaluate("shop")
+        # The new leader acts from where the old one left off: nothing undone, no new run.
+        stored = await store.load_state("shop")
+        assert stored is not None
+        assert (stored.active_region, stored.paused) == ("us-west-2", True)
+        assert action.calls == [] and await store.unfinished_runs() == []
 
 
 async def test_a_broken_reload_keeps_the_old_set_and_a_good_one_keeps_state(

@@ -344,3 +344,65 @@ def test_bad_flags_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli(argv)
     assert exc.value.code == 2
+
+
+# --- audit and report ---------------------------------------------------------------------
+def test_audit_prints_a_table_of_decisions_commands_runs_and_steps(api: Api) -> None:
+    code, out = cli(["audit", "--api", api.url])
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["TIME", "(UTC)", "SERVICE", "ENTRY", "POLICY", "WHAT", "AND", "WHY"]
+    start = next(line for line in lines if "(run webapp-" in line)
+    assert start.startswith("2026-11-26 16:00:04  webapp   decision")
+    assert "a1b2c3d4 " in start and "failover us-east-1 -> us-west-2" in start
+    assert start.endswith("[active_down]")
+    pause = next(line for line in lines if "operator_command" in line)
+    assert "pause by alice: watching the promotion" in pause
+    failed = next(line for line in lines if "step_failed" in line)
+    assert "step promote-db attempt 1 failed (retryable): Throttling: rate exceeded" in failed
+    assert lines[-1] == f"{len(lines) - 2} entries"
+
+
+def test_audit_passes_its_filters_and_json_is_the_api_document(api: Api) -> None:
+    code, out = cli(
+        [
+            *("audit", "--api", api.url, "--service", "webapp", "--since", "1795708805"),
+            *("--until", "2026-11-26T16:00:38Z", "--limit", "4", "--json"),
+        ]
+    )
+    assert code == 0
+    body = json.loads(out)
+    assert api.control.audit_queries == [("webapp", 1795708805.0, 1795708838.0, 4)]
+    assert body["count"] == 4  # the newest four of the window, the last at 16:00:38
+    assert [e["summary"] for e in body["entries"]][-1] == "step flip-dns attempt 1 started"
+    code, out = cli(["audit", "--api", api.url, "--limit", "2"])
+    assert "2 entries (the limit: older entries may exist" in out
+
+
+def test_audit_with_a_bad_time_exits_2_with_the_api_message(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = cli(["audit", "--api", api.url, "--since", "last tuesday"])
+    assert code == 2
+    assert "since: expected an RFC 3339 time" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["audit", "--limit", "0"])  # caught before any request
+
+
+def test_report_prints_markdown_or_writes_it_to_a_file(api: Api, tmp_path: Path) -> None:
+    from tests.unit.audit_records import RUN_ID
+
+    code, out = cli(["report", RUN_ID, "--api", api.url])
+    assert code == 0
+    assert out.startswith(f"# Incident report: webapp failover run `{RUN_ID}`")
+    assert "| promote-db | rds.promote_read_replica | succeeded | 2 | T+5.0s | 32.0 s |" in out
+    target = tmp_path / "report.md"
+    code, out = cli(["report", RUN_ID, "--api", api.url, "-o", str(target)])
+    assert code == 0 and str(target) in out
+    assert target.read_text().startswith("# Incident report")
+
+
+def test_report_of_an_unknown_run_exits_2(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = cli(["report", "no-such-run", "--api", api.url])
+    assert code == 2 and out == ""
+    assert "no run with id 'no-such-run'" in capsys.readouterr().err

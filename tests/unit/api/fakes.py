@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.audit import AuditEntry, entries
 from orchestrator.control import (
     CommandResult,
     NotLeaderError,
@@ -22,11 +23,14 @@ from orchestrator.engine.decide import decide
 from orchestrator.engine.healthbook import HealthBook
 from orchestrator.engine.observation import FailureKind, Observation
 from orchestrator.engine.state import LagReading, OperatorCommand, RunStatus, ServiceState
+from orchestrator.incident_report import ReportData
 from orchestrator.policy.loader import PolicySet, load_policy_set
 from orchestrator.policy.models import AWS_HEALTH_VANTAGE, AwsHealthSignal, Policy
 from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.journal import StepStatus
 from orchestrator.runbook.rto import AttemptProgress, RunProgress, StepProgress
+from orchestrator.store.base import JournalRecord, check_journal_query, in_window
+from tests.unit import audit_records
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 NOW = 1_700_000_000.0
@@ -154,6 +158,11 @@ class FakeControl:
     snapshots: dict[str, ServiceSnapshot] = field(default_factory=dict)
     runs: dict[str, RunProgress] = field(default_factory=lambda: {RUN_ID: run_progress()})
     readiness_reports: dict[str, ReadinessReport] = field(default_factory=dict)
+    journal: list[JournalRecord] = field(default_factory=audit_records.journal)
+    audit_fail: Exception | None = None  # raised by the audit reads (a store error)
+    audit_queries: list[tuple[str | None, float | None, float | None, int]] = field(
+        default_factory=list
+    )
 
     def __post_init__(self) -> None:
         if not self.snapshots:
@@ -185,6 +194,35 @@ class FakeControl:
 
     async def run_progress(self, run_id: str) -> RunProgress | None:
         return self.runs.get(run_id)
+
+    async def audit_entries(
+        self,
+        service: str | None = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> Sequence[AuditEntry]:
+        """As the store's read_journal: the newest ``limit`` in the window, oldest first."""
+        self.audit_queries.append((service, since, until, limit))
+        if self.audit_fail is not None:
+            raise self.audit_fail
+        check_journal_query(since, until, limit)
+        found = [
+            r
+            for r in self.journal
+            if (service is None or r.service == service) and in_window(r, since, until)
+        ]
+        return entries(found[-limit:])
+
+    async def run_report(self, run_id: str) -> ReportData | None:
+        if self.audit_fail is not None:
+            raise self.audit_fail
+        run = [r for r in self.journal if r.run_id == run_id]
+        if not run:
+            return None
+        around = [r for r in self.journal if r.run_id == "" and r.at <= run[-1].at]
+        return ReportData(run=run, around=around, rpo=60.0, now=run[-1].at + 60.0)
 
     async def command(self, service: str, command: OperatorCommand) -> CommandResult:
         if not self.is_leader():
