@@ -29,10 +29,11 @@ scenarios: $(STAMP)
 	$(VENV)/bin/failoverd validate policies
 	$(VENV)/bin/failoverd test policies
 
-schema: $(STAMP) ## regenerate policies/schema.json and the policy/settings references from the models
+schema: $(STAMP) ## regenerate policies/schema.json and the policy/settings/metrics references from the models
 	$(VENV)/bin/failoverd schema -o policies/schema.json
 	$(VENV)/bin/failoverd schema --markdown -o docs/policy-reference.md
 	$(PY) -c 'from orchestrator.settings import settings_reference as r; print(r(), end="")' > docs/settings-reference.md
+	$(PY) -m orchestrator.metrics_export > docs/metrics.md
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

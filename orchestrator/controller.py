@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -65,9 +66,10 @@ from orchestrator.store.base import (
     Store,
     StoreError,
 )
-from orchestrator.telemetry import OBSERVATIONS, get_logger
+from orchestrator.telemetry import AUDIT_RECORDS, OBSERVATIONS, get_logger
 
 LEASE_SAFETY = 0.8  # act for at most this share of the lease's TTL after each renewal
+FOLLOWER_RETRY = 1.0  # seconds between a follower's attempts to take the lease
 
 log = get_logger("failoverd.controller")
 
@@ -137,6 +139,7 @@ class Controller:
         self._debounce = debounce
         self.executor = Executor(store, aws, clock, token=self.token, actions=actions)
         self.audit = AuditWriter(store, timeout=store.timeout + 1)
+        self.audit.on_outcome = lambda outcome: AUDIT_RECORDS.labels(outcome=outcome).inc()
         self._services: dict[str, _Service] = {}
         self._lease: Lease | None = None
         self._lease_deadline = 0.0  # monotonic: past it the lease may have expired
@@ -201,7 +204,9 @@ class Controller:
     def services(self) -> Sequence[str]:
         return sorted(self._services)
 
-    def snapshot(self, service: str) -> ServiceSnapshot | None:
+    def snapshot(self, service: str, *, evidence: bool = True) -> ServiceSnapshot | None:
+        """The service as the front doors show it; ``evidence=False`` skips the per-vantage
+        evidence (the costly part), for readers that only need verdicts and the run."""
         svc = self._services.get(service)
         if svc is None:
             return None
@@ -220,7 +225,7 @@ class Controller:
             rto=p.rto,
             rpo=p.rpo,
             verdicts=dict(svc.verdicts),
-            evidence={r: svc.book.evidence(r, now) for r in p.regions},
+            evidence={r: svc.book.evidence(r, now) for r in p.regions} if evidence else {},
             lag=dict(svc.lag),
             decision=d,
             run=svc.progress,
@@ -544,6 +549,9 @@ class Controller:
     async def _tick_loop(self) -> None:
         while True:
             healthy = True
+            # Cleared before the pass, not after it: an observation or a run's end arriving
+            # during the pass must bring the next one forward, not wait a whole tick.
+            self._wake.clear()
             if not self._stopping:
                 try:
                     await self.evaluate_all()
@@ -560,7 +568,6 @@ class Controller:
             await self._wait_for_tick()
 
     async def _wait_for_tick(self) -> None:
-        self._wake.clear()
         sleeper = asyncio.ensure_future(self._clock.sleep(self._tick))
         woken = asyncio.ensure_future(self._wake.wait())
         try:
@@ -575,11 +582,18 @@ class Controller:
 
     # -- leadership --------------------------------------------------------------------
     async def _lease_loop(self) -> None:
+        followed = -math.inf
         while True:
             await self.lease_step()
-            if self._lease is None:
+            if self._lease is not None:
+                await self._clock.sleep(self._ttl / 3)
+                continue
+            if self._clock.monotonic() - followed >= self._ttl / 3:
+                followed = self._clock.monotonic()
                 await self.follow_store()
-            await self._clock.sleep(self._ttl / 3)
+            # A follower asks again soon: a dead leader's lease ends at an instant unknown
+            # here, and waiting a whole ttl/3 after it would add up to ttl/3 to a takeover.
+            await self._clock.sleep(min(self._ttl / 3, FOLLOWER_RETRY))
 
     async def follow_store(self) -> bool:
         """Adopt the leader's service states from the store (a follower's, and a new

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import random
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -46,11 +47,13 @@ from orchestrator.daemon_support import (
     try_load,
 )
 from orchestrator.events import EventPublisher
+from orchestrator.metrics_export import MetricsExporter, watch_loop_lag
 from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport, readiness
 from orchestrator.sdnotify import Notifier
+from orchestrator.settings import SettingsError, StateSettings
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
@@ -59,13 +62,14 @@ from orchestrator.signals.mqtt_agents import BrokerConfig, MqttAgentSource
 from orchestrator.signals.probes import ProbeContext
 from orchestrator.signals.scheduler import ProbeScheduler
 from orchestrator.store.base import StoreError
-from orchestrator.store.sqlite import SqliteStore
+from orchestrator.store.open import describe, open_store
 from orchestrator.telemetry import configure_logging, get_logger
 
 log = get_logger("failoverd.daemon")
 
 DEFAULT_CONFIG = "/etc/failoverd/failoverd.yaml"
 SHUTDOWN_GRACE = 6.0  # of the 10 s systemd and the issue allow; the rest is closing
+STORE_RETRY_BASE, STORE_RETRY_CAP = 0.25, 5.0  # loading state while the store is unreachable
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,13 @@ class DaemonSettings:
     http_token_file: str | None = None
     log_level: str = "info"
     policy_poll_interval: float = 3.0
+    state: StateSettings | None = None  # the store; None: SQLite at state_path
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def state_settings(self) -> StateSettings:
+        if self.state is not None:
+            return self.state
+        return StateSettings(path=Path(self.state_path), timeout=self.store_timeout)
 
 
 def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> DaemonSettings:
@@ -108,6 +118,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         policies=tuple(str(p) for p in s.policies),
         state_path=str(s.state.path),
         store_timeout=s.state.timeout,
+        state=s.state,
         lease_ttl=s.leader.ttl,
         tick=s.engine.tick,
         aws_endpoint_url=s.aws.endpoint_url,
@@ -172,11 +183,13 @@ class Daemon:
         if policies is None:
             log.error("daemon_not_started", why="the policies have errors")
             return 2
+        state = s.state_settings()
         try:
-            store = await SqliteStore.open(s.state_path, timeout=s.store_timeout, clock=self.clock)
-        except StoreError as exc:
+            store = await open_store(state, clock=self.clock)
+        except (StoreError, SettingsError) as exc:
             log.error("daemon_not_started", why=str(exc))
             return 2
+        log.info("state_store_opened", **describe(state))
         controller = Controller(
             policies,
             store,
@@ -187,8 +200,8 @@ class Daemon:
             tick=s.tick,
         )
         try:
-            await controller.load()
             controller.on_tick.append(lambda: self._ticked(controller))
+            MetricsExporter(controller, self.clock, backend=state.backend).install()
             await self._supervise(controller)
         finally:
             await controller.close()
@@ -216,7 +229,8 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         try:
             async with asyncio.TaskGroup() as tg:
-                core = tg.create_task(controller.run())
+                core = tg.create_task(self._core(controller))
+                loop_lag = tg.create_task(watch_loop_lag(self.clock))
                 events = self._start_events(controller, tg)
                 self.jobs = DaemonJobs(
                     controller,
@@ -236,12 +250,37 @@ class Daemon:
                 watcher.cancel()
                 jobs.cancel()  # no drill or readiness check starts while draining
                 await controller.drain(SHUTDOWN_GRACE)
-                for task in (self._sources, core, api, events):
+                for task in (self._sources, core, api, events, loop_lag):
                     if task is not None:
                         task.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    async def _core(self, controller: Controller) -> None:
+        """Load the services' state, then run the controller. The store may be unreachable
+        at start (an etcd outage, a member being replaced): the daemon waits for it, its
+        API up and /readyz saying why it is not ready, rather than exiting into a restart
+        loop that would throw the health windows away each time."""
+        failures = 0
+        while True:
+            try:
+                await controller.load()
+                break
+            except StoreError as exc:
+                failures += 1
+                delay = min(STORE_RETRY_CAP, STORE_RETRY_BASE * 2 ** min(failures, 8))
+                delay = random.uniform(delay / 2, delay)
+                log.warning(
+                    "state_store_unreachable",
+                    error=str(exc) or type(exc).__name__,
+                    attempt=failures,
+                    retry_in=round(delay, 2),
+                )
+                await self.clock.sleep(delay)
+        if failures:
+            log.info("state_store_reachable", attempts=failures + 1)
+        await controller.run()
 
     def _start_events(
         self, controller: Controller, tg: asyncio.TaskGroup

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import random
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from orchestrator.controller import Controller
 from orchestrator.drills import DrillSchedule
 from orchestrator.engine.state import Command, OperatorCommand, RunStatus
 from orchestrator.events import EventPublisher
+from orchestrator.metrics_export import record_reload
 from orchestrator.policy.loader import PolicySet, load_policy_set, policy_files
 from orchestrator.policy.models import DrillMode, DrillSpec, Policy
 from orchestrator.policy.yamlsource import SourceErrors
@@ -88,11 +90,13 @@ async def reload_policies(controller: Controller, paths: Sequence[str], why: str
     new = try_load(paths)
     if new is None:
         POLICY_RELOADS.labels(outcome="failure").inc()
+        record_reload(False, controller.policy_version, time.time())
         log.error("policy_reload_failed", why=why, kept_version=controller.policy_version)
         return False
     old = controller.policy_version
     await controller.swap(new)
     POLICY_RELOADS.labels(outcome="success").inc()
+    record_reload(True, new.version, time.time())
     log.info("policy_reloaded", why=why, old_version=old, version=new.version)
     return True
 

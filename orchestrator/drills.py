@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -433,7 +434,12 @@ def add_drill_parser(
     )
     p.add_argument("--endpoint-url", help="send every AWS call here (an emulator)")
     p.add_argument("--hold", default="5m", help="switchover: time on the standby (default 5m)")
-    p.add_argument("--state", help="switchover: the state store (SQLite file); required")
+    p.add_argument("--state", help="switchover: the daemon's SQLite state file (or use --config)")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="switchover: the daemon's settings file; its state store is used (SQLite or etcd)",
+    )
     p.add_argument("--report", help="switchover: write the report here (.json: JSON, else MD)")
     p.add_argument("--node-id", default="drill", help="lease holder name (default: drill)")
     return p
@@ -466,8 +472,11 @@ def run_drill(args: argparse.Namespace) -> int:
         report = asyncio.run(dry_run(policy, aws))
         print(format_dry_run(report))
         return EXIT_OK if report.ready else EXIT_FAILED
-    if not args.state:
-        return _usage("--mode switchover needs --state (the daemon's state store)")
+    if not args.state and not args.config:
+        return _usage(
+            "--mode switchover needs the daemon's state store: --config (its settings file)"
+            " or --state (a SQLite file)"
+        )
     result = asyncio.run(_switchover(args, policy, policies.version, aws, hold))
     if isinstance(result, int):
         return result
@@ -484,9 +493,22 @@ def run_drill(args: argparse.Namespace) -> int:
 async def _switchover(
     args: argparse.Namespace, policy: Policy, version: str, aws: AwsClients, hold: float
 ) -> DrillReport | int:
+    from orchestrator.policy.yamlsource import SourceErrors
+    from orchestrator.settings import SettingsError, load_settings
+    from orchestrator.store.open import open_store
     from orchestrator.store.sqlite import SqliteStore
 
-    store = await SqliteStore.open(Path(args.state))
+    store: Store
+    if args.state:
+        store = await SqliteStore.open(Path(args.state))
+    else:
+        try:
+            settings = load_settings(args.config, os.environ)
+            store = await open_store(settings.state)
+        except SourceErrors as exc:
+            return _usage("\n".join(str(e) for e in exc.errors))
+        except (SettingsError, OSError) as exc:
+            return _usage(str(exc))
     try:
         lease = await store.acquire_lease(args.node_id, LEASE_TTL)
         if lease is None:

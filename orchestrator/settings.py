@@ -5,8 +5,8 @@ reader, so every problem names ``file:line:column`` and the key path, and unknow
 errors. Environment variables override single keys, nested with ``__``:
 ``FAILOVERD_HTTP__PORT=9090`` sets ``http.port``; a problem there names the variable.
 
-Secrets are never settings: the API token and the broker password are *files*, read when
-they are used (so a rotated file is picked up), and AWS credentials come from the standard
+Secrets are never settings: the API token and the broker and etcd passwords are *files*,
+read when they are used (so a rotated file is picked up), and AWS credentials come from the standard
 chain (environment, profile, instance or container role). Printing or logging a
 :class:`Settings` therefore cannot leak one.
 """
@@ -91,21 +91,109 @@ def read_secret_file(path: Path, what: str) -> str:
     return secret
 
 
+class EtcdSettings(Section):
+    """The etcd cluster of the `etcd` state store (several failoverd instances, one acts).
+    Run it across three regions: it must outlive the loss of any one of them."""
+
+    endpoints: list[str] = Field(
+        default_factory=list,
+        description="Client URLs of the cluster's members, `http://host:2379` or `https://...`"
+        " (list them all: a call goes to another member when one does not answer).",
+    )
+    prefix: str = Field(
+        "/failoverd",
+        description="Key prefix of everything this deployment keeps in etcd (one prefix per"
+        " deployment sharing a cluster).",
+    )
+    ca_file: Path | None = Field(
+        None, description="CA bundle that signed the members' certificates (default: system)."
+    )
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client certificate key.")
+    username: str | None = Field(None, description="etcd user (etcd's own authentication).")
+    password_file: Path | None = Field(
+        None, description="File whose first line is the etcd user's password (read at start)."
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[str]) -> list[str]:
+        for url in v:
+            _http_url(url)
+            if urlsplit(url).path not in ("", "/"):
+                raise ValueError(f"expected a member's base URL without a path, got {url!r}")
+        if len(set(v)) != len(v):
+            raise ValueError("an endpoint is listed twice")
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/") or v.endswith("/") or any(c.isspace() for c in v):
+            raise ValueError(
+                f"expected a key prefix such as /failoverd (a leading /, no trailing / and no"
+                f" spaces), got {v!r}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> EtcdSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together: set both or neither")
+        tls = {"ca_file": self.ca_file, "cert_file": self.cert_file, "key_file": self.key_file}
+        for name, path in tls.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist or is not a file")
+        if any(tls.values()):
+            plain = [u for u in self.endpoints if urlsplit(u).scheme != "https"]
+            if plain:
+                raise ValueError(
+                    "TLS files are set, so every endpoint must be https://; not: "
+                    + ", ".join(plain)
+                )
+        return self
+
+    def password(self) -> str | None:
+        """The password, read from ``password_file`` now; None without authentication."""
+        if self.password_file is None:
+            return None
+        return read_secret_file(self.password_file, "state.etcd.password_file")
+
+
 class StateSettings(Section):
     """Where the daemon keeps its journal, service state and leader lease."""
 
-    backend: Literal["sqlite"] = Field(
-        "sqlite", description="The state store; `sqlite` is the embedded single-node store."
+    backend: Literal["sqlite", "etcd"] = Field(
+        "sqlite",
+        description="The state store: `sqlite`, the embedded single-node store (one instance,"
+        " or several on one host), or `etcd`, an etcd cluster shared by several instances"
+        " (high availability; see docs/deployment.md).",
     )
-    path: Path = Field(Path("/var/lib/failoverd/state.db"), description="The SQLite database file.")
+    path: Path = Field(
+        Path("/var/lib/failoverd/state.db"),
+        description="The SQLite database file (backend `sqlite`).",
+    )
     timeout: Duration = Field(
         5.0, description="Bound of every store call; a slower store counts as unreachable."
+    )
+    etcd: EtcdSettings = Field(
+        default_factory=EtcdSettings, description="The etcd cluster (backend `etcd`)."
     )
 
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, v: float) -> float:
         return _positive(v, "timeout")
+
+    @model_validator(mode="after")
+    def _backend(self) -> StateSettings:
+        if self.backend == "etcd" and not self.etcd.endpoints:
+            raise ValueError(
+                "backend is etcd but etcd.endpoints is empty; list the cluster's client URLs"
+            )
+        return self
 
 
 class LeaderSettings(Section):
@@ -448,6 +536,7 @@ def env_path(path: Path_) -> str:
 
 _SECTIONS: tuple[type[BaseModel], ...] = (
     StateSettings,
+    EtcdSettings,
     LeaderSettings,
     EngineSettings,
     AwsSettings,
@@ -476,17 +565,25 @@ def settings_reference() -> str:
         " unset; a variable with the prefix that names no setting is an error.",
         "",
         "Durations are written `500ms`, `30s`, `5m`, `1h`. Unknown keys are errors everywhere."
-        " Secrets are never settings: the API token and the broker password are files, read"
-        " when used; AWS credentials come from the standard chain (environment, profile,"
-        " instance or container role).",
+        " Secrets are never settings: the API token and the broker and etcd passwords are"
+        " files, read when used; AWS credentials come from the standard chain (environment,"
+        " profile, instance or container role).",
         "",
         *_section(Settings, "## Top level", ()),
+        *_subsections(Settings, ()),
     ]
-    for name, field in Settings.model_fields.items():
-        model = field.annotation
-        if isinstance(model, type) and model in _SECTIONS:
-            lines += _section(model, f"## `{name}`", (name,))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _subsections(model: type[BaseModel], prefix: Path_) -> list[str]:
+    out: list[str] = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and sub in _SECTIONS:
+            path = (*prefix, name)
+            title = "## `" + ".".join(str(p) for p in path) + "`"
+            out += _section(sub, title, path) + _subsections(sub, path)
+    return out
 
 
 def _section(model: type[BaseModel], title: str, prefix: Path_) -> list[str]:
@@ -496,12 +593,15 @@ def _section(model: type[BaseModel], title: str, prefix: Path_) -> list[str]:
         out += [doc, ""]
     out += ["| key | type | default | environment | meaning |", "|---|---|---|---|---|"]
     for name, field in model.model_fields.items():
+        env = env_path((*prefix, name))
         if isinstance(field.annotation, type) and field.annotation in _SECTIONS:
-            continue  # a whole section: documented under its own heading
+            if prefix:  # a nested section: a row pointing at its own heading
+                where = ".".join(str(p) for p in (*prefix, name))
+                out.append(f"| `{name}` | section | — | `{env}__*` | see `{where}` below |")
+            continue  # a top-level section: documented under its own heading
         meaning = " ".join((field.description or "").split()).replace("|", "\\|")
         kind = _type_name(field).replace("|", "\\|")
         default = _default_text(name, field).replace("|", "\\|")
-        env = env_path((*prefix, name))
         out.append(f"| `{name}` | {kind} | {default} | `{env}` | {meaning} |")
     return [*out, ""]
 

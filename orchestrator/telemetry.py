@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 _PROBE = ("service", "region", "signal", "vantage")
 
@@ -198,6 +198,121 @@ OBSERVATIONS = Counter(
     "failoverd_observations_total", "Observations fed to the health book, by source.", ("source",)
 )
 
+# --- engine state (orchestrator.metrics_export sets these after every engine pass) -------
+# Enum gauges: one series per possible value, 1 for the current one and 0 for the others, so
+# a query never depends on a series appearing or vanishing when the value changes.
+REGION_VERDICT = Gauge(
+    "failoverd_region_verdict",
+    "A region's verdict as an enum: 1 for the current one (healthy, degraded, down,"
+    " unknown), 0 for the others.",
+    ("service", "region", "verdict"),
+)
+SERVICE_PHASE = Gauge(
+    "failoverd_service_phase",
+    "A service's phase as an enum: 1 for the current one (steady, suspect, blocked,"
+    " awaiting_approval, failing_over, failed, paused), 0 for the others.",
+    ("service", "phase"),
+)
+DECISION_REASON = Gauge(
+    "failoverd_decision_reason",
+    "1 for each reason code of the service's current decision; other reasons have no series.",
+    ("service", "reason"),
+)
+DECISION_CHANGES = Counter(
+    "failoverd_decision_changes_total",
+    "Decisions that differed from the service's previous one (phase, action, target or reasons).",
+    ("service",),
+)
+ACTIVE_REGION = Gauge(
+    "failoverd_active_region",
+    "1 for the service's active region, 0 for its other regions.",
+    ("service", "region"),
+)
+RTO_SECONDS = Gauge("failoverd_rto_seconds", "The policy's recovery time objective.", ("service",))
+RPO_SECONDS = Gauge("failoverd_rpo_seconds", "The policy's recovery point objective.", ("service",))
+VANTAGE_UP = Gauge(
+    "failoverd_vantage_up",
+    "1 when a vantage point's latest observations of a region pass, 0 when they fail; no"
+    " series while unknown. Local probes, agents and the aws_health/cloudwatch vantages.",
+    ("service", "region", "vantage"),
+)
+
+# --- runs --------------------------------------------------------------------------------
+RUNS_STARTED = Counter(
+    "failoverd_runs_started_total",
+    "Runbook runs started, by kind (failover, switchover, failback) and initiator (policy,"
+    " operator). Runs resumed after a restart are not counted again.",
+    ("service", "kind", "initiator"),
+)
+RUN_DURATION = Histogram(
+    "failoverd_run_duration_seconds",
+    "How long a run took from detection (or from the decision, for an operator's run) to its"
+    " end: the time the RTO is measured against.",
+    ("service", "kind", "outcome"),
+    buckets=(5, 10, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 2700, 3600, 7200),
+)
+RUN_IN_PROGRESS = Gauge(
+    "failoverd_run_in_progress", "1 while a run of the service is in progress.", ("service",)
+)
+RUN_AWAITING_APPROVAL = Gauge(
+    "failoverd_run_awaiting_approval",
+    "1 while the service waits for an operator's approval (before or during a run).",
+    ("service",),
+)
+RUN_RTO_BUDGET_REMAINING = Gauge(
+    "failoverd_run_rto_budget_remaining_seconds",
+    "RTO left for the run in progress (negative once overrun); no series without a run.",
+    ("service",),
+)
+RUN_STEP_STATE = Gauge(
+    "failoverd_run_step_state",
+    "The current (or last) run's steps as an enum: 1 for the step's state (pending, running,"
+    " succeeded, failed, skipped), 0 for the others.",
+    ("service", "step", "state"),
+)
+
+# --- leadership, store, policies, daemon -------------------------------------------------
+IS_LEADER = Gauge("failoverd_is_leader", "1 while this instance holds the leader lease.")
+FENCING_TOKEN = Gauge(
+    "failoverd_fencing_token", "The fencing token of the lease held (0 when not leading)."
+)
+LEADER_TRANSITIONS = Counter(
+    "failoverd_leader_transitions_total",
+    "Leader lease transitions of this instance, by event (acquired, lost).",
+    ("event",),
+)
+STORE_UP = Gauge(
+    "failoverd_store_up",
+    "1 when the last state-store call or lease step reached the store.",
+    ("backend",),
+)
+# Info metrics: their labels are the keys of the dict given to .info(), listed here for the
+# generated reference (docs/metrics.md).
+POLICY_INFO = Info("failoverd_policy", "The policy set in use (version: its hash).")
+BUILD_INFO = Info("failoverd_build", "The failoverd build running, and its Python.")
+INFO_LABELS: dict[str, tuple[str, ...]] = {
+    "failoverd_policy": ("version",),
+    "failoverd_build": ("version", "python"),
+}
+POLICY_LAST_RELOAD_SUCCESSFUL = Gauge(
+    "failoverd_policy_last_reload_successful",
+    "1 when the last policy reload (or the load at start) succeeded, 0 when it failed.",
+)
+POLICY_LAST_RELOAD_TIMESTAMP = Gauge(
+    "failoverd_policy_last_reload_timestamp_seconds",
+    "When the policy set in use was loaded (Unix time).",
+)
+ENGINE_TICK_DURATION = Histogram(
+    "failoverd_engine_tick_duration_seconds",
+    "How long one engine pass over every service took.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+EVENT_LOOP_LAG = Histogram(
+    "failoverd_event_loop_lag_seconds",
+    "How late a 0.25 s timer fired: time the event loop was busy with something else.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
 
 # --- logging ------------------------------------------------------------------------------
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
@@ -223,3 +338,11 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
 
 def get_logger(name: str = "failoverd") -> Any:
     return structlog.get_logger(name)
+
+
+# --- audit --------------------------------------------------------------------------------
+AUDIT_RECORDS = Counter(
+    "failoverd_audit_records_total",
+    "Decision records for the audit log, by outcome (written, failed, dropped).",
+    ("outcome",),
+)

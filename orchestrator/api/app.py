@@ -159,7 +159,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[_REGISTRY])
+    # Rendering 1,000 services' series takes ~0.5 s: off the event loop, which the engine
+    # and the lease renewal share.
+    body = await asyncio.to_thread(generate_latest, request.app[_REGISTRY])
     # web.Response(content_type=...) refuses parameters; the exposition type carries two.
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

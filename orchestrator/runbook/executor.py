@@ -72,7 +72,7 @@ from orchestrator.runbook.journal import (
     fold,
 )
 from orchestrator.runbook.retry import Backoff, Failure, classify
-from orchestrator.runbook.rto import RunProgress, build_progress, rto_remaining
+from orchestrator.runbook.rto import RunProgress, build_progress, rto_clock_start, rto_remaining
 from orchestrator.signals.aws_clients import AwsClients
 from orchestrator.store.base import (
     FencedOut,
@@ -83,9 +83,11 @@ from orchestrator.store.base import (
     StoreUnavailable,
 )
 from orchestrator.telemetry import (
+    RUN_DURATION,
     RUNBOOK_STEP_ATTEMPTS,
     RUNBOOK_STEP_DURATION,
     RUNS_FINISHED,
+    RUNS_STARTED,
     get_logger,
 )
 
@@ -166,6 +168,7 @@ class Executor:
         if state.run is None or state.run.id != header.run_id:
             state = apply_decision(state, decision, header.run_id)
         record = await self._append(header, JournalStatus.RUN_STARTED, detail=header.detail())
+        RUNS_STARTED.labels(header.service, header.kind, decision.initiated_by.value).inc()
         await self._save_state(state)
         run = self._new_run(fold([record]))
         run.log.info(
@@ -291,7 +294,10 @@ class Executor:
         await self._settle_state(header, ok, error)
         status = JournalStatus.RUN_SUCCEEDED if ok else JournalStatus.RUN_FAILED
         await self._append(header, status, error=error)
-        RUNS_FINISHED.labels(header.service, header.kind, "succeeded" if ok else "failed").inc()
+        outcome = "succeeded" if ok else "failed"
+        RUNS_FINISHED.labels(header.service, header.kind, outcome).inc()
+        elapsed = self._clock.now() - rto_clock_start(header.detected_at, header.decided_at)
+        RUN_DURATION.labels(header.service, header.kind, outcome).observe(max(elapsed, 0.0))
         event = "run_succeeded" if ok else "run_failed"
         (run.log.info if ok else run.log.error)(
             event, target=header.target, error=error, rto_remaining=self._rto_remaining(header)

@@ -11,6 +11,12 @@ into a running sandbox.
 
 Exit codes: 0 ok; 1 the demo did not end in the standby region, or a part failed while
 running; 2 the sandbox could not start, or a fault was refused or could not be sent.
+
+``--instances N`` (N > 1) runs the high-availability setup instead of one daemon: a
+3-member etcd cluster (``/usr/bin/etcd``, Debian's ``etcd-server``) on loopback and N
+daemons on the etcd store, each with its own API; it prints every instance's API and who
+leads, and the summaries and the demo follow the leader. Stop the leader (``kill <pid>``
+from the printed pids) to watch another take over.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import yaml
 
 from orchestrator.sandbox.broker import available as embedded_broker_available
 from orchestrator.sandbox.control import FAULTS, ControlServer, FaultError, Faults, send_fault
+from orchestrator.sandbox.etcd_cluster import EtcdCluster, EtcdClusterError, etcd_binary
 from orchestrator.sandbox.fault_proxy import FaultProxy
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints
@@ -65,6 +72,8 @@ AGENTS = ("agent-eu", "agent-ap")
 START_DEADLINE = 30.0  # seconds for a subprocess to come up (2 cores, cold imports)
 STOP_DEADLINE = 10.0  # seconds after SIGTERM before SIGKILL
 SUMMARY_EVERY = 2.0
+MAX_INSTANCES = 5
+HA_LEASE_TTL = "5s"  # the sandbox's lease with several instances: takeovers worth watching
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=3)
 ROOT = Path(__file__).parents[2]
 
@@ -91,6 +100,13 @@ def add_sandbox_parser(
     p.add_argument("--deadline", type=float, default=90.0, help="seconds the whole demo may take")
     p.add_argument("--no-agents", action="store_true", help="no broker, no agents")
     p.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help=f"daemons to run (1-{MAX_INSTANCES}); more than 1 also starts a 3-member etcd"
+        " cluster on loopback for them to share (high availability)",
+    )
+    p.add_argument(
         "--keep", action="store_true", help="keep the working directory (logs, state) at exit"
     )
     sub = p.add_subparsers(dest="sandbox_command", metavar="fault")
@@ -116,6 +132,19 @@ def run_sandbox(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     if args.deadline <= 0:
         print("sandbox: --deadline must be greater than zero", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if not 1 <= args.instances <= MAX_INSTANCES:
+        print(
+            f"sandbox: --instances must be 1..{MAX_INSTANCES}, got {args.instances}",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
+    if args.instances > 1 and etcd_binary() is None:
+        print(
+            "sandbox: --instances needs etcd (apt-get install etcd-server): /usr/bin/etcd is"
+            " not installed",
+            file=sys.stderr,
+        )
         return EXIT_UNUSABLE
     configure_logging("warning")
     return asyncio.run(_main(args))
@@ -240,8 +269,11 @@ class Sandbox:
     agents: bool
     workdir: Path
     out: TextIO = sys.stdout
+    instances: int = 1
     pids: dict[str, int] = field(default_factory=dict)
-    api_url: str = ""
+    api_url: str = ""  # the leader's API (the only daemon's with one instance)
+    apis: dict[str, str] = field(default_factory=dict)  # node id -> API URL
+    etcd: EtcdCluster | None = None
     control_url: str = ""
     zone_id: str = ""
     token_file: Path = Path()
@@ -289,8 +321,68 @@ class Sandbox:
                 argv = [sys.executable, "-m", "orchestrator", "agent", "--id", agent]
                 argv += ["--broker", broker, "--policies", str(policies)]
                 await self._process(agent, argv)
-        await self._start_daemon(policies, broker)
+        self.token_file = self.workdir / "token"
+        self.token_file.write_text(secrets.token_urlsafe(24) + "\n")
+        self.token_file.chmod(0o600)
+        if self.instances == 1:
+            await self._start_daemon("sandbox", "daemon", self.port, policies, broker, None)
+        else:
+            await self._start_etcd()
+            for i in range(1, self.instances + 1):
+                port = self.port + i - 1 if self.port else 0
+                await self._start_daemon(
+                    f"sandbox-{i}", f"daemon-{i}", port, policies, broker, self.etcd
+                )
+            self.api_url = self.apis[await self.wait_leader()]
         self._write_state()
+
+    async def _start_etcd(self) -> None:
+        binary = etcd_binary()
+        if binary is None:
+            raise SandboxError("etcd is not installed (apt-get install etcd-server)")
+        cluster = EtcdCluster(self.workdir / "etcd", binary=binary)
+        self._stack.push_async_callback(asyncio.to_thread, cluster.close)
+        try:
+            await asyncio.to_thread(cluster.start, START_DEADLINE)
+        except EtcdClusterError as exc:
+            raise SandboxError(str(exc)) from None
+        for name in cluster.names:
+            proc = cluster.member(name).proc
+            if proc is not None:
+                self.pids[name] = proc.pid
+        self.etcd = cluster
+
+    async def leader(self, http: aiohttp.ClientSession) -> str | None:
+        """The node id that says it leads, asking every instance (None: none does)."""
+        for name, url in self.apis.items():
+            try:
+                async with http.get(f"{url}/v1/status") as response:
+                    body = await response.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+            if isinstance(body, dict) and body.get("is_leader"):
+                return name
+        return None
+
+    async def follow_leader(self, http: aiohttp.ClientSession) -> None:
+        """Point ``api_url`` at the leader, saying so when it changed."""
+        found = await self.leader(http)
+        stamp = time.strftime("%H:%M:%S")
+        if found is None:
+            self._say(f"{stamp} leader: none (an election is under way, or etcd has no quorum)")
+        elif self.apis[found] != self.api_url:
+            self.api_url = self.apis[found]
+            self._say(f"{stamp} leader: {found} {self.api_url}")
+
+    async def wait_leader(self, within: float = START_DEADLINE) -> str:
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+            while time.monotonic() < deadline:
+                found = await self.leader(http)
+                if found is not None:
+                    return found
+                await asyncio.sleep(0.2)
+        raise SandboxError(f"no instance took the lead within {within:.0f}s")
 
     async def aclose(self) -> None:
         pointer = pointer_file()
@@ -344,43 +436,54 @@ class Sandbox:
         self.broker_note = f"broker mqtt://127.0.0.1:{port} (amqtt); agents {', '.join(AGENTS)}"
         return f"mqtt://127.0.0.1:{port}"
 
-    async def _start_daemon(self, policies: Path, broker: str | None) -> None:
-        self.token_file = self.workdir / "token"
-        self.token_file.write_text(secrets.token_urlsafe(24) + "\n")
-        self.token_file.chmod(0o600)
+    async def _start_daemon(
+        self,
+        node_id: str,
+        name: str,
+        port: int,
+        policies: Path,
+        broker: str | None,
+        etcd: EtcdCluster | None,
+    ) -> None:
+        state: dict[str, Any] = {"path": str(self.workdir / "state.db")}
+        if etcd is not None:
+            state = {"backend": "etcd", "etcd": {"endpoints": list(etcd.endpoints)}}
         settings: dict[str, Any] = {
-            "node_id": "sandbox",
+            "node_id": node_id,
             "policies": [str(policies)],
-            "state": {"path": str(self.workdir / "state.db")},
+            "state": state,
             "engine": {"tick": "500ms"},
-            "leader": {"ttl": "3s"},
+            "leader": {"ttl": "3s" if etcd is None else HA_LEASE_TTL},
             "aws": {
                 "endpoint_url": self.proxy.endpoint_url,
                 "health_endpoint_url": self.health.endpoint_url,
                 "read_timeout": "5s",
             },
-            "http": {"bind": "127.0.0.1", "port": self.port, "token_file": str(self.token_file)},
+            "http": {"bind": "127.0.0.1", "port": port, "token_file": str(self.token_file)},
             "log": {"format": "json"},
         }
         if broker:
             settings["mqtt"] = {"broker": broker}
-        config = self.workdir / "failoverd.yaml"
+        config = self.workdir / f"{name}.yaml"
         config.write_text(yaml.safe_dump(settings, sort_keys=False))
         argv = [sys.executable, "-m", "orchestrator", "run", "--config", str(config)]
-        proc = await self._process("daemon", argv)
-        logfile = self.workdir / "daemon.log"
+        proc = await self._process(name, argv)
+        logfile = self.workdir / f"{name}.log"
         await _until(
             lambda: _api_port(logfile) is not None,
             f"the daemon's API to listen (log: {logfile})",
             START_DEADLINE,
             proc,
         )
-        self.api_url = f"http://127.0.0.1:{_api_port(logfile)}"
+        self.apis[node_id] = f"http://127.0.0.1:{_api_port(logfile)}"
+        self.api_url = self.api_url or self.apis[node_id]
 
     def _write_state(self) -> None:
         state = {
             "control": self.control_url,
             "api": self.api_url,
+            "instances": self.apis,
+            "etcd": list(self.etcd.endpoints) if self.etcd else [],
             "token_file": str(self.token_file),
             "workdir": str(self.workdir),
             "pids": self.pids,
@@ -392,6 +495,11 @@ class Sandbox:
     def announce(self) -> None:
         say = self._say
         say(f"sandbox: working directory {self.workdir}")
+        if self.etcd is not None:
+            say(f"sandbox: etcd         {','.join(self.etcd.endpoints)} (3 members)")
+            for node, url in self.apis.items():
+                role = "leader" if url == self.api_url else "follower"
+                say(f"sandbox: instance     {node} {url} ({role})")
         say(f"sandbox: api          {self.api_url}/v1/status")
         say(f"sandbox: status page  {self.api_url}/")
         say(f"sandbox: metrics      {self.api_url}/metrics")
@@ -420,7 +528,9 @@ async def _until(
 # -- running -------------------------------------------------------------------------------
 async def _main(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="failoverd-sandbox-"))
-    sandbox = Sandbox(port=args.port, agents=not args.no_agents, workdir=workdir)
+    sandbox = Sandbox(
+        port=args.port, agents=not args.no_agents, workdir=workdir, instances=args.instances
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -429,9 +539,10 @@ async def _main(args: argparse.Namespace) -> int:
         try:
             async with asyncio.timeout(START_DEADLINE * 3):
                 await _first(sandbox.start(), stop)
-        except (SandboxError, OSError, TimeoutError) as exc:
+        except (SandboxError, EtcdClusterError, OSError, TimeoutError) as exc:
             print(f"sandbox: could not start: {exc}", file=sys.stderr)
-            for name in ("daemon", *AGENTS, "mosquitto", "broker"):
+            daemons = [f"daemon-{i}" for i in range(1, args.instances + 1)]
+            for name in ("daemon", *daemons, *AGENTS, "mosquitto", "broker"):
                 logfile = workdir / f"{name}.log"
                 if logfile.exists():
                     print(f"--- {logfile} ---\n{_tail(logfile)}", file=sys.stderr)
@@ -478,6 +589,8 @@ async def _summaries(sandbox: Sandbox) -> None:
     """One line per service every :data:`SUMMARY_EVERY` seconds, until cancelled."""
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
         while True:
+            if len(sandbox.apis) > 1:
+                await sandbox.follow_leader(http)
             for line in await summary_lines(http, sandbox.api_url):
                 print(line, flush=True)
             await asyncio.sleep(SUMMARY_EVERY)

@@ -18,10 +18,11 @@ unless given explicitly; the sandbox gives the emulator's fake ones. They are ne
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -120,6 +121,13 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+# Set per call by count_calls' wrapper, in the calling task's context: whether the event
+# handlers have counted the call, so that a cancelled call is counted once and only once.
+_COUNTED: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "failoverd_aws_call_counted", default=None
+)
+
+
 class _CallCounter:
     """botocore event handlers that count each logical call once, after its retries."""
 
@@ -134,12 +142,60 @@ class _CallCounter:
                 raw = err.get("Code")
                 code = raw if isinstance(raw, str) else None
         outcome = classify_outcome(int(http_response.status_code), code)
-        AWS_API_CALLS.labels(self.service, model.name, outcome).inc()
+        self._count(model.name, outcome)
 
     def after_call_error(self, event_name: str, **_: Any) -> None:
         # No response at all (connection refused, timeout, no credentials): an error.
-        operation = event_name.rsplit(".", 1)[-1]
-        AWS_API_CALLS.labels(self.service, operation, ERROR).inc()
+        self._count(event_name.rsplit(".", 1)[-1], ERROR)
+
+    def _count(self, operation: str, outcome: str) -> None:
+        AWS_API_CALLS.labels(self.service, operation, outcome).inc()
+        flag = _COUNTED.get()
+        if flag is not None:
+            flag[0] = True
+
+
+def count_calls(client: Any, service: str) -> Any:
+    """Count every call made through the aiobotocore ``client`` in AWS_API_CALLS
+    (``aws_service`` = ``service``) by outcome, once per logical call after botocore's
+    retries: ``ok``, ``throttled`` or ``error`` (an error response, no response at all, or a
+    call cancelled by its caller's deadline before any answer). Returns ``client``. Every
+    client failoverd makes goes through this (AwsClients.client; the Health poller's own
+    clients too)."""
+    counter = _CallCounter(service)
+    # Registered on this client's own emitter (botocore copies it per client), so nothing
+    # else is counted twice. 'after-call' fires once per call, after retries, for success
+    # and error responses alike; 'after-call-error' when there was no response at all.
+    client.meta.events.register("after-call", counter.after_call)
+    client.meta.events.register("after-call-error", counter.after_call_error)
+    # Neither event fires for a call cancelled mid-flight (asyncio.timeout around it): the
+    # instance attribute shadows the method, and paginators call through it too.
+    make_api_call = client._make_api_call
+
+    async def counted(operation_name: str, api_params: Any) -> Any:
+        flag = [False]
+        reset = _COUNTED.set(flag)
+        try:
+            return await make_api_call(operation_name, api_params)
+        except asyncio.CancelledError:
+            if not flag[0]:
+                AWS_API_CALLS.labels(service, operation_name, ERROR).inc()
+            raise
+        finally:
+            _COUNTED.reset(reset)
+
+    client._make_api_call = counted
+    return client
+
+
+@asynccontextmanager
+async def counted_client(
+    creator: AbstractAsyncContextManager[Any], service: str
+) -> AsyncIterator[Any]:
+    """``async with counted_client(session.create_client(...), service) as client``: a client
+    made outside :class:`AwsClients` (the Health poller's), counted like the others."""
+    async with creator as client:
+        yield count_calls(client, service)
 
 
 class AwsClients:
@@ -178,14 +234,7 @@ class AwsClients:
             aws_session_token=cfg.session_token,
         )
         async with creator as client:
-            counter = _CallCounter(service)
-            # Registered on this client's own emitter (botocore copies it per client), so
-            # nothing else is counted twice. 'after-call' fires once per call, after retries,
-            # for success and error responses alike; 'after-call-error' when there was no
-            # response at all.
-            client.meta.events.register("after-call", counter.after_call)
-            client.meta.events.register("after-call-error", counter.after_call_error)
-            yield client
+            yield count_calls(client, service)
 
 
 class _Regional(Protocol):

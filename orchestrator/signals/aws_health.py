@@ -63,6 +63,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.observation import FailureKind, Observation
 from orchestrator.policy.models import AWS_HEALTH_VANTAGE, AwsHealthSignal, Policy
+from orchestrator.signals.aws_clients import counted_client
 from orchestrator.signals.base import ObservationSink
 from orchestrator.telemetry import (
     HEALTH_API_AVAILABLE,
@@ -323,16 +324,19 @@ def aiobotocore_client_factory(settings: HealthClientSettings) -> HealthClientFa
     )
 
     def make(endpoint: HealthEndpoint) -> AbstractAsyncContextManager[Any]:
-        ctx: AbstractAsyncContextManager[Any] = session.create_client(
+        # Counted in failoverd_aws_api_calls_total like every other AWS call.
+        return counted_client(
+            session.create_client(
+                "health",
+                region_name=endpoint.region,
+                endpoint_url=endpoint.url,
+                config=config,
+                aws_access_key_id=settings.access_key_id,
+                aws_secret_access_key=settings.secret_access_key,
+                aws_session_token=settings.session_token,
+            ),
             "health",
-            region_name=endpoint.region,
-            endpoint_url=endpoint.url,
-            config=config,
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key,
-            aws_session_token=settings.session_token,
         )
-        return ctx
 
     return make
 

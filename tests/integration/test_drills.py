@@ -76,7 +76,13 @@ def test_dry_run_prints_each_step_and_its_findings_and_changes_nothing(
     assert cli("nope", "--mode", "dry-run", "--policy", str(policy_file)) == 2
     assert "no policy for service 'nope' (known: shop)" in capsys.readouterr().err
     assert cli("shop", "--mode", "switchover", "--policy", str(policy_file)) == 2
-    assert "needs --state" in capsys.readouterr().err
+    assert "needs the daemon's state store: --config" in capsys.readouterr().err
+    # The daemon's settings name its store (SQLite or etcd); a bad one is named.
+    settings = policy_file.parent / "failoverd.yaml"
+    settings.write_text("state:\n  backend: etcd\n  etcd: {endpoints: [ftp://x]}\n")
+    args = ("shop", "--mode", "switchover", "--policy", str(policy_file))
+    assert cli(*args, "--config", str(settings)) == 2
+    assert "failoverd.yaml:3" in capsys.readouterr().err
 
 
 class HoldWatcher:

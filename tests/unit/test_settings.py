@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orchestrator import settings as settings_module
 from orchestrator.policy.yamlsource import SourceErrors
@@ -226,12 +226,147 @@ def test_committed_reference_is_current() -> None:
 
 def test_reference_documents_every_key_with_its_variable() -> None:
     text = settings_reference()
-    for name, field in Settings.model_fields.items():
-        section = field.annotation
-        if isinstance(section, type) and hasattr(section, "model_fields"):
-            for key in section.model_fields:
-                assert f"`FAILOVERD_{name.upper()}__{key.upper()}`" in text
-        else:
-            assert f"| `{name}` |" in text
+
+    def check(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            section = field.annotation
+            variable = f"{prefix}{name.upper()}"
+            if isinstance(section, type) and issubclass(section, BaseModel):
+                if prefix:  # a nested section: a row of its own, then its keys
+                    assert f"`{variable}__*`" in text
+                check(section, f"{variable}__" if prefix else f"FAILOVERD_{variable}__")
+            elif prefix:
+                assert f"`{variable}`" in text
+            else:
+                assert f"| `{name}` |" in text
+
+    check(Settings, "")
+    assert "`FAILOVERD_STATE__ETCD__ENDPOINTS`" in text
     assert "| `tick` | duration | `1s` |" in text
     assert socket.gethostname() not in text.replace("the host name", "")
+
+
+# -- the etcd state store ---------------------------------------------------------------------
+def test_etcd_settings_are_read_from_file_and_environment(tmp_path: Path) -> None:
+    password = tmp_path / "etcd-password"
+    password.write_text("hunter2-etcd\n", encoding="utf-8")
+    path = write(
+        tmp_path,
+        "state:\n  backend: etcd\n  etcd:\n    endpoints:\n      - http://10.0.1.5:2379\n"
+        f"    username: failoverd\n    password_file: {password}\n",
+    )
+    s = load_settings(
+        path,
+        {
+            "FAILOVERD_STATE__ETCD__ENDPOINTS": '["http://10.0.1.5:2379", "http://10.1.1.5:2379"]',
+            "FAILOVERD_STATE__ETCD__PREFIX": "/failoverd/prod",
+        },
+    )
+    assert s.state.backend == "etcd"
+    assert s.state.etcd.endpoints == ["http://10.0.1.5:2379", "http://10.1.1.5:2379"]
+    assert s.state.etcd.prefix == "/failoverd/prod"
+    assert s.state.etcd.password() == "hunter2-etcd"
+    assert "hunter2" not in repr(s) and "hunter2" not in s.model_dump_json()
+    assert s.leader.ttl == 10.0  # the default lease
+
+
+def test_etcd_with_tls_needs_https_and_existing_files(tmp_path: Path) -> None:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("x", encoding="utf-8")
+    s = load_settings(
+        write(
+            tmp_path,
+            "state:\n  backend: etcd\n  etcd:\n    endpoints: [https://etcd-a:2379]\n"
+            f"    ca_file: {tmp_path}/ca.pem\n    cert_file: {tmp_path}/client.pem\n"
+            f"    key_file: {tmp_path}/client.key\n",
+        ),
+        {},
+    )
+    assert s.state.etcd.cert_file == tmp_path / "client.pem"
+
+
+@pytest.mark.parametrize(
+    ("etcd", "message"),
+    [
+        ("{}", "backend is etcd but etcd.endpoints is empty"),
+        ("{endpoints: [etcd-a:2379]}", "expected an http:// or https:// URL with a host"),
+        ("{endpoints: ['http://u:p@etcd-a:2379']}", "no credentials in the URL"),
+        ("{endpoints: ['http://etcd-a:2379/v3']}", "without a path"),
+        ("{endpoints: [http://a:2379, http://a:2379]}", "listed twice"),
+        ("{endpoints: [http://a:2379], prefix: failoverd}", "a leading /"),
+        ("{endpoints: [https://a:2379], cert_file: CERT}", "cert_file and key_file go together"),
+        ("{endpoints: [https://a:2379], username: fo}", "username and password_file go together"),
+        ("{endpoints: [https://a:2379], ca_file: /nonexistent/ca.pem}", "does not exist"),
+        ("{endpoints: [http://a:2379], ca_file: CERT}", "every endpoint must be https://"),
+    ],
+)
+def test_bad_etcd_settings_fail_at_load_naming_the_key(
+    tmp_path: Path, etcd: str, message: str
+) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x", encoding="utf-8")
+    path = write(tmp_path, f"state:\n  backend: etcd\n  etcd: {etcd.replace('CERT', str(cert))}\n")
+    with pytest.raises(SourceErrors, match=message) as exc:
+        load_settings(path, {})
+    assert str(exc.value).startswith(f"{path}:")
+    assert "state" in str(exc.value)
+
+
+def test_a_bad_etcd_endpoint_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(SourceErrors) as exc:
+        load_settings(
+            write(tmp_path, "state:\n  backend: etcd\n"),
+            {"FAILOVERD_STATE__ETCD__ENDPOINTS": '["ftp://a"]'},
+        )
+    assert any(
+        m.startswith("environment FAILOVERD_STATE__ETCD__ENDPOINTS: state.etcd.endpoints")
+        for m in messages(exc)
+    ), messages(exc)
+
+
+def test_sqlite_stays_the_default_and_ignores_the_etcd_section(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, "{}\n"), {})
+    assert (s.state.backend, s.state.etcd.endpoints, s.state.etcd.password()) == (
+        "sqlite",
+        [],
+        None,
+    )
+
+
+async def test_the_state_settings_open_the_store_they_name(tmp_path: Path) -> None:
+    from orchestrator.store.etcd import EtcdStore
+    from orchestrator.store.open import etcd_config, open_store
+    from orchestrator.store.sqlite import SqliteStore
+
+    sqlite = load_settings(write(tmp_path, f"state:\n  path: {tmp_path}/s.db\n"), {}).state
+    store = await open_store(sqlite)
+    try:
+        assert isinstance(store, SqliteStore) and (tmp_path / "s.db").exists()
+    finally:
+        await store.close()
+
+    password = tmp_path / "pw"
+    password.write_text("etcd-secret\n", encoding="utf-8")
+    state = load_settings(
+        write(
+            tmp_path,
+            "state:\n  backend: etcd\n  timeout: 3s\n  etcd:\n"
+            "    endpoints: [http://127.0.0.1:1, http://127.0.0.1:2]\n    prefix: /fo/test\n"
+            f"    username: fo\n    password_file: {password}\n",
+        ),
+        {},
+    ).state
+    config = etcd_config(state.etcd, state.timeout)
+    assert config.endpoints == ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    assert (config.prefix, config.timeout, config.username) == ("/fo/test", 3.0, "fo")
+    assert config.password == "etcd-secret" and "etcd-secret" not in repr(config)
+    # Nothing listens there: opening does not need etcd up (the daemon waits for it).
+    store = await open_store(state)
+    try:
+        assert isinstance(store, EtcdStore)
+    finally:
+        await store.close()
+
+    password.write_text("\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"state.etcd.password_file .* is empty"):
+        await open_store(state)

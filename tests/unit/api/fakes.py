@@ -189,7 +189,7 @@ class FakeControl:
             raise self.fail
         return sorted(self.snapshots)
 
-    def snapshot(self, service: str) -> ServiceSnapshot | None:
+    def snapshot(self, service: str, *, evidence: bool = True) -> ServiceSnapshot | None:
         return self.snapshots.get(service)
 
     async def run_progress(self, run_id: str) -> RunProgress | None:
