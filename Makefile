@@ -23,7 +23,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 scenarios: $(STAMP)
 	$(VENV)/bin/failoverd validate policies

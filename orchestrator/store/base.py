@@ -23,6 +23,7 @@ Approvals and operator commands come from any instance (the API of a follower in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -103,6 +104,29 @@ def check_journal_query(since: float | None, until: float | None, limit: int) ->
         raise ValueError(f"read_journal limit must be a positive integer, got {limit!r}")
     if since is not None and until is not None and since > until:
         raise ValueError(f"read_journal since ({since}) is after until ({until})")
+
+
+def check_holder(holder: str) -> None:
+    """A lease holder is a non-empty string (every implementation checks the same way)."""
+    if not isinstance(holder, str) or not holder:
+        raise ValueError(f"lease holder must be a non-empty string, got {holder!r}")
+
+
+def check_ttl(ttl: float) -> None:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
+        raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
+    if ttl <= 0:
+        raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
+
+
+def check_token(token: int) -> None:
+    if isinstance(token, bool) or not isinstance(token, int):
+        raise ValueError(f"fencing token must be an integer, got {token!r}")
+
+
+def check_recent_runs_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"recent_runs limit must be a positive integer, got {limit!r}")
 
 
 def in_window(record: JournalRecord, since: float | None, until: float | None) -> bool:

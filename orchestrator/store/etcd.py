@@ -76,7 +76,11 @@ from orchestrator.store.base import (
     JournalStatus,
     Lease,
     StoreUnavailable,
+    check_holder,
     check_journal_query,
+    check_recent_runs_limit,
+    check_token,
+    check_ttl,
     in_window,
 )
 from orchestrator.store.codec import (
@@ -394,8 +398,8 @@ class EtcdStore:
 
     # -- leadership -----------------------------------------------------------------------
     async def acquire_lease(self, holder: str, ttl: float) -> Lease | None:
-        _check_holder(holder)
-        _check_ttl(ttl)
+        check_holder(holder)
+        check_ttl(ttl)
 
         async def acquire(deadline: float) -> Lease | None:
             grant = await self._rpc(
@@ -459,7 +463,7 @@ class EtcdStore:
         return None
 
     async def renew_lease(self, lease: Lease) -> Lease | None:
-        _check_ttl(lease.ttl)
+        check_ttl(lease.ttl)
 
         async def renew(deadline: float) -> Lease | None:
             current = await self._get(self._leader_key, deadline)
@@ -509,7 +513,7 @@ class EtcdStore:
         return decode_state(kv.value, f"state of service {service!r} in etcd")
 
     async def save_state(self, state: ServiceState, token: int) -> None:
-        _check_token(token)
+        check_token(token)
         body = encode_state(state)
 
         async def save(deadline: float) -> None:
@@ -527,7 +531,7 @@ class EtcdStore:
 
     # -- journal --------------------------------------------------------------------------
     async def append_journal(self, record: JournalRecord) -> None:
-        _check_token(record.token)
+        check_token(record.token)
         body = encode_journal(record)
         record_id = uuid.uuid4().hex
         primary = f"{self._p}/journal/{_name(record.service)}/{record_id}"
@@ -588,38 +592,35 @@ class EtcdStore:
         prefix = f"{self._p}/open/"
 
         async def unfinished(deadline: float) -> list[_KV]:
-            kvs, _ = await self._range(
-                prefix,
-                deadline,
-                sort_order="ASCEND",
-                sort_target="CREATE",
-                keys_only=True,
-                **self._prefix_options(prefix),
-            )
-            return kvs
+            return await self._keys_by_creation(prefix, deadline, "ASCEND")
 
         kvs = await self._op("unfinished_runs", unfinished)
         return [unquote(kv.key.decode()[len(prefix) :]) for kv in kvs]
 
     async def recent_runs(self, service: str, limit: int = 20) -> Sequence[str]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"recent_runs limit must be a positive integer, got {limit!r}")
+        check_recent_runs_limit(limit)
         prefix = f"{self._p}/runs/{_name(service)}/"
 
         async def recent(deadline: float) -> list[_KV]:
-            kvs, _ = await self._range(
-                prefix,
-                deadline,
-                sort_order="DESCEND",
-                sort_target="CREATE",
-                keys_only=True,
-                limit=str(limit),
-                **self._prefix_options(prefix),
-            )
-            return kvs
+            return await self._keys_by_creation(prefix, deadline, "DESCEND", limit=str(limit))
 
         kvs = await self._op("recent_runs", recent)
         return [unquote(kv.key.decode()[len(prefix) :]) for kv in kvs]
+
+    async def _keys_by_creation(
+        self, prefix: str, deadline: float, order: str, **options: str
+    ) -> list[_KV]:
+        """The keys (no values) under ``prefix``, ordered by when they were created."""
+        kvs, _ = await self._range(
+            prefix,
+            deadline,
+            sort_order=order,
+            sort_target="CREATE",
+            keys_only=True,
+            **options,
+            **self._prefix_options(prefix),
+        )
+        return kvs
 
     async def read_journal(
         self,
@@ -705,20 +706,3 @@ class EtcdStore:
             return
         self._closed = True
         await self._client.close()
-
-
-def _check_holder(holder: str) -> None:
-    if not isinstance(holder, str) or not holder:
-        raise ValueError(f"lease holder must be a non-empty string, got {holder!r}")
-
-
-def _check_ttl(ttl: float) -> None:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
-        raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
-    if ttl <= 0:
-        raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
-
-
-def _check_token(token: int) -> None:
-    if isinstance(token, bool) or not isinstance(token, int):
-        raise ValueError(f"fencing token must be an integer, got {token!r}")

@@ -46,7 +46,11 @@ from orchestrator.store.base import (
     Lease,
     StoreError,
     StoreUnavailable,
+    check_holder,
     check_journal_query,
+    check_recent_runs_limit,
+    check_token,
+    check_ttl,
     in_window,
 )
 from orchestrator.store.codec import (
@@ -419,8 +423,8 @@ class SqliteStore:
 
     # -- leadership -----------------------------------------------------------------------
     async def acquire_lease(self, holder: str, ttl: float) -> Lease | None:
-        _check_holder(holder)
-        _check_ttl(ttl)
+        check_holder(holder)
+        check_ttl(ttl)
 
         def acquire(conn: sqlite3.Connection) -> Lease | None:
             current_holder, token, expires_at = conn.execute(
@@ -438,7 +442,7 @@ class SqliteStore:
         return await self._call("acquire_lease", acquire, write=True)
 
     async def renew_lease(self, lease: Lease) -> Lease | None:
-        _check_ttl(lease.ttl)
+        check_ttl(lease.ttl)
 
         def renew(conn: sqlite3.Connection) -> Lease | None:
             holder, token, expires_at = conn.execute(
@@ -488,7 +492,7 @@ class SqliteStore:
         return decode_state(body, f"state of service {service!r} in {self.path}")
 
     async def save_state(self, state: ServiceState, token: int) -> None:
-        _check_token(token)
+        check_token(token)
         body = encode_state(state)
 
         def save(conn: sqlite3.Connection) -> None:
@@ -504,7 +508,7 @@ class SqliteStore:
 
     # -- journal --------------------------------------------------------------------------
     async def append_journal(self, record: JournalRecord) -> None:
-        _check_token(record.token)
+        check_token(record.token)
         body = encode_journal(record)
 
         def append(conn: sqlite3.Connection) -> None:
@@ -541,8 +545,7 @@ class SqliteStore:
         return await self._call("unfinished_runs", unfinished)
 
     async def recent_runs(self, service: str, limit: int = 20) -> Sequence[str]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"recent_runs limit must be a positive integer, got {limit!r}")
+        check_recent_runs_limit(limit)
 
         def recent(conn: sqlite3.Connection) -> list[str]:
             # A run's age is its first record's: a long run does not overtake a newer one.
@@ -565,24 +568,30 @@ class SqliteStore:
     ) -> Sequence[JournalRecord]:
         check_journal_query(since, until, limit)
 
-        def read(conn: sqlite3.Connection) -> list[tuple[int, str]]:
-            # Newest first, so the scan stops after `limit` matches; `at` lives in the body.
+        def read(conn: sqlite3.Connection) -> list[JournalRecord]:
+            # Newest first, and the cursor is consumed lazily: the scan stops at the `limit`th
+            # match instead of loading the service's whole journal (`at` lives in the body).
             if service is None:
-                return conn.execute("SELECT seq, body FROM journal ORDER BY seq DESC").fetchall()
-            return conn.execute(
-                "SELECT seq, body FROM journal WHERE service = ? ORDER BY seq DESC", (service,)
-            ).fetchall()
+                cursor = conn.execute("SELECT seq, body FROM journal ORDER BY seq DESC")
+            else:
+                cursor = conn.execute(
+                    "SELECT seq, body FROM journal WHERE service = ? ORDER BY seq DESC",
+                    (service,),
+                )
+            found: list[JournalRecord] = []
+            try:
+                for seq, body in cursor:
+                    rec = decode_journal(body, f"journal record {seq} in {self.path}")
+                    if in_window(rec, since, until):
+                        found.append(rec)
+                        if len(found) == limit:
+                            break
+            finally:
+                cursor.close()
+            found.reverse()
+            return found
 
-        rows = await self._call("read_journal", read)
-        found: list[JournalRecord] = []
-        for seq, body in rows:
-            rec = decode_journal(body, f"journal record {seq} in {self.path}")
-            if in_window(rec, since, until):
-                found.append(rec)
-                if len(found) == limit:
-                    break
-        found.reverse()
-        return found
+        return await self._call("read_journal", read)
 
     # -- approvals ------------------------------------------------------------------------
     async def record_approval(self, approval: ApprovalRecord) -> None:
@@ -642,20 +651,3 @@ class SqliteStore:
             _log.warning("store_close_failed", path=str(self.path), error=repr(exc))
         finally:
             self._executor.shutdown(wait=False)
-
-
-def _check_holder(holder: str) -> None:
-    if not isinstance(holder, str) or not holder:
-        raise ValueError(f"lease holder must be a non-empty string, got {holder!r}")
-
-
-def _check_ttl(ttl: float) -> None:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
-        raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
-    if ttl <= 0:
-        raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
-
-
-def _check_token(token: int) -> None:
-    if isinstance(token, bool) or not isinstance(token, int):
-        raise ValueError(f"fencing token must be an integer, got {token!r}")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,6 +20,8 @@ from tests.fixtures.binaries import require_binary
 
 ROOT = Path(__file__).parents[2]
 COMMAND = [sys.executable, "-m", "orchestrator", "sandbox"]
+STOP_DEADLINE = 20.0
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -74,3 +78,49 @@ def start_sandbox() -> tuple[subprocess.Popen[str], str, str]:
         proc.wait()
         raise
     return proc, api, control
+
+
+def wait_for(check: Callable[[], T], what: str, within: float, log: Path | None = None) -> T:
+    """Poll ``check`` until it returns something truthy (returned) or fail after ``within``
+    seconds, naming ``what``, the last connection error and the tail of ``log``."""
+    deadline = time.monotonic() + within
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+            if found:
+                return found
+        except OSError as exc:  # not listening yet, or a slow answer
+            last = exc
+        time.sleep(0.25)
+    tail = "" if log is None else "\n" + "\n".join(log.read_text().splitlines()[-20:])
+    pytest.fail(f"timed out after {within}s waiting for {what} (last error: {last!r}){tail}")
+
+
+def stop(
+    proc: subprocess.Popen[Any],
+    *,
+    sig: int = signal.SIGINT,
+    name: str = "the sandbox",
+    within: float = STOP_DEADLINE,
+) -> int:
+    """Signal ``proc`` (unless it already exited) and return its exit code; killed and the
+    test failed if it does not stop within ``within`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{name} did not stop within {within}s of {signal.Signals(sig).name}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose, but only its parent (the sandbox) can reap it.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()

@@ -179,6 +179,31 @@ async def new_leader_within(fleet: Fleet, old: Instance, bound: float) -> tuple[
     return found[0], time.monotonic() - started
 
 
+async def failing_over(
+    fleet: Fleet,
+    tmp_path: Path,
+    store: SharedStore,
+    moto: MotoServer,
+    seeded: Seeded,
+    targets: dict[str, Target],
+) -> tuple[Instance, str]:
+    """Two instances up and ready, then the primary fails: the leader and its run's id, the
+    run in its hold (the replica promoted, the DNS not yet flipped)."""
+    configure(fleet, tmp_path, ("ha-a", "ha-b"), store, moto, seeded, targets)
+    await fleet.start()
+    leader = await fleet.one_leader()
+    await all_ready(fleet)
+    targets[SOURCE].status = 503
+    return leader, await holding(fleet, leader)
+
+
+async def taken_over(fleet: Fleet, old: Instance) -> Instance:
+    """The instance that leads after ``old`` went, failing unless within TAKEOVER_BOUND."""
+    successor, took = await new_leader_within(fleet, old, TAKEOVER_BOUND)
+    assert took <= TAKEOVER_BOUND, f"takeover took {took:.2f}s (bound {TAKEOVER_BOUND}s)"
+    return successor
+
+
 async def post(fleet: Fleet, instance: Instance, path: str, body: dict[str, Any]) -> Any:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with fleet.http.post(f"{instance.url}{path}", json=body, headers=headers) as response:
@@ -249,8 +274,7 @@ async def test_three_instances_one_leader_only_it_acts_followers_refuse_commands
     assert leader.daemon is not None
     leader.daemon.proc.send_signal(signal.SIGKILL)
     await leader.daemon.proc.wait()
-    successor, took = await new_leader_within(fleet, leader, TAKEOVER_BOUND)
-    assert took <= TAKEOVER_BOUND, f"takeover took {took:.2f}s (bound {TAKEOVER_BOUND}s)"
+    successor = await taken_over(fleet, leader)
 
     async def settled() -> bool:
         body = await service(fleet, successor)
@@ -270,19 +294,13 @@ async def test_a_killed_leader_s_run_is_completed_by_another_within_ttl_plus_2s(
     targets: dict[str, Target],
     mutations: Counter[str],
 ) -> None:
-    configure(fleet, tmp_path, ("ha-a", "ha-b"), store, moto, seeded, targets)
-    await fleet.start()
-    leader = await fleet.one_leader()
-    await all_ready(fleet)
-    targets[SOURCE].status = 503
-    run_id = await holding(fleet, leader)
+    leader, run_id = await failing_over(fleet, tmp_path, store, moto, seeded, targets)
     before_kill = Counter(mutations)
     assert before_kill["PromoteReadReplica"] == 1 and not before_kill["ChangeResourceRecordSets"]
 
     assert leader.daemon is not None
     leader.daemon.proc.send_signal(signal.SIGKILL)
-    successor, took = await new_leader_within(fleet, leader, TAKEOVER_BOUND)
-    assert took <= TAKEOVER_BOUND, f"takeover took {took:.2f}s (bound {TAKEOVER_BOUND}s)"
+    successor = await taken_over(fleet, leader)
 
     run = await run_succeeded(fleet, successor, run_id)
     assert all(s["status"] == "succeeded" for s in run["steps"]), run["steps"]
@@ -307,20 +325,14 @@ async def test_a_frozen_leader_that_wakes_after_its_lease_is_fenced_and_steps_do
     targets: dict[str, Target],
     mutations: Counter[str],
 ) -> None:
-    configure(fleet, tmp_path, ("ha-a", "ha-b"), store, moto, seeded, targets)
-    await fleet.start()
-    leader = await fleet.one_leader()
-    await all_ready(fleet)
-    targets[SOURCE].status = 503
-    run_id = await holding(fleet, leader)
+    leader, run_id = await failing_over(fleet, tmp_path, store, moto, seeded, targets)
 
     assert leader.daemon is not None
     leader.daemon.proc.send_signal(signal.SIGSTOP)
     try:
         # Frozen past its lease: the lease expires in etcd (server-side), another leads and
         # finishes the run while the frozen one still believes its hold is running.
-        successor, took = await new_leader_within(fleet, leader, TAKEOVER_BOUND)
-        assert took <= TAKEOVER_BOUND, f"takeover took {took:.2f}s (bound {TAKEOVER_BOUND}s)"
+        successor = await taken_over(fleet, leader)
         await run_succeeded(fleet, successor, run_id)
     finally:
         leader.daemon.proc.send_signal(signal.SIGCONT)

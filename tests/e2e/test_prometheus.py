@@ -11,11 +11,10 @@ import json
 import re
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ from tests.e2e.support import (  # noqa: F401 - the fixture applies to this modu
     ROOT,
     _mosquitto_when_in_ci,
     start_sandbox,
+    stop,
+    wait_for,
 )
 from tests.fixtures.binaries import free_port, require_binary
 from tests.integration.test_dashboards import dashboard_queries, load_dashboard, load_rules
@@ -37,7 +38,6 @@ SERVICE, PRIMARY, STANDBY = "webapp", "us-east-1", "us-west-2"
 PROMETHEUS_START = 20.0  # seconds for Prometheus to listen and scrape the daemon once
 STEADY_DEADLINE = 30.0  # the sandbox's first verdicts, as Prometheus sees them
 FAILOVER_DEADLINE = 30.0  # detection (~3 s) + the run (~1 s) + a scrape and a rule pass
-STOP_DEADLINE = 20.0
 
 
 def _get(url: str) -> Any:
@@ -90,31 +90,6 @@ def _instant(text: str) -> datetime:
     return datetime.fromisoformat(re.sub(r"(\.\d{1,6})\d*", r"\1", text).replace("Z", "+00:00"))
 
 
-def _wait(check: Callable[[], bool], what: str, within: float, log: Path | None = None) -> None:
-    deadline = time.monotonic() + within
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError as exc:  # not listening yet, or a slow answer
-            last = exc
-        time.sleep(0.25)
-    tail = "" if log is None else "\n" + "\n".join(log.read_text().splitlines()[-20:])
-    pytest.fail(f"timed out after {within}s waiting for {what} (last error: {last!r}){tail}")
-
-
-def _stop(proc: subprocess.Popen[Any], sig: int, name: str) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        return proc.wait(timeout=STOP_DEADLINE)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"{name} did not stop within {STOP_DEADLINE}s")
-
-
 @pytest.fixture
 def sandbox() -> Iterator[tuple[str, str]]:
     """A running sandbox: its API base URL (which serves /metrics) and its control URL."""
@@ -122,7 +97,7 @@ def sandbox() -> Iterator[tuple[str, str]]:
     try:
         yield api, control
     finally:
-        rc = _stop(proc, signal.SIGINT, "the sandbox")
+        rc = stop(proc)
     assert rc == 0
 
 
@@ -167,11 +142,11 @@ def prometheus(tmp_path: Path, sandbox: tuple[str, str]) -> Iterator[Prometheus]
                 pytest.fail(f"prometheus exited ({proc.returncode}):\n{log.read_text()}")
             return [t["health"] for t in api.targets()] == ["up"]
 
-        _wait(scraped, "Prometheus to scrape the sandbox daemon", PROMETHEUS_START, log)
+        wait_for(scraped, "Prometheus to scrape the sandbox daemon", PROMETHEUS_START, log)
         # Rules evaluated before the first scrape saw no data (FailoverdDown pending): wait
         # for a pass of the rules over scraped data.
         first_scrape = _instant(api.targets()[0]["lastScrape"])
-        _wait(
+        wait_for(
             lambda: api.last_rule_evaluation() > first_scrape,
             "a rule evaluation after the first scrape",
             PROMETHEUS_START,
@@ -179,7 +154,7 @@ def prometheus(tmp_path: Path, sandbox: tuple[str, str]) -> Iterator[Prometheus]
         )
         yield api
     finally:
-        _stop(proc, signal.SIGTERM, "prometheus")
+        stop(proc, sig=signal.SIGTERM, name="prometheus")
 
 
 def test_a_region_outage_moves_the_failover_metrics_and_fires_failover_started(
@@ -202,7 +177,7 @@ def test_a_region_outage_moves_the_failover_metrics_and_fires_failover_started(
             and prometheus.value(f'failoverd_service_phase{{{webapp}, phase="steady"}}') == 1
         )
 
-    _wait(steady, f"{SERVICE} steady in {PRIMARY}, as Prometheus sees it", STEADY_DEADLINE)
+    wait_for(steady, f"{SERVICE} steady in {PRIMARY}, as Prometheus sees it", STEADY_DEADLINE)
     # Quiet before the outage: no run counted, and no alert pending or firing at all.
     assert prometheus.value(started) == 0
     assert [(a["labels"], a["state"]) for a in prometheus.alerts()] == []
@@ -223,7 +198,9 @@ def test_a_region_outage_moves_the_failover_metrics_and_fires_failover_started(
             and prometheus.query(firing) != []
         )
 
-    _wait(failed_over, "the failover in Prometheus and FailoverStarted firing", FAILOVER_DEADLINE)
+    wait_for(
+        failed_over, "the failover in Prometheus and FailoverStarted firing", FAILOVER_DEADLINE
+    )
     assert prometheus.value(started) == 1
     assert prometheus.value(f'failoverd_active_region{{{webapp}, region="{PRIMARY}"}}') == 0
     alert = next(

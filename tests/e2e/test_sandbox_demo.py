@@ -4,29 +4,24 @@ SIGINT with none of its processes left behind. Everything listens on 127.0.0.1."
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import time
-from pathlib import Path
-from typing import Any
-
-import pytest
 
 from tests.e2e.support import (  # noqa: F401 - the fixture applies to this module
     COMMAND,
     ROOT,
     _mosquitto_when_in_ci,
+    alive,
     get_json,
     read_until,
     start_sandbox,
+    stop,
+    wait_for,
 )
 
 DEMO_DEADLINE = 60.0  # the demo bounds itself at 45 s (--deadline) plus start and stop
 START_DEADLINE = 60.0
 FAILOVER_DEADLINE = 30.0
-STOP_DEADLINE = 20.0
 INTERVAL, FAILURES = 1.0, 3  # the sandbox policy's detection
 LAST_LINE = re.compile(
     r"demo: failover to us-west-2 complete, detect_s=(?P<detect>[\d.]+)"
@@ -54,16 +49,6 @@ def test_the_demo_fails_over_to_the_standby_and_says_how_fast() -> None:
         assert any(f"step {step}" in line and "succeeded" in line for line in lines), step
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purpose, but only its parent (the sandbox) can reap it.
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "zombie" not in status.read_text()
-
-
 def test_a_fault_from_the_command_line_moves_the_service_and_ctrl_c_stops_everything() -> None:
     proc, api, control = start_sandbox()
     try:
@@ -82,7 +67,7 @@ def test_a_fault_from_the_command_line_moves_the_service_and_ctrl_c_stops_everyt
             lag = {x["region"]: x["within_rpo"] for x in body["lag"]}
             return set(verdicts.values()) == {"healthy"} and lag.get("us-west-2") is True
 
-        _wait(steady, "both regions healthy and the lag known", START_DEADLINE)
+        wait_for(steady, "both regions healthy and the lag known", START_DEADLINE)
 
         fault = subprocess.run(
             [*COMMAND, "fault", "region-down", "us-east-1", "--control", control],
@@ -108,28 +93,9 @@ def test_a_fault_from_the_command_line_moves_the_service_and_ctrl_c_stops_everyt
             run = body.get("run") or {}
             return body["active_region"] == "us-west-2" and run.get("status") == "succeeded"
 
-        _wait(moved, "webapp active in us-west-2 after a succeeded run", FAILOVER_DEADLINE)
+        wait_for(moved, "webapp active in us-west-2 after a succeeded run", FAILOVER_DEADLINE)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"the sandbox did not stop within {STOP_DEADLINE}s of SIGINT")
+        rc = stop(proc)
     assert rc == 0
-    left = [name for name, pid in pids.items() if _alive(pid)]
+    left = [name for name, pid in pids.items() if alive(pid)]
     assert not left, f"still running after the sandbox exited: {left}"
-
-
-def _wait(check: Any, what: str, within: float) -> None:
-    deadline = time.monotonic() + within
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError as exc:  # the API not up yet, or a slow answer
-            last = exc
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {within}s waiting for {what} (last error: {last!r})")

@@ -5,43 +5,26 @@ and is stopped with SIGINT at the end."""
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from tests.e2e.support import (  # noqa: F401 - the fixture applies to this module
     COMMAND,
     ROOT,
     _mosquitto_when_in_ci,
     get_json,
-    read_until,
     start_sandbox,
+    stop,
+    wait_for,
 )
 
 START_DEADLINE = 60.0
-STOP_DEADLINE = 20.0
 WINDOW = 25.0  # seconds of the daemon's own decisions watched after the fault
 WINDOW_DEADLINE = WINDOW + 15.0  # wall-clock bound on seeing the engine reach the window's end
 MOVES = ("failover", "switchover", "failback")
 RUNS_FINISHED = re.compile(r"^failoverd_runs_finished_total\{[^}]*\} (\S+)$", re.MULTILINE)
-
-
-def _wait(check: Callable[[], bool], what: str, within: float) -> None:
-    deadline = time.monotonic() + within
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError as exc:  # the API not up yet, or a slow answer
-            last = exc
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {within}s waiting for {what} (last error: {last!r})")
 
 
 def test_a_flapping_primary_moves_the_service_at_most_once() -> None:
@@ -59,7 +42,7 @@ def test_a_flapping_primary_moves_the_service_at_most_once() -> None:
                 and lag.get("us-west-2") is True
             )
 
-        _wait(steady, "webapp steady in us-east-1, both regions healthy", START_DEADLINE)
+        wait_for(steady, "webapp steady in us-east-1, both regions healthy", START_DEADLINE)
 
         fault = subprocess.run(
             [*COMMAND, "fault", "flap", "us-east-1", "--control", control],
@@ -90,7 +73,7 @@ def test_a_flapping_primary_moves_the_service_at_most_once() -> None:
             decision = body.get("decision")
             return decision is not None and decision["at"] >= fault_at + WINDOW
 
-        _wait(watched_the_window, f"{WINDOW}s of decisions under the flap", WINDOW_DEADLINE)
+        wait_for(watched_the_window, f"{WINDOW}s of decisions under the flap", WINDOW_DEADLINE)
 
         assert len(run_ids) <= 1, f"more than one move under a flap: {sorted(run_ids)}"
         assert len(actives) <= 2, f"the active region changed more than once: {actives}"
@@ -100,11 +83,5 @@ def test_a_flapping_primary_moves_the_service_at_most_once() -> None:
             finished = sum(float(n) for n in RUNS_FINISHED.findall(response.read().decode()))
         assert finished <= 1, f"{finished} runs finished under a flap"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"the sandbox did not stop within {STOP_DEADLINE}s of SIGINT")
+        rc = stop(proc)
     assert rc == 0

@@ -15,22 +15,12 @@ import signal
 import subprocess
 import time
 
-import pytest
-
-from tests.e2e.support import COMMAND, ROOT, get_json, read_until
+from tests.e2e.support import COMMAND, ROOT, alive, get_json, read_until, stop
 from tests.fixtures.binaries import require_binary
 
 START_DEADLINE = 90.0  # moto, the emulators, 3 etcd members and 2 daemons on 2 cores
 TAKEOVER_DEADLINE = 20.0  # the sandbox's 5 s lease, an election, a 2 s summary period
 STOP_DEADLINE = 30.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_the_ha_sandbox_runs_two_instances_one_leads_and_another_takes_over() -> None:
@@ -64,15 +54,9 @@ def test_the_ha_sandbox_runs_two_instances_one_leads_and_another_takes_over() ->
         read_until(proc, rf"leader: {follower} {re.escape(roles[follower][0])}$", TAKEOVER_DEADLINE)
         assert get_json(f"{roles[follower][0]}/v1/status")["is_leader"] is True
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"the sandbox did not stop within {STOP_DEADLINE}s of SIGINT")
+        rc = stop(proc, within=STOP_DEADLINE)
     assert rc == 0
     deadline = time.monotonic() + 5
-    while any(_alive(int(p)) for p in pids.values()) and time.monotonic() < deadline:
+    while any(alive(int(p)) for p in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [name for name, p in pids.items() if _alive(int(p))], pids
+    assert not [name for name, p in pids.items() if alive(int(p))], pids

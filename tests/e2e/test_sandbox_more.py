@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.e2e.support import (  # noqa: F401 - the fixture applies to this module
     COMMAND,
@@ -21,38 +17,16 @@ from tests.e2e.support import (  # noqa: F401 - the fixture applies to this modu
     _mosquitto_when_in_ci,
     get_json,
     start_sandbox,
+    stop,
+    wait_for,
 )
 from tests.fixtures.binaries import require_binary
 from tests.integration.api.test_status_page import card, run_chromium, visible_text
 
 START_DEADLINE = 60.0
-STOP_DEADLINE = 20.0
 # Virtual time runs the page's first fetch and render without the test waiting on timers.
 FIRST_REFRESH_BUDGET_MS = 2000
 PHASE_WORDS = {"steady": "Steady", "suspect": "Suspect"}
-
-
-def _wait(check: Callable[[], bool], what: str, within: float) -> None:
-    deadline = time.monotonic() + within
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError as exc:  # the API not up yet, or a slow answer
-            last = exc
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {within}s waiting for {what} (last error: {last!r})")
-
-
-def _stop(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(timeout=STOP_DEADLINE)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"the sandbox did not stop within {STOP_DEADLINE}s of SIGINT")
 
 
 def test_the_live_sandbox_status_page_shows_webapp_its_phase_and_active_region(
@@ -72,7 +46,7 @@ def test_the_live_sandbox_status_page_shows_webapp_its_phase_and_active_region(
                 and set(verdicts.values()) == {"healthy"}
             )
 
-        _wait(steady, "webapp steady in us-east-1, both regions healthy", START_DEADLINE)
+        wait_for(steady, "webapp steady in us-east-1, both regions healthy", START_DEADLINE)
         page = f"{api}/"
         budget = f"--virtual-time-budget={FIRST_REFRESH_BUDGET_MS}"
         dom = asyncio.run(run_chromium(chromium, tmp_path, page, budget, "--dump-dom"))
@@ -84,7 +58,7 @@ def test_the_live_sandbox_status_page_shows_webapp_its_phase_and_active_region(
         )
         print(f"sandbox status page screenshot: {png}")
     finally:
-        rc = _stop(proc)
+        rc = stop(proc)
     assert rc == 0
 
     # Other services may share the sandbox: only the webapp card is this test's concern.
@@ -133,7 +107,7 @@ def test_only_the_daemons_own_vantage_failing_is_suspect_and_never_a_failover() 
                 and lag.get("us-west-2") is True
             )
 
-        _wait(steady, "webapp steady in us-east-1, both regions healthy", START_DEADLINE)
+        wait_for(steady, "webapp steady in us-east-1, both regions healthy", START_DEADLINE)
         fault = subprocess.run(
             [*COMMAND, "fault", "local-down", "us-east-1", "--control", control],
             cwd=ROOT,
@@ -165,9 +139,9 @@ def test_only_the_daemons_own_vantage_failing_is_suspect_and_never_a_failover() 
             decision = body.get("decision")
             return decision is not None and decision["at"] >= fault_at + WINDOW
 
-        _wait(watched_the_window, f"{WINDOW}s of decisions with local down", WINDOW_DEADLINE)
+        wait_for(watched_the_window, f"{WINDOW}s of decisions with local down", WINDOW_DEADLINE)
     finally:
-        rc = _stop(proc)
+        rc = stop(proc)
     assert rc == 0
 
     assert not moves, f"a move with only the daemon's own vantage failing: {moves}"

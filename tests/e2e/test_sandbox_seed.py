@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from orchestrator.sandbox.runner import pointer_file
@@ -22,6 +20,7 @@ from tests.e2e.support import (  # noqa: F401 - the fixture applies to this modu
     _mosquitto_when_in_ci,
     get_json,
     start_sandbox,
+    stop,
 )
 
 PRIMARIES = {
@@ -31,7 +30,6 @@ PRIMARIES = {
     "reports": "us-west-2",
 }
 STEADY_DEADLINE = 60.0
-STOP_DEADLINE = 20.0
 READINESS_DEADLINE = 60.0
 
 
@@ -84,7 +82,7 @@ def test_every_example_comes_up_steady_and_webapp_is_ready() -> None:
         state: dict[str, Any] = json.loads(pointer_file().read_text())
         assert state["api"] == api, "the pointer file names another sandbox"
         workdir = Path(state["workdir"])
-        settings = yaml.safe_load((workdir / "failoverd.yaml").read_text())
+        settings = yaml.safe_load((workdir / "daemon.yaml").read_text())
         done = _readiness(workdir / "policies", settings["aws"]["endpoint_url"])
         assert done.returncode in (0, 1), done.stderr  # 1: something else is not ready
         steps = json.loads(done.stdout)
@@ -98,11 +96,5 @@ def test_every_example_comes_up_steady_and_webapp_is_ready() -> None:
         assert webapp, done.stdout[-2000:]
         assert not [line for line in not_ready if line.startswith("webapp ")], not_ready
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"the sandbox did not stop within {STOP_DEADLINE}s of SIGINT")
+        rc = stop(proc)
     assert rc == 0

@@ -6,14 +6,9 @@ port 0 and is stopped with SIGINT at the end."""
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from tests.e2e.support import (  # noqa: F401 - the fixture applies to this module
     COMMAND,
@@ -21,30 +16,17 @@ from tests.e2e.support import (  # noqa: F401 - the fixture applies to this modu
     _mosquitto_when_in_ci,
     get_json,
     start_sandbox,
+    stop,
+    wait_for,
 )
 
 START_DEADLINE = 60.0
 FAILOVER_DEADLINE = 90.0
-STOP_DEADLINE = 20.0
 THROTTLED = re.compile(
     r'^failoverd_aws_api_calls_total\{(?=[^}]*aws_service="route53")(?=[^}]*outcome="throttled")'
     r"[^}]*\} (\S+)$",
     re.MULTILINE,
 )
-
-
-def _wait(check: Callable[[], Any], what: str, within: float) -> Any:
-    deadline = time.monotonic() + within
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            found = check()
-            if found:
-                return found
-        except OSError as exc:  # the API not up yet, or a slow answer
-            last = exc
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {within}s waiting for {what} (last error: {last!r})")
 
 
 def _fault(control: str, fault: str, arg: str) -> str:
@@ -79,7 +61,7 @@ def test_a_throttled_route53_is_retried_and_the_failover_succeeds() -> None:
                 and lag.get("us-west-2") is True
             )
 
-        _wait(steady, "webapp steady in us-east-1, both regions healthy", START_DEADLINE)
+        wait_for(steady, "webapp steady in us-east-1, both regions healthy", START_DEADLINE)
 
         # Until `off`, not a count: other callers of Route 53 cannot use the throttled calls
         # up before the flip does.
@@ -95,7 +77,7 @@ def test_a_throttled_route53_is_retried_and_the_failover_succeeds() -> None:
                 a["retryable"] and "Throttling" in a["error"] for a in step["attempts"]
             )
 
-        _wait(throttled_attempt, "a flip-dns attempt failed by throttling", FAILOVER_DEADLINE)
+        wait_for(throttled_attempt, "a flip-dns attempt failed by throttling", FAILOVER_DEADLINE)
         assert "off" in _fault(control, "throttle", "off")
 
         def moved() -> dict[str, Any] | None:
@@ -106,7 +88,7 @@ def test_a_throttled_route53_is_retried_and_the_failover_succeeds() -> None:
                 return dict(run)
             return None
 
-        run = _wait(moved, "the failover to us-west-2 to succeed", FAILOVER_DEADLINE)
+        run = wait_for(moved, "the failover to us-west-2 to succeed", FAILOVER_DEADLINE)
         step = _flip_dns(get_json(f"{api}/v1/runs/{run['run_id']}"))
         assert step is not None and step["status"] == "succeeded", step
         assert len(step["attempts"]) > 1, step
@@ -115,11 +97,5 @@ def test_a_throttled_route53_is_retried_and_the_failover_succeeds() -> None:
             throttled = sum(float(n) for n in THROTTLED.findall(response.read().decode()))
         assert throttled > 0
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"the sandbox did not stop within {STOP_DEADLINE}s of SIGINT")
+        rc = stop(proc)
     assert rc == 0

@@ -9,98 +9,23 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import aiomqtt
-import pytest
 
 from orchestrator.controller import Controller
 from orchestrator.daemon_support import EventBridge
 from orchestrator.engine.observation import Observation
 from orchestrator.events import EventPublisher, command_topic, state_topic
-from orchestrator.policy.loader import load_policy_set
-from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.signals.mqtt_agents import BrokerConfig
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
+from tests.fixtures.controller import make_controller, policy_text
 from tests.fixtures.mosquitto import Mosquitto
+from tests.fixtures.mqtt_subscriber import subscriber
 from tests.unit.runbook.fakes import ScriptedAction
 
-DEADLINE = 10.0
 PRIMARY, STANDBY = "us-east-1", "us-west-2"
-POLICY = """\
-service: {service}
-regions: [us-east-1, us-west-2]
-rto: 15m
-rpo: 1m
-vantage_points: [local]
-detection: {{interval: 1s, timeout: 1s, consecutive_failures: 2, quorum: 1, staleness: 1h}}
-signals:
-  - name: api
-    type: http
-    target: http://127.0.0.1:9/{{region}}
-guards: {{cooldown: 0s}}
-runbooks:
-  failover:
-    - name: move
-      action: wait
-      params: {{duration: 1s}}
-"""
-
-
-@dataclass
-class Subscriber:
-    messages: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    client: aiomqtt.Client | None = None
-
-    def on(self, topic: str) -> list[dict[str, Any]]:
-        return [body for t, body, _ in self.messages if t == topic]
-
-    async def wait_for(
-        self, what: str, predicate: Callable[[], bool], tick: Callable[[], None] | None = None
-    ) -> None:
-        """Wait for ``predicate`` (checked as messages arrive); ``tick`` is called whenever
-        nothing arrived for a moment (e.g. to move virtual time to the next engine tick)."""
-        try:
-            async with asyncio.timeout(DEADLINE):
-                while not predicate():
-                    self.arrived.clear()
-                    if tick is None:
-                        await self.arrived.wait()
-                        continue
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.05):
-                            await self.arrived.wait()
-                    tick()
-        except TimeoutError:
-            pytest.fail(f"timed out waiting for {what}; got {[t for t, _, _ in self.messages]}")
-
-
-@contextlib.asynccontextmanager
-async def subscriber(broker: Mosquitto, *filters: str) -> AsyncIterator[Subscriber]:
-    sub = Subscriber()
-
-    async def collect(client: aiomqtt.Client) -> None:
-        async for m in client.messages:
-            raw = m.payload if isinstance(m.payload, bytes) else b""
-            sub.messages.append((m.topic.value, json.loads(raw) if raw else {}, m.retain))
-            sub.arrived.set()
-
-    async with aiomqtt.Client("127.0.0.1", broker.port, timeout=DEADLINE) as client:
-        sub.client = client
-        for f in filters:
-            await client.subscribe(f, qos=1)
-        task = asyncio.create_task(collect(client))
-        try:
-            yield sub
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 @dataclass
@@ -133,22 +58,11 @@ async def daemon(
     """The daemon's controller and event stream, wired as ``failoverd run`` wires them."""
     policies = tmp_path / "policies"
     policies.mkdir(parents=True)
-    (policies / f"{service}.yaml").write_text(POLICY.format(service=service))
+    (policies / f"{service}.yaml").write_text(policy_text(service))
     clock = VirtualClock()
     action = ScriptedAction(clock)
     store = await SqliteStore.open(tmp_path / "state.db")
-    aws = AwsClients(AwsClientConfig(endpoint_url="http://127.0.0.1:9", max_attempts=1))
-    controller = Controller(
-        load_policy_set([policies]),
-        store,
-        aws,
-        node_id="node-a",
-        clock=clock,
-        lease_ttl=3600.0,
-        debounce=0.0,
-        actions=lambda _name: action,
-    )
-    await controller.load()
+    controller = await make_controller(policies, store, clock, action, lease_ttl=3600.0)
     publisher = EventPublisher(
         BrokerConfig.from_url(broker.url, timeout=5.0),
         commands=controller.command if commands_enabled else None,

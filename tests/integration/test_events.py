@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import aiomqtt
 import pytest
 from prometheus_client import REGISTRY
 
@@ -28,58 +27,11 @@ from orchestrator.runbook.journal import StepStatus
 from orchestrator.runbook.rto import RunProgress, StepProgress
 from orchestrator.signals.mqtt_agents import Backoff, BrokerConfig
 from tests.fixtures.mosquitto import Mosquitto
+from tests.fixtures.mqtt_subscriber import subscriber
 
 DEADLINE = 10.0
 SERVICE = "shop"
 PRIMARY, STANDBY = "us-east-1", "us-west-2"
-
-
-@dataclass
-class Subscriber:
-    """A plain MQTT client recording what arrives, by topic."""
-
-    messages: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    client: aiomqtt.Client | None = None
-
-    def on(self, topic: str) -> list[dict[str, Any]]:
-        return [body for t, body, _ in self.messages if t == topic]
-
-    async def wait_for(self, what: str, predicate: Callable[[], bool]) -> None:
-        try:
-            async with asyncio.timeout(DEADLINE):
-                while not predicate():
-                    self.arrived.clear()
-                    await self.arrived.wait()
-        except TimeoutError:
-            pytest.fail(f"timed out waiting for {what}; got {[t for t, _, _ in self.messages]}")
-
-    async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        assert self.client is not None
-        await self.client.publish(topic, payload, qos=1, retain=retain)
-
-
-@contextlib.asynccontextmanager
-async def subscriber(broker: Mosquitto, *filters: str) -> AsyncIterator[Subscriber]:
-    sub = Subscriber()
-
-    async def collect(client: aiomqtt.Client) -> None:
-        async for m in client.messages:
-            raw = m.payload if isinstance(m.payload, bytes) else b""
-            sub.messages.append((m.topic.value, json.loads(raw) if raw else {}, m.retain))
-            sub.arrived.set()
-
-    async with aiomqtt.Client("127.0.0.1", broker.port, timeout=DEADLINE) as client:
-        sub.client = client
-        for f in filters:
-            await client.subscribe(f, qos=1)
-        task = asyncio.create_task(collect(client))
-        try:
-            yield sub
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 @contextlib.asynccontextmanager

@@ -4,9 +4,7 @@ commands are journaled and act; a follower starts nothing; a broken reload keeps
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,107 +12,19 @@ import pytest
 from orchestrator.control import NotLeaderError
 from orchestrator.controller import Controller
 from orchestrator.daemon_support import POLICY_RELOADS, reload_policies
-from orchestrator.engine.observation import Observation
 from orchestrator.engine.state import Command, OperatorCommand, ServiceState
 from orchestrator.engine.vocabulary import Action, Phase, Reason
-from orchestrator.policy.loader import load_policy_set
-from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.store.base import JournalStatus
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
+from tests.unit.controller_support import SHOP_POLICY, region_down, running, see
 from tests.unit.runbook.fakes import ScriptedAction
-
-POLICY = """\
-service: shop
-regions: [us-east-1, us-west-2]
-rto: 15m
-rpo: 1m
-vantage_points: [local]
-detection: {interval: 1s, timeout: 1s, consecutive_failures: 2, quorum: 1, staleness: 1h}
-signals:
-  - name: api
-    type: http
-    target: http://127.0.0.1:9/{region}
-guards: {cooldown: 0s}
-runbooks:
-  failover:
-    - name: move
-      action: wait
-      params: {duration: 1s}
-"""
-
-
-@pytest.fixture
-def policy_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "policies"
-    d.mkdir()
-    (d / "shop.yaml").write_text(POLICY)
-    return d
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = await SqliteStore.open(tmp_path / "state.db")
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def action(clock: VirtualClock) -> ScriptedAction:
-    return ScriptedAction(clock)
-
-
-@pytest.fixture
-async def controller(
-    policy_dir: Path, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
-) -> AsyncIterator[Controller]:
-    aws = AwsClients(AwsClientConfig(endpoint_url="http://127.0.0.1:9", max_attempts=1))
-    c = Controller(
-        load_policy_set([policy_dir]),
-        store,
-        aws,
-        node_id="node-a",
-        clock=clock,
-        lease_ttl=30.0,
-        debounce=0.0,
-        actions=lambda _name: action,
-    )
-    await c.load()
-    yield c
-    await c.close()
-
-
-async def running(c: Controller) -> AsyncIterator[None]:
-    task = asyncio.create_task(c.run())
-    try:
-        yield None
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-def see(c: Controller, clock: VirtualClock, region: str, ok: bool) -> None:
-    c.put(Observation("shop", region, "api", "local", ok, clock.now(), source="test"))
-
-
-def region_down(c: Controller, clock: VirtualClock) -> None:
-    for _ in range(3):
-        clock.advance(1.0)
-        see(c, clock, "us-east-1", False)
-        see(c, clock, "us-west-2", True)
 
 
 async def test_a_region_seen_down_starts_a_run_that_moves_the_active_region(
     controller: Controller, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
 ) -> None:
-    async for _ in running(controller):
+    async with running(controller):
         await eventually(controller.is_leader, "the lease")
         action.durations["move"] = 5.0  # holds the run open until the clock moves
         region_down(controller, clock)
@@ -139,7 +49,7 @@ async def test_a_region_seen_down_starts_a_run_that_moves_the_active_region(
 async def test_operator_commands_are_journaled_and_act(
     controller: Controller, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
 ) -> None:
-    async for _ in running(controller):
+    async with running(controller):
         await eventually(controller.is_leader, "the lease")
         see(controller, clock, "us-east-1", True)
         see(controller, clock, "us-west-2", True)
@@ -182,7 +92,7 @@ async def test_a_follower_starts_nothing_and_refuses_commands(
 ) -> None:
     other = await store.acquire_lease("node-b", 3600.0)
     assert other is not None
-    async for _ in running(controller):
+    async with running(controller):
         await eventually(lambda: controller.leader() == "node-b", "the leader's name")
         region_down(controller, clock)
         await controller.evaluate("shop")
@@ -206,7 +116,7 @@ async def test_a_follower_follows_the_leaders_state_and_takes_over_from_it(
     # The other leader failed the service over (and paused it) while this one followed.
     moved = ServiceState("shop", "us-west-2", paused=True)
     await store.save_state(moved, other.token)
-    async for _ in running(controller):
+    async with running(controller):
         await eventually(lambda: controller.leader() == "node-b", "the leader's name")
 
         def follows() -> bool:
@@ -230,13 +140,13 @@ async def test_a_broken_reload_keeps_the_old_set_and_a_good_one_keeps_state(
 ) -> None:
     old = controller.policy_version
     failures = POLICY_RELOADS.labels(outcome="failure")._value.get()
-    (policy_dir / "shop.yaml").write_text(POLICY.replace("rto: 15m", "rto: soon"))
+    (policy_dir / "shop.yaml").write_text(SHOP_POLICY.replace("rto: 15m", "rto: soon"))
     assert not await reload_policies(controller, [str(policy_dir)], "test")
     assert controller.policy_version == old
     assert POLICY_RELOADS.labels(outcome="failure")._value.get() == failures + 1
     assert controller.services() == ["shop"]
 
-    (policy_dir / "shop.yaml").write_text(POLICY.replace("rto: 15m", "rto: 10m"))
+    (policy_dir / "shop.yaml").write_text(SHOP_POLICY.replace("rto: 15m", "rto: 10m"))
     assert await reload_policies(controller, [str(policy_dir)], "test")
     assert controller.policy_version != old
     snap = controller.snapshot("shop")

@@ -16,13 +16,11 @@ from orchestrator.audit_writer import AuditWriter
 from orchestrator.controller import Controller
 from orchestrator.engine.state import LagReading
 from orchestrator.incident_report import render
-from orchestrator.policy.loader import load_policy_set
-from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.store.base import JournalRecord, JournalStatus, StoreUnavailable
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
+from tests.unit.controller_support import region_down, running, see
 from tests.unit.runbook.fakes import ScriptedAction
-from tests.unit.test_controller import POLICY, region_down, running, see
 
 
 class TapStore(SqliteStore):
@@ -51,39 +49,6 @@ async def store(tmp_path: Path) -> AsyncIterator[TapStore]:
         await s.close()
 
 
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def action(clock: VirtualClock) -> ScriptedAction:
-    return ScriptedAction(clock)
-
-
-@pytest.fixture
-async def controller(
-    tmp_path: Path, store: TapStore, clock: VirtualClock, action: ScriptedAction
-) -> AsyncIterator[Controller]:
-    d = tmp_path / "policies"
-    d.mkdir()
-    (d / "shop.yaml").write_text(POLICY)
-    aws = AwsClients(AwsClientConfig(endpoint_url="http://127.0.0.1:9", max_attempts=1))
-    c = Controller(
-        load_policy_set([d]),
-        store,
-        aws,
-        node_id="node-a",
-        clock=clock,
-        lease_ttl=30.0,
-        debounce=0.0,
-        actions=lambda _name: action,
-    )
-    await c.load()
-    yield c
-    await c.close()
-
-
 async def decisions(store: SqliteStore) -> list[JournalRecord]:
     return [r for r in await store.read_journal("shop") if r.status is JournalStatus.DECISION]
 
@@ -102,6 +67,16 @@ def healthy(c: Controller, clock: VirtualClock) -> None:
         clock.advance(1.0)
         see(c, clock, "us-east-1", True)
         see(c, clock, "us-west-2", True)
+
+
+async def steady_then_down(c: Controller, clock: VirtualClock) -> None:
+    """Two engine passes, both regions healthy then us-east-1 down (two decision changes
+    to record), and the audit writer drained."""
+    healthy(c, clock)
+    await c.evaluate("shop")
+    region_down(c, clock)
+    await c.evaluate("shop")
+    assert await c.audit.flush(5.0)
 
 
 async def test_a_decision_change_is_journaled_once_with_policy_version_and_reasons(
@@ -138,7 +113,7 @@ async def test_a_decision_change_is_journaled_once_with_policy_version_and_reaso
 async def test_the_decision_that_starts_a_run_precedes_its_run_started_and_names_it(
     controller: Controller, store: TapStore, clock: VirtualClock, action: ScriptedAction
 ) -> None:
-    async for _ in running(controller):
+    async with running(controller):
         await eventually(controller.is_leader, "the lease")
         controller.put_lag("shop", "us-west-2", LagReading(5.0, clock.now()))
         action.durations["move"] = 5.0
@@ -196,11 +171,7 @@ async def test_a_follower_writes_no_decision_records(
     await controller.lease_step()
     assert not controller.is_leader()
     async for _ in writer_running(controller):
-        healthy(controller, clock)
-        await controller.evaluate("shop")
-        region_down(controller, clock)
-        await controller.evaluate("shop")
-        assert await controller.audit.flush(5.0)
+        await steady_then_down(controller, clock)
     assert await decisions(store) == []
     assert controller.audit.counts == {"written": 0, "failed": 0, "dropped": 0}
 
@@ -235,11 +206,7 @@ async def test_a_failing_store_is_counted_and_never_breaks_the_pass(
     await controller.lease_step()
     store.fail_decisions = True
     async for _ in writer_running(controller):
-        healthy(controller, clock)
-        await controller.evaluate("shop")
-        region_down(controller, clock)
-        await controller.evaluate("shop")
-        assert await controller.audit.flush(5.0)
+        await steady_then_down(controller, clock)
     assert controller.audit.counts["failed"] == 2 and controller.audit.counts["written"] == 0
     assert await decisions(store) == []
     snap = controller.snapshot("shop")  # the engine went on deciding

@@ -16,35 +16,14 @@ from prometheus_client import REGISTRY
 
 from orchestrator.controller import Controller
 from orchestrator.daemon_support import READINESS_JOB, DaemonJobs, reload_policies
-from orchestrator.engine.observation import Observation
 from orchestrator.engine.state import RunStatus
-from orchestrator.policy.loader import load_policy_set
 from orchestrator.policy.models import DrillMode, DrillSpec, Policy
 from orchestrator.readiness import Move, ReadinessReport, StepReadiness
-from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.store.base import JournalStatus
-from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
+from tests.unit.controller_support import SHOP_POLICY, see
 from tests.unit.runbook.fakes import ScriptedAction
 
-POLICY = """\
-service: shop
-regions: [us-east-1, us-west-2]
-rto: 15m
-rpo: 1m
-vantage_points: [local]
-detection: {interval: 1s, timeout: 1s, consecutive_failures: 2, quorum: 1, staleness: 1h}
-signals:
-  - name: api
-    type: http
-    target: http://127.0.0.1:9/{region}
-guards: {cooldown: 0s}
-runbooks:
-  failover:
-    - name: move
-      action: wait
-      params: {duration: 1s}
-"""
 DRILLS = """\
 drills:
   - {cron: "0 10 * * TUE", mode: dry-run}
@@ -75,51 +54,19 @@ def gauge(name: str, **labels: str) -> float | None:
 
 
 def write_policy(policy_dir: Path, extra: str = "") -> None:
-    (policy_dir / "shop.yaml").write_text(POLICY + extra)
+    (policy_dir / "shop.yaml").write_text(SHOP_POLICY + extra)
 
 
 @pytest.fixture
-def policy_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "policies"
-    d.mkdir()
-    write_policy(d, DRILLS)
-    return d
+def policy_yaml() -> str:
+    return SHOP_POLICY + DRILLS
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def action(clock: VirtualClock) -> ScriptedAction:
-    return ScriptedAction(clock)
-
-
-@pytest.fixture
-async def controller(
-    policy_dir: Path, tmp_path: Path, clock: VirtualClock, action: ScriptedAction
-) -> AsyncIterator[Controller]:
-    store = await SqliteStore.open(tmp_path / "state.db")
-    aws = AwsClients(AwsClientConfig(endpoint_url="http://127.0.0.1:9", max_attempts=1))
-    c = Controller(
-        load_policy_set([policy_dir]),
-        store,
-        aws,
-        node_id="node-a",
-        clock=clock,
-        # The tests race virtual time ahead of real store calls; a short lease would lapse
-        # between two renewals (leases are not what these tests are about).
-        lease_ttl=3600.0,
-        debounce=0.0,
-        actions=lambda _name: action,
-    )
-    await c.load()
-    try:
-        yield c
-    finally:
-        await c.close()
-        await store.close()
+def lease_ttl() -> float:
+    # The tests race virtual time ahead of real store calls; a short lease would lapse
+    # between two renewals (leases are not what these tests are about).
+    return 3600.0
 
 
 @contextlib.asynccontextmanager
@@ -218,7 +165,7 @@ def healthy(c: Controller, clock: VirtualClock) -> None:
     for _ in range(3):
         clock.advance(1.0)
         for region in ("us-east-1", "us-west-2"):
-            c.put(Observation("shop", region, "api", "local", True, clock.now(), source="test"))
+            see(c, clock, region, True)
 
 
 async def test_a_dry_run_drill_evaluates_readiness_for_its_service(

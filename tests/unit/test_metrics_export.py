@@ -6,15 +6,13 @@ pass timer, the event-loop lag monitor, and the generated reference being curren
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
 from orchestrator.controller import Controller
-from orchestrator.engine.observation import Observation
 from orchestrator.metrics_export import (
     PHASES,
     VERDICTS,
@@ -24,35 +22,15 @@ from orchestrator.metrics_export import (
     watch_loop_lag,
 )
 from orchestrator.policy.loader import load_policy_set
-from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
+from tests.fixtures.controller import make_controller as make
+from tests.fixtures.controller import policy_text
+from tests.unit.controller_support import running as run_controller
+from tests.unit.controller_support import see
 from tests.unit.runbook.fakes import ScriptedAction
 
 ROOT = Path(__file__).resolve().parents[2]
-
-POLICY = """\
-service: {service}
-regions: [us-east-1, us-west-2]
-rto: 15m
-rpo: 1m
-vantage_points: [local]
-detection: {{interval: 1s, timeout: 1s, consecutive_failures: 2, quorum: 1, staleness: 1h}}
-signals:
-  - name: api
-    type: http
-    target: http://127.0.0.1:9/{{region}}
-guards: {{cooldown: 0s, require_approval: {approval}}}
-runbooks:
-  failover:
-    - name: move
-      action: wait
-      params: {{duration: 1s}}
-    - name: announce
-      action: wait
-      params: {{duration: 1s}}
-      after: [move]
-"""
 
 
 def value(name: str, **labels: str) -> float | None:
@@ -60,73 +38,31 @@ def value(name: str, **labels: str) -> float | None:
 
 
 def write(policy_dir: Path, service: str, approval: bool = False) -> None:
-    text = POLICY.format(service=service, approval=str(approval).lower())
+    text = policy_text(service, approval=approval, announce=True)
     (policy_dir / f"{service}.yaml").write_text(text)
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def action(clock: VirtualClock) -> ScriptedAction:
-    return ScriptedAction(clock)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = await SqliteStore.open(tmp_path / "state.db")
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
-def policy_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "policies"
-    d.mkdir()
-    return d
+def policy_yaml() -> str:
+    return ""  # each test writes its own services
 
 
 async def make_controller(
     policy_dir: Path, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
 ) -> Controller:
-    c = Controller(
-        load_policy_set([policy_dir]),
-        store,
-        AwsClients(AwsClientConfig(endpoint_url="http://127.0.0.1:9", max_attempts=1)),
-        node_id="node-a",
-        clock=clock,
-        lease_ttl=600.0,  # no renewal due while a test moves the clock by tens of seconds
-        debounce=0.0,
-        actions=lambda _name: action,
-    )
-    await c.load()
-    return c
+    # no renewal due while a test moves the clock by tens of seconds
+    return await make(policy_dir, store, clock, action, lease_ttl=600.0)
 
 
-@asynccontextmanager
-async def running(c: Controller) -> AsyncIterator[None]:
-    task = asyncio.create_task(c.run())
-    try:
-        yield None
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await c.close()
-
-
-def see(c: Controller, clock: VirtualClock, service: str, region: str, ok: bool) -> None:
-    c.put(Observation(service, region, "api", "local", ok, clock.now(), source="test"))
+def running(c: Controller) -> AbstractAsyncContextManager[None]:
+    return run_controller(c, close=True)
 
 
 def observe(c: Controller, clock: VirtualClock, service: str, east_ok: bool, n: int = 3) -> None:
     for _ in range(n):
         clock.advance(1.0)
-        see(c, clock, service, "us-east-1", east_ok)
-        see(c, clock, service, "us-west-2", True)
+        see(c, clock, "us-east-1", east_ok, service)
+        see(c, clock, "us-west-2", True, service)
 
 
 async def idle(clock: VirtualClock, sleepers: int = 2) -> None:

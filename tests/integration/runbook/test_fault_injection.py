@@ -21,6 +21,7 @@ from orchestrator.runbook import Backoff, Executor
 from orchestrator.signals.aws_clients import AwsClients
 from orchestrator.store.base import JournalRecord, JournalStatus, Lease
 from orchestrator.store.sqlite import SqliteStore
+from tests.fixtures import sqlite_store
 from tests.fixtures.moto_server import MotoServer
 from tests.integration.runbook.fault_proxy import (
     ACCESS_DENIED,
@@ -61,13 +62,7 @@ async def proxy(world: MotoServer) -> AsyncIterator[FaultProxy]:
         yield p
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = await SqliteStore.open(tmp_path / "state.db")
-    try:
-        yield s
-    finally:
-        await s.close()
+store = sqlite_store.store  # the fixture, bound here so pytest finds it
 
 
 def policy(retries: int) -> Policy:

@@ -46,6 +46,10 @@ async def test_audit_filters_reach_the_control_as_numbers() -> None:
         before = time.time()
         resp = await client.get("/v1/audit", params={"since": "2h", "limit": "3"})
         assert resp.status == 200
+        # The records are fixed in time, so "the last 2h" is judged only through the query
+        # the Control received; the limit is judged on an unbounded window.
+        resp = await client.get("/v1/audit", params={"limit": "3"})
+        assert resp.status == 200
         assert (await resp.json())["count"] == 3
     assert control.audit_queries[0] == ("webapp", ar.T0 + 5, ar.T0 + 38, 100)
     assert [e["at"] for e in body["entries"]] == sorted(
@@ -54,6 +58,7 @@ async def test_audit_filters_reach_the_control_as_numbers() -> None:
     service, since, until, limit = control.audit_queries[1]
     assert service is None and until is None and limit == 3
     assert since is not None and abs(since - (before - 7200)) < 60
+    assert control.audit_queries[2] == (None, None, None, 3)
 
 
 @pytest.mark.parametrize(

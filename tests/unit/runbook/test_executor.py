@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,15 +72,6 @@ def decision(clock: VirtualClock, kind: Kind = Kind.FAILOVER) -> Decision:
 @pytest.fixture
 def clock() -> TracingClock:
     return TracingClock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = await SqliteStore.open(tmp_path / "state.db")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture
