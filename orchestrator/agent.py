@@ -36,6 +36,7 @@ from typing import Protocol
 
 import aiomqtt
 
+from orchestrator import mqtt_calls
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.observation import Observation
 from orchestrator.policy.durations import DurationError, parse_duration
@@ -245,11 +246,13 @@ class Agent:
         # of a half-dead twin lingering until its keepalive runs out.
         client = self.settings.broker.client(identifier=f"failoverd-agent-{agent}", will=will)
         async with client:
-            await client.publish(
+            await mqtt_calls.publish(
+                client,
                 self._status_topic,
                 encode_status(agent, AgentState.ONLINE, self._clock.now()),
                 qos=1,
                 retain=True,
+                within=self.settings.broker.timeout,
             )
             self._set_connected(True)
             self._backoff.reset()
@@ -295,7 +298,13 @@ class Agent:
             chunks = list(encode_batches(self.settings.agent_id, fresh, now, self._limits))
             for i, (payload, carried) in enumerate(chunks):
                 try:
-                    await client.publish(self._obs_topic, payload, qos=1)
+                    await mqtt_calls.publish(
+                        client,
+                        self._obs_topic,
+                        payload,
+                        qos=1,
+                        within=self.settings.broker.timeout,
+                    )
                 except BaseException:
                     outbox.requeue([o for _, later in chunks[i + 1 :] for o in later])
                     self.lost += len(carried)
@@ -315,11 +324,13 @@ class Agent:
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout):
                 await self._flush(client)
-                await client.publish(
+                await mqtt_calls.publish(
+                    client,
                     self._status_topic,
                     encode_status(agent, AgentState.OFFLINE, self._clock.now()),
                     qos=1,
                     retain=True,
+                    within=self.settings.broker.timeout,
                 )
             log.info("agent_offline_published", agent=agent)
         except (aiomqtt.MqttError, TimeoutError) as exc:

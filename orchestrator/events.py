@@ -38,6 +38,7 @@ from typing import Any, Literal
 import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator import mqtt_calls
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.control import CommandResult, NotLeaderError, ServiceSnapshot
 from orchestrator.engine.state import Command, Decision, OperatorCommand, RunStatus
@@ -423,7 +424,9 @@ class EventPublisher:
         client = self._broker.client(identifier=self._client_id, max_queued_incoming=100)
         async with client:
             if self._commands is not None:
-                await client.subscribe(f"{COMMANDS_PREFIX}/+", qos=1)
+                await mqtt_calls.subscribe(
+                    client, [(f"{COMMANDS_PREFIX}/+", 1)], within=self._broker.timeout
+                )
             self._set_connected(True)
             self._backoff.reset()
             # The broker may have lost retained documents (restart without persistence).
@@ -466,7 +469,14 @@ class EventPublisher:
             await self._wakeup.wait()
 
     async def _send(self, client: aiomqtt.Client, message: _Message) -> None:
-        await client.publish(message.topic, message.payload, qos=1, retain=message.retain)
+        await mqtt_calls.publish(
+            client,
+            message.topic,
+            message.payload,
+            qos=1,
+            retain=message.retain,
+            within=self._broker.timeout,
+        )
         EVENTS_PUBLISHED.labels(message.kind).inc()
 
     def _set_connected(self, connected: bool) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import aiomqtt
 from pydantic import BaseModel
 
+from orchestrator import mqtt_calls
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
@@ -178,9 +179,11 @@ class BrokerPublisher:
         self.config = config
 
     async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
-        # The client bounds each operation (CONNACK, PUBACK...) by the config's timeout.
+        # Each operation (CONNACK, PUBACK...) is bounded by the config's timeout.
         async with self.config.client() as client:
-            await client.publish(topic, payload, qos=qos, retain=retain)
+            await mqtt_calls.publish(
+                client, topic, payload, qos=qos, retain=retain, within=self.config.timeout
+            )
 
 
 _publisher: MqttPublisher | None = None

@@ -633,7 +633,9 @@ async def _poll(
         try:
             async with http.get(url) as response:
                 last = await response.json()
-            if isinstance(last, dict) and done(last):
+                # A daemon still starting answers with an error body (no service view yet).
+                ok = response.status == 200
+            if ok and isinstance(last, dict) and done(last):
                 return last
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             last = repr(exc)

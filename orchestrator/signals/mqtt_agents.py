@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from orchestrator import mqtt_calls
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.policy.models import Policy
 from orchestrator.signals.agent_wire import (
@@ -384,7 +385,9 @@ class MqttAgentSource:
             identifier=self._client_id, max_queued_incoming=self._max_queued
         )
         async with client:
-            await client.subscribe([(OBSERVATIONS_FILTER, 1), (STATUS_FILTER, 1)])
+            await mqtt_calls.subscribe(
+                client, [(OBSERVATIONS_FILTER, 1), (STATUS_FILTER, 1)], within=self._broker.timeout
+            )
             self._set_connected(True)
             self._backoff.reset()
             log.info("mqtt_connected", source=self.name, broker=self._broker.url)

@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +83,31 @@ async def fleet(http: aiohttp.ClientSession) -> AsyncIterator[Fleet]:
         yield Fleet(stack, http)
 
 
-def configure(
-    fleet: Fleet,
+@dataclass(frozen=True)
+class World:
+    """The webapp's world in moto, its probe targets, and moto's count of its changes."""
+
+    tmp_path: Path
+    moto: MotoServer
+    seeded: Seeded
+    targets: dict[str, Target]
+    mutations: Counter[str]
+
+
+@pytest.fixture
+def world(
     tmp_path: Path,
-    names: tuple[str, ...],
-    store: SharedStore,
     moto: MotoServer,
     seeded: Seeded,
     targets: dict[str, Target],
-) -> None:
-    policy = kill_window_policy(seeded.zone_id, targets)
-    fleet.instances = write_configs(tmp_path, names, store, moto, policy)
+    mutations: Counter[str],
+) -> World:
+    return World(tmp_path, moto, seeded, targets, mutations)
+
+
+def configure(fleet: Fleet, world: World, names: tuple[str, ...], store: SharedStore) -> None:
+    policy = kill_window_policy(world.seeded.zone_id, world.targets)
+    fleet.instances = write_configs(world.tmp_path, names, store, world.moto, policy)
 
 
 async def service(fleet: Fleet, instance: Instance) -> dict[str, Any]:
@@ -179,21 +194,14 @@ async def new_leader_within(fleet: Fleet, old: Instance, bound: float) -> tuple[
     return found[0], time.monotonic() - started
 
 
-async def failing_over(
-    fleet: Fleet,
-    tmp_path: Path,
-    store: SharedStore,
-    moto: MotoServer,
-    seeded: Seeded,
-    targets: dict[str, Target],
-) -> tuple[Instance, str]:
+async def failing_over(fleet: Fleet, world: World, store: SharedStore) -> tuple[Instance, str]:
     """Two instances up and ready, then the primary fails: the leader and its run's id, the
     run in its hold (the replica promoted, the DNS not yet flipped)."""
-    configure(fleet, tmp_path, ("ha-a", "ha-b"), store, moto, seeded, targets)
+    configure(fleet, world, ("ha-a", "ha-b"), store)
     await fleet.start()
     leader = await fleet.one_leader()
     await all_ready(fleet)
-    targets[SOURCE].status = 503
+    world.targets[SOURCE].status = 503
     return leader, await holding(fleet, leader)
 
 
@@ -223,15 +231,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 # -- the tests -----------------------------------------------------------------------------
 async def test_three_instances_one_leader_only_it_acts_followers_refuse_commands(
-    fleet: Fleet,
-    tmp_path: Path,
-    store: SharedStore,
-    moto: MotoServer,
-    seeded: Seeded,
-    targets: dict[str, Target],
-    mutations: Counter[str],
+    fleet: Fleet, world: World, store: SharedStore
 ) -> None:
-    configure(fleet, tmp_path, ("ha-a", "ha-b", "ha-c"), store, moto, seeded, targets)
+    configure(fleet, world, ("ha-a", "ha-b", "ha-c"), store)
     await fleet.start()
     leader = await fleet.one_leader()
     followers = [i for i in fleet.instances if i is not leader]
@@ -243,7 +245,7 @@ async def test_three_instances_one_leader_only_it_acts_followers_refuse_commands
     )
     assert status == 409 and body["error"] == "not_leader", body
     assert body["leader"] == leader.name and leader.name in body["message"], body
-    token_file = str(tmp_path / "token")
+    token_file = str(world.tmp_path / "token")
     refused = cli("pause", SERVICE, "--api", followers[1].url, "--token-file", token_file,
                   "--reason", "ha test")  # fmt: skip
     assert refused.returncode == 1, refused
@@ -255,12 +257,12 @@ async def test_three_instances_one_leader_only_it_acts_followers_refuse_commands
     assert (await service(fleet, leader))["paused"] is False
 
     # The primary fails: every instance sees it, only the leader moves the world, once.
-    targets[SOURCE].status = 503
+    world.targets[SOURCE].status = 503
     run_id = await holding(fleet, leader)
     run = await run_succeeded(fleet, leader, run_id)
     assert all(s["status"] == "succeeded" for s in run["steps"]), run["steps"]
-    assert_failed_over(moto, seeded, run_id)
-    assert mutations == ONE_FAILOVER, mutations
+    assert_failed_over(world.moto, world.seeded, run_id)
+    assert world.mutations == ONE_FAILOVER, world.mutations
     for follower in followers:
         assert follower.daemon is not None
         assert not follower.daemon.events("run_started"), follower.daemon.tail()
@@ -282,20 +284,14 @@ async def test_three_instances_one_leader_only_it_acts_followers_refuse_commands
 
     await fleet.until(settled, f"{successor.name} to see {TARGET} active", 10.0)
     await fleet.one_leader()
-    assert mutations == ONE_FAILOVER, mutations
+    assert world.mutations == ONE_FAILOVER, world.mutations
 
 
 async def test_a_killed_leader_s_run_is_completed_by_another_within_ttl_plus_2s(
-    fleet: Fleet,
-    tmp_path: Path,
-    store: SharedStore,
-    moto: MotoServer,
-    seeded: Seeded,
-    targets: dict[str, Target],
-    mutations: Counter[str],
+    fleet: Fleet, world: World, store: SharedStore
 ) -> None:
-    leader, run_id = await failing_over(fleet, tmp_path, store, moto, seeded, targets)
-    before_kill = Counter(mutations)
+    leader, run_id = await failing_over(fleet, world, store)
+    before_kill = Counter(world.mutations)
     assert before_kill["PromoteReadReplica"] == 1 and not before_kill["ChangeResourceRecordSets"]
 
     assert leader.daemon is not None
@@ -305,11 +301,11 @@ async def test_a_killed_leader_s_run_is_completed_by_another_within_ttl_plus_2s(
     run = await run_succeeded(fleet, successor, run_id)
     assert all(s["status"] == "succeeded" for s in run["steps"]), run["steps"]
     assert (run["source"], run["target"]) == (SOURCE, TARGET)
-    assert_failed_over(moto, seeded, run_id)
+    assert_failed_over(world.moto, world.seeded, run_id)
     assert successor.daemon is not None
     assert [e["run_id"] for e in successor.daemon.events("run_resumed")] == [run_id]
     # Nothing applied twice: moto saw each change once, the journal one success per step.
-    assert mutations == ONE_FAILOVER, mutations
+    assert world.mutations == ONE_FAILOVER, world.mutations
     counts = succeeded_steps(await store.run_records(run_id))
     assert set(counts) == {s["name"] for s in run["steps"]} and max(counts.values()) == 1, counts
     steps = steps_by_name(run)
@@ -317,15 +313,9 @@ async def test_a_killed_leader_s_run_is_completed_by_another_within_ttl_plus_2s(
 
 
 async def test_a_frozen_leader_that_wakes_after_its_lease_is_fenced_and_steps_down(
-    fleet: Fleet,
-    tmp_path: Path,
-    store: SharedStore,
-    moto: MotoServer,
-    seeded: Seeded,
-    targets: dict[str, Target],
-    mutations: Counter[str],
+    fleet: Fleet, world: World, store: SharedStore
 ) -> None:
-    leader, run_id = await failing_over(fleet, tmp_path, store, moto, seeded, targets)
+    leader, run_id = await failing_over(fleet, world, store)
 
     assert leader.daemon is not None
     leader.daemon.proc.send_signal(signal.SIGSTOP)
@@ -354,24 +344,18 @@ async def test_a_frozen_leader_that_wakes_after_its_lease_is_fenced_and_steps_do
 
     await fleet.until(follows, f"{leader.name} to name {successor.name} as the leader", 5.0)
     assert await fleet.one_leader() is successor
-    assert mutations == ONE_FAILOVER, mutations
+    assert world.mutations == ONE_FAILOVER, world.mutations
     counts = succeeded_steps(await store.run_records(run_id))
     assert max(counts.values()) == 1, counts
-    assert_failed_over(moto, seeded, run_id)
+    assert_failed_over(world.moto, world.seeded, run_id)
 
 
 async def test_one_etcd_member_down_changes_nothing_two_stop_all_action_until_back(
-    fleet: Fleet,
-    etcd_cluster_factory: Callable[..., EtcdCluster],
-    tmp_path: Path,
-    moto: MotoServer,
-    seeded: Seeded,
-    targets: dict[str, Target],
-    mutations: Counter[str],
+    fleet: Fleet, world: World, etcd_cluster_factory: Callable[..., EtcdCluster]
 ) -> None:
     etcd = etcd_cluster_factory(3)  # a cluster of its own: this test kills its members
     store = SharedStore.etcd(etcd.endpoints)
-    configure(fleet, tmp_path, ("ha-a", "ha-b", "ha-late"), store, moto, seeded, targets)
+    configure(fleet, world, ("ha-a", "ha-b", "ha-late"), store)
     await fleet.start("ha-a", "ha-b")
     leader = await fleet.one_leader()
     await all_ready(fleet)
@@ -411,7 +395,7 @@ async def test_one_etcd_member_down_changes_nothing_two_stop_all_action_until_ba
         await fleet.start("ha-late")
         status, body = await fleet.readyz(fleet["ha-late"])
         assert status == 503 and "the state store is not reachable" in body["problems"], body
-        targets[SOURCE].status = 503
+        world.targets[SOURCE].status = 503
 
         async def down_seen() -> bool:
             body = await service(fleet, leader)
@@ -424,7 +408,7 @@ async def test_one_etcd_member_down_changes_nothing_two_stop_all_action_until_ba
             for i in (fleet["ha-a"], fleet["ha-b"]):
                 assert (await service(fleet, i))["run"] is None, (i.name, fleet.logs())
             await asyncio.sleep(0.25)
-        assert not mutations, mutations
+        assert not world.mutations, world.mutations
         assert fleet["ha-late"].daemon is not None
         assert fleet["ha-late"].daemon.events("state_store_unreachable")
     finally:
@@ -448,4 +432,4 @@ async def test_one_etcd_member_down_changes_nothing_two_stop_all_action_until_ba
 
     await fleet.until(started, "a failover run after quorum returned", 20.0)
     await run_succeeded(fleet, new, run_id)
-    assert mutations == ONE_FAILOVER, mutations
+    assert world.mutations == ONE_FAILOVER, world.mutations

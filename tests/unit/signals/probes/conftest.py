@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from orchestrator.signals.probes import ProbeContext
+from tests.fixtures.certs import TestCa
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -45,70 +44,32 @@ class Pki:
     far: CertFiles  # ends in 2051: notAfter encoded as GeneralizedTime
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _leaf(
-    folder: Path,
-    label: str,
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    not_after: dt.datetime,
-) -> CertFiles:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=400))
-        .not_valid_after(not_after)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+def _leaf(folder: Path, label: str, ca: TestCa, not_after: dt.datetime) -> CertFiles:
+    """A server certificate for ``localhost`` and 127.0.0.1, issued 400 days ago."""
+    leaf = ca.leaf(
+        "localhost",
+        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        not_before=NOW - dt.timedelta(days=400),
+        not_after=not_after,
     )
-    cert_path = folder / f"{label}.pem"
-    key_path = folder / f"{label}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return CertFiles(cert_path, key_path, not_after, cert.public_bytes(serialization.Encoding.DER))
+    cert_path, key_path = leaf.write(folder / f"{label}.pem", folder / f"{label}.key")
+    return CertFiles(cert_path, key_path, not_after, leaf.cert.public_bytes(Encoding.DER))
 
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("failoverd test CA"))
-        .issuer_name(_name("failoverd test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=500))
-        .not_valid_after(NOW + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
+    ca = TestCa.create(
+        "failoverd test CA",
+        not_before=NOW - dt.timedelta(days=500),
+        not_after=NOW + dt.timedelta(days=3650),
     )
-    ca_file = folder / "ca.pem"
-    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     return Pki(
-        ca_file=ca_file,
-        valid=_leaf(folder, "valid", ca_key, ca_cert, NOW + dt.timedelta(days=365)),
-        expiring=_leaf(folder, "expiring", ca_key, ca_cert, NOW + dt.timedelta(days=5)),
-        expired=_leaf(folder, "expired", ca_key, ca_cert, NOW - dt.timedelta(days=1)),
-        far=_leaf(folder, "far", ca_key, ca_cert, dt.datetime(2051, 6, 1, 12, 0, 0, tzinfo=dt.UTC)),
+        ca_file=ca.write(folder / "ca.pem"),
+        valid=_leaf(folder, "valid", ca, NOW + dt.timedelta(days=365)),
+        expiring=_leaf(folder, "expiring", ca, NOW + dt.timedelta(days=5)),
+        expired=_leaf(folder, "expired", ca, NOW - dt.timedelta(days=1)),
+        far=_leaf(folder, "far", ca, dt.datetime(2051, 6, 1, 12, 0, 0, tzinfo=dt.UTC)),
     )
 
 
