@@ -611,7 +611,7 @@ class Controller:
         return True
 
     async def lease_step(self) -> None:
-        """Acquire or renew the lease once (called every ttl/3)."""
+        """Acquire or renew the lease once (a leader every ttl/3, a follower every second)."""
         started = self._clock.monotonic()
         try:
             async with asyncio.timeout(self._store.timeout + 1):
