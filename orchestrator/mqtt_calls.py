@@ -2,12 +2,13 @@
 
 aiomqtt bounds each call (PUBACK, SUBACK) with ``asyncio.wait_for``. On Python 3.11 that
 returns the result instead of raising when the task is cancelled in the same loop iteration
-as the acknowledgement lands (cpython gh-86296, fixed by 3.12's rewrite). A publishing loop
-then goes on as if nothing happened, waits for its next message, and the TaskGroup that
-cancelled it waits forever: the daemon or agent does not stop. ``asyncio.timeout`` keeps
-count of cancellations, so these helpers hand aiomqtt an infinite timeout (it then awaits
-the acknowledgement directly) and bound the call themselves. A timeout still surfaces as
-``aiomqtt.MqttError``, as aiomqtt's own does, so callers keep one error to handle.
+as the acknowledgement lands (CPython bpo-42130, fixed by 3.12's rewrite of wait_for). A
+publishing loop then goes on as if nothing happened, waits for its next message, and the
+TaskGroup that cancelled it waits forever: the daemon or agent does not stop.
+``asyncio.timeout`` keeps count of cancellations, so these helpers hand aiomqtt an infinite
+timeout (it then awaits the acknowledgement directly) and bound the call themselves. A
+timeout still surfaces as ``aiomqtt.MqttError``, as aiomqtt's own does, so callers keep one
+error to handle.
 """
 
 from __future__ import annotations
