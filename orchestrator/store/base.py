@@ -113,9 +113,8 @@ def check_holder(holder: str) -> None:
 
 
 def check_ttl(ttl: float) -> None:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
-        raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
-    if ttl <= 0:
+    number = isinstance(ttl, int | float) and not isinstance(ttl, bool)
+    if not (number and math.isfinite(ttl) and ttl > 0):
         raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
 
 

@@ -20,24 +20,16 @@ import pytest
 from aiohttp import web
 
 from tests.fixtures.clock import eventually
+from tests.fixtures.controller import policy_text
 
-POLICY = """\
-service: shop
-regions: [us-east-1, us-west-2]
-rto: 15m
-rpo: 1m
-vantage_points: [local]
-detection: {{interval: 200ms, timeout: 150ms, consecutive_failures: 2, quorum: 1, staleness: 1m}}
-signals:
-  - name: api
-    type: http
-    target: http://127.0.0.1:{port}/{{region}}
-runbooks:
-  failover:
-    - name: move
-      action: wait
-      params: {{duration: 1s}}
-"""
+
+def policy(port: int) -> str:
+    return policy_text(
+        interval="200ms",
+        timeout="150ms",
+        staleness="1m",
+        target=f"http://127.0.0.1:{port}/{{region}}",
+    )
 
 
 @pytest.fixture
@@ -69,7 +61,7 @@ async def test_ready_reload_with_errors_and_clean_shutdown(
     policies = tmp_path / "policies"
     policies.mkdir()
     policy_file = policies / "shop.yaml"
-    policy_file.write_text(POLICY.format(port=port))
+    policy_file.write_text(policy(port))
     config = tmp_path / "failoverd.yaml"
     config.write_text(
         f"node_id: test-node\npolicies: [{policies}]\nstate: {{path: {tmp_path / 'state.db'}}}\n"
@@ -137,7 +129,7 @@ async def test_ready_reload_with_errors_and_clean_shutdown(
         async with aiohttp.ClientSession() as http, http.get(f"{api}/v1/status") as status:
             version_before = (await status.json())["policy_version"]
 
-        policy_file.write_text(POLICY.format(port=port).replace("rto: 15m", "rto: soon"))
+        policy_file.write_text(policy(port).replace("rto: 15m", "rto: soon"))
         proc.send_signal(signal.SIGHUP)
         await eventually(lambda: bool(events("policy_reload_failed")), "the reload to fail", 10)
         errors = [str(e["error"]) for e in events("policy_error")]

@@ -25,31 +25,23 @@ from orchestrator.engine.state import Decision, OperatorCommand
 from orchestrator.sdnotify import Notifier
 from orchestrator.store.base import StoreUnavailable
 from tests.fixtures.clock import eventually
+from tests.fixtures.controller import policy_text
 
 TICK = 0.05
 # Probes seen while wedged before concluding that the pings stopped: two regions probed
-# every 100 ms (see POLICY), so 10 probes span at least 400 ms, eight engine ticks.
+# every 100 ms (see policy()), so 10 probes span at least 400 ms, eight engine ticks.
 WITNESS_PROBES = 10
 START_DEADLINE = 10.0
 STOP_DEADLINE = 10.0
 
-POLICY = """\
-service: shop
-regions: [us-east-1, us-west-2]
-rto: 15m
-rpo: 1m
-vantage_points: [local]
-detection: {{interval: 100ms, timeout: 80ms, consecutive_failures: 2, quorum: 1, staleness: 1m}}
-signals:
-  - name: api
-    type: http
-    target: http://127.0.0.1:{port}/{{region}}
-runbooks:
-  failover:
-    - name: move
-      action: wait
-      params: {{duration: 1s}}
-"""
+
+def policy(port: int) -> str:
+    return policy_text(
+        interval="100ms",
+        timeout="80ms",
+        staleness="1m",
+        target=f"http://127.0.0.1:{port}/{{region}}",
+    )
 
 
 class RecordingNotifier(Notifier):
@@ -156,7 +148,7 @@ async def start_daemon(tmp_path: Path, target: ProbeTarget, wedge: Wedge) -> Asy
     """The daemon running in this event loop; stopped (and awaited) on the way out."""
     policies = tmp_path / "policies"
     policies.mkdir()
-    (policies / "shop.yaml").write_text(POLICY.format(port=target.port))
+    (policies / "shop.yaml").write_text(policy(target.port))
     settings = DaemonSettings(
         node_id="watchdog-test",
         policies=(str(policies),),
