@@ -33,7 +33,7 @@ schema: $(STAMP) ## regenerate policies/schema.json and the policy/settings/metr
 	$(VENV)/bin/failoverd schema -o policies/schema.json
 	$(VENV)/bin/failoverd schema --markdown -o docs/policy-reference.md
 	$(PY) -c 'from orchestrator.settings import settings_reference as r; print(r(), end="")' > docs/settings-reference.md
-	$(PY) -m orchestrator.metrics_export > docs/metrics.md
+	$(PY) -m orchestrator.daemon.metrics_export > docs/metrics.md
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prometheus_client import REGISTRY, generate_latest
 
 from bench.engine import INTERVAL, T0, build_services, make_batches
-from orchestrator.controller import Controller
-from orchestrator.metrics_export import MetricsExporter
+from orchestrator.daemon.controller import Controller
+from orchestrator.daemon.metrics_export import MetricsExporter
 from orchestrator.policy.loader import PolicySet, policy_version
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.store.sqlite import SqliteStore

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from orchestrator.actions.render import render_params
 from orchestrator.clock import SYSTEM_CLOCK, Clock
-from orchestrator.control import ServiceSnapshot
+from orchestrator.daemon.control import ServiceSnapshot
 from orchestrator.engine.state import Decision, Initiator, RunStatus, ServiceState
 from orchestrator.engine.vocabulary import Action, Phase, Verdict
 from orchestrator.policy.durations import DurationError, parse_duration

@@ -198,7 +198,7 @@ OBSERVATIONS = Counter(
     "failoverd_observations_total", "Observations fed to the health book, by source.", ("source",)
 )
 
-# --- engine state (orchestrator.metrics_export sets these after every engine pass) -------
+# --- engine state (orchestrator.daemon.metrics_export sets these after every engine pass) -------
 # Enum gauges: one series per possible value, 1 for the current one and 0 for the others, so
 # a query never depends on a series appearing or vanishing when the value changes.
 REGION_VERDICT = Gauge(

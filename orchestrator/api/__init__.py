@@ -1,4 +1,4 @@
-"""The HTTP API (aiohttp) over the daemon's :class:`~orchestrator.control.Control`."""
+"""The HTTP API (aiohttp) over the daemon's :class:`~orchestrator.daemon.control.Control`."""
 
 from __future__ import annotations
 

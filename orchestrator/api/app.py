@@ -1,4 +1,4 @@
-"""The HTTP API: an aiohttp application over :class:`~orchestrator.control.Control`.
+"""The HTTP API: an aiohttp application over :class:`~orchestrator.daemon.control.Control`.
 
 Reads are open (the API binds to loopback by default); every mutating call needs the bearer
 token and goes through ``Control.command`` (or ``pause_all``), which journals who/what/why
@@ -24,7 +24,7 @@ from orchestrator.api.errors import ApiError
 from orchestrator.api.openapi import QueryParam, RouteDoc, build_openapi
 from orchestrator.api.status_page import load_page, status_page
 from orchestrator.audit import TIME_HINT, parse_time
-from orchestrator.control import Control, NotLeaderError, ServiceSnapshot
+from orchestrator.daemon.control import Control, NotLeaderError, ServiceSnapshot
 from orchestrator.engine.state import Command, OperatorCommand
 from orchestrator.incident_report import report_markdown
 from orchestrator.store.base import StoreError

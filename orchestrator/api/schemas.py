@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from orchestrator.audit import AuditEntry, format_time
-from orchestrator.control import CommandResult, ServiceSnapshot
+from orchestrator.daemon.control import CommandResult, ServiceSnapshot
 from orchestrator.engine.healthbook import RegionVerdict, SignalView, VantageView
 from orchestrator.engine.state import Decision, LagReading
 from orchestrator.engine.vocabulary import REASON_TEXT, Reason

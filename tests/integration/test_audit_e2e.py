@@ -16,8 +16,8 @@ from pathlib import Path
 
 import aiohttp
 
-from orchestrator.cli import _parser
-from orchestrator.operator_cli import run_operator
+from orchestrator.cli.main import _parser
+from orchestrator.cli.operator import run_operator
 from tests.fixtures.moto_server import MotoServer
 from tests.integration import test_daemon_e2e as e2e
 from tests.integration.runbook.webapp_world import SERVICE, SOURCE, TARGET, Seeded

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.controller import Controller
-from orchestrator.daemon_support import EventBridge
+from orchestrator.daemon.controller import Controller
+from orchestrator.daemon.events import EventPublisher, command_topic, state_topic
+from orchestrator.daemon.support import EventBridge
 from orchestrator.engine.observation import Observation
-from orchestrator.events import EventPublisher, command_topic, state_topic
 from orchestrator.signals.mqtt_agents import BrokerConfig
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually

@@ -79,7 +79,7 @@ async def test_ready_reload_with_errors_and_clean_shutdown(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "orchestrator.daemon",
+        "orchestrator.daemon.main",
         "run",
         "--config",
         str(config),

@@ -16,13 +16,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from orchestrator.clock import SYSTEM_CLOCK
-from orchestrator.control import CommandResult, NotLeaderError, ServiceSnapshot
-from orchestrator.engine.state import Command, Decision, OperatorCommand, RunStatus
-from orchestrator.engine.vocabulary import Action, Phase, Reason
-from orchestrator.events import (
+from orchestrator.daemon.control import CommandResult, NotLeaderError, ServiceSnapshot
+from orchestrator.daemon.events import (
     EventPublisher,
     command_topic,
 )
+from orchestrator.engine.state import Command, Decision, OperatorCommand, RunStatus
+from orchestrator.engine.vocabulary import Action, Phase, Reason
 from orchestrator.runbook.journal import StepStatus
 from orchestrator.runbook.rto import RunProgress, StepProgress
 from orchestrator.signals.mqtt_agents import Backoff, BrokerConfig

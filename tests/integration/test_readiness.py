@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.policy.loader import load_policy_text
 from orchestrator.readiness import check_step, moves, readiness

@@ -91,7 +91,7 @@ def test_the_daemons_stack_runs_without_writable_executable_memory() -> None:
             pass
         import asyncio, ssl, sqlite3
         import aiobotocore.session, aiohttp, aiomqtt, dns.asyncresolver, yaml
-        import orchestrator.cli, orchestrator.settings
+        import orchestrator.cli.main, orchestrator.settings
         from orchestrator.store.sqlite import SqliteStore
         yaml.compose("a: 1", Loader=yaml.CSafeLoader)
         ssl.create_default_context()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.fixtures.sqlite_store import store
-from tests.unit.controller_support import (
+from tests.unit.daemon.controller_support import (
     action,
     clock,
     controller,

@@ -11,7 +11,7 @@ import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
-from orchestrator.control import ServiceSnapshot
+from orchestrator.daemon.control import ServiceSnapshot
 from orchestrator.drills import DrillMode, DrillSchedule, DrillSpec, may_run, why_not
 from orchestrator.engine.healthbook import RegionVerdict
 from orchestrator.engine.state import RunStatus

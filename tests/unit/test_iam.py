@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.iam import iam_policy
 from orchestrator.policy.loader import load_policy_set
 

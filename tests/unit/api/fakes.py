@@ -1,4 +1,4 @@
-"""A fake :class:`~orchestrator.control.Control` whose snapshots come from the real engine.
+"""A fake :class:`~orchestrator.daemon.control.Control` whose snapshots come from the real engine.
 
 The example policies are loaded with the real loader; a real :class:`HealthBook` is fed
 observations (webapp: two of three vantage points see us-east-1 failing, so it is *down*;
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.audit import AuditEntry, entries
-from orchestrator.control import (
+from orchestrator.daemon.control import (
     CommandResult,
     NotLeaderError,
     Readiness,

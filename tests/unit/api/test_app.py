@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from orchestrator.api import make_app, serve
 from orchestrator.api.app import SERVICE_COMMANDS, bound_port, is_loopback
-from orchestrator.control import CommandResult, Readiness
+from orchestrator.daemon.control import CommandResult, Readiness
 from orchestrator.engine.state import Command, OperatorCommand
 from orchestrator.engine.vocabulary import REASON_TEXT, Reason
 from tests.unit.api.fakes import NOW, RUN_ID, FakeControl

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli import EXIT_FAILED, EXIT_OK, main
+from orchestrator.cli.main import EXIT_FAILED, EXIT_OK, main
 from orchestrator.policy.loader import load_policy_text
 
 from .conftest import FILE, assert_error, dump

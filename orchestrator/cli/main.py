@@ -108,9 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     from orchestrator.agent import add_agent_parser
-    from orchestrator.daemon import add_run_parser
+    from orchestrator.cli.operator import add_operator_parsers
+    from orchestrator.daemon.main import add_run_parser
     from orchestrator.drills import add_drill_parser
-    from orchestrator.operator_cli import add_operator_parsers
     from orchestrator.sandbox.runner import add_sandbox_parser
 
     add_run_parser(sub)
@@ -125,11 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if getattr(args, "operator", None):
-            from orchestrator.operator_cli import run_operator
+            from orchestrator.cli.operator import run_operator
 
             return run_operator(args)
         if args.command == "run":
-            from orchestrator.daemon import run_daemon
+            from orchestrator.daemon.main import run_daemon
 
             return run_daemon(args)
         if args.command == "validate":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audit_writer import AuditWriter
+from orchestrator.daemon.audit_writer import AuditWriter
 from orchestrator.store.base import JournalRecord, StoreUnavailable
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import eventually

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import mqtt_calls
 from orchestrator.clock import SYSTEM_CLOCK, Clock
-from orchestrator.control import CommandResult, NotLeaderError, ServiceSnapshot
+from orchestrator.daemon.control import CommandResult, NotLeaderError, ServiceSnapshot
 from orchestrator.engine.state import Command, Decision, OperatorCommand, RunStatus
 from orchestrator.policy.models import NAME_PATTERN, REGION_PATTERN
 from orchestrator.runbook.journal import StepStatus

@@ -1,6 +1,6 @@
 """The per-service control loop: observations in, decisions out, runs started.
 
-:class:`Controller` implements :class:`orchestrator.control.Control`. It keeps, per service,
+:class:`Controller` implements :class:`orchestrator.daemon.control.Control`. It keeps, per service,
 a :class:`HealthBook`, the :class:`ServiceState` (from the store; created with the primary
 active when absent), the latest lag readings, the last :class:`Decision` and a bounded list
 of decision changes. It is the :class:`ObservationSink` and :class:`LagSink` the signal
@@ -32,9 +32,9 @@ from typing import Any
 
 from orchestrator.actions.registry import get_action
 from orchestrator.audit import AuditEntry, decision_detail, decision_record, entries
-from orchestrator.audit_writer import AuditWriter
 from orchestrator.clock import SYSTEM_CLOCK, Clock
-from orchestrator.control import CommandResult, NotLeaderError, Readiness, ServiceSnapshot
+from orchestrator.daemon.audit_writer import AuditWriter
+from orchestrator.daemon.control import CommandResult, NotLeaderError, Readiness, ServiceSnapshot
 from orchestrator.engine.decide import decide
 from orchestrator.engine.healthbook import HealthBook, RegionVerdict
 from orchestrator.engine.observation import Observation
@@ -102,7 +102,7 @@ class _Service:
 
 
 class Controller:
-    """The daemon's brain and the :class:`~orchestrator.control.Control` its front doors use.
+    """The daemon's brain and the :class:`~orchestrator.daemon.control.Control` its front doors use.
 
     Lifecycle: ``await load()`` (states from the store), then ``await run()`` (lease and
     engine loops, and the runs, in one TaskGroup) until cancelled; ``await drain(grace)``

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.control import NotLeaderError
-from orchestrator.controller import Controller
-from orchestrator.daemon_support import POLICY_RELOADS, reload_policies
+from orchestrator.daemon.control import NotLeaderError
+from orchestrator.daemon.controller import Controller
+from orchestrator.daemon.support import POLICY_RELOADS, reload_policies
 from orchestrator.engine.state import Command, OperatorCommand, ServiceState
 from orchestrator.engine.vocabulary import Action, Phase, Reason
 from orchestrator.store.base import JournalStatus
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
-from tests.unit.controller_support import SHOP_POLICY, region_down, running, see
+from tests.unit.daemon.controller_support import SHOP_POLICY, region_down, running, see
 from tests.unit.runbook.fakes import ScriptedAction
 
 

@@ -36,8 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
-from orchestrator.controller import Controller
-from orchestrator.daemon_support import (
+from orchestrator.daemon.controller import Controller
+from orchestrator.daemon.events import EventPublisher
+from orchestrator.daemon.metrics_export import MetricsExporter, watch_loop_lag
+from orchestrator.daemon.sdnotify import Notifier
+from orchestrator.daemon.support import (
     DaemonJobs,
     EventBridge,
     ReadinessFn,
@@ -46,13 +49,10 @@ from orchestrator.daemon_support import (
     supervise,
     try_load,
 )
-from orchestrator.events import EventPublisher
-from orchestrator.metrics_export import MetricsExporter, watch_loop_lag
 from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport, readiness
-from orchestrator.sdnotify import Notifier
 from orchestrator.settings import SettingsError, StateSettings
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings

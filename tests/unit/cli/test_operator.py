@@ -16,15 +16,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from orchestrator.api import bound_port, make_app, serve
-from orchestrator.control import CommandResult, Readiness
-from orchestrator.engine.state import Command, OperatorCommand
-from orchestrator.engine.vocabulary import REASON_TEXT, Reason
-from orchestrator.operator_cli import (
+from orchestrator.cli.operator import (
     ASCII_GLYPHS,
     add_operator_parsers,
     render_service,
     run_operator,
 )
+from orchestrator.daemon.control import CommandResult, Readiness
+from orchestrator.engine.state import Command, OperatorCommand
+from orchestrator.engine.vocabulary import REASON_TEXT, Reason
 from tests.fixtures.binaries import free_port
 from tests.unit.api.fakes import FakeControl
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sdnotify import Notifier, watchdog_interval
+from orchestrator.daemon.sdnotify import Notifier, watchdog_interval
 
 
 class FakeSystemd:

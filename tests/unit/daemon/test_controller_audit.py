@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audit_writer import AuditWriter
-from orchestrator.controller import Controller
+from orchestrator.daemon.audit_writer import AuditWriter
+from orchestrator.daemon.controller import Controller
 from orchestrator.engine.state import LagReading
 from orchestrator.incident_report import render
 from orchestrator.store.base import JournalRecord, JournalStatus, StoreUnavailable
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
-from tests.unit.controller_support import region_down, running, see
+from tests.unit.daemon.controller_support import region_down, running, see
 from tests.unit.runbook.fakes import ScriptedAction
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from tests.unit.engine.conftest import PRIMARY, STANDBY, all_up, sim_policy_data
 
 OUTAGE = [*all_up([PRIMARY, STANDBY]), {"at": "2m", "probes": {"region": PRIMARY, "state": "down"}}]

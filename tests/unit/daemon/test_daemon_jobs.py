@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from orchestrator.controller import Controller
-from orchestrator.daemon_support import READINESS_JOB, DaemonJobs, reload_policies
+from orchestrator.daemon.controller import Controller
+from orchestrator.daemon.support import READINESS_JOB, DaemonJobs, reload_policies
 from orchestrator.engine.state import RunStatus
 from orchestrator.policy.models import DrillMode, DrillSpec, Policy
 from orchestrator.readiness import Move, ReadinessReport, StepReadiness
 from orchestrator.store.base import JournalStatus
 from tests.fixtures.clock import VirtualClock, eventually
-from tests.unit.controller_support import SHOP_POLICY, see
+from tests.unit.daemon.controller_support import SHOP_POLICY, see
 from tests.unit.runbook.fakes import ScriptedAction
 
 DRILLS = """\

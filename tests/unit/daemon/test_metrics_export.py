@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from orchestrator.controller import Controller
-from orchestrator.metrics_export import (
+from orchestrator.daemon.controller import Controller
+from orchestrator.daemon.metrics_export import (
     PHASES,
     VERDICTS,
     MetricsExporter,
@@ -26,11 +26,11 @@ from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
 from tests.fixtures.controller import make_controller as make
 from tests.fixtures.controller import policy_text
-from tests.unit.controller_support import running as run_controller
-from tests.unit.controller_support import see
+from tests.unit.daemon.controller_support import running as run_controller
+from tests.unit.daemon.controller_support import see
 from tests.unit.runbook.fakes import ScriptedAction
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def value(name: str, **labels: str) -> float | None:
@@ -323,7 +323,7 @@ def test_the_committed_reference_is_current() -> None:
     committed = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
     assert committed == metrics_reference(), (
         "docs/metrics.md is out of date with orchestrator/telemetry.py; run"
-        " `python -m orchestrator.metrics_export > docs/metrics.md` and commit the result"
+        " `python -m orchestrator.daemon.metrics_export > docs/metrics.md` and commit the result"
     )
 
 

@@ -27,8 +27,8 @@ from prometheus_client.metrics import MetricWrapperBase
 import orchestrator
 from orchestrator import telemetry
 from orchestrator.clock import Clock
-from orchestrator.control import ServiceSnapshot
-from orchestrator.controller import Controller
+from orchestrator.daemon.control import ServiceSnapshot
+from orchestrator.daemon.controller import Controller
 from orchestrator.engine.state import Decision, RunStatus
 from orchestrator.engine.vocabulary import Phase, Reason, Verdict
 from orchestrator.policy.actions import APPROVAL_ACTION
@@ -366,8 +366,8 @@ def record_reload(ok: bool, version: str, at: float) -> None:
 REFERENCE_HEADER = """\
 # Metrics reference
 
-Generated from `orchestrator/telemetry.py` by `python -m orchestrator.metrics_export`
-(`tests/unit/test_metrics_export.py` fails when this file is not current). Every metric has
+Generated from `orchestrator/telemetry.py` by `python -m orchestrator.daemon.metrics_export`
+(`tests/unit/daemon/test_metrics_export.py` fails when this file is not current). Every metric has
 the `failoverd_` prefix and base units; label values come from fixed vocabularies or from
 the policies (service, region, vantage point, signal, step and action names), never from run
 ids or error messages.

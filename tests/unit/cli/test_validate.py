@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import EXIT_FAILED, EXIT_OK, EXIT_UNUSABLE, main
+from orchestrator.cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNUSABLE, main
 from orchestrator.policy.schema import policy_schema_text
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ERROR_LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<path>\S+): (?P<msg>.+)$")
 
 # A small valid policy (independent of the examples, which change as they are improved).

@@ -1,7 +1,7 @@
 """Small parts of the daemon: source supervision, policy reload, the periodic jobs
 (readiness, scheduled drills) and the bridge from the controller to the MQTT event stream.
 
-Kept apart from :mod:`orchestrator.daemon` (the wiring) so each can be tested alone.
+Kept apart from :mod:`orchestrator.daemon.main` (the wiring) so each can be tested alone.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[impo
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from orchestrator.clock import Clock
-from orchestrator.control import NotLeaderError
-from orchestrator.controller import Controller
+from orchestrator.daemon.control import NotLeaderError
+from orchestrator.daemon.controller import Controller
+from orchestrator.daemon.events import EventPublisher
+from orchestrator.daemon.metrics_export import record_reload
 from orchestrator.drills import DrillSchedule
 from orchestrator.engine.state import Command, OperatorCommand, RunStatus
-from orchestrator.events import EventPublisher
-from orchestrator.metrics_export import record_reload
 from orchestrator.policy.loader import PolicySet, load_policy_set, policy_files
 from orchestrator.policy.models import DrillMode, DrillSpec, Policy
 from orchestrator.policy.yamlsource import SourceErrors

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.controller import Controller
+from orchestrator.daemon.controller import Controller
 from orchestrator.engine.observation import Observation
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock

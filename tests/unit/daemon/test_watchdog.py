@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from orchestrator.controller import Controller
-from orchestrator.daemon import Daemon, DaemonSettings
+from orchestrator.daemon.controller import Controller
+from orchestrator.daemon.main import Daemon, DaemonSettings
+from orchestrator.daemon.sdnotify import Notifier
 from orchestrator.engine.state import Decision, OperatorCommand
-from orchestrator.sdnotify import Notifier
 from orchestrator.store.base import StoreUnavailable
 from tests.fixtures.clock import eventually
 from tests.fixtures.controller import policy_text
