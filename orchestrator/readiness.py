@@ -103,7 +103,7 @@ async def check_step(
         target_region=move.target,
         primary_region=policy.primary,
         params=params,
-        aws=aws,
+        aws=aws.with_role(policy.role(step.aws)),
         clock=clock,
         deadline=clock.monotonic() + step.timeout,
     )
@@ -135,7 +135,7 @@ async def check_lag(
     for watch in lag_watches(policies):
         rpo = by_service[watch.service].rpo
         try:
-            async with aws.client("cloudwatch", watch.region) as client:
+            async with aws.with_role(watch.role).client("cloudwatch", watch.region) as client:
                 reading = await source.read(client, watch)
         except Exception as exc:  # any failure to read is "could not check", reported
             out.append(LagReadiness(watch.service, watch.region, False, f"could not read: {exc}"))

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator.policy.access import AwsRole
 from orchestrator.policy.actions import ACTION_NAMES
 from orchestrator.policy.durations import Duration
 from orchestrator.policy.regions import REGION_PATTERN as REGION_PATTERN  # re-exported
@@ -151,6 +152,10 @@ class AwsHealthSignal(_SignalBase):
         default_factory=list, description="Affected entity ARNs/ids to match (empty: any)."
     )
     poll_interval: Duration = Field(default=60.0, gt=0, description="How often the API is polled.")
+    aws: AwsRole | None = Field(
+        default=None,
+        description="The IAM role this signal reads as (default: the policy's `aws`).",
+    )
 
 
 class CloudWatchAlarmSignal(_SignalBase):
@@ -159,6 +164,10 @@ class CloudWatchAlarmSignal(_SignalBase):
 
     type: Literal["cloudwatch_alarm"]
     alarms: dict[Region, list[str]] = Field(description="Alarm names in each region.")
+    aws: AwsRole | None = Field(
+        default=None,
+        description="The IAM role this signal reads as (default: the policy's `aws`).",
+    )
 
 
 Signal = Annotated[
@@ -250,6 +259,10 @@ class Replication(Strict):
         default=300.0, gt=0, description="A reading older than this is unknown lag."
     )
     interval: Duration = Field(default=60.0, gt=0, description="How often lag is read.")
+    aws: AwsRole | None = Field(
+        default=None,
+        description="The IAM role lag metrics are read as (default: the policy's `aws`).",
+    )
 
 
 class MaxFailovers(Strict):
@@ -319,6 +332,10 @@ class Step(Strict):
     on_failure: OnFailure = Field(
         default=OnFailure.ABORT,
         description="abort: the run fails (phase failed); continue: dependents still run.",
+    )
+    aws: AwsRole | None = Field(
+        default=None,
+        description="The IAM role this step acts as (default: the policy's `aws`).",
     )
 
     @field_validator("action")
@@ -422,6 +439,11 @@ class Policy(Strict):
     replication: Replication | None = Field(
         default=None, description="Replication lag sources, held against the RPO."
     )
+    aws: AwsRole | None = Field(
+        default=None,
+        description="The IAM role (in the workload account) every AWS call of this policy is"
+        " made as, unless a step or signal names its own; default: the daemon's identity.",
+    )
     guards: Guards = Field(default=Guards(), description="What may stop or delay a move.")
     runbooks: Runbooks = Field(description="The steps of a failover, failback, switchover.")
     drills: list[DrillSpec] = Field(
@@ -433,3 +455,7 @@ class Policy(Strict):
     @property
     def primary(self) -> str:
         return self.regions[0]
+
+    def role(self, own: AwsRole | None = None) -> AwsRole | None:
+        """The role a step or signal acts as: its own ``aws``, else the policy's."""
+        return own or self.aws

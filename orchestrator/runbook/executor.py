@@ -246,7 +246,14 @@ class Executor:
             facts_json = json.loads(json.dumps(dict(facts or {})))
         except (TypeError, ValueError) as exc:
             raise RunRejected(f"run facts must be JSON values: {exc}") from exc
-        steps = tuple(policy.runbooks.for_kind(kind))
+        # Each step carries the role it acts as (its own, or the policy's), so that the plan
+        # in the journal says who did what, and a reload cannot change it mid-run.
+        steps = tuple(
+            s
+            if s.aws is not None or policy.aws is None
+            else s.model_copy(update={"aws": policy.aws})
+            for s in policy.runbooks.for_kind(kind)
+        )
         _check_dag(policy.service, kind, steps)
         return RunHeader(
             run_id=run_id,
@@ -446,7 +453,7 @@ class Executor:
             target_region=header.target,
             primary_region=header.primary,
             params=params,
-            aws=self._aws,
+            aws=self._aws.with_role(step.aws),
             clock=self._clock,
             deadline=deadline,
             approvals=self._store,

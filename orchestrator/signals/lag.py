@@ -30,6 +30,7 @@ from typing import Any
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.state import LagReading
+from orchestrator.policy.access import AwsRole
 from orchestrator.policy.models import (
     AuroraGlobalLag,
     CloudWatchMetricLag,
@@ -71,6 +72,7 @@ class LagWatch:
     queries: tuple[MetricQuery, ...]
     interval: float
     max_age: float
+    role: AwsRole | None = None  # read as this role (replication's aws, or the policy's)
 
 
 def lag_queries(source: LagSource) -> tuple[MetricQuery, ...]:
@@ -114,6 +116,7 @@ def lag_watches(policies: Iterable[Policy]) -> list[LagWatch]:
                     lag_queries(source),
                     float(replication.interval),
                     float(replication.max_age),
+                    policy.role(replication.aws),
                 )
             )
     return out
