@@ -32,7 +32,7 @@ import asyncio
 import contextvars
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -412,6 +412,24 @@ class AwsClients:
         if endpoint_url is not None:
             config = replace(config, endpoint_url=endpoint_url)
         return cls(config, clock=clock)
+
+    @classmethod
+    def from_config_file(
+        cls,
+        path: str | None,
+        env: Mapping[str, str],
+        *,
+        endpoint_url: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> AwsClients:
+        """The clients of the daemon's settings file (``path``, else the default file when
+        it exists) and ``FAILOVERD_AWS__*`` variables in ``env``: what the CLI commands use,
+        so that they talk to AWS exactly as the daemon does. Raises the settings loader's
+        ``SourceErrors`` (naming file:line) for a bad file."""
+        from orchestrator.settings import load_settings
+
+        settings = load_settings(path, env)
+        return cls.from_settings(settings.aws, endpoint_url=endpoint_url, clock=clock)
 
     def with_role(self, role: RoleSpec | None) -> AwsClients:
         """A view whose clients act as ``role`` (None: this factory's own identity)."""
