@@ -30,6 +30,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
+from orchestrator.actions.moves import run_facts
 from orchestrator.actions.render import render_params
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.control import ServiceSnapshot
@@ -380,7 +381,7 @@ async def switchover_drill(
             await clock.sleep(hold)
             state = await store.load_state(policy.service) or state
         decision = _decision(policy, kind, a, b, clock.now(), policy_version)
-        facts = {"source_healthy": True, "drill": True}
+        facts = run_facts(kind.value, drill=True, source_region=a)
         run_id = await executor.start_run(policy, decision, state, facts=facts)
         progress = await executor.progress(run_id)
         if progress is not None:

@@ -93,7 +93,10 @@ class AuroraGlobal(_Params):
     target_cluster_arn: str
     mode: Literal["auto", "switchover", "failover", "detach_and_promote"] = Field(
         default="auto",
-        description="auto: switchover when both regions are healthy, else failover.",
+        description="auto: a switchover, failback or drill switches over (no data loss); a"
+        " failover with the source region down or unknown fails over with AllowDataLoss, one"
+        " away from a region that still answers switches over. failover in a planned move"
+        " switches over too.",
     )
 
 

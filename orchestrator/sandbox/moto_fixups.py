@@ -1,9 +1,11 @@
-"""Named fix-ups of moto's RDS backend where it differs from what real AWS shows.
+"""Named fix-ups of moto where it differs from what real AWS does.
 
-moto runs in this process (``ThreadedMotoServer``), so its backend classes can be patched:
-the fix-ups make the emulator report what AWS reports after a change, so production
-``verify`` code can stay strict. Each fix-up is named, listed in :data:`FIXUPS`, and shown
-by a test (tests/integration/actions/test_moto_fixups.py) to close a real gap.
+moto runs in this process (``ThreadedMotoServer``), so its backend and response classes can
+be patched: the fix-ups make the emulator report what AWS reports after a change, and refuse
+what AWS refuses, so production ``check``/``verify`` code can stay strict and a test that
+passes against the sandbox means something against AWS. Each fix-up is named, listed in
+:data:`FIXUPS`, and shown by a test (tests/integration/actions/test_moto_fixups.py) to
+close a real gap: moto as is, then fixed.
 
 * ``rds_promote_clears_source`` — after PromoteReadReplica, AWS shows the instance with no
   ``ReadReplicaSourceDBInstanceIdentifier`` and the source no longer lists it; moto keeps
@@ -15,9 +17,10 @@ by a test (tests/integration/actions/test_moto_fixups.py) to close a real gap.
   detached cluster's own, typically) and leaves the cluster standalone; moto keeps global
   clusters in us-east-1's backend only, so the call from another region silently does
   nothing, and the detached cluster still names its global cluster.
-
-:func:`apply_moto_fixups` is idempotent; :func:`without_moto_fixups` restores moto's own
-behaviour for a block (to show the gap).
+* ``rds_global_failover_and_switchover`` — FailoverGlobalCluster and SwitchoverGlobalCluster,
+  which moto does not implement (HTTP 500), with replicated positions: a failover with
+  ``AllowDataLoss`` loses the writes not yet replicated, a switchover waits for the
+  secondary and loses none (:mod:`orchestrator.sandbox.aurora_global`).
 """
 
 from __future__ import annotations
@@ -28,20 +31,22 @@ from typing import Any
 
 from moto.rds.exceptions import RDSClientError
 from moto.rds.models import RDSBackend, rds_backends
+from moto.rds.responses import RDSResponse
 
 GLOBAL_CLUSTERS_REGION = "us-east-1"  # where moto's RDS responses keep global clusters
 
-_ORIGINALS: dict[str, Callable[..., Any]] = {
-    "promote_read_replica": RDSBackend.promote_read_replica,
-    "create_global_cluster": RDSBackend.create_global_cluster,
-    "remove_from_global_cluster": RDSBackend.remove_from_global_cluster,
-}
+_MISSING: Any = object()  # an attribute moto's class does not have (a call it lacks)
+
+
+def _original(cls: type, attribute: str) -> Any:
+    """moto's own ``cls.attribute`` (as it was before any fix-up), or :data:`_MISSING`."""
+    return _ORIGINALS[(cls, attribute)]
 
 
 def _promote_read_replica(self: Any, db_kwargs: dict[str, Any]) -> Any:
     database = self.databases[db_kwargs["db_instance_identifier"]]
     source_id = database.source_db_instance_identifier if database.is_replica else None
-    result = _ORIGINALS["promote_read_replica"](self, db_kwargs)
+    result = _original(RDSBackend, "promote_read_replica")(self, db_kwargs)
     if source_id:
         source = self.find_db_from_id(source_id)
         for link in (result.db_instance_arn, result.db_instance_identifier):
@@ -52,7 +57,7 @@ def _promote_read_replica(self: Any, db_kwargs: dict[str, Any]) -> Any:
 
 
 def _create_global_cluster(self: Any, *args: Any, **kwargs: Any) -> Any:
-    global_cluster = _ORIGINALS["create_global_cluster"](self, *args, **kwargs)
+    global_cluster = _original(RDSBackend, "create_global_cluster")(self, *args, **kwargs)
     if len(global_cluster.members) == 1:
         global_cluster.members[0].is_writer = True
     return global_cluster
@@ -87,30 +92,125 @@ def _remove_from_global_cluster(
     )
 
 
-FIXUPS: dict[str, tuple[str, Callable[..., Any]]] = {
-    "rds_promote_clears_source": ("promote_read_replica", _promote_read_replica),
-    "rds_global_source_is_writer": ("create_global_cluster", _create_global_cluster),
+# -- rds_global_failover_and_switchover ------------------------------------------------------
+def _target_cluster(account: str, identifier: str) -> Any:
+    """The cluster a TargetDbClusterIdentifier names (an ARN, as AWS asks for, says the
+    region; a bare id is looked up in every region)."""
+    parts = identifier.split(":")
+    regions = [parts[3]] if identifier.startswith("arn:") and len(parts) > 3 else None
+    for region in regions or list(rds_backends[account].keys()):
+        try:
+            return rds_backends[account][region].describe_db_clusters(
+                db_cluster_identifier=identifier
+            )[0]
+        except RDSClientError:
+            continue
+    raise RDSClientError("DBClusterNotFoundFault", f"DBCluster {identifier} not found.")
+
+
+def _global_move(response: Any, *, switchover: bool) -> Any:
+    from moto.core.responses import ActionResult
+
+    from orchestrator.sandbox.aurora_global import (
+        EMULATOR,
+        GlobalClusterStateError,
+        find_global_cluster,
+    )
+
+    params = response.params
+    identifier = str(params["GlobalClusterIdentifier"])
+    account = response.current_account
+    try:
+        global_cluster = find_global_cluster(identifier, account)
+    except KeyError:
+        raise RDSClientError(
+            "GlobalClusterNotFoundFault", f"Global cluster {identifier} not found"
+        ) from None
+    target = _target_cluster(account, str(params["TargetDbClusterIdentifier"]))
+    allow_loss = params.get("AllowDataLoss") in (True, "true")
+    if not switchover and allow_loss and params.get("Switchover") in (True, "true"):
+        # The API reference: AllowDataLoss "can't be specified together with" Switchover.
+        raise RDSClientError(
+            "InvalidParameterCombination", "AllowDataLoss and Switchover cannot both be set"
+        )
+    try:
+        if switchover or not allow_loss:  # without AllowDataLoss it is a switchover
+            EMULATOR.switchover(global_cluster, target)
+        else:
+            EMULATOR.failover(global_cluster, target)
+    except GlobalClusterStateError as exc:
+        raise RDSClientError("InvalidGlobalClusterStateFault", str(exc)) from None
+    return ActionResult({"GlobalCluster": global_cluster})
+
+
+def _failover_global_cluster(self: Any) -> Any:
+    return _global_move(self, switchover=False)
+
+
+def _switchover_global_cluster(self: Any) -> Any:
+    return _global_move(self, switchover=True)
+
+
+def _describe_global_clusters(self: Any) -> Any:
+    from orchestrator.sandbox.aurora_global import EMULATOR
+
+    clusters = _original(RDSBackend, "describe_global_clusters")(self)
+    for global_cluster in clusters:
+        EMULATOR.advance(global_cluster)
+    return clusters
+
+
+Patch = tuple[type, str, Callable[..., Any]]
+
+FIXUPS: dict[str, tuple[Patch, ...]] = {
+    "rds_promote_clears_source": ((RDSBackend, "promote_read_replica", _promote_read_replica),),
+    "rds_global_source_is_writer": ((RDSBackend, "create_global_cluster", _create_global_cluster),),
     "rds_remove_from_global_any_region": (
-        "remove_from_global_cluster",
-        _remove_from_global_cluster,
+        (RDSBackend, "remove_from_global_cluster", _remove_from_global_cluster),
+    ),
+    "rds_global_failover_and_switchover": (
+        (RDSResponse, "failover_global_cluster", _failover_global_cluster),
+        (RDSResponse, "switchover_global_cluster", _switchover_global_cluster),
+        (RDSBackend, "describe_global_clusters", _describe_global_clusters),
     ),
 }
 
+_ORIGINALS: dict[tuple[type, str], Any] = {
+    (cls, attribute): cls.__dict__.get(attribute, _MISSING)
+    for patches in FIXUPS.values()
+    for cls, attribute, _ in patches
+}
+
+
+def _set(cls: type, attribute: str, value: Any) -> None:
+    if value is _MISSING:
+        if attribute in cls.__dict__:
+            delattr(cls, attribute)
+    else:
+        setattr(cls, attribute, value)
+
 
 def apply_moto_fixups() -> None:
-    """Patch moto's backend classes (affects the in-process server at once). Idempotent."""
-    for attribute, replacement in FIXUPS.values():
-        setattr(RDSBackend, attribute, replacement)
+    """Patch moto's classes (affects the in-process server at once). Idempotent."""
+    for patches in FIXUPS.values():
+        for cls, attribute, replacement in patches:
+            setattr(cls, attribute, replacement)
 
 
 @contextmanager
-def without_moto_fixups() -> Iterator[None]:
-    """moto's own behaviour inside the block; the fix-ups as they were afterwards."""
-    before = {attribute: getattr(RDSBackend, attribute) for attribute, _ in FIXUPS.values()}
-    for attribute, _ in FIXUPS.values():
-        setattr(RDSBackend, attribute, _ORIGINALS[attribute])
+def without_moto_fixups(*names: str) -> Iterator[None]:
+    """moto's own behaviour inside the block, for the named fix-ups (default: all); the
+    fix-ups as they were afterwards."""
+    chosen = names or tuple(FIXUPS)
+    unknown = [n for n in chosen if n not in FIXUPS]
+    if unknown:
+        raise KeyError(f"no such moto fix-up: {', '.join(unknown)}")
+    patches = [(cls, attribute) for n in chosen for cls, attribute, _ in FIXUPS[n]]
+    before = {key: key[0].__dict__.get(key[1], _MISSING) for key in patches}
+    for cls, attribute in patches:
+        _set(cls, attribute, _ORIGINALS[(cls, attribute)])
     try:
         yield
     finally:
-        for attribute, method in before.items():
-            setattr(RDSBackend, attribute, method)
+        for (cls, attribute), value in before.items():
+            _set(cls, attribute, value)

@@ -43,13 +43,19 @@ from typing import Any, TextIO
 import aiohttp
 import yaml
 
+from orchestrator.sandbox.aurora_global import EMULATOR, aurora_region
 from orchestrator.sandbox.broker import available as embedded_broker_available
 from orchestrator.sandbox.control import FAULTS, ControlServer, FaultError, Faults, send_fault
 from orchestrator.sandbox.etcd_cluster import EtcdCluster, EtcdClusterError, etcd_binary
 from orchestrator.sandbox.fault_proxy import FaultProxy
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints
-from orchestrator.sandbox.seed import ALL_REGIONS, seed_world, write_sandbox_policies
+from orchestrator.sandbox.seed import (
+    ALL_REGIONS,
+    feed_ledger_writes,
+    seed_world,
+    write_sandbox_policies,
+)
 from orchestrator.sandbox.world import (
     DEFAULT_LAG,
     PRIMARY,
@@ -303,7 +309,13 @@ class Sandbox:
             publish_lag(self.moto, seconds)
 
         self.faults = Faults(
-            self.endpoints, self.health, lag, lag_seconds=DEFAULT_LAG, proxy=self.proxy
+            self.endpoints,
+            self.health,
+            lag,
+            lag_seconds=DEFAULT_LAG,
+            proxy=self.proxy,
+            on_region=aurora_region,
+            world_state=lambda: {"aurora": EMULATOR.states()},
         )
         control = ControlServer(self.faults)
         stack.push_async_callback(control.stop)
@@ -552,6 +564,7 @@ async def _main(args: argparse.Namespace) -> int:
         sandbox.announce()
         async with asyncio.TaskGroup() as tasks:
             feed = tasks.create_task(feed_lag(sandbox.moto, lambda: sandbox.faults.lag_seconds))
+            writes = tasks.create_task(feed_ledger_writes())
             try:
                 if args.demo:
                     return int(await _first(run_demo(sandbox, args.deadline), stop, default=1))
@@ -559,6 +572,7 @@ async def _main(args: argparse.Namespace) -> int:
                 return EXIT_OK
             finally:
                 feed.cancel()
+                writes.cancel()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -5,8 +5,11 @@ The webapp stays in :mod:`orchestrator.sandbox.world` (the demo depends on it); 
 adds, per example:
 
 * ledger (eu-west-1 → eu-central-1): Aurora global database ``ledger-global`` with member
-  clusters ``ledger-<region>``, ECS ``ledger-<region>``/``ledger-writer``, CloudWatch alarms
-  ``ledger-<region>-unhealthy`` in OK, SNS ``ledger-oncall``, zone ``payments.example.com``;
+  clusters ``ledger-<region>`` (one instance each; writes committed by
+  :func:`feed_ledger_writes`, replicated by the emulator of
+  :mod:`orchestrator.sandbox.aurora_global`), ECS ``ledger-<region>``/``ledger-writer``,
+  CloudWatch alarms ``ledger-<region>-unhealthy`` in OK, SNS ``ledger-oncall``, zone
+  ``payments.example.com``;
 * catalog (us-east-1 → us-west-2 → eu-west-1): ECS ``catalog-<region>``/``catalog-api``,
   Route 53 health checks ``catalog-<region>``, SNS ``catalog-oncall`` per region;
 * reports (us-west-2 → us-east-1, advisory): ASG ``reports-web-<region>``, zone
@@ -113,6 +116,14 @@ def _seed_ledger(world: MotoWorld) -> str:
         Engine="aurora-postgresql",
         GlobalClusterIdentifier="ledger-global",
     )
+    for region in (primary, standby):
+        # An instance in each cluster: a headless secondary could not serve as the writer.
+        world.client("rds", region).create_db_instance(
+            DBInstanceIdentifier=f"ledger-{region}-1",
+            DBClusterIdentifier=f"ledger-{region}",
+            Engine="aurora-postgresql",
+            DBInstanceClass="db.r6g.large",
+        )
     for region, desired in ((primary, 6), (standby, 0)):
         _ecs(world, region, f"ledger-{region}", "ledger-writer", desired)
         cw = world.client("cloudwatch", region)
@@ -195,6 +206,31 @@ def _datapoint(name: str, dims: dict[str, str], value: float, unit: str) -> dict
     }
 
 
+def commit_ledger_writes(n: int = 1) -> int:
+    """The ledger application's writes: ``n`` committed on ledger-global's writer (nothing
+    while the writer's region is down, or during a switchover). The emulator ships them to
+    the secondary after its lag, so a failover with AllowDataLoss loses the newest ones."""
+    from orchestrator.sandbox.aurora_global import EMULATOR, find_global_cluster
+
+    try:
+        return EMULATOR.write(find_global_cluster("ledger-global", ACCOUNT), n)
+    except KeyError:
+        return 0
+
+
+async def feed_ledger_writes(every: float = 0.5) -> None:
+    """Commit a ledger write every ``every`` seconds until cancelled (the sandbox's
+    "application"), so a failover's lost writes show in the control endpoint's state."""
+    import asyncio
+
+    while True:
+        try:
+            await asyncio.to_thread(commit_ledger_writes)
+        except Exception as exc:  # moto restarting: the next round tries again
+            log.warning("sandbox_ledger_write_failed", error=repr(exc))
+        await asyncio.sleep(every)
+
+
 def publish_example_lag(world: MotoWorld) -> None:
     """One fresh datapoint for every replication source of ledger, catalog and reports (the
     webapp's lag is :func:`~orchestrator.sandbox.world.publish_lag`'s). Blocking."""
@@ -203,7 +239,7 @@ def publish_example_lag(world: MotoWorld) -> None:
         MetricData=[
             _datapoint(
                 "AuroraGlobalDBRPOLag",
-                {"DBClusterIdentifier": "ledger-euc1"},
+                {"DBClusterIdentifier": "ledger-eu-central-1"},
                 AURORA_RPO_LAG_MS,
                 "Milliseconds",
             )
@@ -252,8 +288,8 @@ def example_policy(
     """The sandbox copy of ``policies/<service>/<service>.yaml`` (not webapp: see
     :func:`~orchestrator.sandbox.world.sandbox_policy`): seeded zone id, every probe on the
     loopback endpoint of its region (``targets``: region → port), the given vantage points,
-    fast detection and replication reads. Runbooks and guards unchanged but for ledger's
-    Aurora mode."""
+    fast detection and replication reads. Runbooks and guards unchanged (ledger's Aurora steps
+    run against the emulated FailoverGlobalCluster/SwitchoverGlobalCluster)."""
     source = POLICIES / service / f"{service}.yaml"
     text = source.read_text(encoding="utf-8")
     placeholder = PLACEHOLDER_ZONES.get(service)
@@ -280,13 +316,6 @@ def example_policy(
             signal["targets"] = {r: f"127.0.0.1:{targets[r]}" for r in regions}
     policy["replication"]["interval"] = "5s"
     policy["replication"]["max_age"] = "1m"
-    if service == "ledger":
-        # moto implements neither FailoverGlobalCluster nor SwitchoverGlobalCluster: in the
-        # sandbox the Aurora steps detach the target from the global database and promote it.
-        for steps in policy["runbooks"].values():
-            for step in steps:
-                if step["action"] == "aurora.global_failover":
-                    step["params"]["mode"] = "detach_and_promote"
     return yaml.safe_dump(policy, sort_keys=False)
 
 

@@ -35,13 +35,14 @@ def make_ctx(
     run_id: str = "run-1",
     step: str = "step",
     facts: Mapping[str, Any] | None = None,
+    kind: str = "failover",
 ) -> StepContext:
     return StepContext(
         service="web",
         run_id=run_id,
         step=step,
         attempt=1,
-        kind="failover",
+        kind=kind,
         source_region=SOURCE,
         target_region=TARGET,
         primary_region=SOURCE,

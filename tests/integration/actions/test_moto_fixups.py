@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.sandbox.aurora_global import EMULATOR, emulator_settings, find_global_cluster
+from tests.fixtures.clock import VirtualClock
 from tests.fixtures.moto_fixups import apply_moto_fixups, without_moto_fixups
 from tests.fixtures.moto_server import MotoServer
 from tests.integration.actions.step_support import SOURCE, TARGET
@@ -87,3 +89,38 @@ def test_rds_remove_from_global_any_region(moto: MotoServer, fixed: bool) -> Non
     else:  # the gap: a call from the member's region does nothing, and says nothing
         assert set(_members(target)) == {primary, secondary}
         assert detached["GlobalClusterIdentifier"] == "glob"
+
+
+def test_rds_global_failover_and_switchover(moto: MotoServer, fixed: bool) -> None:
+    target, primary, secondary = _global_database(moto)
+    clock = VirtualClock()
+    with emulator_settings(clock=clock, lag=5.0):
+        gc = find_global_cluster("glob")
+        EMULATOR.write(gc, 4)  # not replicated yet: 5 s of lag
+        if not fixed:  # the gap: moto has neither call (HTTP 500)
+            for call in (target.failover_global_cluster, target.switchover_global_cluster):
+                with pytest.raises(Exception, match=r"500|Unable to parse"):
+                    call(GlobalClusterIdentifier="glob", TargetDbClusterIdentifier=secondary)
+            return
+        target.failover_global_cluster(
+            GlobalClusterIdentifier="glob", TargetDbClusterIdentifier=secondary, AllowDataLoss=True
+        )
+        [glob] = target.describe_global_clusters()["GlobalClusters"]
+        assert glob["Status"] == "failing-over"
+        assert glob["FailoverState"]["IsDataLossAllowed"] is True
+        clock.advance(2.0)
+        assert _members(target) == {primary: False, secondary: True}
+        assert EMULATOR.state(gc)["lost_writes"] == 4  # AllowDataLoss: the tail is gone
+        # And back, planned: writes made now wait for the old primary to catch up.
+        EMULATOR.write(gc, 2)
+        target.switchover_global_cluster(
+            GlobalClusterIdentifier="glob", TargetDbClusterIdentifier=primary
+        )
+        assert EMULATOR.write(gc, 1) == 2  # writes are blocked during a switchover
+        clock.advance(4.0)
+        [glob] = target.describe_global_clusters()["GlobalClusters"]
+        assert glob["Status"] == "switching-over"  # the secondary is still catching up
+        clock.advance(4.0)
+        assert _members(target) == {primary: True, secondary: False}
+        assert EMULATOR.state(gc)["lost_writes"] == 4  # nothing more lost
+        assert EMULATOR.state(gc)["position"] == 2
