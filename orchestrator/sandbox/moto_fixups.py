@@ -17,6 +17,10 @@ close a real gap: moto as is, then fixed.
   detached cluster's own, typically) and leaves the cluster standalone; moto keeps global
   clusters in us-east-1's backend only, so the call from another region silently does
   nothing, and the detached cluster still names its global cluster.
+* ``route53_refuses_conflicting_records`` — ChangeResourceRecordSets answers
+  ``InvalidChangeBatch`` for a CNAME at the zone apex, a CNAME sharing its name with
+  another type, and simple and weighted/failover sets mixed for one name and type; moto
+  accepts them all.
 * ``rds_global_failover_and_switchover`` — FailoverGlobalCluster and SwitchoverGlobalCluster,
   which moto does not implement (HTTP 500), with replicated positions: a failover with
   ``AllowDataLoss`` loses the writes not yet replicated, a switchover waits for the
@@ -32,6 +36,8 @@ from typing import Any
 from moto.rds.exceptions import RDSClientError
 from moto.rds.models import RDSBackend, rds_backends
 from moto.rds.responses import RDSResponse
+from moto.route53.exceptions import Route53ClientError
+from moto.route53.models import Route53Backend
 
 GLOBAL_CLUSTERS_REGION = "us-east-1"  # where moto's RDS responses keep global clusters
 
@@ -160,6 +166,66 @@ def _describe_global_clusters(self: Any) -> Any:
     return clusters
 
 
+# -- route53_refuses_conflicting_records ---------------------------------------------------
+def _r53_name(name: str) -> str:
+    value = name.strip().lower().replace("\\052", "*")
+    return value if value.endswith(".") else value + "."
+
+
+def _change_resource_record_sets(self: Any, zoneid: str, change_list: list[dict[str, Any]]) -> Any:
+    """Refuse a batch the way Route 53 does (InvalidChangeBatch, AWS's own wording) when a
+    CREATE or UPSERT would leave a CNAME at the apex, a CNAME beside another type, or
+    simple and routed (SetIdentifier) sets of one name and type side by side. The batch is
+    judged as a whole, against the zone as it would be after it (AWS validates it so)."""
+    zone = self.get_hosted_zone(zoneid)
+    apex = _r53_name(zone.name)
+    # (name, type, set id) -> present after the batch
+    state = {(_r53_name(r.name), r.type, r.set_identifier): True for r in zone.rrsets}
+    for change in change_list:
+        rrset = change["ResourceRecordSet"]
+        key = (_r53_name(rrset["Name"]), rrset["Type"], rrset.get("SetIdentifier"))
+        state[key] = change["Action"] in ("CREATE", "UPSERT")
+    for change in change_list:
+        if change["Action"] not in ("CREATE", "UPSERT"):
+            continue
+        rrset = change["ResourceRecordSet"]
+        name, kind, ident = _r53_name(rrset["Name"]), rrset["Type"], rrset.get("SetIdentifier")
+        if kind == "CNAME" and name == apex:
+            raise Route53ClientError(
+                "InvalidChangeBatch",
+                f"[RRSet of type CNAME with DNS name {name} is not permitted at apex in zone"
+                f" {apex}]",
+            )
+        present = [k for k, alive in state.items() if alive and k[0] == name]
+        if kind == "CNAME" and any(t != "CNAME" for _, t, _ in present):
+            raise Route53ClientError(
+                "InvalidChangeBatch",
+                f"[RRSet of type CNAME with DNS name {name} is not permitted as it conflicts"
+                f" with other records with the same DNS name in zone {apex}]",
+            )
+        if kind != "CNAME" and any(t == "CNAME" for _, t, _ in present):
+            raise Route53ClientError(
+                "InvalidChangeBatch",
+                f"[RRSet of type {kind} with DNS name {name} is not permitted because a"
+                f" conflicting RRSet of type CNAME with the same DNS name already exists in"
+                f" zone {apex}]",
+            )
+        same = [i for _, t, i in present if t == kind]
+        if ident is None and any(i is not None for i in same):
+            raise Route53ClientError(
+                "InvalidChangeBatch",
+                f"[RRSet with DNS name {name}, type {kind} cannot be created as other RRSets"
+                " exist with the same name and type.]",
+            )
+        if ident is not None and None in same:
+            raise Route53ClientError(
+                "InvalidChangeBatch",
+                f"[RRSet with DNS name {name}, type {kind}, SetIdentifier {ident} cannot be"
+                " created as a non-weighted set exists with the same name and type.]",
+            )
+    return _original(Route53Backend, "change_resource_record_sets")(self, zoneid, change_list)
+
+
 Patch = tuple[type, str, Callable[..., Any]]
 
 FIXUPS: dict[str, tuple[Patch, ...]] = {
@@ -167,6 +233,9 @@ FIXUPS: dict[str, tuple[Patch, ...]] = {
     "rds_global_source_is_writer": ((RDSBackend, "create_global_cluster", _create_global_cluster),),
     "rds_remove_from_global_any_region": (
         (RDSBackend, "remove_from_global_cluster", _remove_from_global_cluster),
+    ),
+    "route53_refuses_conflicting_records": (
+        (Route53Backend, "change_resource_record_sets", _change_resource_record_sets),
     ),
     "rds_global_failover_and_switchover": (
         (RDSResponse, "failover_global_cluster", _failover_global_cluster),

@@ -11,7 +11,8 @@ adds, per example:
   CloudWatch alarms ``ledger-<region>-unhealthy`` in OK, SNS ``ledger-oncall``, zone
   ``payments.example.com``;
 * catalog (us-east-1 → us-west-2 → eu-west-1): ECS ``catalog-<region>``/``catalog-api``,
-  Route 53 health checks ``catalog-<region>``, SNS ``catalog-oncall`` per region;
+  Route 53 health checks tagged ``Name=catalog-<region>`` (ids generated), SNS
+  ``catalog-oncall`` per region;
 * reports (us-west-2 → us-east-1, advisory): ASG ``reports-web-<region>``, zone
   ``example.com``.
 
@@ -151,13 +152,11 @@ def _seed_ledger(world: MotoWorld) -> str:
 
 
 def _seed_catalog(world: MotoWorld) -> None:
-    from moto.route53.models import route53_backends
-
-    backend = route53_backends[ACCOUNT]["aws"]
+    r53 = world.client("route53", "us-east-1")
     for i, region in enumerate(REGIONS_OF["catalog"]):
         _ecs(world, region, f"catalog-{region}", "catalog-api", 24 if i == 0 else 4)
         world.client("sns", region).create_topic(Name="catalog-oncall")
-        created = world.client("route53", "us-east-1").create_health_check(
+        created = r53.create_health_check(
             CallerReference=f"catalog-{region}",
             HealthCheckConfig={
                 "Type": "HTTPS",
@@ -165,11 +164,12 @@ def _seed_catalog(world: MotoWorld) -> None:
                 "ResourcePath": "/healthz",
             },
         )["HealthCheck"]["Id"]
-        # The policy names its checks catalog-<region>; AWS ids are generated. moto runs in
-        # this process, so the check is re-keyed to the name the runbook renders.
-        check = backend.health_checks.pop(created)
-        check.id = f"catalog-{region}"
-        backend.health_checks[check.id] = check
+        # Route 53 generates the id; the policy finds the check by its Name tag, as in AWS.
+        r53.change_tags_for_resource(
+            ResourceType="healthcheck",
+            ResourceId=created,
+            AddTags=[{"Key": "Name", "Value": f"catalog-{region}"}],
+        )
     log.info("sandbox_world_seeded", service="catalog")
 
 

@@ -124,3 +124,54 @@ def test_rds_global_failover_and_switchover(moto: MotoServer, fixed: bool) -> No
         assert _members(target) == {primary: True, secondary: False}
         assert EMULATOR.state(gc)["lost_writes"] == 4  # nothing more lost
         assert EMULATOR.state(gc)["position"] == 2
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        # a CNAME at the zone apex
+        [("CREATE", {"Name": "example.com", "Type": "CNAME", "Value": "lb.example.net"})],
+        # a CNAME beside an A record of the same name
+        [
+            ("CREATE", {"Name": "www.example.com", "Type": "A", "Value": "192.0.2.1"}),
+            ("CREATE", {"Name": "www.example.com", "Type": "CNAME", "Value": "x.example.net"}),
+        ],
+        # a simple record beside a weighted one of the same name and type
+        [
+            ("CREATE", {"Name": "api.example.com", "Type": "A", "Value": "192.0.2.1"}),
+            (
+                "CREATE",
+                {
+                    "Name": "api.example.com",
+                    "Type": "A",
+                    "Value": "192.0.2.2",
+                    "SetIdentifier": "b",
+                    "Weight": 10,
+                },
+            ),
+        ],
+    ],
+    ids=["cname-at-apex", "cname-beside-a", "simple-beside-weighted"],
+)
+def test_route53_refuses_conflicting_records(
+    moto: MotoServer, fixed: bool, batch: list[tuple[str, dict[str, Any]]]
+) -> None:
+    r53 = moto.boto3_client("route53")
+    zone = r53.create_hosted_zone(Name="example.com", CallerReference="z")["HostedZone"]["Id"]
+
+    def send(action: str, record: dict[str, Any]) -> None:
+        rrset = {k: v for k, v in record.items() if k != "Value"}
+        rrset.update(TTL=60, ResourceRecords=[{"Value": record["Value"]}])
+        r53.change_resource_record_sets(
+            HostedZoneId=zone,
+            ChangeBatch={"Changes": [{"Action": action, "ResourceRecordSet": rrset}]},
+        )
+
+    *before, last = batch
+    for action, record in before:
+        send(action, record)
+    if fixed:
+        with pytest.raises(r53.exceptions.InvalidChangeBatch):
+            send(*last)
+    else:  # the gap: moto stores what AWS refuses
+        send(*last)

@@ -261,7 +261,18 @@ async def test_params_are_rendered_for_the_run(
         "us-west-2",
         "us-east-1",
     )
-    assert ctx.kind == "failover" and ctx.facts == {"lag_seconds": 0.5}
+    # The caller's facts, with the ones every run has (orchestrator.actions.moves).
+    assert ctx.kind == "failover"
+    assert ctx.facts == {
+        "kind": "failover",
+        "drill": False,
+        "source_region": "us-east-1",
+        "source_verdict": None,
+        "source_down": False,
+        "target_lag_seconds": None,
+        "target_lag_age_seconds": None,
+        "lag_seconds": 0.5,
+    }
     assert ctx.approvals is store
 
 
