@@ -239,6 +239,13 @@ class EcsSetDesiredCount(Regional):
     cluster: str
     service: str
     desired: int = Field(ge=0)
+    scalable_target: Literal["refuse", "adjust"] = Field(
+        default="refuse",
+        description="When Service Auto Scaling's scalable target would undo `desired` (its"
+        " MinCapacity above it, or MaxCapacity below): `refuse` (readiness says so, the step"
+        " fails before changing anything) or `adjust` (its bounds are moved to include"
+        " `desired` first; a fence to 0 sets both to 0, so nothing scales the service out).",
+    )
 
 
 class SnsPublish(_Params):

@@ -21,6 +21,16 @@ close a real gap: moto as is, then fixed.
   ``InvalidChangeBatch`` for a CNAME at the zone apex, a CNAME sharing its name with
   another type, and simple and weighted/failover sets mixed for one name and type; moto
   accepts them all.
+* ``ecs_scalable_target_bounds_desired_count`` — an ECS service with an Application Auto
+  Scaling target keeps its desired count inside [MinCapacity, MaxCapacity]: registering
+  the target moves it there (API reference: RegisterScalableTarget "changes the resource's
+  current capacity to a value that is inside of this range"), and a count set outside is
+  brought back by the scaling that follows (emulated at once); moto keeps whatever
+  UpdateService set, so a fence to 0 under MinCapacity 2 looks done.
+* ``autoscaling_suspended_launch_starts_nothing`` — with the group's ``Launch`` process
+  suspended, a scale-out starts no instance; moto starts them anyway.
+* ``autoscaling_instance_refreshes`` — StartInstanceRefresh and DescribeInstanceRefreshes
+  (moto: HTTP 500), enough to show a refresh under way (it stays ``InProgress``).
 * ``rds_global_failover_and_switchover`` — FailoverGlobalCluster and SwitchoverGlobalCluster,
   which moto does not implement (HTTP 500), with replicated positions: a failover with
   ``AllowDataLoss`` loses the writes not yet replicated, a switchover waits for the
@@ -33,6 +43,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from moto.applicationautoscaling.models import ApplicationAutoscalingBackend
+from moto.autoscaling.models import FakeAutoScalingGroup
+from moto.autoscaling.responses import AutoScalingResponse
+from moto.core.exceptions import ServiceException
+from moto.ecs.models import EC2ContainerServiceBackend
 from moto.rds.exceptions import RDSClientError
 from moto.rds.models import RDSBackend, rds_backends
 from moto.rds.responses import RDSResponse
@@ -226,6 +241,103 @@ def _change_resource_record_sets(self: Any, zoneid: str, change_list: list[dict[
     return _original(Route53Backend, "change_resource_record_sets")(self, zoneid, change_list)
 
 
+# -- ecs_scalable_target_bounds_desired_count ---------------------------------------------
+ECS_DIMENSION = "ecs:service:DesiredCount"
+
+
+def _clamp_service(ecs_backend: Any, cluster: str, service_name: str) -> None:
+    """Move an ECS service's desired (and, moto starting tasks at once, running) count into
+    its scalable target's [MinCapacity, MaxCapacity], as Application Auto Scaling does."""
+    from moto.applicationautoscaling.models import applicationautoscaling_backends
+
+    backend = applicationautoscaling_backends[ecs_backend.account_id][ecs_backend.region_name]
+    target = backend.targets.get(ECS_DIMENSION, {}).get(f"service/{cluster}/{service_name}")
+    service = ecs_backend.services.get(f"{cluster}:{service_name}")
+    if target is None or service is None:
+        return
+    low, high = target.min_capacity, target.max_capacity
+    count = service.desired_count
+    if low is not None and count < low:
+        count = low
+    if high is not None and count > high:
+        count = high
+    if count != service.desired_count:
+        service.desired_count = count
+        service.running_count = count
+        service.pending_count = 0
+
+
+def _ecs_update_service(self: Any, service_properties: dict[str, Any]) -> Any:
+    service = _original(EC2ContainerServiceBackend, "update_service")(self, service_properties)
+    _clamp_service(self, service.cluster_name, service.name)
+    return service
+
+
+def _register_scalable_target(
+    self: Any, namespace: str, r_id: str, *args: Any, **kwargs: Any
+) -> Any:
+    target = _original(ApplicationAutoscalingBackend, "register_scalable_target")(
+        self, namespace, r_id, *args, **kwargs
+    )
+    if namespace == "ecs" and target.scalable_dimension == ECS_DIMENSION:
+        _, cluster, service = r_id.split("/")
+        _clamp_service(self.ecs_backend, cluster, service)
+    return target
+
+
+# -- autoscaling_suspended_launch_starts_nothing ----------------------------------------------
+def _replace_group_instances(self: Any, count_needed: int, propagated_tags: Any) -> Any:
+    """No instance starts while the group's Launch process is suspended (AWS: "Launch — Adds
+    instances to the Auto Scaling group when the group scales out"; suspended, it does not)."""
+    if "Launch" in {p["ProcessName"] for p in self.suspended_processes}:
+        return None
+    return _original(FakeAutoScalingGroup, "replace_autoscaling_group_instances")(
+        self, count_needed, propagated_tags
+    )
+
+
+# -- autoscaling_instance_refreshes -------------------------------------------------------------
+_REFRESHES = "_failoverd_instance_refreshes"
+
+
+def _group(response: Any) -> Any:
+    name = response._get_param("AutoScalingGroupName")
+    group = response.autoscaling_backend.autoscaling_groups.get(name)
+    if group is None:
+        raise ServiceException("ValidationError", f"AutoScalingGroup name not found - {name}")
+    return group
+
+
+def _start_instance_refresh(self: Any) -> Any:
+    from moto.core.responses import ActionResult
+    from moto.moto_api._internal import mock_random
+
+    group = _group(self)
+    refreshes = getattr(group, _REFRESHES, None) or []
+    if any(r["Status"] in ("Pending", "InProgress", "Cancelling") for r in refreshes):
+        raise RDSClientError(
+            "InstanceRefreshInProgress",
+            f"An instance refresh is already in progress for {group.name}",
+        )
+    refresh = {
+        "InstanceRefreshId": str(mock_random.uuid4()),
+        "AutoScalingGroupName": group.name,
+        "Status": "InProgress",
+        "StatusReason": "Waiting for instances to warm up before continuing.",
+        "PercentageComplete": 0,
+        "InstancesToUpdate": len(group.instance_states),
+    }
+    setattr(group, _REFRESHES, [refresh, *refreshes])
+    return ActionResult({"InstanceRefreshId": refresh["InstanceRefreshId"]})
+
+
+def _describe_instance_refreshes(self: Any) -> Any:
+    from moto.core.responses import ActionResult
+
+    group = _group(self)
+    return ActionResult({"InstanceRefreshes": list(getattr(group, _REFRESHES, None) or [])})
+
+
 Patch = tuple[type, str, Callable[..., Any]]
 
 FIXUPS: dict[str, tuple[Patch, ...]] = {
@@ -236,6 +348,17 @@ FIXUPS: dict[str, tuple[Patch, ...]] = {
     ),
     "route53_refuses_conflicting_records": (
         (Route53Backend, "change_resource_record_sets", _change_resource_record_sets),
+    ),
+    "ecs_scalable_target_bounds_desired_count": (
+        (EC2ContainerServiceBackend, "update_service", _ecs_update_service),
+        (ApplicationAutoscalingBackend, "register_scalable_target", _register_scalable_target),
+    ),
+    "autoscaling_suspended_launch_starts_nothing": (
+        (FakeAutoScalingGroup, "replace_autoscaling_group_instances", _replace_group_instances),
+    ),
+    "autoscaling_instance_refreshes": (
+        (AutoScalingResponse, "start_instance_refresh", _start_instance_refresh),
+        (AutoScalingResponse, "describe_instance_refreshes", _describe_instance_refreshes),
     ),
     "rds_global_failover_and_switchover": (
         (RDSResponse, "failover_global_cluster", _failover_global_cluster),
