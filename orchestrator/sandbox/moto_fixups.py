@@ -10,6 +10,10 @@ close a real gap: moto as is, then fixed.
 * ``rds_promote_clears_source`` — after PromoteReadReplica, AWS shows the instance with no
   ``ReadReplicaSourceDBInstanceIdentifier`` and the source no longer lists it; moto keeps
   both links.
+* ``rds_promote_needs_available_replica`` — PromoteReadReplica of a replica that is not
+  ``available`` (backing up, modifying, optimising storage...) answers
+  ``InvalidDBInstanceState``; moto promotes it whatever its status (tests set the status
+  in moto's backend, as a real replica's backup window would).
 * ``rds_global_source_is_writer`` — a global cluster created from an existing cluster
   (``SourceDBClusterIdentifier``) has that cluster as its writer (``IsWriter: true``); moto
   reports ``false``.
@@ -75,6 +79,23 @@ def _promote_read_replica(self: Any, db_kwargs: dict[str, Any]) -> Any:
                 source.replicas.remove(link)
         result.source_db_instance_identifier = None
     return result
+
+
+def _promote_needs_available(self: Any) -> Any:
+    """rds_promote_needs_available_replica: "a read replica cannot be promoted to a standalone
+    instance when it is in the backing-up status" (API reference); RDS answers
+    InvalidDBInstanceState for a replica in any status but available."""
+    identifier = str(self.params.get("DBInstanceIdentifier", ""))
+    database = self.backend.databases.get(identifier.lower()) or self.backend.databases.get(
+        identifier
+    )
+    if database is not None and database.status != "available":
+        raise RDSClientError(
+            "InvalidDBInstanceState",
+            f"DB instance {database.db_instance_identifier} is not in available state"
+            f" (it is {database.status})",
+        )
+    return _original(RDSResponse, "promote_read_replica")(self)
 
 
 def _create_global_cluster(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -342,6 +363,9 @@ Patch = tuple[type, str, Callable[..., Any]]
 
 FIXUPS: dict[str, tuple[Patch, ...]] = {
     "rds_promote_clears_source": ((RDSBackend, "promote_read_replica", _promote_read_replica),),
+    "rds_promote_needs_available_replica": (
+        (RDSResponse, "promote_read_replica", _promote_needs_available),
+    ),
     "rds_global_source_is_writer": ((RDSBackend, "create_global_cluster", _create_global_cluster),),
     "rds_remove_from_global_any_region": (
         (RDSBackend, "remove_from_global_cluster", _remove_from_global_cluster),

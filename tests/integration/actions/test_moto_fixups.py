@@ -243,3 +243,26 @@ def test_autoscaling_instance_refreshes(moto: MotoServer, fixed: bool) -> None:
     refresh = asg.start_instance_refresh(AutoScalingGroupName="g")["InstanceRefreshId"]
     [listed] = asg.describe_instance_refreshes(AutoScalingGroupName="g")["InstanceRefreshes"]
     assert (listed["InstanceRefreshId"], listed["Status"]) == (refresh, "InProgress")
+
+
+def test_rds_promote_needs_available_replica(moto: MotoServer, fixed: bool) -> None:
+    from moto.rds.models import rds_backends
+
+    source, target = moto.boto3_client("rds", SOURCE), moto.boto3_client("rds", TARGET)
+    primary = source.create_db_instance(
+        DBInstanceIdentifier="primary",
+        Engine="postgres",
+        DBInstanceClass="db.t3.micro",
+        MasterUsername="admin",
+        MasterUserPassword="not-a-secret-1",
+        AllocatedStorage=20,
+    )["DBInstance"]
+    target.create_db_instance_read_replica(
+        DBInstanceIdentifier="replica", SourceDBInstanceIdentifier=primary["DBInstanceArn"]
+    )
+    rds_backends["123456789012"][TARGET].databases["replica"].status = "backing-up"
+    if fixed:
+        with pytest.raises(target.exceptions.ClientError, match="InvalidDBInstanceState"):
+            target.promote_read_replica(DBInstanceIdentifier="replica")
+    else:  # the gap: moto promotes a replica in the middle of its backup
+        target.promote_read_replica(DBInstanceIdentifier="replica")
