@@ -68,21 +68,28 @@ def iam_policy(policies: Iterable[Policy]) -> dict[str, Any]:
     """One IAM policy document. Statements granting the same actions are merged (their
     resources united; ``*`` absorbs the rest), and everything is sorted, so the output is
     stable and diffable."""
-    by_actions: dict[tuple[str, ...], set[str]] = {}
+    by_actions: dict[tuple[tuple[str, ...], tuple[Any, ...]], set[str]] = {}
     for policy in policies:
         for st in (*signal_statements(policy), *action_statements(policy)):
-            by_actions.setdefault(tuple(sorted(set(st.actions))), set()).update(st.resources)
+            key = (tuple(sorted(set(st.actions))), st.conditions)
+            by_actions.setdefault(key, set()).update(st.resources)
     statements = []
-    for i, (actions, resources) in enumerate(sorted(by_actions.items())):
+    for i, ((actions, conditions), resources) in enumerate(sorted(by_actions.items())):
         listed = ["*"] if "*" in resources else sorted(resources)
-        statements.append(
-            {
-                "Sid": f"Failoverd{i + 1}",
-                "Effect": "Allow",
-                "Action": list(actions),
-                "Resource": listed if len(listed) > 1 else listed[0],
-            }
-        )
+        statement: dict[str, Any] = {
+            "Sid": f"Failoverd{i + 1}",
+            "Effect": "Allow",
+            "Action": list(actions),
+            "Resource": listed if len(listed) > 1 else listed[0],
+        }
+        if conditions:
+            block: dict[str, dict[str, Any]] = {}
+            for operator, key, values in conditions:
+                block.setdefault(operator, {})[key] = (
+                    values[0] if len(values) == 1 else list(values)
+                )
+            statement["Condition"] = block
+        statements.append(statement)
     return {"Version": "2012-10-17", "Statement": statements}
 
 

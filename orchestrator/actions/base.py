@@ -123,6 +123,9 @@ class ExecuteOutcome:
 class IamStatement:
     actions: tuple[str, ...]
     resources: tuple[str, ...] = ("*",)
+    # An IAM Condition block, as (operator, key, values) triples, e.g.
+    # (("StringEquals", "kms:ViaService", ("sns.eu-west-1.amazonaws.com",)),).
+    conditions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
 
 class Action(ABC):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from orchestrator.policy.durations import Duration
 from orchestrator.policy.regions import (
@@ -23,6 +23,9 @@ from orchestrator.policy.regions import (
 Region = Annotated[str, Field(pattern=REGION_PATTERN)]
 
 PLACEHOLDERS = ("target_region", "source_region", "primary_region", "service")
+# SNS Publish (botocore's service model): a topic's MaximumMessageSize is at most 1 MiB.
+MAX_SNS_MESSAGE_BYTES = 1_048_576
+DEFAULT_SNS_MESSAGE_BYTES = 262_144
 
 
 class _Params(BaseModel):
@@ -257,8 +260,36 @@ class SnsPublish(_Params):
     )
 
     topic_arn: str
-    subject: str | None = None
-    message: str
+    subject: str | None = Field(
+        default=None,
+        max_length=99,
+        description="E-mail subject line: UTF-8, no line breaks or control characters, under"
+        " 100 characters (SNS Publish).",
+    )
+    message: str = Field(
+        description="UTF-8 text; at most the topic's MaximumMessageSize (256 KiB unless the"
+        " topic raises it, at most 1 MiB)."
+    )
+    kms_key: str | None = Field(
+        default=None,
+        description="The KMS key (ARN) the topic is encrypted with, if it is: iam-policy grants"
+        " kms:GenerateDataKey* and kms:Decrypt on exactly it (without: on any key, through"
+        " SNS only); readiness checks it is the topic's and enabled.",
+    )
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("a subject has no line breaks or control characters (SNS Publish)")
+        return value
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, value: str) -> str:
+        if len(value.encode("utf-8")) > MAX_SNS_MESSAGE_BYTES:
+            raise ValueError(f"an SNS message is at most {MAX_SNS_MESSAGE_BYTES} bytes")
+        return value
 
 
 class MqttPublish(_Params):

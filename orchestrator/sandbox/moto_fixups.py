@@ -35,6 +35,12 @@ close a real gap: moto as is, then fixed.
   suspended, a scale-out starts no instance; moto starts them anyway.
 * ``autoscaling_instance_refreshes`` — StartInstanceRefresh and DescribeInstanceRefreshes
   (moto: HTTP 500), enough to show a refresh under way (it stays ``InProgress``).
+* ``sns_subject_rules`` — a Publish ``Subject`` with a line break or a control character is
+  refused (``InvalidParameter``); moto checks its length only.
+* ``sns_publish_needs_a_usable_kms_key`` — Publish to a topic whose ``KmsMasterKeyId`` names
+  a missing, disabled or to-be-deleted key fails (``KMSNotFound``, ``KMSDisabled``,
+  ``KMSInvalidState``); moto publishes anyway. (Whether the publisher may *use* the key is
+  IAM, which moto does not enforce.)
 * ``rds_global_failover_and_switchover`` — FailoverGlobalCluster and SwitchoverGlobalCluster,
   which moto does not implement (HTTP 500), with replicated positions: a failover with
   ``AllowDataLoss`` loses the writes not yet replicated, a switchover waits for the
@@ -57,6 +63,8 @@ from moto.rds.models import RDSBackend, rds_backends
 from moto.rds.responses import RDSResponse
 from moto.route53.exceptions import Route53ClientError
 from moto.route53.models import Route53Backend
+from moto.sns.models import SNSBackend
+from moto.sns.responses import SNSResponse
 
 GLOBAL_CLUSTERS_REGION = "us-east-1"  # where moto's RDS responses keep global clusters
 
@@ -359,6 +367,38 @@ def _describe_instance_refreshes(self: Any) -> Any:
     return ActionResult({"InstanceRefreshes": list(getattr(group, _REFRESHES, None) or [])})
 
 
+# -- sns_subject_rules ----------------------------------------------------------------------
+def _sns_subject(self: Any) -> Any:
+    """ "Subjects must be UTF-8 text with no line breaks or control characters, and less than
+    100 characters long" (Publish, API reference); moto checks the length only."""
+    subject = self._get_param("Subject")
+    if subject is not None and any(ord(c) < 32 or ord(c) == 127 for c in subject):
+        raise ServiceException("InvalidParameter", "Invalid parameter: Subject")
+    return _original(SNSResponse, "publish")(self)
+
+
+# -- sns_publish_needs_a_usable_kms_key ---------------------------------------------------------
+def _sns_kms(self: Any, message: str, arn: str | None, *args: Any, **kwargs: Any) -> Any:
+    """Publishing to a topic encrypted with a KMS key that does not exist, is disabled or is
+    pending deletion fails (KMSNotFound, KMSDisabled, KMSInvalidState); moto publishes
+    without looking at the key."""
+    from moto.kms.models import kms_backends
+
+    topic = self.topics.get(arn) if arn else None
+    key = getattr(topic, "kms_master_key_id", "") if topic is not None else ""
+    if key:
+        kms = kms_backends[self.account_id][self.region_name]
+        try:
+            found = kms.keys[kms.any_id_to_key_id(key)]
+        except (KeyError, TypeError, AttributeError):
+            raise ServiceException("KMSNotFound", f"Invalid keyId {key}") from None
+        if found.key_state == "Disabled":
+            raise ServiceException("KMSDisabled", f"{found.arn} is disabled.")
+        if found.key_state != "Enabled":
+            raise ServiceException("KMSInvalidState", f"{found.arn} is {found.key_state}.")
+    return _original(SNSBackend, "publish")(self, message, arn, *args, **kwargs)
+
+
 Patch = tuple[type, str, Callable[..., Any]]
 
 FIXUPS: dict[str, tuple[Patch, ...]] = {
@@ -384,6 +424,8 @@ FIXUPS: dict[str, tuple[Patch, ...]] = {
         (AutoScalingResponse, "start_instance_refresh", _start_instance_refresh),
         (AutoScalingResponse, "describe_instance_refreshes", _describe_instance_refreshes),
     ),
+    "sns_subject_rules": ((SNSResponse, "publish", _sns_subject),),
+    "sns_publish_needs_a_usable_kms_key": ((SNSBackend, "publish", _sns_kms),),
     "rds_global_failover_and_switchover": (
         (RDSResponse, "failover_global_cluster", _failover_global_cluster),
         (RDSResponse, "switchover_global_cluster", _switchover_global_cluster),

@@ -266,3 +266,36 @@ def test_rds_promote_needs_available_replica(moto: MotoServer, fixed: bool) -> N
             target.promote_read_replica(DBInstanceIdentifier="replica")
     else:  # the gap: moto promotes a replica in the middle of its backup
         target.promote_read_replica(DBInstanceIdentifier="replica")
+
+
+def test_sns_subject_rules(moto: MotoServer, fixed: bool) -> None:
+    sns = moto.boto3_client("sns", TARGET)
+    arn = sns.create_topic(Name="t")["TopicArn"]
+    if fixed:
+        with pytest.raises(sns.exceptions.InvalidParameterException):
+            sns.publish(TopicArn=arn, Message="m", Subject="two\nlines")
+    else:  # the gap: moto checks the length only
+        sns.publish(TopicArn=arn, Message="m", Subject="two\nlines")
+
+
+@pytest.mark.parametrize("state", ["missing", "Disabled", "PendingDeletion"])
+def test_sns_publish_needs_a_usable_kms_key(moto: MotoServer, fixed: bool, state: str) -> None:
+    sns, kms = moto.boto3_client("sns", TARGET), moto.boto3_client("kms", TARGET)
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    if state == "Disabled":
+        kms.disable_key(KeyId=key)
+    elif state == "PendingDeletion":
+        kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    else:
+        key = "alias/no-such-key"
+    arn = sns.create_topic(Name="t", Attributes={"KmsMasterKeyId": key})["TopicArn"]
+    if fixed:
+        expected = {
+            "missing": sns.exceptions.KMSNotFoundException,
+            "Disabled": sns.exceptions.KMSDisabledException,
+            "PendingDeletion": sns.exceptions.KMSInvalidStateException,
+        }[state]
+        with pytest.raises(expected):
+            sns.publish(TopicArn=arn, Message="m")
+    else:  # the gap: moto publishes whatever the key
+        sns.publish(TopicArn=arn, Message="m")
