@@ -68,13 +68,19 @@ def iam_policy(policies: Iterable[Policy]) -> dict[str, Any]:
     """One IAM policy document. Statements granting the same actions are merged (their
     resources united; ``*`` absorbs the rest), and everything is sorted, so the output is
     stable and diffable."""
-    by_actions: dict[tuple[tuple[str, ...], tuple[Any, ...]], set[str]] = {}
+    by_actions: dict[tuple[str, ...], set[str]] = {}
+    # Conditions of statements granting the same actions are united value by value: the KMS
+    # grants of SNS topics in several regions become one statement allowing each region's
+    # SNS (kms:ViaService), each still usable through SNS only.
+    conditions: dict[tuple[str, ...], dict[tuple[str, str], set[str]]] = {}
     for policy in policies:
         for st in (*signal_statements(policy), *action_statements(policy)):
-            key = (tuple(sorted(set(st.actions))), st.conditions)
+            key = tuple(sorted(set(st.actions)))
             by_actions.setdefault(key, set()).update(st.resources)
+            for operator, name, values in st.conditions:
+                conditions.setdefault(key, {}).setdefault((operator, name), set()).update(values)
     statements = []
-    for i, ((actions, conditions), resources) in enumerate(sorted(by_actions.items())):
+    for i, (actions, resources) in enumerate(sorted(by_actions.items())):
         listed = ["*"] if "*" in resources else sorted(resources)
         statement: dict[str, Any] = {
             "Sid": f"Failoverd{i + 1}",
@@ -82,12 +88,11 @@ def iam_policy(policies: Iterable[Policy]) -> dict[str, Any]:
             "Action": list(actions),
             "Resource": listed if len(listed) > 1 else listed[0],
         }
-        if conditions:
+        if actions in conditions:
             block: dict[str, dict[str, Any]] = {}
-            for operator, key, values in conditions:
-                block.setdefault(operator, {})[key] = (
-                    values[0] if len(values) == 1 else list(values)
-                )
+            for (operator, name), allowed in sorted(conditions[actions].items()):
+                ordered = sorted(allowed)
+                block.setdefault(operator, {})[name] = ordered[0] if len(ordered) == 1 else ordered
             statement["Condition"] = block
         statements.append(statement)
     return {"Version": "2012-10-17", "Statement": statements}

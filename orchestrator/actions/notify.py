@@ -208,9 +208,11 @@ class SnsPublish(Action):
         statements = [
             IamStatement(actions=("sns:GetTopicAttributes", "sns:Publish"), resources=tuple(arns))
         ]
-        kms_actions = ("kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey*")
+        kms_actions = ("kms:Decrypt", "kms:GenerateDataKey*")
         if p.kms_key:
             statements.append(IamStatement(actions=kms_actions, resources=(p.kms_key,)))
+            # Readiness reads the key's state itself (not through SNS).
+            statements.append(IamStatement(actions=("kms:DescribeKey",), resources=(p.kms_key,)))
             return statements
         # The key is the topic's, not known before readiness reads it: any key in the topic's
         # region, usable through SNS there only.
@@ -221,10 +223,12 @@ class SnsPublish(Action):
                 continue
             partition = partition_of(regions[0] if "*" in region else region)
             scope = "*" if "*" in region else region
+            any_key = partition.arn("kms", scope, account, "key/*")
+            statements.append(IamStatement(actions=("kms:DescribeKey",), resources=(any_key,)))
             statements.append(
                 IamStatement(
                     actions=kms_actions,
-                    resources=(partition.arn("kms", scope, account, "key/*"),),
+                    resources=(any_key,),
                     conditions=(
                         (
                             "StringEquals",

@@ -214,17 +214,26 @@ def test_sns_iam_statement_names_the_topic_per_region() -> None:
     # An encrypted topic's key is not known before readiness reads it: any key in the topic's
     # region, and only through SNS there.
     assert [(k.actions, k.resources, k.conditions) for k in kms] == [
-        (
-            ("kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey*"),
-            (f"arn:aws:kms:{r}:*:key/*",),
-            (("StringEquals", "kms:ViaService", (f"sns.{r}.amazonaws.com",)),),
-        )
+        statement
         for r in (SOURCE, TARGET)
+        for statement in (
+            (("kms:DescribeKey",), (f"arn:aws:kms:{r}:*:key/*",), ()),
+            (
+                ("kms:Decrypt", "kms:GenerateDataKey*"),
+                (f"arn:aws:kms:{r}:*:key/*",),
+                (("StringEquals", "kms:ViaService", (f"sns.{r}.amazonaws.com",)),),
+            ),
+        )
     ]
     key = f"arn:aws:kms:{TARGET}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     named = SnsParams(topic_arn=f"arn:aws:sns:{TARGET}:{ACCOUNT}:ops", message="m", kms_key=key)
-    _, kms_statement = SNS.iam_statements(named, [TARGET])
-    assert (kms_statement.resources, kms_statement.conditions) == ((key,), ())
+    _, use, describe = SNS.iam_statements(named, [TARGET])
+    assert (use.actions, use.resources, use.conditions) == (
+        ("kms:Decrypt", "kms:GenerateDataKey*"),
+        (key,),
+        (),
+    )
+    assert describe.resources == (key,)
 
 
 # --- KMS-encrypted topics and subjects ------------------------------------------------------
