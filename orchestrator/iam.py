@@ -42,8 +42,9 @@ def signal_statements(policy: Policy) -> list[IamStatement]:
         )
         out.append(IamStatement(("cloudwatch:DescribeAlarms",), tuple(arns)))
     if policy.replication is not None:
-        # GetMetricData has no resource-level permissions.
-        out.append(IamStatement(("cloudwatch:GetMetricData",)))
+        # GetMetricData and ListMetrics (readiness confirms the metric exists) have no
+        # resource-level permissions.
+        out.append(IamStatement(("cloudwatch:GetMetricData", "cloudwatch:ListMetrics")))
     return out
 
 

@@ -223,6 +223,24 @@ def _replication(policy: Policy) -> Iterator[Problem]:
                 ("replication", "sources", region),
                 f"region {region!r} is not one of the policy's regions",
             )
+    max_age = policy.replication.max_age
+    for region, source in policy.replication.sources.items():
+        # CloudWatch stamps a datapoint with the start of its period and it arrives `delay`
+        # after the period ends: the newest reading is between one and two periods plus the
+        # delay old when it is read. A max_age under that reads "unknown" much of the time.
+        fresh = 2 * source.period + source.delay
+        if max_age < fresh:
+            fd = format_duration
+            yield (
+                ("replication", "max_age"),
+                f"max_age {fd(max_age)} is shorter than the age of a fresh reading of the"
+                f" {region} lag metric: up to 2 x period {fd(source.period)} + delay"
+                f" {fd(source.delay)} = {fd(fresh)} (a datapoint is stamped at the start of"
+                f" its period and arrives late), so the lag would read unknown much of the"
+                f" time; use at least {fd(fresh + policy.replication.interval)} (with the"
+                f" interval {fd(policy.replication.interval)})",
+            )
+            break
     standbys = dict.fromkeys(r for r in policy.regions[1:] if r != policy.primary)
     missing = [r for r in standbys if r not in policy.replication.sources]
     if missing:

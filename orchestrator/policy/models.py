@@ -219,21 +219,40 @@ class Detection(Strict):
         return self.recovery_successes or self.consecutive_failures
 
 
-class RdsReplicaLag(Strict):
+METRIC_PERIOD = 60.0  # RDS and Aurora publish their lag metrics once a minute
+DELAY_HELP = (
+    "How late the metric's datapoints arrive in CloudWatch after their period (default 1m;"
+    " AWS-published metrics commonly arrive a minute or two late)."
+)
+
+
+class _CloudWatchLag(Strict):
+    """A lag read from CloudWatch: a datapoint is stamped with the START of its period and
+    arrives ``delay`` after the period ENDS, so a fresh reading is up to two periods plus
+    the delay old (``replication.max_age`` must allow that; validate checks it)."""
+
+    delay: Duration = Field(default=60.0, ge=0, description=DELAY_HELP)
+
+    @property
+    def period(self) -> float:
+        return METRIC_PERIOD
+
+
+class RdsReplicaLag(_CloudWatchLag):
     """RDS `ReplicaLag` (CloudWatch, AWS/RDS) of a cross-region read replica."""
 
     type: Literal["rds_replica_lag"]
     db_instance: str = Field(description="The read replica's DB instance identifier.")
 
 
-class AuroraGlobalLag(Strict):
+class AuroraGlobalLag(_CloudWatchLag):
     """Aurora `AuroraGlobalDBRPOLag` of a secondary cluster in a global database."""
 
     type: Literal["aurora_global_rpo_lag"]
     db_cluster: str = Field(description="The secondary DB cluster identifier.")
 
 
-class CloudWatchMetricLag(Strict):
+class CloudWatchMetricLag(_CloudWatchLag):
     """Any CloudWatch metric that measures replication lag."""
 
     type: Literal["cloudwatch_metric"]
@@ -242,6 +261,23 @@ class CloudWatchMetricLag(Strict):
     dimensions: dict[str, str] = Field(default_factory=dict)
     statistic: Literal["Average", "Maximum", "Minimum", "Sum"] = "Maximum"
     unit_seconds: float = Field(default=1.0, gt=0, description="Seconds per unit of the metric.")
+    metric_period: Duration = Field(
+        default=METRIC_PERIOD,
+        alias="period",
+        description="The period the metric is read at: 1s, 5s, 10s, 20s, 30s (high-resolution"
+        " metrics) or a multiple of 1m (what GetMetricData accepts).",
+    )
+
+    @field_validator("metric_period")
+    @classmethod
+    def _get_metric_data_period(cls, value: float) -> float:
+        if not (value in (1, 5, 10, 20, 30) or (value >= 60 and value % 60 == 0)):
+            raise ValueError("a GetMetricData period is 1s, 5s, 10s, 20s, 30s or a multiple of 1m")
+        return value
+
+    @property
+    def period(self) -> float:
+        return float(self.metric_period)
 
 
 LagSource = Annotated[
@@ -256,7 +292,11 @@ class Replication(Strict):
         description="The lag source of the replica in each standby region."
     )
     max_age: Duration = Field(
-        default=300.0, gt=0, description="A reading older than this is unknown lag."
+        default=300.0,
+        gt=0,
+        description="A reading older than this is unknown lag. At least two of the metric's"
+        " periods plus its delay (a datapoint is stamped at the start of its period and"
+        " arrives late); add the interval to never read unknown between reads.",
     )
     interval: Duration = Field(default=60.0, gt=0, description="How often lag is read.")
     aws: AwsRole | None = Field(

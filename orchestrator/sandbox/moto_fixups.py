@@ -41,6 +41,10 @@ close a real gap: moto as is, then fixed.
   a missing, disabled or to-be-deleted key fails (``KMSNotFound``, ``KMSDisabled``,
   ``KMSInvalidState``); moto publishes anyway. (Whether the publisher may *use* the key is
   IAM, which moto does not enforce.)
+* ``cloudwatch_datapoints_arrive_late`` — a datapoint becomes readable
+  (GetMetricData) only :data:`CLOUDWATCH_DELAY` seconds after its timestamp, as AWS-published
+  metrics arrive late; moto serves it at once. (moto already stamps a period's aggregate with
+  the period's start, as CloudWatch does.)
 * ``rds_global_failover_and_switchover`` — FailoverGlobalCluster and SwitchoverGlobalCluster,
   which moto does not implement (HTTP 500), with replicated positions: a failover with
   ``AllowDataLoss`` loses the writes not yet replicated, a switchover waits for the
@@ -56,6 +60,7 @@ from typing import Any
 from moto.applicationautoscaling.models import ApplicationAutoscalingBackend
 from moto.autoscaling.models import FakeAutoScalingGroup
 from moto.autoscaling.responses import AutoScalingResponse
+from moto.cloudwatch.models import CloudWatchBackend
 from moto.core.exceptions import ServiceException
 from moto.ecs.models import EC2ContainerServiceBackend
 from moto.rds.exceptions import RDSClientError
@@ -399,6 +404,32 @@ def _sns_kms(self: Any, message: str, arn: str | None, *args: Any, **kwargs: Any
     return _original(SNSBackend, "publish")(self, message, arn, *args, **kwargs)
 
 
+# -- cloudwatch_datapoints_arrive_late --------------------------------------------------------
+class CloudWatchDelay:
+    """How late datapoints become readable (seconds after their timestamp). AWS-published
+    metrics reach GetMetricData a minute or more after the period they describe; moto
+    serves a datapoint the moment it is put. 0 keeps moto's behaviour (the test fixture's
+    default); the sandbox sets it, and its policies declare the same ``delay``."""
+
+    seconds: float = 0.0
+
+
+CLOUDWATCH_DELAY = CloudWatchDelay()
+
+
+def _cloudwatch_all_metrics(self: Any) -> Any:
+    metrics = _original(CloudWatchBackend, "get_all_metrics")(self)
+    delay = CLOUDWATCH_DELAY.seconds
+    if delay <= 0:
+        return metrics
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    horizon = now - timedelta(seconds=delay)
+    naive = horizon.replace(tzinfo=None)
+    return [m for m in metrics if m.timestamp <= (naive if m.timestamp.tzinfo is None else horizon)]
+
+
 Patch = tuple[type, str, Callable[..., Any]]
 
 FIXUPS: dict[str, tuple[Patch, ...]] = {
@@ -426,6 +457,9 @@ FIXUPS: dict[str, tuple[Patch, ...]] = {
     ),
     "sns_subject_rules": ((SNSResponse, "publish", _sns_subject),),
     "sns_publish_needs_a_usable_kms_key": ((SNSBackend, "publish", _sns_kms),),
+    "cloudwatch_datapoints_arrive_late": (
+        (CloudWatchBackend, "get_all_metrics", _cloudwatch_all_metrics),
+    ),
     "rds_global_failover_and_switchover": (
         (RDSResponse, "failover_global_cluster", _failover_global_cluster),
         (RDSResponse, "switchover_global_cluster", _switchover_global_cluster),

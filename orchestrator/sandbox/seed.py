@@ -9,7 +9,7 @@ adds, per example:
   :func:`feed_ledger_writes`, replicated by the emulator of
   :mod:`orchestrator.sandbox.aurora_global`), ECS ``ledger-<region>``/``ledger-writer``,
   CloudWatch alarms ``ledger-<region>-unhealthy`` in OK, SNS ``ledger-oncall``, zone
-  ``payments.example.com``;
+  ``payments.example.com``; the primary's writers under a scalable target [2, 12];
 * catalog (us-east-1 → us-west-2 → eu-west-1): ECS ``catalog-<region>``/``catalog-api``,
   Route 53 health checks tagged ``Name=catalog-<region>`` (ids generated), SNS
   ``catalog-oncall`` per region;
@@ -32,10 +32,12 @@ from orchestrator.policy.loader import load_policy_text
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.sandbox.world import (
     ACCOUNT,
+    BACKFILL,
     EXAMPLE_ZONE_ID,
     MotoWorld,
     SandboxError,
     sandbox_policy,
+    sandbox_replication,
     seed_webapp,
 )
 from orchestrator.telemetry import get_logger
@@ -70,6 +72,7 @@ def seed_world(world: MotoWorld) -> SeededWorld:
     zones["ledger"] = _seed_ledger(world)
     _seed_catalog(world)
     zones["reports"] = _seed_reports(world)
+    publish_example_lag(world, age=BACKFILL)  # readable at once despite the metric delay
     publish_example_lag(world)
     return SeededWorld(zones=zones)
 
@@ -127,6 +130,16 @@ def _seed_ledger(world: MotoWorld) -> str:
         )
     for region, desired in ((primary, 6), (standby, 0)):
         _ecs(world, region, f"ledger-{region}", "ledger-writer", desired)
+        if desired:
+            # Service Auto Scaling keeps the writers between 2 and 12 (the standby's, at 0,
+            # has no target yet): a fence must move these bounds (scalable_target: adjust).
+            world.client("application-autoscaling", region).register_scalable_target(
+                ServiceNamespace="ecs",
+                ResourceId=f"service/ledger-{region}/ledger-writer",
+                ScalableDimension="ecs:service:DesiredCount",
+                MinCapacity=2,
+                MaxCapacity=12,
+            )
         cw = world.client("cloudwatch", region)
         name = f"ledger-{region}-unhealthy"
         cw.put_metric_alarm(
@@ -195,12 +208,14 @@ def _seed_reports(world: MotoWorld) -> str:
     return zone
 
 
-def _datapoint(name: str, dims: dict[str, str], value: float, unit: str) -> dict[str, Any]:
+def _datapoint(
+    name: str, dims: dict[str, str], value: float, unit: str, age: float = 0.0
+) -> dict[str, Any]:
     return {
         "MetricName": name,
         # Sorted by name, as the daemon queries them: moto matches dimension lists in order.
         "Dimensions": [{"Name": k, "Value": v} for k, v in sorted(dims.items())],
-        "Timestamp": datetime.now(UTC),
+        "Timestamp": datetime.fromtimestamp(datetime.now(UTC).timestamp() - age, UTC),
         "Value": value,
         "Unit": unit,
     }
@@ -231,9 +246,10 @@ async def feed_ledger_writes(every: float = 0.5) -> None:
         await asyncio.sleep(every)
 
 
-def publish_example_lag(world: MotoWorld) -> None:
-    """One fresh datapoint for every replication source of ledger, catalog and reports (the
-    webapp's lag is :func:`~orchestrator.sandbox.world.publish_lag`'s). Blocking."""
+def publish_example_lag(world: MotoWorld, *, age: float = 0.0) -> None:
+    """One datapoint (stamped ``age`` seconds ago) for every replication source of ledger,
+    catalog and reports (the webapp's lag is :func:`~orchestrator.sandbox.world.publish_lag`'s).
+    Blocking."""
     world.client("cloudwatch", "eu-central-1").put_metric_data(
         Namespace="AWS/RDS",
         MetricData=[
@@ -242,6 +258,7 @@ def publish_example_lag(world: MotoWorld) -> None:
                 {"DBClusterIdentifier": "ledger-eu-central-1"},
                 AURORA_RPO_LAG_MS,
                 "Milliseconds",
+                age,
             )
         ],
     )
@@ -254,6 +271,7 @@ def publish_example_lag(world: MotoWorld) -> None:
                     {"TableName": "catalog-items", "ReceivingRegion": region},
                     DYNAMODB_LATENCY_MS,
                     "Milliseconds",
+                    age,
                 )
             ],
         )
@@ -264,7 +282,7 @@ def publish_example_lag(world: MotoWorld) -> None:
     }
     world.client("cloudwatch", "us-east-1").put_metric_data(
         Namespace="AWS/S3",
-        MetricData=[_datapoint("ReplicationLatency", dims, S3_REPLICATION_S, "Seconds")],
+        MetricData=[_datapoint("ReplicationLatency", dims, S3_REPLICATION_S, "Seconds", age)],
     )
 
 
@@ -314,8 +332,7 @@ def example_policy(
             signal["body_contains"] = '"status":"ok"'
         elif signal["type"] == "tcp":
             signal["targets"] = {r: f"127.0.0.1:{targets[r]}" for r in regions}
-    policy["replication"]["interval"] = "5s"
-    policy["replication"]["max_age"] = "1m"
+    sandbox_replication(policy["replication"])
     return yaml.safe_dump(policy, sort_keys=False)
 
 

@@ -299,3 +299,50 @@ def test_sns_publish_needs_a_usable_kms_key(moto: MotoServer, fixed: bool, state
             sns.publish(TopicArn=arn, Message="m")
     else:  # the gap: moto publishes whatever the key
         sns.publish(TopicArn=arn, Message="m")
+
+
+def test_cloudwatch_datapoints_arrive_late(moto: MotoServer, fixed: bool) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    from orchestrator.sandbox.moto_fixups import CLOUDWATCH_DELAY
+
+    cw = moto.boto3_client("cloudwatch", TARGET)
+    now = time.time()
+    for age, value in ((150, 1.0), (10, 2.0)):  # one old datapoint, one just published
+        cw.put_metric_data(
+            Namespace="AWS/RDS",
+            MetricData=[
+                {
+                    "MetricName": "ReplicaLag",
+                    "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": "r"}],
+                    "Timestamp": datetime.fromtimestamp(now - age, UTC),
+                    "Value": value,
+                }
+            ],
+        )
+    before = CLOUDWATCH_DELAY.seconds
+    CLOUDWATCH_DELAY.seconds = 60.0
+    try:
+        [result] = cw.get_metric_data(
+            MetricDataQueries=[
+                {
+                    "Id": "q",
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": "AWS/RDS",
+                            "MetricName": "ReplicaLag",
+                            "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": "r"}],
+                        },
+                        "Period": 10,
+                        "Stat": "Maximum",
+                    },
+                }
+            ],
+            StartTime=datetime.fromtimestamp(now - 600, UTC),
+            EndTime=datetime.fromtimestamp(now + 60, UTC),
+        )["MetricDataResults"]
+    finally:
+        CLOUDWATCH_DELAY.seconds = before
+    # The gap: moto serves the datapoint published 10 s ago; AWS would not have it yet.
+    assert sorted(result["Values"]) == ([1.0] if fixed else [1.0, 2.0])
