@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         help="print the least-privilege IAM policy for the configured signals and actions",
         description="Print an IAM policy document (JSON) covering exactly the API calls the"
         " policies' signals and runbook actions make, with resource ARNs where AWS supports"
-        " them.",
+        " them. When policies name IAM roles to act as (aws.role_arn), print both halves:"
+        ' {"tooling_identity": ..., "roles": {ARN: {"policy": ...}}}.',
     )
     i.add_argument(
         "--policy",
@@ -116,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="policies",
         metavar="PATH",
         help="policy file or folder; repeatable (default: policies)",
+    )
+    i.add_argument(
+        "--principal",
+        metavar="ARN",
+        help="the tooling identity's ARN (the role or user failoverd runs as): with roles in"
+        " the policies, each role's trust policy is printed for it",
     )
 
     from orchestrator.agent import add_agent_parser
@@ -156,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.policies or ["policies"], args.endpoint_url, args.json, args.config
             )
         if args.command == "iam-policy":
-            return cmd_iam_policy(args.policies or ["policies"])
+            return cmd_iam_policy(args.policies or ["policies"], args.principal)
         if args.command == "sandbox":
             from orchestrator.sandbox.runner import run_sandbox
 
@@ -335,11 +342,11 @@ def cmd_readiness(
     return EXIT_OK if report.ready else EXIT_FAILED
 
 
-def cmd_iam_policy(paths: list[str]) -> int:
+def cmd_iam_policy(paths: list[str], principal: str | None = None) -> int:
     from orchestrator.iam import iam_policy_text
 
     policies = _load_policies(paths)
     if policies is None:
         return EXIT_UNUSABLE
-    sys.stdout.write(iam_policy_text(policies))
+    sys.stdout.write(iam_policy_text(policies, principal))
     return EXIT_OK

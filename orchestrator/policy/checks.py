@@ -53,6 +53,7 @@ def check_policy(policy: Policy) -> list[Problem]:
         *_objectives(policy),
         *_replication(policy),
         *_runbooks(policy),
+        *_partition(policy),
     ]
     return list(dict.fromkeys(problems))  # a template problem is found once per region
 
@@ -249,6 +250,34 @@ def _replication(policy: Policy) -> Iterator[Problem]:
             f"no lag source for standby region(s) {', '.join(missing)}; the RPO could not be"
             " checked before failing over there",
         )
+
+
+def _partition(policy: Policy) -> Iterator[Problem]:
+    """One AWS partition for the whole policy: its regions, and every role it assumes (a
+    failover cannot cross from aws to aws-cn: credentials, ARNs and Route 53 all differ)."""
+    from orchestrator.partitions import common_partition
+
+    try:
+        partition = common_partition(policy.regions).name
+    except ValueError as exc:
+        yield ("regions",), str(exc)
+        return
+    roles: list[tuple[tuple[str | int, ...], Any]] = [(("aws",), policy.aws)]
+    roles += [
+        (("signals", i, "aws"), getattr(s, "aws", None)) for i, s in enumerate(policy.signals)
+    ]
+    if policy.replication is not None:
+        roles.append((("replication", "aws"), policy.replication.aws))
+    for book in ("failover", "failback", "switchover"):
+        steps = getattr(policy.runbooks, book) or []
+        roles += [(("runbooks", book, i, "aws"), step.aws) for i, step in enumerate(steps)]
+    for path, role in roles:
+        if role is not None and role.partition != partition:
+            yield (
+                (*path, "role_arn"),
+                f"role {role.role_arn} is in partition {role.partition}, the policy's regions"
+                f" in {partition}",
+            )
 
 
 def _runbooks(policy: Policy) -> Iterator[Problem]:

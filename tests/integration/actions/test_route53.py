@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,7 +15,13 @@ from orchestrator.policy.actions import Route53SetHealthCheckInverted, Route53Se
 from orchestrator.signals.aws_clients import AwsClients
 from tests.fixtures.clock import VirtualClock
 from tests.fixtures.moto_server import MotoServer
-from tests.integration.actions.step_support import calls, make_ctx, on_virtual_time, rendered
+from tests.integration.actions.step_support import (
+    StubbedAws,
+    calls,
+    make_ctx,
+    on_virtual_time,
+    rendered,
+)
 
 ZONE = "example.com"
 APP = "app.example.com"
@@ -422,3 +429,31 @@ def test_a_name_is_never_taken_for_an_id() -> None:
         )
     with pytest.raises(ValidationError, match="name the health check"):
         Route53SetHealthCheckInverted()
+
+
+@pytest.mark.parametrize(
+    ("target", "control"),
+    [
+        ("cn-north-1", "cn-northwest-1"),
+        ("us-gov-east-1", "us-gov-west-1"),
+        ("eu-west-1", "us-east-1"),
+    ],
+)
+async def test_route53_calls_go_to_the_control_plane_of_the_partition(
+    target: str, control: str
+) -> None:
+    # Route 53's control plane is one region per partition: never us-east-1 for aws-cn.
+    def script(stubber: Any) -> None:
+        zone = {"Id": "/hostedzone/Z0SHOP", "Name": "example.com.", "CallerReference": "z"}
+        stubber.add_response("get_hosted_zone", {"HostedZone": zone}, {"Id": "Z0SHOP"})
+        stubber.add_response(
+            "list_resource_record_sets",
+            {"ResourceRecordSets": [], "IsTruncated": False, "MaxItems": "100"},
+        )
+
+    aws = StubbedAws(script)
+    params = Route53SetRecord(hosted_zone_id="Z0SHOP", name="api.example.com", value="x.example")
+    ctx = replace(make_ctx(aws, params), target_region=target)
+    report = await SetRecord().check(ctx)
+    assert report.ready, report.findings
+    assert (aws.opened, report.control_plane_region) == ([("route53", control)], control)
