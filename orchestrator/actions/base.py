@@ -73,8 +73,8 @@ class StepContext:
     clock: Clock
     deadline: float  # on clock.monotonic(): verify and every wait end by then
     approvals: Approvals | None = None
-    # Facts from the decision the action may use to choose a mode (e.g. Aurora switchover
-    # only when both regions are healthy and lag is zero): "source_healthy", "lag_seconds".
+    # The run's facts (orchestrator.actions.moves: kind, drill, the source's verdict, the
+    # target's lag), e.g. for the graceful-or-not choice of move_style().
     facts: Mapping[str, Any] = field(default_factory=dict)
 
     def remaining(self) -> float:

@@ -21,7 +21,7 @@ Route 53 generates ids, so the tag is what keeps one policy portable between acc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -181,6 +181,23 @@ def same_record_set(current: dict[str, Any] | None, wanted: dict[str, Any]) -> b
     return current is not None and _comparable(current) == _comparable(wanted)
 
 
+async def _listed_from(client: Any, kwargs: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """Record sets in Route 53's (name, type, set identifier) order from the start point in
+    ``kwargs``, page after page; the caller stops when it is past what it wants."""
+    while True:
+        page = await client.list_resource_record_sets(**kwargs)
+        for record in page.get("ResourceRecordSets", []):
+            yield dict(record)
+        if not page.get("IsTruncated"):
+            return
+        kwargs["StartRecordName"] = page["NextRecordName"]
+        kwargs["StartRecordType"] = page["NextRecordType"]
+        if "NextRecordIdentifier" in page:
+            kwargs["StartRecordIdentifier"] = page["NextRecordIdentifier"]
+        else:
+            kwargs.pop("StartRecordIdentifier", None)
+
+
 async def current_record_set(
     client: Any, zone: str, wanted: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -193,41 +210,23 @@ async def current_record_set(
         "StartRecordType": wanted["Type"],
         "MaxItems": "100",
     }
-    while True:
-        page = await client.list_resource_record_sets(**kwargs)
-        for record in page.get("ResourceRecordSets", []):
-            if dns_name(record["Name"]) != wanted["Name"] or record["Type"] != wanted["Type"]:
-                return None  # past the name and type: no such set
-            if record.get("SetIdentifier") == wanted.get("SetIdentifier"):
-                return dict(record)
-        if not page.get("IsTruncated"):
-            return None
-        kwargs["StartRecordName"] = page["NextRecordName"]
-        kwargs["StartRecordType"] = page["NextRecordType"]
-        if "NextRecordIdentifier" in page:
-            kwargs["StartRecordIdentifier"] = page["NextRecordIdentifier"]
-        else:
-            kwargs.pop("StartRecordIdentifier", None)
+    async for record in _listed_from(client, kwargs):
+        if dns_name(record["Name"]) != wanted["Name"] or record["Type"] != wanted["Type"]:
+            return None  # past the name and type: no such set
+        if record.get("SetIdentifier") == wanted.get("SetIdentifier"):
+            return record
+    return None
 
 
 async def sets_named(client: Any, zone: str, name: str) -> list[dict[str, Any]]:
     """Every record set of the zone with this name (all types and set identifiers)."""
     out: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"HostedZoneId": zone, "StartRecordName": name, "MaxItems": "100"}
-    while True:
-        page = await client.list_resource_record_sets(**kwargs)
-        for record in page.get("ResourceRecordSets", []):
-            if dns_name(record["Name"]) != name:
-                return out
-            out.append(dict(record))
-        if not page.get("IsTruncated"):
-            return out
-        kwargs["StartRecordName"] = page["NextRecordName"]
-        kwargs["StartRecordType"] = page["NextRecordType"]
-        if "NextRecordIdentifier" in page:
-            kwargs["StartRecordIdentifier"] = page["NextRecordIdentifier"]
-        else:
-            kwargs.pop("StartRecordIdentifier", None)
+    async for record in _listed_from(client, kwargs):
+        if dns_name(record["Name"]) != name:
+            break
+        out.append(record)
+    return out
 
 
 def record_conflicts(

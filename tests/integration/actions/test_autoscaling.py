@@ -18,15 +18,13 @@ from orchestrator.actions.registry import get_action
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.policy.actions import AutoscalingSetCapacity
 from orchestrator.signals.aws_clients import AwsClients
-from tests.fixtures.clock import VirtualClock, eventually
+from tests.fixtures.clock import eventually
 from tests.fixtures.moto_server import MotoServer
 from tests.integration.actions.step_support import (
-    StubbedAws,
-    on_virtual_time,
     rendered,
     run_in_source,
+    verify_through_a_throttle,
 )
-from tests.integration.actions.step_support import make_ctx as make_step_ctx
 
 SOURCE, TARGET = "us-east-1", "us-west-2"
 ACCOUNT = "123456789012"  # moto's default account
@@ -338,14 +336,7 @@ async def test_a_throttled_look_while_verifying_is_not_a_failure() -> None:
         ]
     }
 
-    def script(stubber: Any) -> None:
-        stubber.add_client_error(
-            "describe_auto_scaling_groups", "Throttling", "Rate exceeded", http_status_code=400
-        )
-        stubber.add_response("describe_auto_scaling_groups", ok)
-
-    clock = VirtualClock()
-    aws = StubbedAws(script)
-    ctx = make_step_ctx(aws, AutoscalingSetCapacity(auto_scaling_group=ASG, desired=1), clock=clock)
-    await on_virtual_time(clock, ACTION.verify(ctx))
-    assert not aws.scripts
+    params = AutoscalingSetCapacity(auto_scaling_group=ASG, desired=1)
+    await verify_through_a_throttle(
+        ACTION, params, "describe_auto_scaling_groups", ok, "Throttling"
+    )

@@ -17,19 +17,15 @@ from orchestrator.actions.base import ActionFailed, RetryableError, StepContext
 from orchestrator.actions.ecs import SetDesiredCount
 from orchestrator.actions.registry import get_action
 from orchestrator.clock import SYSTEM_CLOCK
-from orchestrator.iam import iam_policy
 from orchestrator.policy.actions import EcsSetDesiredCount
-from orchestrator.policy.loader import load_policy_set
 from orchestrator.signals.aws_clients import AwsClients
-from tests.fixtures.clock import VirtualClock, eventually
+from tests.fixtures.clock import eventually
 from tests.fixtures.moto_server import MotoServer
 from tests.integration.actions.step_support import (
-    StubbedAws,
-    on_virtual_time,
     rendered,
     run_in_source,
+    verify_through_a_throttle,
 )
-from tests.integration.actions.step_support import make_ctx as make_step_ctx
 
 ROOT = Path(__file__).resolve().parents[3]
 SOURCE, TARGET = "us-east-1", "us-west-2"
@@ -330,27 +326,5 @@ async def test_verify_of_a_fence_wants_exactly_zero(both_regions: MotoServer) ->
 async def test_a_throttled_look_while_verifying_is_not_a_failure() -> None:
     # One throttle in the middle of verify's polling is "not yet", as for Route 53 and RDS.
     ok = {"services": [{"status": "ACTIVE", "desiredCount": 3, "runningCount": 3}]}
-
-    def script(stubber: Any) -> None:
-        stubber.add_client_error(
-            "describe_services", "ThrottlingException", "Rate exceeded", http_status_code=400
-        )
-        stubber.add_response("describe_services", ok)
-
-    clock = VirtualClock()
-    aws = StubbedAws(script)
     params = EcsSetDesiredCount(cluster=CLUSTER, service=SERVICE, desired=3)
-    ctx = make_step_ctx(aws, params, clock=clock, within=60.0)
-    await on_virtual_time(clock, ACTION.verify(ctx))
-    assert not aws.scripts
-
-
-def test_iam_policy_grants_each_ledger_writer_fence_in_its_own_region() -> None:
-    # ledger fences the old region's writers (`region: "{source_region}"`) and starts the
-    # new region's: each service is granted in its own region, never in the other.
-    doc = iam_policy(load_policy_set([ROOT / "policies" / "ledger"]))
-    (statement,) = [s for s in doc["Statement"] if "ecs:UpdateService" in s["Action"]]
-    assert statement["Resource"] == [
-        f"arn:aws:ecs:{region}:*:service/ledger-{region}/ledger-writer"
-        for region in ("eu-central-1", "eu-west-1")
-    ]
+    await verify_through_a_throttle(ACTION, params, "describe_services", ok, "ThrottlingException")

@@ -24,7 +24,8 @@ def fixed(request: pytest.FixtureRequest, moto: MotoServer) -> Iterator[bool]:
             yield False
 
 
-def _promoted(moto: MotoServer) -> tuple[dict[str, Any], dict[str, Any]]:
+def _replica(moto: MotoServer) -> tuple[Any, Any]:
+    """A primary in SOURCE and its cross-region replica "replica" in TARGET; the clients."""
     source, target = moto.boto3_client("rds", SOURCE), moto.boto3_client("rds", TARGET)
     primary = source.create_db_instance(
         DBInstanceIdentifier="primary",
@@ -37,6 +38,11 @@ def _promoted(moto: MotoServer) -> tuple[dict[str, Any], dict[str, Any]]:
     target.create_db_instance_read_replica(
         DBInstanceIdentifier="replica", SourceDBInstanceIdentifier=primary["DBInstanceArn"]
     )
+    return source, target
+
+
+def _promoted(moto: MotoServer) -> tuple[dict[str, Any], dict[str, Any]]:
+    source, target = _replica(moto)
     target.promote_read_replica(DBInstanceIdentifier="replica")
     return (
         target.describe_db_instances(DBInstanceIdentifier="replica")["DBInstances"][0],
@@ -248,18 +254,7 @@ def test_autoscaling_instance_refreshes(moto: MotoServer, fixed: bool) -> None:
 def test_rds_promote_needs_available_replica(moto: MotoServer, fixed: bool) -> None:
     from moto.rds.models import rds_backends
 
-    source, target = moto.boto3_client("rds", SOURCE), moto.boto3_client("rds", TARGET)
-    primary = source.create_db_instance(
-        DBInstanceIdentifier="primary",
-        Engine="postgres",
-        DBInstanceClass="db.t3.micro",
-        MasterUsername="admin",
-        MasterUserPassword="not-a-secret-1",
-        AllocatedStorage=20,
-    )["DBInstance"]
-    target.create_db_instance_read_replica(
-        DBInstanceIdentifier="replica", SourceDBInstanceIdentifier=primary["DBInstanceArn"]
-    )
+    _, target = _replica(moto)
     rds_backends["123456789012"][TARGET].databases["replica"].status = "backing-up"
     if fixed:
         with pytest.raises(target.exceptions.ClientError, match="InvalidDBInstanceState"):

@@ -94,34 +94,18 @@ async def test_no_response_at_all_is_an_error() -> None:
     assert delta("DescribeAlarms", before) == {"ok": 0, "throttled": 0, "error": 1}
 
 
-async def test_a_transient_failure_is_retried_up_to_max_attempts_and_counted_once() -> None:
+async def test_a_transient_failure_is_retried_up_to_max_attempts_and_counted_once(
+    unavailable_endpoint: tuple[str, list[int]],
+) -> None:
     # A loopback server that is always unavailable: the standard retry mode tries again
     # (after a jittered backoff), and the call is counted once, with its final outcome.
-    hits = 0
-
-    async def unavailable(_: web.Request) -> web.Response:
-        nonlocal hits
-        hits += 1
-        return web.Response(status=503)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", unavailable)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        config = AwsClientConfig(
-            endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2, read_timeout=2.0, **FAKE
-        )
-        before = snapshot("DescribeAlarms")
-        async with AwsClients(config).client("cloudwatch", "us-east-1") as client:
-            with pytest.raises(client.exceptions.ClientError):
-                await client.describe_alarms()
-    finally:
-        await runner.cleanup()
-    assert hits == 2
+    url, hits = unavailable_endpoint
+    config = AwsClientConfig(endpoint_url=url, max_attempts=2, read_timeout=2.0, **FAKE)
+    before = snapshot("DescribeAlarms")
+    async with AwsClients(config).client("cloudwatch", "us-east-1") as client:
+        with pytest.raises(client.exceptions.ClientError):
+            await client.describe_alarms()
+    assert hits[0] == 2
     assert delta("DescribeAlarms", before) == {"ok": 0, "throttled": 0, "error": 1}
 
 
