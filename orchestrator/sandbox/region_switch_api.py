@@ -695,6 +695,11 @@ class RegionSwitchEmulator:
             self._mode = mode
             self._mode_calls = None if mode == "normal" else calls
 
+    def use_clock(self, clock: Clock) -> None:
+        """Run executions on ``clock`` from now on (tests share their virtual clock)."""
+        with self._lock:
+            self._clock = clock
+
     def reset(self) -> None:
         """No plans, no executions, every region up, normal mode, counters cleared."""
         with self._lock:
