@@ -84,9 +84,9 @@ from orchestrator.store.base import (
     in_window,
 )
 from orchestrator.store.codec import (
+    decode_approval,
     decode_journal,
     decode_state,
-    decode_approval,
     encode_approval,
     encode_journal,
     encode_state,
