@@ -8,8 +8,8 @@ step:
   ``activate``/``deactivate``, ``graceful`` or ``ungraceful``) with a client token derived from
   the run id and the step name, and a comment carrying the same token. Before starting, it
   looks for the execution it may already have started: first in its own journaled notes
-  (the execution id and region are journaled before any waiting), then with
-  ``ListPlanExecutions`` in each region (the comment's token). A re-entered step — a retry,
+  (the execution id and region are journaled before any waiting), then, on a re-entered
+  attempt, with ``ListPlanExecutions`` in each region (the comment's token). A re-entered step — a retry,
   or a resume after the daemon was killed — follows that execution; it never starts a second.
 * **calls Region switch where the plan is executed from**: the region being recovered into
   (the run's target region), the other region of the plan as the fallback. Every call it
@@ -287,7 +287,9 @@ class RegionSwitch(Action):
         execution = journaled_execution(ctx.history)
         started = False
         if execution is None:
-            execution = await self._find(ctx, p)
+            # The step's first attempt ever cannot have started anything: no lookups (with
+            # the source region down, each would cost a connect timeout or more).
+            execution = None if ctx.attempt <= 1 else await self._find(ctx, p)
             if execution is None:
                 execution = await self._start(ctx, p, target, mode)
                 started = True
