@@ -9,8 +9,9 @@ step:
   the run id and the step name, and a comment carrying the same token. Before starting, it
   looks for the execution it may already have started: first in its own journaled notes
   (the execution id and region are journaled before any waiting), then, on a re-entered
-  attempt, with ``ListPlanExecutions`` in each region (the comment's token). A re-entered step — a retry,
-  or a resume after the daemon was killed — follows that execution; it never starts a second.
+  attempt, with ``ListPlanExecutions`` in each region (the comment's token). A re-entered
+  step — a retry, or a resume after the daemon was killed — follows that execution; it
+  never starts a second.
 * **calls Region switch where the plan is executed from**: the region being recovered into
   (the run's target region), the other region of the plan as the fallback. Every call it
   makes is a regional data-plane call (``GetPlanInRegion``, not ``GetPlan``, which
