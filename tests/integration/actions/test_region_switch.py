@@ -384,3 +384,38 @@ runbooks:
     assert "arc-region-switch:ApprovePlanExecutionStep" in statement["Action"]
     assert not any(a.endswith(":GetPlan") for a in statement["Action"])  # control plane
     assert isinstance(get_action("arc.region_switch"), RegionSwitch)
+
+
+async def test_readiness_says_not_ready_with_the_plans_warnings(world: World) -> None:
+    from orchestrator.policy.loader import load_policy_text
+    from orchestrator.readiness import format_report, readiness
+
+    text = f"""
+service: orders
+regions: [{SOURCE}, {TARGET}]
+rto: 15m
+rpo: 1m
+detection: {{quorum: 1}}
+signals:
+  - {{name: api, type: http, target: "https://api.{{region}}.example.com/healthz"}}
+runbooks:
+  failover:
+    - name: switch
+      action: arc.region_switch
+      params: {{plan_arn: "{world.arn}"}}
+"""
+    policy = load_policy_text(text, "orders.yaml")
+    report = await readiness([policy], world.aws, world.clock)
+    assert report.ready, format_report(report)
+    # Failover and failback were both checked, each in the region it recovers into.
+    assert {(s.move.runbook, s.move.target) for s in report.steps} == {
+        ("failover", TARGET),
+        ("failback", SOURCE),
+    }
+    world.emulator.set_evaluation(world.arn, "actionRequired", ["ASG orders-usw2 is missing"])
+    report = await readiness([policy], world.aws, world.clock)
+    assert not report.ready
+    text_report = format_report(report)
+    assert "NOT READY  switch (arc.region_switch)" in text_report
+    assert "- plan evaluation warning: ASG orders-usw2 is missing" in text_report
+    assert "control plane" not in text_report  # data-plane calls only
