@@ -109,20 +109,29 @@ def client_token(run_id: str, step: str) -> str:
     return f"failoverd-{digest}"
 
 
-def planned_move(ctx: StepContext) -> bool:
-    """Whether the run moves the service without losing data (both regions up): a
-    switchover, a failback or a drill; a failover only when the decision saw the source
-    region healthy. Missing facts count as "not known healthy": an outage must not wait on
-    a graceful execution that needs the region that is down."""
-    if ctx.kind in ("switchover", "failback") or ctx.facts.get("drill") is True:
-        return True
-    return ctx.facts.get("source_healthy") is True
+def planned_move(ctx: StepContext) -> tuple[bool, str]:
+    """Whether the run's move must be graceful (no data may be lost), and why: a switchover,
+    a failback or a drill is planned; a failover is graceful only when the decision saw the
+    source region still up (``source_verdict`` healthy or degraded). A source down, or of
+    unknown health (no facts), makes it ungraceful: the region a graceful handover needs is
+    the one that failed."""
+    if ctx.facts.get("drill") is True:
+        return True, f"a drill ({ctx.kind}) is a planned move"
+    if ctx.kind in ("switchover", "failback"):
+        return True, f"a {ctx.kind} is a planned move"
+    verdict = ctx.facts.get("source_verdict")
+    if verdict is None and ctx.facts.get("source_healthy") is True:
+        verdict = "healthy"
+    if verdict in ("healthy", "degraded"):
+        return True, f"failover with {ctx.source_region} still {verdict}"
+    state = "down" if verdict == "down" else "of unknown health"
+    return False, f"failover with {ctx.source_region} {state}"
 
 
 def execution_mode(mode: str, ctx: StepContext) -> str:
     if mode != "auto":
         return mode
-    return "graceful" if planned_move(ctx) else "ungraceful"
+    return "graceful" if planned_move(ctx)[0] else "ungraceful"
 
 
 def plan_target(p: Params, ctx: StepContext) -> str:
@@ -284,6 +293,7 @@ class RegionSwitch(Action):
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
         p = typed_params(ctx, Params)
         mode = execution_mode(p.mode, ctx)
+        why = f"mode {p.mode}" if p.mode != "auto" else planned_move(ctx)[1]
         target = plan_target(p, ctx)
         execution = journaled_execution(ctx.history)
         started = False
@@ -305,8 +315,9 @@ class RegionSwitch(Action):
                     "action": p.action,
                     "target_region": target,
                     "mode": mode,
+                    "mode_reason": why,
                     "note": f"execution {execution.id} {verb} in {execution.region}:"
-                    f" {p.action} {target}, {mode}",
+                    f" {p.action} {target}, {mode} ({why})",
                 },
             )
         else:

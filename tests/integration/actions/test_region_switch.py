@@ -122,6 +122,7 @@ async def test_a_failover_runs_the_plan_ungraceful_in_the_target_region(world: W
 
     started = world.notes[0]
     assert started["execution"] == "started" and started["execution_id"] == ex["id"]
+    assert started["mode_reason"] == f"failover with {SOURCE} of unknown health"
     subs = [(n["substep"]["name"], n["substep"]["status"]) for n in world.notes if "substep" in n]
     assert subs == [
         ("scale", "running"),
@@ -152,9 +153,12 @@ async def test_a_failover_runs_the_plan_ungraceful_in_the_target_region(world: W
     ("kind", "facts", "mode", "expected"),
     [
         ("failover", {}, "auto", "ungraceful"),
-        ("failover", {"source_healthy": False}, "auto", "ungraceful"),
+        ("failover", {"source_verdict": "down"}, "auto", "ungraceful"),
+        ("failover", {"source_verdict": "unknown"}, "auto", "ungraceful"),
+        ("failover", {"source_verdict": "degraded"}, "auto", "graceful"),
+        ("failover", {"source_verdict": "healthy"}, "auto", "graceful"),
         ("failover", {"source_healthy": True}, "auto", "graceful"),
-        ("failover", {"drill": True}, "auto", "graceful"),
+        ("failover", {"drill": True, "source_verdict": "down"}, "auto", "graceful"),
         ("switchover", {}, "auto", "graceful"),
         ("failback", {}, "auto", "graceful"),
         ("switchover", {}, "ungraceful", "ungraceful"),
