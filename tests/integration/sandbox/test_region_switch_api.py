@@ -19,8 +19,15 @@ from typing import Any
 import cbor2
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from orchestrator.sandbox.region_switch_api import RegionSwitchEmulator, plan_document
+from orchestrator.sandbox.region_switch_api import (
+    _HANDLERS,
+    _STATUS,
+    RegionSwitchEmulator,
+    plan_document,
+)
 from tests.fixtures.region_switch_emulator import WallClock, aio_client, boto3_client
 
 EAST, WEST, EU = "us-east-2", "us-west-2", "eu-west-1"
@@ -410,3 +417,64 @@ def test_the_control_api_over_http(region_switch: World) -> None:
     assert control(emulator, "/_emulator/mode", {"mode": "sideways"})[0] == 400
     assert control(emulator, "/_emulator/reset", {})[0] == 200
     assert control(emulator, "/_emulator/state")[1]["executions"] == []
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+MEMBERS = [
+    "planArn",
+    "arn",
+    "executionId",
+    "targetRegion",
+    "action",
+    "mode",
+    "clientToken",
+    "stepName",
+    "approval",
+    "comment",
+    "maxResults",
+    "nextToken",
+    "state",
+    "name",
+]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    operation=st.sampled_from(sorted(_HANDLERS)),
+    body=st.dictionaries(st.sampled_from(MEMBERS), JSON_VALUES, max_size=6),
+    cbor=st.booleans(),
+)
+def test_hostile_requests_get_a_modeled_error_never_a_crash(
+    region_switch: World, operation: str, body: dict[str, Any], cbor: bool
+) -> None:
+    emulator, _ = region_switch
+    if not emulator.executions():
+        seed(emulator)
+    if cbor:
+        path = f"/service/ArcRegionSwitch/operation/{operation}"
+        headers = {**SIGNED, "smithy-protocol": "rpc-v2-cbor", "Content-Type": "application/cbor"}
+        status, _, raw_body = raw(emulator, path, cbor2.dumps(body), headers)
+        answer = cbor2.loads(raw_body)
+    else:
+        headers = {
+            **SIGNED,
+            "Content-Type": "application/x-amz-json-1.0",
+            "X-Amz-Target": f"ArcRegionSwitch.{operation}",
+        }
+        status, _, raw_body = raw(emulator, "/", json.dumps(body).encode(), headers)
+        answer = json.loads(raw_body)
+    assert status in (200, 400, 403, 404, 409), (status, answer)
+    if status != 200:
+        assert answer["__type"].rsplit("#")[-1] in _STATUS, answer
