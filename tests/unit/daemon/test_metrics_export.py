@@ -6,6 +6,7 @@ pass timer, the event-loop lag monitor, and the generated reference being curren
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -413,14 +414,22 @@ async def test_a_steps_own_steps_reach_the_metrics_and_wait_for_failoverd_approv
             substep=step,
         )
 
+    async def advance_until(done: Callable[[], bool], what: str) -> None:
+        """Move virtual time on by half a second whenever everything sleeps, until done."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20.0
+        while not done():
+            if loop.time() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            if clock.sleepers >= 2:
+                clock.advance(0.5)
+            await asyncio.sleep(0.005)
+
     async with running(c):
         await eventually(c.is_leader, "the lease")
         await idle(clock)
         observe(c, clock, svc, east_ok=False)
-        await eventually(lambda: action.calls != [], "the step to run")
-        await idle(clock, 3)
-        clock.advance(1.0)
-        await eventually(
+        await advance_until(
             lambda: sub("gate", "waiting_approval") and sub("scale", "succeeded"),
             "the plan's steps in the metrics",
         )
@@ -432,17 +441,13 @@ async def test_a_steps_own_steps_reach_the_metrics_and_wait_for_failoverd_approv
 
         result = await c.command(svc, OperatorCommand(Command.APPROVE, by="alice", reason="go"))
         assert result.accepted and "move/gate" in result.message
-        await idle(clock, 3)
-        clock.advance(1.0)
-        await eventually(lambda: bool(seen), "the step to read the approval")
+        await advance_until(lambda: bool(seen), "the step to read the approval")
         assert [(r.by, r.reason) for r in seen] == [("alice", "go")]  # type: ignore[attr-defined]
-        await idle(clock, 3)
-        clock.advance(2.0)
-        await eventually(
+        await advance_until(
             lambda: value("failoverd_active_region", service=svc, region="us-west-2") == 1,
             "the run to finish",
         )
-        await eventually(lambda: sub("gate", "succeeded"), "the approved step succeeded")
+        await advance_until(lambda: sub("gate", "succeeded"), "the approved step succeeded")
         assert value("failoverd_run_awaiting_approval", service=svc) == 0
         state = await store.load_state(svc)
         assert state is not None and state.run is None and state.active_region == "us-west-2"
