@@ -80,25 +80,22 @@ Control, over HTTP (``failoverd sandbox``, other processes), JSON bodies:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import ipaddress
 import json
 import re
 import secrets
-import socket
 import threading
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final
 
 import cbor2
 from aiohttp import web
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.sandbox.loopback import LoopbackServer
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.region_switch")
@@ -409,15 +406,6 @@ def _iso_duration(seconds: float) -> str:
     return out
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _steps_of(plan: Mapping[str, Any], action: str, target_region: str) -> list[dict[str, Any]]:
     """The steps of the plan's workflow for ``action`` on ``target_region``: the one naming
     that region, else the one naming none."""
@@ -470,7 +458,7 @@ def _check_plan(doc: Mapping[str, Any]) -> None:
             names.add(step["name"])
 
 
-class RegionSwitchEmulator:
+class RegionSwitchEmulator(LoopbackServer):
     """ARC Region switch for one emulated account, served on a loopback port. Control
     methods are thread-safe and take effect for the next request. ``start``/``stop`` serve on
     the caller's loop; ``start_background``/``stop_background`` on a thread of their own."""
@@ -485,19 +473,13 @@ class RegionSwitchEmulator:
         default_step_duration: float = 2.0,
         default_page_size: int = 20,
     ) -> None:
-        if not _is_loopback(host):
-            # No authentication: it must never be reachable from elsewhere.
-            raise ValueError(f"host must be a loopback address, got {host!r}")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be 0..65535, got {port}")
+        super().__init__(host, port)
         if not re.fullmatch(r"\d{12}", account_id):
             raise ValueError(f"account_id must be 12 digits, got {account_id!r}")
         if default_step_duration < 0:
             raise ValueError("default_step_duration must not be negative")
         if not 1 <= default_page_size <= MAX_PAGE:
             raise ValueError(f"default_page_size must be 1..{MAX_PAGE}")
-        self.host = host
-        self._requested_port = port
         self.account_id = account_id
         self.default_step_duration = default_step_duration
         self.default_page_size = default_page_size
@@ -513,27 +495,12 @@ class RegionSwitchEmulator:
         self.calls: Counter[tuple[str, str]] = Counter()  # (operation, region) -> answered
         self._requests: deque[dict[str, Any]] = deque(maxlen=1000)
         self._nonce = secrets.token_hex(4)
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_loop: asyncio.AbstractEventLoop | None = None
 
-    # --- lifecycle -------------------------------------------------------------------------
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the Region switch emulator is not running")
-        return self._port
+    # --- lifecycle (LoopbackServer: start/stop, start_background/stop_background) ----------
+    what = "the Region switch emulator"
+    event = "region_switch_emulator"
 
-    @property
-    def endpoint_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    async def start(self) -> None:
-        """Serve on the running loop. Raises OSError when the port is taken."""
-        if self._runner is not None:
-            raise RuntimeError("the Region switch emulator is already running")
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_post("/", self._json_api)
         app.router.add_post("/service/{service}/operation/{operation}", self._cbor_api)
@@ -542,85 +509,7 @@ class RegionSwitchEmulator:
         app.router.add_post("/_emulator/mode", self._ctl_mode)
         app.router.add_post("/_emulator/reset", self._ctl_reset)
         app.router.add_get("/_emulator/state", self._ctl_state)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self._requested_port))
-            await web.SockSite(runner, sock).start()
-        except BaseException:
-            sock.close()
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(sock.getsockname()[1])
-        log.info("region_switch_emulator_started", url=self.endpoint_url)
-
-    async def stop(self) -> None:
-        """Stop serving (idempotent)."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-            log.info("region_switch_emulator_stopped", port=self._port)
-        self._port = None
-
-    async def __aenter__(self) -> RegionSwitchEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    def start_background(self, timeout: float = 10.0) -> None:
-        """Serve from a daemon thread with a loop of its own; returns once it listens."""
-        if self._thread is not None:
-            raise RuntimeError("the Region switch emulator is already running")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            self._thread_loop = loop
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self.stop())
-                loop.close()
-
-        thread = threading.Thread(target=main, name="region-switch-emulator", daemon=True)
-        thread.start()
-        if not ready.wait(timeout):
-            raise TimeoutError(f"the Region switch emulator did not start within {timeout}s")
-        if failure:
-            thread.join(timeout)
-            raise failure[0]
-        self._thread = thread
-
-    def stop_background(self, timeout: float = 10.0) -> None:
-        """Stop the thread started by :meth:`start_background` (idempotent)."""
-        thread, loop = self._thread, self._thread_loop
-        self._thread = self._thread_loop = None
-        if thread is None or loop is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-        if thread.is_alive():
-            raise TimeoutError(f"the Region switch emulator did not stop within {timeout}s")
+        return app
 
     # --- control ----------------------------------------------------------------------------
     def add_plan(

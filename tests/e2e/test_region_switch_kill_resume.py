@@ -23,7 +23,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from aiohttp import web
 
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.sandbox import region_switch_world as orders
@@ -38,6 +37,7 @@ from tests.integration.test_daemon_e2e import (
     daemon_env,
     get_json,
     running_daemon,
+    serve_targets,
     stop,
     until,
 )
@@ -59,27 +59,8 @@ class _Moto:
 
 @pytest.fixture
 async def targets() -> AsyncIterator[dict[str, Target]]:
-    out: dict[str, Target] = {}
-    runners: list[web.AppRunner] = []
-    try:
-        for region in (SOURCE, TARGET):
-            target = Target()
-
-            async def health(request: web.Request, target: Target = target) -> web.Response:
-                return web.Response(status=target.status, text='{"status":"ok"}')
-
-            app = web.Application()
-            app.router.add_get("/healthz", health)
-            runner = web.AppRunner(app, access_log=None)
-            runners.append(runner)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            target.port = runner.addresses[0][1]
-            out[region] = target
+    async with serve_targets((SOURCE, TARGET)) as out:
         yield out
-    finally:
-        for runner in runners:
-            await runner.cleanup()
 
 
 @pytest.fixture

@@ -35,6 +35,24 @@ STEPS = [
 ]
 
 
+def orders_policy(plan_arn: str) -> str:
+    """A policy whose failover runbook is one arc.region_switch step on ``plan_arn``."""
+    return f"""
+service: orders
+regions: [{SOURCE}, {TARGET}]
+rto: 15m
+rpo: 1m
+detection: {{quorum: 1}}
+signals:
+  - {{name: api, type: http, target: "https://api.{{region}}.example.com/healthz"}}
+runbooks:
+  failover:
+    - name: switch
+      action: arc.region_switch
+      params: {{plan_arn: "{plan_arn}"}}
+"""
+
+
 class Approvals:
     """The approvals store as the action sees it: an approval appears at virtual time ``at``."""
 
@@ -364,20 +382,7 @@ def test_events_become_substep_notes() -> None:
 def test_iam_policy_names_the_plan() -> None:
     from orchestrator.policy.loader import load_policy_text
 
-    text = f"""
-service: orders
-regions: [{SOURCE}, {TARGET}]
-rto: 15m
-rpo: 1m
-detection: {{quorum: 1}}
-signals:
-  - {{name: api, type: http, target: "https://api.{{region}}.example.com/healthz"}}
-runbooks:
-  failover:
-    - name: switch
-      action: arc.region_switch
-      params: {{plan_arn: "arn:aws:arc-region-switch::123456789012:plan/orders:abc123"}}
-"""
+    text = orders_policy("arn:aws:arc-region-switch::123456789012:plan/orders:abc123")
     policy = load_policy_text(text, "orders.yaml")
     [statement] = [
         s
@@ -394,20 +399,7 @@ async def test_readiness_says_not_ready_with_the_plans_warnings(world: World) ->
     from orchestrator.policy.loader import load_policy_text
     from orchestrator.readiness import format_report, readiness
 
-    text = f"""
-service: orders
-regions: [{SOURCE}, {TARGET}]
-rto: 15m
-rpo: 1m
-detection: {{quorum: 1}}
-signals:
-  - {{name: api, type: http, target: "https://api.{{region}}.example.com/healthz"}}
-runbooks:
-  failover:
-    - name: switch
-      action: arc.region_switch
-      params: {{plan_arn: "{world.arn}"}}
-"""
+    text = orders_policy(world.arn)
     policy = load_policy_text(text, "orders.yaml")
     report = await readiness([policy], world.aws, world.clock)
     assert report.ready, format_report(report)
