@@ -367,7 +367,11 @@ class Executor:
         failure: Failure | None = None
         # If this attempt fails, the step has failed for good.
         last = history.failed_attempts >= step.retries
-        waiting = [approval]  # whether the service state says "waiting for an approval"
+        # Whether the service state says "waiting for an approval": an approval step, or a
+        # step whose earlier attempt left a sub-step waiting (a resume after a crash).
+        waiting = [approval or bool(history.awaiting_approval)]
+        if waiting[0] and not approval:
+            await self._set_waiting_approval(header, True)
         try:
             async with clock_timeout(self._clock, step.timeout) as expiry:
 
@@ -460,7 +464,7 @@ class Executor:
                 header, JournalStatus.STEP_PROGRESS, step=step.name, attempt=attempt, detail=text
             )
             history.apply(record, step)
-            if "awaiting_approval" in detail or "approved" in detail:
+            if {"awaiting_approval", "approved", "substep"} & detail.keys():
                 now_waiting = bool(history.awaiting_approval)
                 if now_waiting != waiting[0]:
                     await self._set_waiting_approval(header, now_waiting)

@@ -91,7 +91,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import cbor2
 from aiohttp import web
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
@@ -381,10 +380,18 @@ def _ts(seconds: float) -> _Timestamp:
     return _Timestamp(seconds)
 
 
+def _cbor2() -> Any:
+    """cbor2, imported on first use: it comes with the sandbox extra, and the CLI imports
+    the sandbox's modules to build its parser (a production install has no cbor2)."""
+    import cbor2
+
+    return cbor2
+
+
 def _wire(value: Any, cbor: bool) -> Any:
     """``value`` with every :class:`_Timestamp` as the protocol writes it."""
     if isinstance(value, _Timestamp):
-        return cbor2.CBORTag(1, value.seconds) if cbor else value.seconds
+        return _cbor2().CBORTag(1, value.seconds) if cbor else value.seconds
     if isinstance(value, dict):
         return {k: _wire(v, cbor) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -711,6 +718,7 @@ class RegionSwitchEmulator(LoopbackServer):
                     raise _ApiError(
                         "SerializationException", f"expected Content-Type {CBOR_CONTENT_TYPE}"
                     )
+                cbor2 = _cbor2()
                 try:
                     body = cbor2.loads(raw)
                 except (cbor2.CBORDecodeError, ValueError) as exc:
@@ -806,7 +814,7 @@ class RegionSwitchEmulator(LoopbackServer):
         if cbor:
             return web.Response(
                 status=status,
-                body=cbor2.dumps(_wire(dict(body), cbor=True)),
+                body=_cbor2().dumps(_wire(dict(body), cbor=True)),
                 headers={
                     "Content-Type": CBOR_CONTENT_TYPE,
                     PROTOCOL_HEADER: PROTOCOL,

@@ -711,3 +711,44 @@ def test_junk_notes_never_break_the_view() -> None:
     notes = [ProgressNote(10.0 + i, 1, d) for i, d in enumerate(junk)]
     [scale] = substeps(notes, end=20.0)
     assert (scale.status, scale.started_at, scale.duration) == ("running", 13.0, 7.0)
+
+
+async def test_a_resumed_step_clears_the_approval_wait_it_inherited_once_approved(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    """Killed while a sub-step waited for approval: the resumed attempt shows the wait, and
+    the approval (or the sub-step moving on) clears it at once, not at the step's end."""
+
+    async def wait_then_hang(ctx: StepContext) -> None:
+        assert ctx.progress is not None
+        await ctx.progress({"awaiting_approval": "gate"})
+        await asyncio.Event().wait()
+
+    first = ScriptedAction(clock, hooks={"switch": wait_then_hang})
+    policy = policy_with([step("switch")])
+    crashed = asyncio.ensure_future(start(executor(store, aws, clock, lease, first), policy, clock))
+
+    async def waiting() -> bool:
+        state = await store.load_state("webapp")
+        return bool(state and state.run and state.run.waiting_approval)
+
+    flags: list[bool] = []
+
+    async def approved_by_the_console(ctx: StepContext) -> None:
+        assert ctx.progress is not None
+        flags.append(await waiting())
+        await ctx.progress({"substep": {"name": "gate", "status": "succeeded"}})
+        flags.append(await waiting())
+
+    await eventually(lambda: "switch" in first.active, "the step running")
+    for _ in range(200):
+        if await waiting():
+            break
+        await asyncio.sleep(0.005)
+    crashed.cancel()  # the process dies mid-step, the service state still says "waiting"
+    await asyncio.gather(crashed, return_exceptions=True)
+    assert await waiting()
+
+    second = ScriptedAction(clock, hooks={"switch": approved_by_the_console})
+    await drive(clock, executor(store, aws, clock, lease, second).resume_unfinished())
+    assert flags == [True, False]
