@@ -36,9 +36,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.policy.durations import format_duration
+
+if TYPE_CHECKING:
+    from orchestrator.actions.base import StepContext
 
 KIND = "kind"
 DRILL = "drill"
@@ -92,6 +95,8 @@ def move_style(kind: str, facts: Mapping[str, Any]) -> MoveStyle:
         return MoveStyle(True, f"a {kind} is a planned move: no data may be lost")
     source = facts.get(SOURCE_REGION) or "the source region"
     verdict = facts.get(SOURCE_VERDICT)
+    if verdict is None and facts.get("source_healthy") is True:
+        verdict = "healthy"  # the one fact runs journaled before run_facts existed had
     lag = _lag_words(facts)
     if verdict is None or verdict in _UNGRACEFUL_VERDICTS:
         state = "down" if verdict == "down" else "of unknown health"
@@ -110,3 +115,9 @@ def _lag_words(facts: Mapping[str, Any]) -> str:
     if isinstance(age, int | float) and not isinstance(age, bool):
         words += f", {format_duration(age)} old"
     return words + ")"
+
+
+def move_style_of(ctx: StepContext) -> MoveStyle:
+    """:func:`move_style` for a step: its run's kind and facts (the source region taken
+    from the step when the facts do not name it)."""
+    return move_style(ctx.kind, {SOURCE_REGION: ctx.source_region, **dict(ctx.facts)})

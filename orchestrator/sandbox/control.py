@@ -25,6 +25,7 @@ from orchestrator.policy.durations import DurationError, parse_duration
 from orchestrator.sandbox.fault_proxy import FaultProxy, ThrottleSpecError, parse_throttle
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints, local_down_supported
+from orchestrator.sandbox.region_switch_api import RegionSwitchEmulator
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.control")
@@ -63,6 +64,8 @@ class Faults:
     on_region: Callable[[str, bool], None] | None = None
     # More of the world's state for GET /state (e.g. Aurora positions and lost writes).
     world_state: Callable[[], dict[str, Any]] | None = None
+    # ARC Region switch: region-down/up take the region's Region switch endpoint with it.
+    region_switch: RegionSwitchEmulator | None = None
 
     async def apply(self, fault: str, arg: str) -> str:
         if fault in ("region-down", "region-up", "slow", "flap", "health-event", "local-down"):
@@ -71,6 +74,8 @@ class Faults:
             self.endpoints.set_mode(arg, "down")
             if self.on_region is not None:
                 self.on_region(arg, False)
+            if self.region_switch is not None:
+                self.region_switch.set_region_down(arg)
             return f"{arg}: the endpoint answers 503"
         if fault == "slow":
             self.endpoints.set_mode(arg, "slow")
@@ -87,6 +92,8 @@ class Faults:
             self.endpoints.set_mode(arg, "up")
             if self.on_region is not None:
                 self.on_region(arg, True)
+            if self.region_switch is not None:
+                self.region_switch.set_region_down(arg, down=False)
             for arn in self.health_events.pop(arg, []):
                 self.health.close_event(arn)
             return f"{arg}: the endpoint is healthy, its Health events closed"

@@ -90,6 +90,8 @@ class AwsClientConfig:
     region (the sandbox points it at the emulator); leave it None in production."""
 
     endpoint_url: str | None = None
+    # Per service (botocore's name, e.g. "arc-region-switch"): wins over endpoint_url.
+    service_endpoints: Mapping[str, str] = field(default_factory=dict)
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
     max_attempts: int = 3
@@ -119,13 +121,13 @@ class AwsClientConfig:
             )
         if self.session_token is not None and self.access_key_id is None:
             raise ValueError("AwsClientConfig.session_token needs access_key_id too")
-        if self.endpoint_url is not None and not self.endpoint_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError(
-                f"AwsClientConfig.endpoint_url must start with http:// or https://, "
-                f"got {self.endpoint_url!r}"
-            )
+        urls = {"endpoint_url": self.endpoint_url}
+        urls.update({f"service_endpoints[{k!r}]": v for k, v in self.service_endpoints.items()})
+        for name, url in urls.items():
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"AwsClientConfig.{name} must start with http:// or https://, got {url!r}"
+                )
 
 
 def classify_outcome(status_code: int, error_code: str | None) -> str:
@@ -452,7 +454,9 @@ class AwsClients:
     def sts_endpoint(self, region: str) -> str:
         """Where AssumeRole goes for ``region``: its regional STS endpoint (or the
         configured endpoint override, an emulator)."""
-        return self.config.endpoint_url or partition_of(region).endpoint("sts", region)
+        cfg = self.config
+        override = cfg.service_endpoints.get("sts") or cfg.endpoint_url
+        return override or partition_of(region).endpoint("sts", region)
 
     @asynccontextmanager
     async def client(
@@ -477,7 +481,7 @@ class AwsClients:
             botocore_config = _botocore_config(replace(cfg, max_attempts=max_attempts))
         kwargs: dict[str, Any] = {
             "region_name": region,
-            "endpoint_url": endpoint_url or cfg.endpoint_url,
+            "endpoint_url": endpoint_url or cfg.service_endpoints.get(service, cfg.endpoint_url),
             "config": botocore_config,
         }
         if self.role is not None:
