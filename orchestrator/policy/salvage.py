@@ -130,12 +130,12 @@ class _Work:
         """The longest prefix of ``path`` present in the data."""
         node: Any = self.data
         for i, part in enumerate(path):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-                node = node[part]
-            else:
+            present = (isinstance(node, dict) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            )
+            if not present:
                 return path[:i]
+            node = node[part]
         return path
 
     def _parent(self, path: Path_) -> Any:

@@ -8,6 +8,7 @@ Duplicate keys are errors here because YAML itself silently keeps the last one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import stat
 from dataclasses import dataclass, field
@@ -297,10 +298,12 @@ class _Builder:
             parser.dispose()
 
     def fatal(self, line: int, column: int, path: Path_ | None, message: str) -> _Fatal:
-        return _Fatal(SourceError(self.file, line, column, format_path(path or ()), message))
+        path = path or ()
+        shown = format_path(path[:8]) + ("..." if len(path) > 8 else "")
+        return _Fatal(SourceError(self.file, line, column, shown, message))
 
-    def event(self, event: yaml.Event) -> None:
-        mark = event.start_mark
+    def event(self, event: Any) -> None:  # a yaml.Event; its marks are C or Python ones
+        mark: Any = event.start_mark
         line, column = mark.line + 1, mark.column + 1
         if isinstance(event, yaml.DocumentStartEvent):
             if self.documents:
@@ -311,12 +314,15 @@ class _Builder:
             self.anchor(event.anchor, line, column)
             tag = event.tag
             if tag is None or tag == "!":
-                tag = self.resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
-            node = yaml.ScalarNode(tag, event.value, mark, event.end_mark, event.style)
+                tag = self.resolver.resolve(  # type: ignore[no-untyped-call]
+                    yaml.ScalarNode, event.value, event.implicit
+                )
+            end: Any = event.end_mark
+            node = yaml.ScalarNode(tag, event.value, mark, end, event.style)
             value = self.scalar(node, line, column)
             self.add(_Built(value, line, column, "scalar", 1, 1, tag), event.anchor)
         elif isinstance(event, yaml.AliasEvent):
-            self.alias(event.anchor, line, column)
+            self.alias(str(event.anchor), line, column)
         elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
             self.count(line, column)
             path = self.child_path()
@@ -328,10 +334,10 @@ class _Builder:
             kind = "list" if isinstance(event, yaml.SequenceStartEvent) else "mapping"
             if event.tag not in (None, "!", _TAG + ("seq" if kind == "list" else "map")):
                 self.unsupported(event.tag, line, column)
-            value: Any = [] if kind == "list" else {}
+            container: Any = [] if kind == "list" else {}
             if path is not None:
                 self.loaded.lines[path] = (line, column)
-            self.stack.append(_Frame(kind, path, value, line, column, event.anchor))
+            self.stack.append(_Frame(kind, path, container, line, column, event.anchor))
         elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
             frame = self.stack.pop()
             built = _Built(
@@ -371,10 +377,7 @@ class _Builder:
             )
         # The value is shared, not copied: its weight is charged above, and nothing
         # downstream mutates loaded data.
-        self.add(
-            _Built(target.value, line, column, target.kind, target.nodes, target.height, target.tag),
-            None,
-        )
+        self.add(dataclasses.replace(target, line=line, column=column), None)
 
     def child_path(self) -> Path_ | None:
         """Where the next node goes in the data (None: inside or as a key)."""
@@ -462,15 +465,15 @@ class _Builder:
             if tag == _TAG + "int":
                 if len(node.value.replace("_", "")) > _INT_DIGITS:
                     raise ValueError("too many digits")
-                number = c.construct_yaml_int(node)
-                if not -_INT_BOUND < number < _INT_BOUND:
+                integer = c.construct_yaml_int(node)
+                if not -_INT_BOUND < integer < _INT_BOUND:
                     raise ValueError("out of the 64-bit range")
-                return number
+                return integer
             if tag == _TAG + "float":
-                number = c.construct_yaml_float(node)
-                if not math.isfinite(number):
+                real = c.construct_yaml_float(node)
+                if not math.isfinite(real):
                     raise ValueError("not a finite number")
-                return number
+                return real
         except (ValueError, KeyError, IndexError, OverflowError, yaml.YAMLError) as exc:
             kind = tag.removeprefix(_TAG)
             reason = str(exc).splitlines()[0] if isinstance(exc, ValueError) else ""
