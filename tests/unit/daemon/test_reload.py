@@ -1,0 +1,82 @@
+"""Policy reloads never stop or freeze the daemon: the set is loaded in a worker thread
+while the event loop goes on, and whatever the files hold (or the loader raises), the old
+set stays with every error logged."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from orchestrator.daemon import support
+from orchestrator.daemon.controller import Controller
+from orchestrator.daemon.support import reload_policies
+from orchestrator.policy.loader import PolicySet
+from tests.fixtures.clock import eventually
+from tests.unit.daemon.controller_support import SHOP_POLICY
+
+
+async def test_the_set_is_loaded_off_the_event_loop(
+    controller: Controller, policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    real = support.load_policy_set
+
+    def slow(paths: list[str]) -> PolicySet:
+        started.set()
+        # Only the event loop sets `release`: a load on the loop would wait here in vain.
+        if not release.wait(10):
+            raise AssertionError("the event loop did not run while the policies loaded")
+        return real(paths)
+
+    monkeypatch.setattr(support, "load_policy_set", slow)
+    (policy_dir / "shop.yaml").write_text(SHOP_POLICY.replace("rto: 15m", "rto: 10m"))
+    reload = asyncio.create_task(reload_policies(controller, [str(policy_dir)], "test"))
+    await eventually(started.is_set, "the load to start")
+    assert not reload.done()
+    release.set()
+    assert await reload
+    assert controller.snapshot("shop").rto == 600.0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SHOP_POLICY.replace("rto: 15m", "rto: " + "1" * 5000),  # ValueError in PyYAML
+        "service: &s [*s]\n",  # RecursionError in the old builder
+        "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+        "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+        "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",
+    ],
+    ids=["digits", "recursive-alias", "alias-bomb"],
+)
+async def test_a_hostile_file_keeps_the_old_set_with_a_located_error(
+    controller: Controller, policy_dir: Path, text: str
+) -> None:
+    old = controller.policy_version
+    policy = policy_dir / "shop.yaml"
+    policy.write_text(text)
+    with capture_logs() as logs:
+        assert not await reload_policies(controller, [str(policy_dir)], "test")
+    assert controller.policy_version == old
+    errors = [e["error"] for e in logs if e["event"] == "policy_error"]
+    assert errors and all(e.startswith(f"{policy}:") for e in errors), errors
+    assert errors[0].split(":")[1].isdigit(), "the error names the line"
+
+
+async def test_an_unforeseen_loader_error_keeps_the_old_set(
+    controller: Controller, policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(paths: list[str]) -> PolicySet:
+        raise MemoryError
+
+    monkeypatch.setattr(support, "load_policy_set", broken)
+    old = controller.policy_version
+    with capture_logs() as logs:
+        assert not await reload_policies(controller, [str(policy_dir)], "test")
+    assert controller.policy_version == old
+    (error,) = [e["error"] for e in logs if e["event"] == "policy_error"]
+    assert "could not be loaded (MemoryError)" in error
