@@ -84,7 +84,8 @@ def test_file_errors_name_file_line_and_key(tmp_path: Path) -> None:
         load_settings(path, {})
     assert messages(exc) == [
         f"{path}:2:3: http.port: Input should be less than or equal to 65535 (got 70000)",
-        f"{path}:3:3: http.prot: unknown key 'prot'; expected one of: bind, port, allow_remote, allowed_hosts, token_file",
+        f"{path}:3:3: http.prot: unknown key 'prot'; expected one of: bind, port,"
+        " allow_remote, allowed_hosts, token_file",
         f"{path}:5:3: engine.tick: expected a duration such as 500ms, 30s, 5m, 1h or 1m30s "
         "(a string with a unit), got 1",
         f"{path}:7:3: aws.endpoint_url: expected an http:// or https:// URL with a host, "

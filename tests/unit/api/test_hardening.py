@@ -146,7 +146,7 @@ async def test_a_client_hanging_up_mid_body_is_a_client_error() -> None:
     before_500, before_400 = _count("500"), _count("400")
     async with served() as (control, port):
         with capture_logs() as logs:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
             head = request(body=b'{"reason": "cut off here, long before the end"}')
             writer.write(head[: head.index(b"\r\n\r\n") + 10])  # headers and 6 bytes of body
             await writer.drain()
