@@ -59,7 +59,7 @@ from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
 from orchestrator.signals.lag import ReplicationLagSource
-from orchestrator.signals.mqtt_agents import BrokerConfig, MqttAgentSource
+from orchestrator.signals.mqtt_agents import BrokerConfig, BrokerConfigError, MqttAgentSource
 from orchestrator.signals.probes import ProbeContext
 from orchestrator.signals.scheduler import ProbeScheduler
 from orchestrator.store.base import StoreError
@@ -176,6 +176,22 @@ class Daemon:
     async def _readiness(self, policies: Sequence[Policy]) -> ReadinessReport:
         return await readiness(policies, self.aws, self.clock)
 
+    def preflight(self) -> str | None:
+        """Read every secret and TLS file the daemon will use, so that an unusable one (
+        missing, empty, readable by others) is a clear error at start, not the crash of a
+        task once running. The files are read again where used (a rotated one is picked
+        up)."""
+        s = self.settings
+        try:
+            if s.http_port is not None and s.http_token_file:
+                read_secret_file(Path(s.http_token_file), "http.token_file")
+            broker = self.broker()
+            if broker is not None:
+                broker.check()
+        except (SettingsError, BrokerConfigError) as exc:
+            return str(exc)
+        return None
+
     def broker(self) -> BrokerConfig | None:
         s = self.settings
         if s.mqtt_broker is not None:
@@ -190,6 +206,10 @@ class Daemon:
 
     async def run(self) -> int:
         s = self.settings
+        problem = self.preflight()
+        if problem is not None:
+            log.error("daemon_not_started", why=problem)
+            return 2
         policies = await try_load(s.policies)
         if policies is None:
             log.error("daemon_not_started", why="the policies have errors")
@@ -434,7 +454,13 @@ def run_daemon(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level, json=settings.log_json)
     configure_webhooks(allow_link_local=settings.webhook_allow_link_local)
-    return asyncio.run(Daemon(settings).run())
+    try:
+        return asyncio.run(Daemon(settings).run())
+    except Exception:
+        # A bug, not bad input: one event (its traceback inside, redacted), not a dump of
+        # lines that breaks the JSON log; exit 1 so that systemd restarts it.
+        log.exception("daemon_crashed")
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
