@@ -39,6 +39,7 @@ from orchestrator.policy.yamlsource import (
     format_path,
     load_yaml_file,
 )
+from orchestrator.telemetry import add_known_secret
 
 if TYPE_CHECKING:
     from orchestrator.signals.aws_clients import AwsClientConfig
@@ -109,6 +110,9 @@ def read_secret_text(path: Path, what: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         raise SettingsError(f"{what} {path} is empty")
+    for line in text.split("\n"):
+        add_known_secret(line)  # whatever part of it is the secret never reaches a log line
+        add_known_secret(line.partition(":")[2])  # `label:token` lines
     return text
 
 

@@ -339,10 +339,26 @@ _URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*\?)([^\s#'\"]*)", re
 _QUERY_VALUE = re.compile(r"=[^&;]*")
 
 
+_KNOWN_SECRETS: set[str] = set()
+MIN_KNOWN_SECRET = 8  # shorter values would redact ordinary words
+
+
+def add_known_secret(value: str) -> None:
+    """Redact ``value`` itself from every log line from now on, wherever it appears (a
+    client may paste the API token into a command's reason). Secret files register what
+    they hold when read (:func:`orchestrator.settings.read_secret_text`)."""
+    value = value.strip()
+    if len(value) >= MIN_KNOWN_SECRET:
+        _KNOWN_SECRETS.add(value)
+
+
 def redact_text(text: str) -> str:
-    """``text`` without what may be a secret: credentials after ``Bearer``/``Basic``, the
-    values of Authorization-like headers quoted in it, URL user info and URL query values
-    (``token=...``). Cheap when there is nothing to redact."""
+    """``text`` without what may be a secret: the secrets the daemon has read, credentials
+    after ``Bearer``/``Basic``, the values of Authorization-like headers quoted in it, URL user
+    info and URL query values (``token=...``). Cheap when there is nothing to redact."""
+    for secret in _KNOWN_SECRETS:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
     if "@" in text:
         text = _URL_USERINFO.sub("***@", text)
     if "?" in text and "://" in text:

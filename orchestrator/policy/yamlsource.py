@@ -506,7 +506,7 @@ class _Builder:
 
 def _too_large(file: str, size: int, limits: Limits) -> SourceError:
     return SourceError(
-        file, 0, 0, "", f"too large ({size} bytes); at most {limits.max_bytes} bytes are read"
+        file, 1, 1, "", f"too large ({size} bytes); at most {limits.max_bytes} bytes are read"
     )
 
 

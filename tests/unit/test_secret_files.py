@@ -25,6 +25,7 @@ from orchestrator.settings import (
     read_secret_text,
 )
 from orchestrator.signals.mqtt_agents import BrokerConfig, BrokerConfigError
+from orchestrator.telemetry import REDACTED, redact_text
 from tests.fixtures.secrets import write_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,3 +171,10 @@ async def test_an_empty_or_missing_token_file_stops_the_start(
     (event,) = [e for e in logs if e["event"] == "daemon_not_started"]
     assert event["why"].startswith(f"http.token_file {token}") and words in event["why"]
     assert not (tmp_path / "state.db").exists()
+
+
+def test_what_a_secret_file_holds_is_redacted_from_every_log_line(tmp_path: Path) -> None:
+    token = "pasted-into-a-reason-Zx81"
+    read_secret_file(write_secret(tmp_path / "token", f"ops:{token}\n"), "t")
+    assert redact_text(f"reason: why not {token}?") == f"reason: why not {REDACTED}?"
+    assert redact_text("ops: short words stay") == "ops: short words stay"
