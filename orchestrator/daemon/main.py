@@ -44,6 +44,7 @@ from orchestrator.daemon.support import (
     DaemonJobs,
     EventBridge,
     ReadinessFn,
+    freeze_startup_objects,
     policy_mtimes,
     reload_policies,
     supervise,
@@ -233,6 +234,7 @@ class Daemon:
         try:
             controller.on_tick.append(lambda: self._ticked(controller))
             MetricsExporter(controller, self.clock, backend=state.backend).install()
+            freeze_startup_objects()
             await self._supervise(controller)
         finally:
             await controller.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -109,6 +110,16 @@ async def reload_policies(controller: Controller, paths: Sequence[str], why: str
     record_reload(True, new.version, time.time())
     log.info("policy_reloaded", why=why, old_version=old, version=new.version)
     return True
+
+
+def freeze_startup_objects() -> None:
+    """Put everything alive now (the modules and their tables: most of the daemon's objects)
+    out of the garbage collector's reach. A full collection walks every tracked object while
+    holding the GIL: with them, one took ~80 ms, which stalls the event loop even when the
+    work that triggered it (a reload, in its thread) is elsewhere; without, ~1 ms. What is
+    frozen is never freed, so call this once, after start-up."""
+    gc.collect()
+    gc.freeze()
 
 
 def policy_mtimes(paths: Iterable[str]) -> dict[str, float]:

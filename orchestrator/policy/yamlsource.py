@@ -217,7 +217,9 @@ class Limits:
     """What one file may hold. A policy is a few hundred nodes and a few KB: the defaults
     leave ample room for real files and none for a bomb."""
 
-    max_bytes: int = 1024 * 1024
+    # libyaml reads a scalar in one call that holds the GIL: ~10 ms for 256 KiB, ~40 ms for
+    # 1 MiB (the event loop waits that long while a reload thread reads one).
+    max_bytes: int = 256 * 1024
     max_nodes: int = 20_000  # values built, each alias counted as what it expands to
     max_depth: int = 64
     max_errors: int = 50
