@@ -110,17 +110,14 @@ def _delete_required(d: dict[str, Any], rng: random.Random) -> dict[str, Any]:
 
 def _unknown_key(d: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     where = rng.choice([*MODEL_MAPPINGS, "signal", "step"])
-    target: Any = d
     if where == "signal":
-        target = rng.choice(d["signals"])
+        target = rng.choice(_signals(d))
     elif where == "step":
-        target = rng.choice(d["runbooks"]["failover"])
+        target = rng.choice(_failover(d))
     else:
-        for part in filter(None, where.split(".")):
-            target = target.setdefault(part, {})
-    target[
-        rng.choice(["colour", "retrys", "Timeout", "x" * 300, "\u00e9t\u00e9", "on-failure"])
-    ] = 1
+        target = _mapping(d, where)
+    key = rng.choice(["colour", "retrys", "Timeout", "x" * 300, "\u00e9t\u00e9", "on-failure"])
+    target[key] = 1
     return d
 
 
