@@ -209,10 +209,10 @@ def _cross_field(d: dict[str, Any], rng: random.Random) -> dict[str, Any]:
             }
         )
     elif kind == 5:
-        detection = d.setdefault("detection", {})
+        detection = _mapping(d, "detection")
         detection["interval"], detection["staleness"] = "30s", "10s"
     else:
-        first, second = steps[0]["name"], steps[-1]["name"]
+        first, second = steps[0].get("name", "a"), steps[-1].get("name", "b")
         steps[0]["after"] = [second]
         steps[-1]["after"] = [first]
         if first == second:
