@@ -191,6 +191,12 @@ class Daemon:
                 broker.check()
         except (SettingsError, BrokerConfigError) as exc:
             return str(exc)
+        if s.http_port is not None and s.http_allow_remote and not s.http_token_file:
+            log.warning(
+                "api_remote_without_token",
+                bind=s.http_bind,
+                why="reads are open to the network and mutating calls are disabled",
+            )
         return None
 
     def broker(self) -> BrokerConfig | None:

@@ -241,3 +241,27 @@ def test_host_rules_follow_the_bound_address() -> None:
     assert not specific.allows("localhost")
     for junk in ("", ":80", "[::1", "[::1]x", "host:port", "a b"):
         assert not loopback.allows(junk), junk
+
+
+async def test_probe_targets_in_the_api_show_no_query_values() -> None:
+    # The catalog example probes `.../v1/search?q=healthcheck`: a query may carry a token.
+    async with served() as (_, port):
+        status, _, body = await exchange(
+            port, request(method="GET", path="/v1/services/catalog", body=b"")
+        )
+    assert status == 200
+    targets: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "signal" in node and isinstance(node.get("target"), str):
+                targets.add(node["target"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(body))
+    assert any("/v1/search?q=***" in t for t in targets), targets
+    assert not any("healthcheck" in t for t in targets)

@@ -5,6 +5,9 @@ set stays with every error logged."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from orchestrator.daemon.support import reload_policies
 from orchestrator.policy.loader import PolicySet
 from tests.fixtures.clock import eventually
 from tests.unit.daemon.controller_support import SHOP_POLICY
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 async def test_the_set_is_loaded_off_the_event_loop(
@@ -80,3 +85,36 @@ async def test_an_unforeseen_loader_error_keeps_the_old_set(
     assert controller.policy_version == old
     (error,) = [e["error"] for e in logs if e["event"] == "policy_error"]
     assert "could not be loaded (MemoryError)" in error
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["service: &s [*s]\n", SHOP_POLICY.replace("rto: 15m", "rto: " + "1" * 5000)],
+    ids=["recursive-alias", "digits"],
+)
+def test_a_bad_policy_at_start_exits_2_with_the_located_error_and_no_traceback(
+    tmp_path: Path, text: str
+) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "shop.yaml").write_text(text)
+    config = tmp_path / "failoverd.yaml"
+    config.write_text(
+        f"policies: [{policies}]\nstate: {{path: {tmp_path / 'state.db'}}}\nhttp: {{port: 0}}\n"
+        "log: {format: json}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]  # one event per line
+    errors = [e["error"] for e in events if e["event"] == "policy_error"]
+    assert errors and errors[0].startswith(f"{policies / 'shop.yaml'}:"), errors
+    assert errors[0].split(":")[1].isdigit()
+    assert [e["event"] for e in events][-1] == "daemon_not_started"
