@@ -386,6 +386,18 @@ def redact_processor(
     return {k: _redact_value(k, v) for k, v in event.items()}
 
 
+def exception_place(exc: BaseException) -> str:
+    """``file:function:line`` of the innermost frame of ``exc``'s traceback: where it was
+    raised, to log instead of its text (which may quote request data, headers included)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}:{tb.tb_lineno}"
+
+
 def _from_library(
     logger: Any, method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -401,14 +413,8 @@ def _from_library(
     event["event"] = "library_log"
     exc_info = event.pop("exc_info", None) or record.exc_info
     if exc_info and exc_info is not True and exc_info[1] is not None:
-        exc = exc_info[1]
-        event["error"] = type(exc).__name__
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        if tb is not None:
-            code = tb.tb_frame.f_code
-            event["where"] = f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}:{tb.tb_lineno}"
+        event["error"] = type(exc_info[1]).__name__
+        event["where"] = exception_place(exc_info[1])
     record.exc_info = None
     record.exc_text = None
     return event

@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -35,7 +34,13 @@ from orchestrator.daemon.control import Control, NotLeaderError, ServiceSnapshot
 from orchestrator.engine.state import Command, OperatorCommand
 from orchestrator.incident_report import report_markdown
 from orchestrator.store.base import StoreError
-from orchestrator.telemetry import API_COMMANDS, API_REQUEST_DURATION, API_REQUESTS, get_logger
+from orchestrator.telemetry import (
+    API_COMMANDS,
+    API_REQUEST_DURATION,
+    API_REQUESTS,
+    exception_place,
+    get_logger,
+)
 
 log = get_logger("failoverd.api")
 
@@ -258,7 +263,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             method=request.method,
             route=route,
             error=type(exc).__name__,
-            where=_where(exc),
+            where=exception_place(exc),
         )
         return _error_response(
             ApiError(500, "internal_error", "an unexpected error occurred; it has been logged")
@@ -266,17 +271,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     finally:
         API_REQUESTS.labels(request.method, route, str(status)).inc()
         API_REQUEST_DURATION.labels(route).observe(time.monotonic() - started)
-
-
-def _where(exc: BaseException) -> str:
-    """``module:function:line`` of the innermost frame of ``exc``'s traceback."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return ""
-    code = tb.tb_frame.f_code
-    return f"{Path(code.co_filename).name}:{code.co_name}:{tb.tb_lineno}"
 
 
 @web.middleware

@@ -480,30 +480,23 @@ class _Builder:
             kind = tag.removeprefix(_TAG)
             reason = str(exc).splitlines()[0] if isinstance(exc, ValueError) else ""
             detail = f": {reason}" if reason and len(reason) < 80 else ""
-            self.errors.append(
-                SourceError(
-                    self.file,
-                    line,
-                    column,
-                    format_path(self.child_path() or ()),
-                    f"cannot read {short(node.value)} as {kind}{detail}",
-                )
-            )
+            self.error_here(line, column, f"cannot read {short(node.value)} as {kind}{detail}")
             return None
         self.unsupported(tag, line, column)
         return None
 
     def unsupported(self, tag: str, line: int, column: int) -> None:
-        self.errors.append(
-            SourceError(
-                self.file,
-                line,
-                column,
-                format_path(self.child_path() or ()),
-                f"unsupported YAML tag {short(tag.removeprefix(_TAG), 40)}; plain values only"
-                " (strings, numbers, booleans, null, lists and mappings)",
-            )
+        self.error_here(
+            line,
+            column,
+            f"unsupported YAML tag {short(tag.removeprefix(_TAG), 40)}; plain values only"
+            " (strings, numbers, booleans, null, lists and mappings)",
         )
+
+    def error_here(self, line: int, column: int, message: str) -> None:
+        """An error about the node about to be placed (its path in the data)."""
+        path = format_path(self.child_path() or ())
+        self.errors.append(SourceError(self.file, line, column, path, message))
 
 
 def _too_large(file: str, size: int, limits: Limits) -> SourceError:

@@ -5,8 +5,6 @@ error naming the file (never its content); at start, a clear exit 2."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,9 +24,9 @@ from orchestrator.settings import (
 )
 from orchestrator.signals.mqtt_agents import BrokerConfig, BrokerConfigError
 from orchestrator.telemetry import REDACTED, redact_text
+from tests.fixtures.daemon import failoverd
 from tests.fixtures.secrets import write_secret
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hunter2-s3cret"
 
 
@@ -142,14 +140,7 @@ def _config(tmp_path: Path, token: Path) -> Path:
 def test_the_daemon_exits_2_naming_a_token_file_others_may_read(tmp_path: Path) -> None:
     token = write_secret(tmp_path / "token", SECRET)
     token.chmod(0o644)
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "run", "--config", str(_config(tmp_path, token))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
+    result = failoverd("run", "--config", str(_config(tmp_path, token)))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     (line,) = [ln for ln in result.stderr.splitlines() if "daemon_not_started" in ln]

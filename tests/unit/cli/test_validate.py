@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from orchestrator.cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNUSABLE, main
 from orchestrator.policy.schema import policy_schema_text
+from tests.fixtures.daemon import failoverd
 
 ROOT = Path(__file__).resolve().parents[3]
 ERROR_LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<path>\S+): (?P<msg>.+)$")
@@ -214,14 +213,7 @@ def test_validate_answers_hostile_files_with_located_errors_never_a_traceback(
     for name, text in HOSTILE.items():
         data = text.encode("latin-1") if name == "latin1.yaml" else text.encode()
         (tmp_path / name).write_bytes(data)
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "validate", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
+    result = failoverd("validate", str(tmp_path))
     assert result.returncode == EXIT_FAILED, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     located = re.compile(r"^(?P<file>\S+?):(?P<line>\d+):(?P<col>\d+): ")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,9 +17,8 @@ from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.support import reload_policies
 from orchestrator.policy.loader import PolicySet
 from tests.fixtures.clock import eventually
+from tests.fixtures.daemon import failoverd
 from tests.unit.daemon.controller_support import SHOP_POLICY
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 async def test_the_set_is_loaded_off_the_event_loop(
@@ -103,14 +100,7 @@ def test_a_bad_policy_at_start_exits_2_with_the_located_error_and_no_traceback(
         f"policies: [{policies}]\nstate: {{path: {tmp_path / 'state.db'}}}\nhttp: {{port: 0}}\n"
         "log: {format: json}\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
+    result = failoverd("run", "--config", str(config))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     events = [json.loads(line) for line in result.stderr.splitlines()]  # one event per line
