@@ -240,7 +240,6 @@ class Daemon:
         try:
             controller.on_tick.append(lambda: self._ticked(controller))
             MetricsExporter(controller, self.clock, backend=state.backend).install()
-            freeze_startup_objects()
             await self._supervise(controller)
         finally:
             await controller.close()
@@ -462,6 +461,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level, json=settings.log_json)
     configure_webhooks(allow_link_local=settings.webhook_allow_link_local)
+    freeze_startup_objects()  # the process's own: not in Daemon.run, which tests run in theirs
     try:
         return asyncio.run(Daemon(settings).run())
     except Exception:
