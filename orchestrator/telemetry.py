@@ -373,9 +373,13 @@ def redact_text(text: str) -> str:
 def _redact_value(key: str, value: Any) -> Any:
     if isinstance(value, str):
         return REDACTED if key.lower() in SECRET_KEYS else redact_text(value)
-    if isinstance(value, list | tuple):
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
         return [_redact_value(key, v) for v in value]
-    return value
+    if isinstance(value, dict):
+        return {str(k): _redact_value(str(k), v) for k, v in value.items()}
+    return _redact_value(key, str(value))  # an object is rendered as text: redact that text
 
 
 def redact_processor(

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import re
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -256,7 +257,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info("api_client_disconnected", method=request.method, route=route)
         return _error_response(ApiError(400, "client_disconnected", "the client hung up"))
     except Exception as exc:
-        # The exception's type and where it was raised, never its text: some quote request
+        # The exception's type and its stack (code only), never its text: some quote request
         # data (headers included) in their message.
         log.error(
             "api_unhandled_error",
@@ -264,6 +265,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             route=route,
             error=type(exc).__name__,
             where=exception_place(exc),
+            stack="".join(traceback.format_tb(exc.__traceback__)),
         )
         return _error_response(
             ApiError(500, "internal_error", "an unexpected error occurred; it has been logged")

@@ -178,8 +178,8 @@ class Daemon:
         return await readiness(policies, self.aws, self.clock)
 
     def preflight(self) -> str | None:
-        """Read every secret and TLS file the daemon will use, so that an unusable one (
-        missing, empty, readable by others) is a clear error at start, not the crash of a
+        """Read every secret and TLS file the daemon will use, so that an unusable one
+        (missing, empty, readable by others) is a clear error at start, not the crash of a
         task once running. The files are read again where used (a rotated one is picked
         up)."""
         s = self.settings

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.telemetry import REDACTED, redact_text
+from orchestrator.telemetry import REDACTED, redact_processor, redact_text
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "tok3n-Zq9xW1"
@@ -113,3 +113,20 @@ def test_console_format_is_redacted_too() -> None:
 )
 def test_redact_text(text: str, redacted: str) -> None:
     assert redact_text(text) == redacted
+
+
+def test_nested_values_and_objects_are_redacted_too() -> None:
+    event = {
+        "event": "x",
+        "headers": {"Authorization": "Bearer abc", "Accept": "*/*"},
+        "error": ValueError("upstream said Authorization: Bearer abc"),
+        "targets": ("https://h/x?token=abc", 3),
+        "count": 3,
+    }
+    assert redact_processor(None, "info", event) == {
+        "event": "x",
+        "headers": {"Authorization": REDACTED, "Accept": "*/*"},
+        "error": f"upstream said Authorization: Bearer {REDACTED}",
+        "targets": ["https://h/x?token=***", 3],
+        "count": 3,
+    }
