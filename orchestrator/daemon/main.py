@@ -44,11 +44,11 @@ from orchestrator.daemon.support import (
     DaemonJobs,
     EventBridge,
     ReadinessFn,
-    freeze_startup_objects,
     policy_mtimes,
     reload_policies,
     supervise,
     try_load,
+    tune_process,
 )
 from orchestrator.netguard import configure_webhooks
 from orchestrator.policy.loader import PolicySet
@@ -461,7 +461,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level, json=settings.log_json)
     configure_webhooks(allow_link_local=settings.webhook_allow_link_local)
-    freeze_startup_objects()  # the process's own: not in Daemon.run, which tests run in theirs
+    tune_process()  # the process's own: not in Daemon.run, which tests run in theirs
     try:
         return asyncio.run(Daemon(settings).run())
     except Exception:

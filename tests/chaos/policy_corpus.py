@@ -121,7 +121,7 @@ def _unknown_key(d: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     return d
 
 
-_WRONG = [
+_WRONG: list[tuple[str, list[Any]]] = [
     ("rto", ["soon", 900, 9.5, [], {"a": 1}, None, True, "400d", "99999999999999999999d"]),
     ("rpo", ["-1s", "1 m", {"x": "y"}, "1" * 5000 + "s"]),
     ("regions", ["us-east-1", [], ["us-east-1"], ["mars-1", "us-east-1"], [1, 2], {"a": 1}]),
