@@ -108,3 +108,17 @@ def test_a_bad_policy_at_start_exits_2_with_the_located_error_and_no_traceback(
     assert errors and errors[0].startswith(f"{policies / 'shop.yaml'}:"), errors
     assert errors[0].split(":")[1].isdigit()
     assert [e["event"] for e in events][-1] == "daemon_not_started"
+
+
+def test_the_process_is_tuned_for_a_responsive_loop() -> None:
+    # In a fresh interpreter: freezing and the switch interval are process-wide.
+    script = (
+        "import gc, sys\n"
+        "from orchestrator.daemon.support import SWITCH_INTERVAL, tune_process\n"
+        "tune_process()\n"
+        "print(sys.getswitchinterval() == SWITCH_INTERVAL, gc.get_freeze_count() > 10_000)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["True", "True"]
