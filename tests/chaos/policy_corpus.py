@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +232,9 @@ DATA_MUTATIONS: list[Callable[[dict[str, Any], random.Random], dict[str, Any]]] 
 
 
 def _duplicate_key(text: str, rng: random.Random) -> str:
-    return text + rng.choice(["service: again\n", "rto: 1m\n", "regions: [us-east-1]\n"])
+    """A top-level key of the text written once more (whatever other mutations removed)."""
+    keys = re.findall(r"^([A-Za-z_][\w-]*):", text, re.MULTILINE)
+    return text + f"{rng.choice(keys)}: again\n" if keys else text + "a: 1\na: 2\n"
 
 
 def _merge_key(text: str, rng: random.Random) -> str:
