@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -159,6 +160,13 @@ class SetCapacity(Action):
             await poll_until(
                 ctx, probe, what=f"ASG {p.auto_scaling_group} in {region} at {p.desired}"
             )
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        p = typed_params(params, AutoscalingSetCapacity)
+        return (ApiDependency(SERVICE, "UpdateAutoScalingGroup", p.region or target_region,
+                              "control"),)  # fmt: skip
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -113,6 +113,42 @@ class CheckReport:
     control_plane_region: str | None = None
 
 
+Plane = Literal["control", "data"]
+
+# AWS's global services whose control plane lives in one region of each partition (us-east-1
+# in the aws partition): Route 53's API (records and health checks alike), IAM, STS's global
+# endpoint, CloudFront, Organizations. DESIGN principle 5 keeps failovers off them.
+GLOBAL_CONTROL_PLANES = frozenset({"route53", "iam", "sts-global", "cloudfront", "organizations"})
+GLOBAL_CONTROL_PLANE_HOME = {"aws": "us-east-1", "aws-cn": "cn-northwest-1",
+                             "aws-us-gov": "us-gov-west-1"}  # fmt: skip
+
+
+def partition_of(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+@dataclass(frozen=True)
+class ApiDependency:
+    """One AWS API a step calls, as the static-stability check sees it: the service, an
+    operation that stands for the step's calls, the region serving it (None: no one region,
+    e.g. an ARC cluster's five endpoints, any of which will do) and its plane: ``control``
+    (creating, changing or describing resources: EC2, RDS, Route 53 record and health-check
+    edits...) or ``data`` (a path built to keep answering while control planes fail)."""
+
+    service: str
+    operation: str
+    region: str | None
+    plane: Plane
+
+    @property
+    def global_control_plane(self) -> bool:
+        return self.plane == "control" and self.service in GLOBAL_CONTROL_PLANES
+
+
 @dataclass(frozen=True)
 class ExecuteOutcome:
     changed: bool
@@ -149,3 +185,12 @@ class Action(ABC):
         the step may run against; a step that names its own ``region`` acts there instead
         (see :func:`orchestrator.actions.render.iam_regions`). ``params`` may still hold
         placeholders (see :func:`orchestrator.actions.render.fill_for_iam`)."""
+
+    @abstractmethod
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        """The AWS APIs this step calls for a move from ``source_region`` to
+        ``target_region`` (``params`` rendered for that move), for the static-stability
+        check of ``failoverd validate`` and ``readiness``: pure, no I/O. Empty when the step
+        calls no AWS API (a webhook, a wait)."""

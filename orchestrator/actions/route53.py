@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -279,6 +280,14 @@ class SetRecord(Action):
             )
         self._changes.pop(_key(ctx), None)
 
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        # Route 53's API, records included, is one control plane in us-east-1.
+        return (
+            ApiDependency(SERVICE, "ChangeResourceRecordSets", CONTROL_PLANE_REGION, "control"),
+        )
+
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
@@ -392,6 +401,12 @@ class SetHealthCheckInverted(Action):
                 transient_as_pending(flag),
                 what=f"health check {check_id} inverted={p.inverted}",
             )
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        # Inverting a health check is a Route 53 API call too: not a data-plane switch.
+        return (ApiDependency(SERVICE, "UpdateHealthCheck", CONTROL_PLANE_REGION, "control"),)
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

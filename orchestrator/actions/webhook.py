@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -182,6 +183,11 @@ class Webhook(Action):
 
     async def verify(self, ctx: StepContext) -> None:
         return None  # the 2xx answer was the verification
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        return ()  # an HTTP endpoint of the user's, not AWS
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

@@ -72,6 +72,9 @@ class AwsClientConfig:
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    # (region, URL) of each endpoint of the ARC cluster, when the settings name them; a
+    # step's own cluster_endpoints win (see actions/arc.py).
+    arc_cluster_endpoints: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_timeout"):
@@ -216,19 +219,42 @@ class AwsClients:
         )
 
     @asynccontextmanager
-    async def client(self, service: str, region: str) -> AsyncIterator[Any]:
+    async def client(
+        self,
+        service: str,
+        region: str,
+        *,
+        endpoint_url: str | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        max_attempts: int | None = None,
+    ) -> AsyncIterator[Any]:
         """An open client for ``service`` (e.g. ``cloudwatch``) in ``region``; closed when
-        the block ends. Every call through it is counted in AWS_API_CALLS by outcome."""
+        the block ends. Every call through it is counted in AWS_API_CALLS by outcome.
+
+        The keyword arguments override the configuration for this client only: a service
+        reached on endpoints of its own (an ARC cluster's regional endpoints), tried one
+        after another with short timeouts and no retries of botocore's."""
         if not _SERVICE.match(service):
             raise ValueError(f"not an AWS service name: {service!r}")
         if not _REGION.match(region):
             raise ValueError(f"not an AWS region: {region!r} (expected e.g. us-east-1)")
         cfg = self.config
+        config = self._botocore_config
+        overrides: dict[str, Any] = {}
+        if connect_timeout is not None:
+            overrides["connect_timeout"] = connect_timeout
+        if read_timeout is not None:
+            overrides["read_timeout"] = read_timeout
+        if max_attempts is not None:
+            overrides["retries"] = {"mode": "standard", "total_max_attempts": max_attempts}
+        if overrides:
+            config = config.merge(AioConfig(**overrides))
         creator = self._session.create_client(
             service,
             region_name=region,
-            endpoint_url=cfg.endpoint_url,
-            config=self._botocore_config,
+            endpoint_url=endpoint_url or cfg.endpoint_url,
+            config=config,
             aws_access_key_id=cfg.access_key_id,
             aws_secret_access_key=cfg.secret_access_key,
             aws_session_token=cfg.session_token,
