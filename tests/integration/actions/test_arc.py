@@ -168,7 +168,7 @@ async def test_endpoints_come_from_the_settings_when_the_step_names_none(cells: 
     configured = aws(arc_cluster_endpoints=tuple(cells.cluster.endpoints.items()))
     await get_action(ACTION).execute(make_ctx(configured, params))
     assert cells.states() == ("Off", "On")
-    with pytest.raises(ActionFailed, match="arc.cluster_endpoints"):
+    with pytest.raises(ActionFailed, match=r"arc\.cluster_endpoints"):
         await get_action(ACTION).execute(make_ctx(aws(), params))
     report = await get_action(ACTION).check(make_ctx(aws(), params))
     assert not report.ready and "no ARC cluster endpoints" in report.findings[0]
