@@ -87,6 +87,7 @@ class DaemonSettings:
     health_endpoint_url: str | None = None
     aws_connect_timeout: float = 3.0
     aws_read_timeout: float = 10.0
+    arc_cluster_endpoints: tuple[tuple[str, str], ...] = ()
     probes_max_concurrency: int = 256
     mqtt_url: str | None = None
     mqtt_broker: BrokerConfig | None = None  # TLS/credentials; None: built from mqtt_url
@@ -125,6 +126,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         health_endpoint_url=s.aws.health_endpoint_url,
         aws_connect_timeout=s.aws.connect_timeout,
         aws_read_timeout=s.aws.read_timeout,
+        arc_cluster_endpoints=tuple(s.arc.cluster_endpoints.items()),
         probes_max_concurrency=s.probes.max_concurrency,
         mqtt_url=s.mqtt.broker,
         mqtt_broker=s.mqtt.broker_config(),
@@ -153,6 +155,7 @@ class Daemon:
                 endpoint_url=settings.aws_endpoint_url,
                 connect_timeout=settings.aws_connect_timeout,
                 read_timeout=settings.aws_read_timeout,
+                arc_cluster_endpoints=settings.arc_cluster_endpoints,
             )
         )
         self._stop = asyncio.Event()
