@@ -86,6 +86,7 @@ class MotoWorld:
                 "the sandbox needs moto in server mode: pip install 'moto[server]>=5.1,<6'"
             ) from None
         from orchestrator.sandbox.moto_fixups import apply_moto_fixups
+        from orchestrator.sandbox.moto_route53_fixups import apply_route53_fixups
 
         # moto's werkzeug logs every request to stderr: the sandbox's own output must stay readable.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -106,6 +107,7 @@ class MotoWorld:
             raise SandboxError(f"moto did not start: {failure[0]!r}" if failure else "moto hung")
         self._server = server
         apply_moto_fixups()
+        apply_route53_fixups()
         host, port = server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
         deadline = time.monotonic() + START_DEADLINE
