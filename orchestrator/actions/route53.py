@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from orchestrator.actions.base import (
+    GLOBAL_CONTROL_PLANE_HOME,
     Action,
     ActionFailed,
     ApiDependency,
@@ -23,6 +24,7 @@ from orchestrator.actions.base import (
     IamStatement,
     RetryableError,
     StepContext,
+    partition_of,
     typed_params,
 )
 from orchestrator.actions.errors import aws_errors, classify, transient_as_pending
@@ -406,7 +408,8 @@ class SetHealthCheckInverted(Action):
         self, params: BaseModel, *, source_region: str, target_region: str
     ) -> tuple[ApiDependency, ...]:
         # Inverting a health check is a Route 53 API call too: not a data-plane switch.
-        return (ApiDependency(SERVICE, "UpdateHealthCheck", CONTROL_PLANE_REGION, "control"),)
+        home = GLOBAL_CONTROL_PLANE_HOME[partition_of(target_region)]
+        return (ApiDependency(SERVICE, "UpdateHealthCheck", home, "control"),)
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

@@ -74,8 +74,12 @@ async def supervise(
 def try_load(paths: Sequence[str]) -> PolicySet | None:
     """Load the whole set; on error log every one (file:line, as ``validate`` prints
     them) and return None."""
+    from orchestrator.static_stability import enforce
+
     try:
-        return load_policy_set(paths)
+        policies = load_policy_set(paths)
+        enforce(policies)  # guards.data_plane_only: refused like any invalid policy
+        return policies
     except SourceErrors as exc:
         for error in exc.errors:
             log.error("policy_error", error=str(error))
