@@ -186,11 +186,12 @@ class Action(ABC):
         (see :func:`orchestrator.actions.render.iam_regions`). ``params`` may still hold
         placeholders (see :func:`orchestrator.actions.render.fill_for_iam`)."""
 
-    @abstractmethod
     def dependencies(
         self, params: BaseModel, *, source_region: str, target_region: str
     ) -> tuple[ApiDependency, ...]:
         """The AWS APIs this step calls for a move from ``source_region`` to
         ``target_region`` (``params`` rendered for that move), for the static-stability
         check of ``failoverd validate`` and ``readiness``: pure, no I/O. Empty when the step
-        calls no AWS API (a webhook, a wait)."""
+        calls no AWS API (a webhook, a wait). Every registered action overrides it (a test
+        holds them to it); the default serves test doubles."""
+        return ()

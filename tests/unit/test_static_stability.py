@@ -168,3 +168,13 @@ def test_only_failover_moves_are_marked(runbook: str) -> None:
     policy = load_policy_text(policy_text(FENCE))
     move = Move(runbook, "us-west-2", "us-east-1")
     assert findings_for_move(policy, move.source, move.target) == {}
+
+
+def test_every_registered_action_declares_the_apis_it_calls() -> None:
+    from orchestrator.actions.base import Action
+    from orchestrator.actions.registry import get_action
+    from orchestrator.policy.actions import ACTION_NAMES
+
+    for name in sorted(ACTION_NAMES):
+        action = type(get_action(name))
+        assert action.dependencies is not Action.dependencies, f"{name} declares nothing"
