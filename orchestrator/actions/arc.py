@@ -7,14 +7,16 @@ failover records created in advance follow the health checks, so traffic moves w
 call to Route 53's control plane in us-east-1 (DESIGN principle 5).
 
 A cluster answers on five regional endpoints, of which ARC keeps at least three available.
-As AWS recommends, every call picks the endpoints in random order and moves on when one does
-not answer: each endpoint gets a short connect timeout (``connect_timeout``, 1 s by default:
-an endpoint whose network is gone costs about that much), a short read timeout and no
-retries of botocore's; the whole rotation is bounded by the step's deadline. An endpoint
-that answers ``EndpointTemporarilyUnavailableException``, ``ThrottlingException``,
-``InternalServerException`` or any 5xx, or not at all, is skipped; any other answer is the
-cluster's answer and ends the rotation. A safety-rule refusal (``ConflictException``) is a
-final failure naming the rule.
+The update goes to one endpoint at a time, as AWS recommends: the endpoint that answered
+the read first, then the others in random order, each with a short connect timeout
+(``connect_timeout``, 1 s by default: an endpoint whose network is gone costs about that
+much), a short read timeout and no retries of botocore's, round after round within the
+step's deadline. Reads (the state before, the read-back in ``verify``, ``check``) go to
+every endpoint at once and take the first answer: they change nothing, and a dead endpoint
+then costs nothing. An endpoint that answers ``EndpointTemporarilyUnavailableException``,
+``ThrottlingException``, ``InternalServerException`` or any 5xx, or not at all, is skipped;
+any other answer is the cluster's and ends the search. A safety-rule refusal
+(``ConflictException``) is a final failure naming the rule.
 
 Endpoints come from the step's ``cluster_endpoints`` or else the settings'
 ``arc.cluster_endpoints`` (:attr:`AwsClientConfig.arc_cluster_endpoints`).
@@ -129,60 +131,135 @@ def _endpoint_failure(exc: BaseException) -> str | None:
     return f"{type(exc).__name__}" if error.retryable else None
 
 
+class _Skipped(Exception):
+    """One endpoint did not answer for the cluster; ``why`` says how."""
+
+    def __init__(self, region: str, why: str) -> None:
+        super().__init__(why)
+        self.region = region
+        self.why = why
+
+
+async def on_endpoint(
+    ctx: StepContext,
+    p: ArcSetRoutingControls,
+    region: str,
+    url: str,
+    call: Callable[[Any], Awaitable[T]],
+) -> T:
+    """``call(client)`` on one endpoint, bounded by its timeouts and the step's deadline.
+    :class:`_Skipped` when the endpoint answers for itself only (or not at all); a
+    ``ConflictException`` is a final :class:`ActionFailed` naming the safety rule; other
+    refusals by the cluster are classified as usual."""
+    remaining = ctx.remaining()
+    if remaining <= 0:
+        raise _Skipped(region, "no time left")
+    try:
+        async with (
+            asyncio.timeout(min(remaining, p.connect_timeout + p.read_timeout + 0.5)),
+            ctx.aws.client(
+                SERVICE,
+                region,
+                endpoint_url=url,
+                connect_timeout=min(p.connect_timeout, remaining),
+                read_timeout=min(p.read_timeout, remaining),
+                max_attempts=1,
+            ) as client,
+        ):
+            return await call(client)
+    except asyncio.CancelledError:
+        raise
+    except ActionFailed:
+        raise
+    except Exception as exc:
+        if isinstance(exc, ClientError) and error_code(exc) == "ConflictException":
+            raise _conflict(exc) from exc
+        why = _endpoint_failure(exc)
+        if why is None:
+            raise classify(exc) from exc
+        log.info("arc_endpoint_skipped", service=ctx.service, step=ctx.step, region=region,
+                 reason=why)  # fmt: skip
+        raise _Skipped(region, why) from exc
+
+
+async def _rounds(
+    ctx: StepContext, what: str, failures: dict[str, str], attempt: Callable[[], Awaitable[T]]
+) -> T:
+    """``attempt()`` round after round (a short, growing pause in between) until it returns,
+    or :class:`NoEndpointAnswered` at the deadline. ``attempt`` raises :class:`_Skipped`
+    when no endpoint answered in that round (``failures`` holds why)."""
+    pause = ROTATION_PAUSE
+    while True:
+        try:
+            return await attempt()
+        except _Skipped:
+            pass
+        remaining = ctx.remaining()
+        if remaining <= 0:
+            raise NoEndpointAnswered(what, failures)
+        await ctx.clock.sleep(min(pause, remaining))
+        pause = min(2.0, pause * 2)
+
+
 async def rotate(
     ctx: StepContext,
     p: ArcSetRoutingControls,
     endpoints: Mapping[str, str],
     call: Callable[[Any], Awaitable[T]],
     what: str,
+    *,
+    first: str | None = None,
 ) -> tuple[str, T]:
-    """``call(client)`` on one endpoint after another, in random order, round after round,
-    until one answers for the cluster: ``(region, result)``. A ``ConflictException`` is a
-    final :class:`ActionFailed` naming the safety rule; other refusals by the cluster are
-    classified as usual; :class:`NoEndpointAnswered` when the deadline passes first."""
+    """``call(client)`` on one endpoint after another — ``first`` (one known to answer), then
+    the others in random order, as AWS recommends — round after round, until one answers for
+    the cluster: ``(region, result)``. For calls that change the world: one endpoint at a
+    time. :class:`NoEndpointAnswered` when the deadline passes first."""
     order = list(endpoints.items())
-    random.shuffle(order)  # AWS: start from a random endpoint
+    random.shuffle(order)
+    order.sort(key=lambda item: item[0] != first)
     failures: dict[str, str] = {}
-    pause = ROTATION_PAUSE
-    while True:
+
+    async def attempt() -> tuple[str, T]:
         for region, url in order:
-            remaining = ctx.remaining()
-            if remaining <= 0:
-                raise NoEndpointAnswered(what, failures)
-            bound = min(remaining, p.connect_timeout + p.read_timeout + 0.5)
             try:
-                async with (
-                    asyncio.timeout(bound),
-                    ctx.aws.client(
-                        SERVICE,
-                        region,
-                        endpoint_url=url,
-                        connect_timeout=min(p.connect_timeout, remaining),
-                        read_timeout=min(p.read_timeout, remaining),
-                        max_attempts=1,
-                    ) as client,
-                ):
-                    return region, await call(client)
-            except asyncio.CancelledError:
-                raise
-            except ActionFailed:
-                raise
-            except Exception as exc:
-                if isinstance(exc, ClientError) and error_code(exc) == "ConflictException":
-                    raise _conflict(exc) from exc
-                why = _endpoint_failure(exc)
-                if why is None:
-                    raise classify(exc) from exc
-                failures[region] = why
-                log.info(
-                    "arc_endpoint_skipped", service=ctx.service, step=ctx.step,
-                    region=region, reason=why,
-                )  # fmt: skip
-        remaining = ctx.remaining()
-        if remaining <= 0:
-            raise NoEndpointAnswered(what, failures)
-        await ctx.clock.sleep(min(pause, remaining))
-        pause = min(2.0, pause * 2)
+                return region, await on_endpoint(ctx, p, region, url, call)
+            except _Skipped as skipped:
+                failures[region] = skipped.why
+        raise _Skipped("", "no endpoint answered")
+
+    return await _rounds(ctx, what, failures, attempt)
+
+
+async def hedged(
+    ctx: StepContext,
+    p: ArcSetRoutingControls,
+    endpoints: Mapping[str, str],
+    call: Callable[[Any], Awaitable[T]],
+    what: str,
+) -> tuple[str, T]:
+    """``call(client)`` on every endpoint at once; the first to answer for the cluster wins
+    and the others are cancelled. Only for reads: a dead endpoint then costs nothing, and the
+    winner is the endpoint to write to. :class:`NoEndpointAnswered` at the deadline."""
+    failures: dict[str, str] = {}
+
+    async def attempt() -> tuple[str, T]:
+        async def one(region: str, url: str) -> tuple[str, T]:
+            return region, await on_endpoint(ctx, p, region, url, call)
+
+        tasks = [asyncio.ensure_future(one(r, u)) for r, u in endpoints.items()]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                try:
+                    return await next_done
+                except _Skipped as skipped:
+                    failures[skipped.region] = skipped.why
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        raise _Skipped("", "no endpoint answered")
+
+    return await _rounds(ctx, what, failures, attempt)
 
 
 async def read_states(client: Any, arns: Sequence[str]) -> dict[str, str]:
@@ -268,7 +345,9 @@ class SetRoutingControls(Action):
         p = typed_params(ctx, ArcSetRoutingControls)
         wanted = wanted_states(p)
         endpoints = cluster_endpoints(ctx, p)
-        _, current = await rotate(
+        # Read everywhere at once (a dead endpoint costs nothing), then write through the
+        # endpoint that answered first, rotating on from there if it fails meanwhile.
+        reader, current = await hedged(
             ctx, p, endpoints, lambda c: read_states(c, list(wanted)), "reading the states"
         )
         if current == wanted:
@@ -289,7 +368,9 @@ class SetRoutingControls(Action):
                 ),
             )
 
-        region, _ = await rotate(ctx, p, endpoints, update, "UpdateRoutingControlStates")
+        region, _ = await rotate(
+            ctx, p, endpoints, update, "UpdateRoutingControlStates", first=reader
+        )
         log.info(
             "arc_routing_controls_set",
             service=ctx.service,
@@ -311,7 +392,7 @@ class SetRoutingControls(Action):
 
         async def matches() -> tuple[bool, str]:
             try:
-                _, seen = await rotate(
+                _, seen = await hedged(
                     ctx, p, endpoints, lambda c: read_states(c, list(wanted)), "reading back"
                 )
             except NoEndpointAnswered as exc:
