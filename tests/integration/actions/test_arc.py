@@ -88,7 +88,7 @@ async def test_four_endpoints_blackholed_still_flips_without_waiting_for_them(
         if region != up:
             cells.cluster.set_endpoint_mode(region, "blackhole")
     action = get_action(ACTION)
-    ctx = make_ctx(aws(), cells.params(connect_timeout="1s"), within=20)
+    ctx = make_ctx(aws(), cells.params(connect_timeout="5s"), within=30)
     started = time.monotonic()
     outcome = await action.execute(ctx)
     await action.verify(ctx)
@@ -96,8 +96,8 @@ async def test_four_endpoints_blackholed_still_flips_without_waiting_for_them(
     assert cells.states() == ("Off", "On")
     assert f"through the {up} endpoint" in outcome.detail
     # Reads ask every endpoint at once and the write goes where the read was answered: not
-    # one pass over the dead endpoints (4 x 1 s) was paid.
-    assert elapsed < 4.0, elapsed
+    # one dead endpoint's connect timeout (5 s here) was paid.
+    assert elapsed < 5.0, elapsed
     report = await action.check(make_ctx(aws(), cells.params()))
     assert not report.ready
     assert "only 1 of 5 cluster endpoints answered" in report.findings[0]
