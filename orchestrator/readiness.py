@@ -110,6 +110,7 @@ async def check_step(
         aws=aws,
         clock=clock,
         deadline=clock.monotonic() + step.timeout,
+        readiness=True,
     )
     try:
         async with asyncio.timeout(step.timeout):

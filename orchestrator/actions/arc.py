@@ -283,14 +283,21 @@ class SetRoutingControls(Action):
     params_model = ArcSetRoutingControls
 
     async def check(self, ctx: StepContext) -> CheckReport:
-        """Read the step's routing controls from every endpoint at once: ready when at least
-        :data:`QUORUM` endpoints answer and every routing control exists."""
+        """Before a run's step: one endpoint answering (the first, asked all at once) and every
+        routing control existing. For readiness (``ctx.readiness``): every endpoint asked,
+        and at least :data:`QUORUM` of them answering."""
         p = typed_params(ctx, ArcSetRoutingControls)
         try:
             arns = list(wanted_states(p))
             endpoints = cluster_endpoints(ctx, p)
         except ActionFailed as exc:
             return CheckReport(ready=False, findings=(str(exc),))
+        if not ctx.readiness:
+            try:
+                await hedged(ctx, p, endpoints, lambda c: read_states(c, arns), "a check")
+            except ActionFailed as exc:  # e.g. ResourceNotFoundException: that control
+                return CheckReport(ready=False, findings=(str(exc),))
+            return CheckReport(ready=True)
         readings = await asyncio.gather(
             *(self._reading(ctx, p, region, url, arns) for region, url in endpoints.items())
         )

@@ -76,6 +76,10 @@ class StepContext:
     # Facts from the decision the action may use to choose a mode (e.g. Aurora switchover
     # only when both regions are healthy and lag is zero): "source_healthy", "lag_seconds".
     facts: Mapping[str, Any] = field(default_factory=dict)
+    # True when ``check`` runs for the readiness report (or a dry-run drill), not as a run's
+    # precondition: an action may then hold the world to the standard a future failover
+    # needs (e.g. 3 of an ARC cluster's 5 endpoints answering) instead of what this one does.
+    readiness: bool = False
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - self.clock.monotonic())

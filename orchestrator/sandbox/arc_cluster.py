@@ -247,6 +247,9 @@ class ArcClusterEmulator:
         self._controls: dict[str, _RoutingControl] = {}
         self._rules: dict[str, _SafetyRule] = {}
         self._endpoints = {r: _Endpoint(r) for r in regions}
+        self._changed_at: dict[
+            str, float
+        ] = {}  # routing control -> wall-clock time of its last change
         self._calls: Counter[tuple[str, str]] = Counter()
         self._requests: deque[dict[str, Any]] = deque(maxlen=1000)
         self._nonce = uuid.uuid4().hex[:8]
@@ -402,7 +405,19 @@ class ArcClusterEmulator:
         if state not in STATES:
             raise ValueError(f"state must be On or Off, got {state!r}")
         with self._lock:
-            self._controls[routing_control_arn].state = state
+            self._set(routing_control_arn, state)
+
+    def changed_at(self, routing_control_arn: str) -> float | None:
+        """When (wall clock, the emulator's clock) the routing control last changed state
+        through the API or :meth:`set_state`; None if it never did."""
+        with self._lock:
+            return self._changed_at.get(routing_control_arn)
+
+    def _set(self, arn: str, state: str) -> None:
+        control = self._controls[arn]
+        if control.state != state:
+            control.state = state
+            self._changed_at[arn] = self._clock.now()
 
     def control_arn(self, name: str, panel_arn: str | None = None) -> str:
         """The ARN of the routing control called ``name`` (in ``panel_arn`` if given)."""
@@ -418,6 +433,7 @@ class ArcClusterEmulator:
             self._panels.clear()
             self._controls.clear()
             self._rules.clear()
+            self._changed_at.clear()
             self._calls.clear()
             self._requests.clear()
         for region, endpoint in self._endpoints.items():
@@ -881,7 +897,7 @@ class ArcClusterEmulator:
                     resourceType="SafetyRule",
                 )
         for arn, state in wanted.items():
-            self._controls[arn].state = state
+            self._set(arn, state)
 
     def _list(self, body: Mapping[str, Any]) -> dict[str, Any]:
         panel = body.get("ControlPanelArn")

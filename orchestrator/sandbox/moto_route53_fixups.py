@@ -97,6 +97,26 @@ def _get_health_check_status(self: Any) -> ActionResult:
     return ActionResult({"HealthCheckObservations": [observation]})
 
 
+def health_status_from_backend(
+    evaluate: Callable[[str, dict[str, dict[str, Any]]], bool],
+) -> HealthStatusProvider:
+    """A provider that evaluates a health check with the configurations moto's (in-process)
+    backend holds, e.g. :meth:`SandboxHealth.healthy`."""
+    from moto.route53.models import route53_backends
+
+    def provider(health_check_id: str) -> bool | None:
+        checks: dict[str, dict[str, Any]] = {}
+        for account in list(route53_backends.keys()):
+            backend = route53_backends[account]["aws"]
+            for check_id, check in list(backend.health_checks.items()):
+                checks[check_id] = check.health_check_config
+        if health_check_id not in checks:
+            return None
+        return evaluate(health_check_id, checks)
+
+    return provider
+
+
 FIXUPS: dict[str, tuple[Any, str, Any, Any]] = {
     # name: (class, attribute, original, replacement)
     "route53_recovery_control_health_checks": (

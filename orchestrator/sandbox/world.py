@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -277,10 +277,16 @@ def failover_problems(world: MotoWorld, zone_id: str, target: str = STANDBY) -> 
     return problems
 
 
-async def feed_lag(world: MotoWorld, current: Callable[[], float], every: float = 5.0) -> None:
+async def feed_lag(
+    world: MotoWorld,
+    current: Callable[[], float],
+    every: float = 5.0,
+    also: Sequence[Callable[[MotoWorld], None]] = (),
+) -> None:
     """Re-publish the replica's lag (``current()``) every ``every`` seconds until cancelled,
     so the daemon's reading stays fresh. A failed put is logged and retried next time: the
-    feed never ends on its own. The other examples' lag is re-published at its steady value."""
+    feed never ends on its own. The other examples' lag is re-published at its steady value,
+    and ``also`` publishes more (blocking, each given the world)."""
     # seed.py builds on this module: imported here, not at the top, to avoid a cycle.
     from orchestrator.sandbox.seed import publish_example_lag
 
@@ -288,6 +294,8 @@ async def feed_lag(world: MotoWorld, current: Callable[[], float], every: float 
         try:
             await asyncio.to_thread(publish_lag, world, current())
             await asyncio.to_thread(publish_example_lag, world)
+            for publish in also:
+                await asyncio.to_thread(publish, world)
         except Exception as exc:  # moto restarting or slow: the next round tries again
             log.warning("sandbox_lag_publish_failed", error=repr(exc))
         await asyncio.sleep(every)

@@ -5,6 +5,7 @@ refusals as final failures, readiness's 3-of-5 rule."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -62,9 +63,10 @@ async def test_flips_both_controls_in_one_call_and_is_idempotent(cells: Cells) -
     action = get_action(ACTION)
     assert isinstance(action, SetRoutingControls)
     ctx = make_ctx(aws(), cells.params())
-    report = await action.check(ctx)
-    assert report.ready, report.findings
-    assert report.control_plane_region is None  # no control plane at all
+    for readiness in (True, False):
+        report = await action.check(replace(ctx, readiness=readiness))
+        assert report.ready, report.findings
+        assert report.control_plane_region is None  # no control plane at all
     outcome = await action.execute(ctx)
     assert outcome.changed
     assert outcome.detail.startswith(
@@ -90,6 +92,8 @@ async def test_four_endpoints_blackholed_still_flips_without_waiting_for_them(
     action = get_action(ACTION)
     ctx = make_ctx(aws(), cells.params(connect_timeout="5s"), within=30)
     started = time.monotonic()
+    # As the executor runs a step: the precondition needs one endpoint, not three.
+    assert (await action.check(ctx)).ready
     outcome = await action.execute(ctx)
     await action.verify(ctx)
     elapsed = time.monotonic() - started
@@ -98,7 +102,8 @@ async def test_four_endpoints_blackholed_still_flips_without_waiting_for_them(
     # Reads ask every endpoint at once and the write goes where the read was answered: not
     # one dead endpoint's connect timeout (5 s here) was paid.
     assert elapsed < 5.0, elapsed
-    report = await action.check(make_ctx(aws(), cells.params()))
+    # Readiness wants what a future failover needs: 3 of the 5 endpoints answering.
+    report = await action.check(replace(make_ctx(aws(), cells.params()), readiness=True))
     assert not report.ready
     assert "only 1 of 5 cluster endpoints answered" in report.findings[0]
 
@@ -183,9 +188,11 @@ async def test_an_unknown_routing_control_fails_the_step_and_the_check(cells: Ce
     ghost = cells.panel + "/routingcontrol/0000000000000000"
     params = cells.params(routing_controls={SOURCE: cells.use1, TARGET: ghost})
     ctx = make_ctx(aws(), params)
-    report = await get_action(ACTION).check(ctx)
+    report = await get_action(ACTION).check(replace(ctx, readiness=True))
     assert not report.ready
     assert report.findings == (f"routing control {ghost} does not exist in the cluster",)
+    before_a_run = await get_action(ACTION).check(ctx)
+    assert not before_a_run.ready and "ResourceNotFoundException" in before_a_run.findings[0]
     with pytest.raises(ActionFailed, match="ResourceNotFoundException"):
         await get_action(ACTION).execute(ctx)
 
@@ -197,8 +204,10 @@ async def test_endpoints_come_from_the_settings_when_the_step_names_none(cells: 
     assert cells.states() == ("Off", "On")
     with pytest.raises(ActionFailed, match=r"arc\.cluster_endpoints"):
         await get_action(ACTION).execute(make_ctx(aws(), params))
-    report = await get_action(ACTION).check(make_ctx(aws(), params))
-    assert not report.ready and "no ARC cluster endpoints" in report.findings[0]
+    for readiness in (False, True):
+        ctx = replace(make_ctx(aws(), params), readiness=readiness)
+        report = await get_action(ACTION).check(ctx)
+        assert not report.ready and "no ARC cluster endpoints" in report.findings[0]
 
 
 # --- parameters, IAM, static stability -----------------------------------------------------

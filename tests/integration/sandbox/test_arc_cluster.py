@@ -85,6 +85,11 @@ def test_five_regional_endpoints_share_one_state(arc_cluster: ArcClusterEmulator
     # Requests were signed for the endpoint's own region, as the SDK examples do.
     signing = {r["region"]: r["signing_region"] for r in arc_cluster.requests()}
     assert signing == {r: r for r in DEFAULT_REGIONS}
+    # The emulator remembers when each control last changed (the sandbox's demo times it).
+    changed = arc_cluster.changed_at(usw2)
+    assert changed is not None and abs(changed - time.time()) < 60
+    assert arc_cluster.changed_at(arc_cluster.create_routing_control(
+        arc_cluster.create_control_panel("p2"), "never")) is None  # fmt: skip
 
 
 async def test_aiobotocore_reads_and_updates(arc_cluster: ArcClusterEmulator) -> None:
