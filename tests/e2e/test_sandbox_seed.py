@@ -1,4 +1,4 @@
-"""The sandbox seeds every example policy: webapp, ledger, catalog and reports all come up
+"""The sandbox seeds every example policy: webapp, ledger, catalog, reports and storefront come up
 steady in their primary with every region healthy and their lag known, and the seeded world
 passes `failoverd readiness` for webapp. Everything listens on 127.0.0.1."""
 
@@ -28,6 +28,7 @@ PRIMARIES = {
     "ledger": "eu-west-1",
     "catalog": "us-east-1",
     "reports": "us-west-2",
+    "storefront": "us-east-1",
 }
 STEADY_DEADLINE = 60.0
 READINESS_DEADLINE = 60.0
@@ -95,6 +96,13 @@ def test_every_example_comes_up_steady_and_webapp_is_ready() -> None:
         webapp = [s for s in steps if s["service"] == "webapp"]
         assert webapp, done.stdout[-2000:]
         assert not [line for line in not_ready if line.startswith("webapp ")], not_ready
+        # The data-plane example is ready too (its ARC cluster's 5 endpoints answer), and
+        # statically stable, where webapp's record edit is marked.
+        storefront = [s for s in steps if s["service"] == "storefront"]
+        assert storefront and all(s["ready"] and s["checked"] for s in storefront), storefront
+        assert not [s for s in storefront if s["static_stability"]]
+        flip = [s for s in webapp if s["step"] == "flip-dns" and s["move"]["runbook"] == "failover"]
+        assert flip and "Route 53's API" in flip[0]["static_stability"][0]
     finally:
         rc = stop(proc)
     assert rc == 0
