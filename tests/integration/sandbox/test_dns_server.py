@@ -171,3 +171,25 @@ async def test_large_answers_are_truncated_over_udp_and_whole_over_tcp(
     whole = await tcp(server, f"big.{ZONE}", "TXT")
     assert len(whole.answer[0]) == 10
     assert server.queries >= 2
+
+
+async def test_broken_tcp_clients_do_not_stop_the_server(served: tuple[World, DnsServer]) -> None:
+    import asyncio
+    import struct
+
+    _, server = served
+    for payload in (b"\x00\x40short", b"\x00\x02\xff\xff", b"\xff"):
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+    # A garbled query on a live connection: FORMERR, and the connection still answers.
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    garbled = b"\x12\x34" + b"\x00" * 10 + b"\x05junk"
+    writer.write(struct.pack("!H", len(garbled)) + garbled)
+    (length,) = struct.unpack("!H", await reader.readexactly(2))
+    reply = dns.message.from_wire(await reader.readexactly(length))
+    assert reply.id == 0x1234 and reply.rcode() == dns.rcode.FORMERR
+    writer.close()
+    assert target(await tcp(server, NAME)) == "www.us-east-1.shop.example.com."
+    assert target(await udp(server, NAME)) == "www.us-east-1.shop.example.com."
