@@ -11,11 +11,14 @@ The update goes to one endpoint at a time, as AWS recommends: the endpoint that 
 the read first, then the others in random order, each with a short connect timeout
 (``connect_timeout``, 1 s by default: an endpoint whose network is gone costs about that
 much), a short read timeout and no retries of botocore's, round after round within the
-step's deadline. Reads (the state before, the read-back in ``verify``, ``check``) go to
-every endpoint at once and take the first answer: they change nothing, and a dead endpoint
-then costs nothing. An endpoint that answers ``EndpointTemporarilyUnavailableException``,
-``ThrottlingException``, ``InternalServerException`` or any 5xx, or not at all, is skipped;
-any other answer is the cluster's and ends the search. A safety-rule refusal
+step's deadline. Reads (the state before, the read-back in ``verify``, the precondition in
+``check``) go to the endpoint that answered last (else a random one) and, if it has not
+answered within a quarter of a second, to all the others at once, taking the first answer:
+they change nothing, so a dead endpoint costs a quarter of a second at most (and five
+clients are made only then). An endpoint that answers
+``EndpointTemporarilyUnavailableException``, ``ThrottlingException``,
+``InternalServerException`` or any 5xx, or not at all, is skipped; any other answer is the
+cluster's and ends the search. A safety-rule refusal
 (``ConflictException``) is a final failure naming the rule.
 
 Endpoints come from the step's ``cluster_endpoints`` or else the settings'
@@ -63,6 +66,7 @@ TRY_ANOTHER = frozenset(
     }
 )
 ROTATION_PAUSE = 0.2  # seconds between rounds when no endpoint answered, doubling up to 2 s
+HEDGE_AFTER = 0.25  # seconds a read waits on one endpoint before asking all the others too
 T = TypeVar("T")
 
 
@@ -236,23 +240,41 @@ async def hedged(
     endpoints: Mapping[str, str],
     call: Callable[[Any], Awaitable[T]],
     what: str,
+    *,
+    first: str | None = None,
 ) -> tuple[str, T]:
-    """``call(client)`` on every endpoint at once; the first to answer for the cluster wins
-    and the others are cancelled. Only for reads: a dead endpoint then costs nothing, and the
-    winner is the endpoint to write to. :class:`NoEndpointAnswered` at the deadline."""
+    """``call(client)`` on ``first`` (the endpoint that answered last time, else a random
+    one); when it has not answered within :data:`HEDGE_AFTER` seconds, or failed, on every
+    other endpoint at once. The first to answer for the cluster wins and the others are
+    cancelled. Only for reads: a dead endpoint then costs at most :data:`HEDGE_AFTER`, and
+    the winner is the endpoint to write to. :class:`NoEndpointAnswered` at the deadline."""
     failures: dict[str, str] = {}
 
-    async def attempt() -> tuple[str, T]:
-        async def one(region: str, url: str) -> tuple[str, T]:
-            return region, await on_endpoint(ctx, p, region, url, call)
+    async def one(region: str, url: str) -> tuple[str, T]:
+        return region, await on_endpoint(ctx, p, region, url, call)
 
-        tasks = [asyncio.ensure_future(one(r, u)) for r, u in endpoints.items()]
+    async def attempt() -> tuple[str, T]:
+        order = list(endpoints.items())
+        random.shuffle(order)
+        order.sort(key=lambda item: item[0] != first)
+        tasks: set[asyncio.Future[tuple[str, T]]] = {asyncio.ensure_future(one(*order[0]))}
+        rest = order[1:]
         try:
-            for next_done in asyncio.as_completed(tasks):
-                try:
-                    return await next_done
-                except _Skipped as skipped:
-                    failures[skipped.region] = skipped.why
+            while tasks:
+                done, _ = await asyncio.wait(
+                    tasks,
+                    timeout=HEDGE_AFTER if rest else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in done:
+                    tasks.discard(task)
+                    try:
+                        return task.result()
+                    except _Skipped as skipped:
+                        failures[skipped.region] = skipped.why
+                # Slow or failed: ask every other endpoint now.
+                tasks.update(asyncio.ensure_future(one(*item)) for item in rest)
+                rest = []
         finally:
             for task in tasks:
                 task.cancel()
@@ -282,6 +304,18 @@ class SetRoutingControls(Action):
     name = "arc.set_routing_controls"
     params_model = ArcSetRoutingControls
 
+    def __init__(self) -> None:
+        # The endpoint that answered last, per cluster (its endpoints' URLs): asked first.
+        self._preferred: dict[frozenset[str], str] = {}
+
+    def _first(self, endpoints: Mapping[str, str]) -> str | None:
+        return self._preferred.get(frozenset(endpoints.values()))
+
+    def _answered(self, endpoints: Mapping[str, str], region: str) -> None:
+        if len(self._preferred) >= 64:  # bounded: one entry per cluster in use
+            self._preferred.pop(next(iter(self._preferred)))
+        self._preferred[frozenset(endpoints.values())] = region
+
     async def check(self, ctx: StepContext) -> CheckReport:
         """Before a run's step: one endpoint answering (the first, asked all at once) and every
         routing control existing. For readiness (``ctx.readiness``): every endpoint asked,
@@ -294,9 +328,13 @@ class SetRoutingControls(Action):
             return CheckReport(ready=False, findings=(str(exc),))
         if not ctx.readiness:
             try:
-                await hedged(ctx, p, endpoints, lambda c: read_states(c, arns), "a check")
+                region, _ = await hedged(
+                    ctx, p, endpoints, lambda c: read_states(c, arns), "a check",
+                    first=self._first(endpoints),
+                )  # fmt: skip
             except ActionFailed as exc:  # e.g. ResourceNotFoundException: that control
                 return CheckReport(ready=False, findings=(str(exc),))
+            self._answered(endpoints, region)
             return CheckReport(ready=True)
         readings = await asyncio.gather(
             *(self._reading(ctx, p, region, url, arns) for region, url in endpoints.items())
@@ -355,8 +393,10 @@ class SetRoutingControls(Action):
         # Read everywhere at once (a dead endpoint costs nothing), then write through the
         # endpoint that answered first, rotating on from there if it fails meanwhile.
         reader, current = await hedged(
-            ctx, p, endpoints, lambda c: read_states(c, list(wanted)), "reading the states"
-        )
+            ctx, p, endpoints, lambda c: read_states(c, list(wanted)), "reading the states",
+            first=self._first(endpoints),
+        )  # fmt: skip
+        self._answered(endpoints, reader)
         if current == wanted:
             return ExecuteOutcome(
                 changed=False, detail=f"already {_describe(wanted, p.routing_controls)}"
@@ -378,6 +418,7 @@ class SetRoutingControls(Action):
         region, _ = await rotate(
             ctx, p, endpoints, update, "UpdateRoutingControlStates", first=reader
         )
+        self._answered(endpoints, region)
         log.info(
             "arc_routing_controls_set",
             service=ctx.service,
@@ -399,11 +440,13 @@ class SetRoutingControls(Action):
 
         async def matches() -> tuple[bool, str]:
             try:
-                _, seen = await hedged(
-                    ctx, p, endpoints, lambda c: read_states(c, list(wanted)), "reading back"
-                )
+                region, seen = await hedged(
+                    ctx, p, endpoints, lambda c: read_states(c, list(wanted)), "reading back",
+                    first=self._first(endpoints),
+                )  # fmt: skip
             except NoEndpointAnswered as exc:
                 return False, str(exc)
+            self._answered(endpoints, region)
             return seen == wanted, _describe(seen, p.routing_controls)
 
         await poll_until(
