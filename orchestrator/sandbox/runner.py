@@ -897,7 +897,7 @@ def _timeline(
         print(f"  {at(fault_at)}  fault: {fault} {arg}")
     print(f"  {at(detected)}  detection: {PRIMARY} seen down")
     print(f"  {at(run['decided_at'])}  decision: failover {run['source']} -> {run['target']}")
-    flipped_at = run["decided_at"]
+    flipped_at = flip_started = run["decided_at"]
     for step in sorted(run["steps"], key=lambda s: s["started_at"] or 0.0):
         started = step["started_at"] or run["decided_at"]
         duration = step["duration"] if step["duration"] is not None else 0.0
@@ -906,7 +906,7 @@ def _timeline(
             f" in {duration:.2f}s"
         )
         if step["action"] in plan.flip_actions and step["finished_at"]:
-            flipped_at = step["finished_at"]
+            flipped_at, flip_started = step["finished_at"], started
     switched = plan.switched_at()
     if switched is not None:
         flipped_at = switched
@@ -918,7 +918,12 @@ def _timeline(
     detect_s = detected - fault_at
     flip_s = flipped_at - run["decided_at"]
     dns_s = moved_at - run["decided_at"]
-    print(f"demo: numbers detect_s={detect_s:.2f} flip_s={flip_s:.2f} dns_s={dns_s:.2f}")
+    # flip_s: decision -> traffic switched (the steps before the flip included); of which
+    # flip_step_s: the flip step's own start -> switched.
+    print(
+        f"demo: numbers detect_s={detect_s:.2f} flip_s={flip_s:.2f} dns_s={dns_s:.2f}"
+        f" flip_step_s={max(0.0, flipped_at - flip_started):.2f}"
+    )
     path = f" path={plan.path}" if plan.path else ""
     print(
         f"demo: failover to {run['target']} complete, detect_s={detect_s:.2f}"

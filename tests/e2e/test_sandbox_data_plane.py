@@ -135,5 +135,7 @@ def test_the_data_plane_demo_ends_with_its_path() -> None:
     assert "fault: control-plane-down us-east-1" in text
     assert "routing controls set: us-west-2 On, us-east-1 Off" in text
     assert "traffic moved: DNS www.storefront.example.com -> www.us-west-2" in text
-    assert re.search(r"demo: numbers detect_s=[\d.]+ flip_s=[\d.]+ dns_s=[\d.]+", text)
+    assert re.search(
+        r"demo: numbers detect_s=[\d.]+ flip_s=[\d.]+ dns_s=[\d.]+ flip_step_s=[\d.]+", text
+    )
     assert "meanwhile webapp (its flip edits a Route 53 record): active=us-east-1" in text
