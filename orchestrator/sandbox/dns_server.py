@@ -147,10 +147,13 @@ class Route53Reader:
     proxy). Blocking."""
 
     def __init__(self, client_factory: Callable[[], Any]) -> None:
-        self._client = client_factory
+        self._factory = client_factory
+        self._client: Any = None  # made once: boto3 clients are costly to make, safe to share
 
     def read(self) -> Snapshot:
-        r53 = self._client()
+        if self._client is None:
+            self._client = self._factory()
+        r53 = self._client
         zones: list[Zone] = []
         for page in r53.get_paginator("list_hosted_zones").paginate():
             for raw in page["HostedZones"]:
