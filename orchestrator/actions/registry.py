@@ -22,6 +22,7 @@ _IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "approval": ("orchestrator.actions.approval", "Approval"),
     "wait": ("orchestrator.actions.wait", "Wait"),
     "arc.set_routing_controls": ("orchestrator.actions.arc", "SetRoutingControls"),
+    "arc.region_switch": ("orchestrator.actions.region_switch", "RegionSwitch"),
 }
 assert set(_IMPLEMENTATIONS) == ACTION_NAMES, "every policy action needs an implementation"
 

@@ -43,6 +43,7 @@ from typing import Any, TextIO
 import aiohttp
 import yaml
 
+from orchestrator.sandbox import region_switch_world
 from orchestrator.sandbox import seed_storefront as storefront
 from orchestrator.sandbox.arc_cluster import ArcClusterEmulator
 from orchestrator.sandbox.broker import available as embedded_broker_available
@@ -52,6 +53,7 @@ from orchestrator.sandbox.etcd_cluster import EtcdCluster, EtcdClusterError, etc
 from orchestrator.sandbox.fault_proxy import FaultProxy
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints
+from orchestrator.sandbox.region_switch_api import RegionSwitchEmulator
 from orchestrator.sandbox.route53_health import SandboxHealth
 from orchestrator.sandbox.seed import (
     ALL_REGIONS,
@@ -342,7 +344,14 @@ class Sandbox:
         self.health = HealthApiEmulator()
         await self.health.start()
         stack.push_async_callback(self.health.stop)
-        self.endpoints = RegionEndpoints(list(ALL_REGIONS))
+        # ARC Region switch (the orders example's plan), emulated on its own port.
+        self.region_switch = RegionSwitchEmulator()
+        await self.region_switch.start()
+        stack.push_async_callback(self.region_switch.stop)
+        region_switch_world.seed_plan(self.region_switch)
+        await asyncio.to_thread(region_switch_world.seed_moto, self.moto)
+        regions = dict.fromkeys([*ALL_REGIONS, *region_switch_world.REGIONS])
+        self.endpoints = RegionEndpoints(list(regions))
         stack.push_async_callback(self.endpoints.stop)
         await self.endpoints.start()
         # DNS as clients see it: the hosted zones answered by health, as Route 53 would.
@@ -370,6 +379,7 @@ class Sandbox:
             lag_seconds=DEFAULT_LAG,
             proxy=self.proxy,
             arc=self.arc,
+            region_switch=self.region_switch,
         )
         control = ControlServer(self.faults)
         stack.push_async_callback(control.stop)
@@ -388,6 +398,7 @@ class Sandbox:
                 self.storefront, self.arc.endpoints, ports, vantages, _fast_detection(vantages)
             ),
         )
+        region_switch_world.write_policy(policies, ports, vantages)
         if broker:
             for agent in AGENTS:
                 argv = [sys.executable, "-m", "orchestrator", "agent", "--id", agent]
@@ -529,6 +540,7 @@ class Sandbox:
             "aws": {
                 "endpoint_url": self.proxy.endpoint_url,
                 "health_endpoint_url": self.health.endpoint_url,
+                "service_endpoints": {"arc-region-switch": self.region_switch.endpoint_url},
                 "read_timeout": "5s",
             },
             "http": {"bind": "127.0.0.1", "port": port, "token_file": str(self.token_file)},
@@ -559,6 +571,7 @@ class Sandbox:
             "token_file": str(self.token_file),
             "dns": self.dns_address,
             "arc": self.arc.endpoints,
+            "region_switch": self.region_switch.endpoint_url,
             "workdir": str(self.workdir),
             "pids": self.pids,
         }

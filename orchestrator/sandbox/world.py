@@ -288,12 +288,14 @@ async def feed_lag(
     feed never ends on its own. The other examples' lag is re-published at its steady value,
     and ``also`` publishes more (blocking, each given the world)."""
     # seed.py builds on this module: imported here, not at the top, to avoid a cycle.
+    from orchestrator.sandbox import region_switch_world
     from orchestrator.sandbox.seed import publish_example_lag
 
     while True:
         try:
             await asyncio.to_thread(publish_lag, world, current())
             await asyncio.to_thread(publish_example_lag, world)
+            await asyncio.to_thread(region_switch_world.publish_lag, world)
             for publish in also:
                 await asyncio.to_thread(publish, world)
         except Exception as exc:  # moto restarting or slow: the next round tries again
