@@ -205,6 +205,14 @@ async def _rounds(
         pause = min(2.0, pause * 2)
 
 
+def _order(endpoints: Mapping[str, str], first: str | None) -> list[tuple[str, str]]:
+    """The endpoints in random order (AWS: start from a random one), ``first`` first."""
+    order = list(endpoints.items())
+    random.shuffle(order)
+    order.sort(key=lambda item: item[0] != first)
+    return order
+
+
 async def rotate(
     ctx: StepContext,
     p: ArcSetRoutingControls,
@@ -218,9 +226,7 @@ async def rotate(
     the others in random order, as AWS recommends — round after round, until one answers for
     the cluster: ``(region, result)``. For calls that change the world: one endpoint at a
     time. :class:`NoEndpointAnswered` when the deadline passes first."""
-    order = list(endpoints.items())
-    random.shuffle(order)
-    order.sort(key=lambda item: item[0] != first)
+    order = _order(endpoints, first)
     failures: dict[str, str] = {}
 
     async def attempt() -> tuple[str, T]:
@@ -254,9 +260,7 @@ async def hedged(
         return region, await on_endpoint(ctx, p, region, url, call)
 
     async def attempt() -> tuple[str, T]:
-        order = list(endpoints.items())
-        random.shuffle(order)
-        order.sort(key=lambda item: item[0] != first)
+        order = _order(endpoints, first)
         tasks: set[asyncio.Future[tuple[str, T]]] = {asyncio.ensure_future(one(*order[0]))}
         rest = order[1:]
         try:

@@ -87,12 +87,12 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final, Literal
 
 from aiohttp import web
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.sandbox.loopback import LoopbackServer
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.arc_cluster")
@@ -214,11 +214,16 @@ class _Endpoint:
     mutations: deque[float] = field(default_factory=deque)
 
 
-class ArcClusterEmulator:
+class ArcClusterEmulator(LoopbackServer):
     """One ARC cluster: its control panels, routing controls and safety rules, served on one
     loopback endpoint per region. Model methods and fault controls are thread-safe and take
-    effect for the next request; ``start``/``stop`` are bounded and ``stop`` is idempotent.
+    effect for the next request; ``start``/``stop`` (or ``start_background``/
+    ``stop_background``, from :class:`LoopbackServer`) are bounded and idempotent to stop.
+    Unlike the other emulators it listens on five ports, each accepting (or not) by itself.
     """
+
+    what = "the ARC cluster emulator"
+    event = "arc_cluster"
 
     def __init__(
         self,
@@ -233,6 +238,7 @@ class ArcClusterEmulator:
         if host not in ("127.0.0.1", "localhost"):
             # The emulator has no authentication: it must never be reachable from elsewhere.
             raise ValueError(f"host must be a loopback address, got {host!r}")
+        super().__init__("127.0.0.1", 0)
         if len(set(regions)) != len(regions) or not regions:
             raise ValueError(f"regions must be distinct and not empty, got {list(regions)}")
         if not re.fullmatch(r"\d{12}", account_id):
@@ -254,9 +260,7 @@ class ArcClusterEmulator:
         self._requests: deque[dict[str, Any]] = deque(maxlen=1000)
         self._nonce = uuid.uuid4().hex[:8]
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
         self._changed: asyncio.Condition | None = None
-        self._thread: threading.Thread | None = None
 
     # --- identity -------------------------------------------------------------------------
 
@@ -601,60 +605,10 @@ class ArcClusterEmulator:
             log.info("arc_cluster_stopped")
         self._loop = None
 
-    async def __aenter__(self) -> ArcClusterEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    def start_background(self, timeout: float = 10.0) -> None:
-        """Serve from a daemon thread with a loop of its own; returns once it listens."""
-        if self._thread is not None:
-            raise RuntimeError("the ARC cluster emulator is already running")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self.stop())
-                loop.close()
-
-        thread = threading.Thread(target=main, name="arc-cluster-emulator", daemon=True)
-        thread.start()
-        if not ready.wait(timeout):
-            raise TimeoutError(f"the ARC cluster emulator did not start within {timeout}s")
-        if failure:
-            thread.join(timeout)
-            raise failure[0]
-        self._thread = thread
-
-    def stop_background(self, timeout: float = 10.0) -> None:
-        """Stop the thread started by :meth:`start_background` (idempotent)."""
-        thread, loop = self._thread, self._loop
-        self._thread = None
-        if thread is None or loop is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-        if thread.is_alive():
-            raise TimeoutError(f"the ARC cluster emulator did not stop within {timeout}s")
+    @property
+    def endpoint_url(self) -> str:
+        """A cluster has five: :attr:`endpoints`."""
+        raise AttributeError("an ARC cluster has one endpoint per region: use .endpoints")
 
     def _listen(self, port: int) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

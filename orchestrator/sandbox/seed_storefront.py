@@ -28,7 +28,13 @@ import yaml
 from orchestrator.policy.loader import load_policy_text
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.sandbox.arc_cluster import ArcClusterEmulator
-from orchestrator.sandbox.world import MotoWorld, SandboxError
+from orchestrator.sandbox.world import (
+    MotoWorld,
+    SandboxError,
+    seed_replica,
+    seed_standby_group,
+    standby_problems,
+)
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.seed")
@@ -92,31 +98,8 @@ def seed_storefront(world: MotoWorld, arc: ArcClusterEmulator) -> SeededStorefro
         }
         changes.append({"Action": "UPSERT", "ResourceRecordSet": record})
     r53.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch={"Changes": changes})
-    primary = world.client("rds", PRIMARY).create_db_instance(
-        DBInstanceIdentifier=PRIMARY_DB,
-        Engine="postgres",
-        DBInstanceClass="db.t3.micro",
-        MasterUsername="storefront",
-        MasterUserPassword="sandbox-only-1",  # an emulator's throw-away instance
-        AllocatedStorage=20,
-    )["DBInstance"]
-    world.client("rds", STANDBY).create_db_instance_read_replica(
-        DBInstanceIdentifier=REPLICA_DB, SourceDBInstanceIdentifier=primary["DBInstanceArn"]
-    )
-    ec2 = world.client("ec2", STANDBY)
-    ec2.create_launch_template(
-        LaunchTemplateName="storefront-lt",
-        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "t3.micro"},
-    )
-    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
-    world.client("autoscaling", STANDBY).create_auto_scaling_group(
-        AutoScalingGroupName=ASG,
-        LaunchTemplate={"LaunchTemplateName": "storefront-lt", "Version": "$Latest"},
-        MinSize=0,
-        MaxSize=10,
-        DesiredCapacity=0,
-        AvailabilityZones=zones[:2],
-    )
+    seed_replica(world, PRIMARY, PRIMARY_DB, STANDBY, REPLICA_DB, user=SERVICE)
+    seed_standby_group(world, STANDBY, ASG, template=f"{SERVICE}-lt")
     world.client("sns", STANDBY).create_topic(Name="storefront-oncall")
     publish_storefront_lag(world)
     bare = str(zone_id).rsplit("/", 1)[-1]
@@ -198,15 +181,5 @@ def failover_problems(
     wanted = {region: "On" if region == target else "Off" for region in seeded.routing_controls}
     if states != wanted:
         problems.append(f"routing controls are {states}, not {wanted}")
-    replica = world.client("rds", target).describe_db_instances(DBInstanceIdentifier=REPLICA_DB)[
-        "DBInstances"
-    ][0]
-    if replica.get("ReadReplicaSourceDBInstanceIdentifier"):
-        problems.append(f"{REPLICA_DB} is still a read replica")
-    groups = world.client("autoscaling", target).describe_auto_scaling_groups(
-        AutoScalingGroupNames=[ASG]
-    )["AutoScalingGroups"]
-    desired = int(groups[0]["DesiredCapacity"]) if groups else None
-    if desired != DESIRED:
-        problems.append(f"{ASG} desired capacity is {desired}, not {DESIRED}")
+    problems.extend(standby_problems(world, target, REPLICA_DB, ASG, DESIRED))
     return problems
