@@ -84,8 +84,8 @@ class StepContext:
     clock: Clock
     deadline: float  # on clock.monotonic(): verify and every wait end by then
     approvals: Approvals | None = None
-    # Facts from the decision the action may use to choose a mode (e.g. Aurora switchover
-    # only when both regions are healthy and lag is zero): "source_healthy", "lag_seconds".
+    # The run's facts (orchestrator.actions.moves: kind, drill, the source's verdict, the
+    # target's lag), e.g. for the graceful-or-not choice of move_style().
     facts: Mapping[str, Any] = field(default_factory=dict)
     # Journals one progress note of this step (a JSON object; the keys the API and the status
     # page read are in orchestrator.runbook.journal); durable when it returns, and raises the
@@ -143,19 +143,10 @@ class CheckReport:
 Plane = Literal["control", "data"]
 
 # AWS's global services whose control plane lives in one region of each partition (us-east-1
-# in the aws partition): Route 53's API (records and health checks alike), IAM, STS's global
-# endpoint, CloudFront, Organizations. DESIGN principle 5 keeps failovers off them.
+# in the aws partition; orchestrator.partitions knows each): Route 53's API (records and
+# health checks alike), IAM, STS's global endpoint, CloudFront, Organizations. DESIGN
+# principle 5 keeps failovers off them.
 GLOBAL_CONTROL_PLANES = frozenset({"route53", "iam", "sts-global", "cloudfront", "organizations"})
-GLOBAL_CONTROL_PLANE_HOME = {"aws": "us-east-1", "aws-cn": "cn-northwest-1",
-                             "aws-us-gov": "us-gov-west-1"}  # fmt: skip
-
-
-def partition_of(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
 
 
 @dataclass(frozen=True)
@@ -186,6 +177,9 @@ class ExecuteOutcome:
 class IamStatement:
     actions: tuple[str, ...]
     resources: tuple[str, ...] = ("*",)
+    # An IAM Condition block, as (operator, key, values) triples, e.g.
+    # (("StringEquals", "kms:ViaService", ("sns.eu-west-1.amazonaws.com",)),).
+    conditions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
 
 class Action(ABC):

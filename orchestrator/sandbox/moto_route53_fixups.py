@@ -1,9 +1,9 @@
-"""Named fix-ups of moto's Route 53 where routing-control health checks differ from AWS.
+"""Fix-ups of moto's Route 53 for routing-control health checks and DNS in the sandbox.
 
-moto runs in this process (``ThreadedMotoServer``), so its classes can be patched. Like
-:mod:`orchestrator.sandbox.moto_fixups` (RDS), each fix-up is named, listed in
-:data:`FIXUPS`, and shown by a test (tests/integration/sandbox/test_moto_route53_fixups.py)
-to close a real gap:
+The patches live here and are registered, by name, in :data:`orchestrator.sandbox.moto_fixups.
+FIXUPS` (applied with the others by ``apply_moto_fixups``; ``without_moto_fixups(name)``
+restores moto's own behaviour); each is shown by a test
+(tests/integration/sandbox/test_moto_route53_fixups.py) to close a real gap:
 
 * ``route53_recovery_control_health_checks`` — a health check of type ``RECOVERY_CONTROL``
   keeps the ``RoutingControlArn`` it was created with, and reads back without the
@@ -17,15 +17,11 @@ to close a real gap:
   health evaluation says (:func:`set_health_status_provider`: routing-control health checks
   follow ARC, the others the sandbox's region endpoints), as the DNS answers do; moto always
   reports success.
-
-:func:`apply_route53_fixups` is idempotent; :func:`without_route53_fixups` restores moto's
-own behaviour for a block.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,49 +113,22 @@ def health_status_from_backend(
     return provider
 
 
-FIXUPS: dict[str, tuple[Any, str, Any, Any]] = {
-    # name: (class, attribute, original, replacement)
+# name -> (class, attribute, replacement), for moto_fixups.FIXUPS
+PATCHES: dict[str, tuple[Any, str, Any]] = {
     "route53_recovery_control_health_checks": (
         Route53,
         "create_health_check",
-        _ORIGINAL_CREATE,
         _create_health_check,
     ),
     "route53_recovery_control_health_check_config": (
         HealthCheck,
         "health_check_config",
-        _ORIGINAL_CONFIG,
         property(_health_check_config),
     ),
-    "route53_soa_record": (
-        Route53Backend,
-        "create_hosted_zone",
-        _ORIGINAL_ZONE,
-        _create_hosted_zone,
-    ),
+    "route53_soa_record": (Route53Backend, "create_hosted_zone", _create_hosted_zone),
     "route53_health_check_status": (
         Route53,
         "get_health_check_status",
-        _ORIGINAL_STATUS,
         _get_health_check_status,
     ),
 }
-
-
-def apply_route53_fixups() -> None:
-    """Patch moto's Route 53 classes (affects the in-process server at once). Idempotent."""
-    for cls, attribute, _, replacement in FIXUPS.values():
-        setattr(cls, attribute, replacement)
-
-
-@contextmanager
-def without_route53_fixups() -> Iterator[None]:
-    """moto's own behaviour inside the block; the fix-ups as they were afterwards."""
-    before = [(cls, attribute, cls.__dict__[attribute]) for cls, attribute, _, _ in FIXUPS.values()]
-    for cls, attribute, original, _ in FIXUPS.values():
-        setattr(cls, attribute, original)
-    try:
-        yield
-    finally:
-        for cls, attribute, method in before:
-            setattr(cls, attribute, method)

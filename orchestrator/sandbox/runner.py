@@ -46,6 +46,7 @@ import yaml
 from orchestrator.sandbox import region_switch_world
 from orchestrator.sandbox import seed_storefront as storefront
 from orchestrator.sandbox.arc_cluster import ArcClusterEmulator
+from orchestrator.sandbox.aurora_global import EMULATOR, aurora_region
 from orchestrator.sandbox.broker import available as embedded_broker_available
 from orchestrator.sandbox.control import FAULTS, ControlServer, FaultError, Faults, send_fault
 from orchestrator.sandbox.dns_server import DnsServer, Route53Reader
@@ -58,6 +59,7 @@ from orchestrator.sandbox.route53_health import SandboxHealth
 from orchestrator.sandbox.seed import (
     ALL_REGIONS,
     _fast_detection,
+    feed_ledger_writes,
     seed_world,
     write_sandbox_policies,
 )
@@ -379,6 +381,8 @@ class Sandbox:
             lag_seconds=DEFAULT_LAG,
             proxy=self.proxy,
             arc=self.arc,
+            on_region=aurora_region,
+            world_state=lambda: {"aurora": EMULATOR.states()},
             region_switch=self.region_switch,
         )
         control = ControlServer(self.faults)
@@ -648,6 +652,7 @@ async def _main(args: argparse.Namespace) -> int:
                     also=(storefront.publish_storefront_lag,),
                 )
             )
+            writes = tasks.create_task(feed_ledger_writes())
             try:
                 if args.demo:
                     plan = (
@@ -661,6 +666,7 @@ async def _main(args: argparse.Namespace) -> int:
                 return EXIT_OK
             finally:
                 feed.cancel()
+                writes.cancel()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -18,6 +18,7 @@ Seeded (moto's account 123456789012, the one the example's ARNs name):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +30,10 @@ from orchestrator.policy.loader import load_policy_text
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.sandbox.arc_cluster import ArcClusterEmulator
 from orchestrator.sandbox.world import (
+    BACKFILL,
     MotoWorld,
     SandboxError,
+    sandbox_replication,
     seed_replica,
     seed_standby_group,
     standby_problems,
@@ -101,21 +104,26 @@ def seed_storefront(world: MotoWorld, arc: ArcClusterEmulator) -> SeededStorefro
     seed_replica(world, PRIMARY, PRIMARY_DB, STANDBY, REPLICA_DB, user=SERVICE)
     seed_standby_group(world, STANDBY, ASG, template=f"{SERVICE}-lt")
     world.client("sns", STANDBY).create_topic(Name="storefront-oncall")
+    # Backdated first, so that a reading is there at once despite the sandbox's metric delay.
+    publish_storefront_lag(world, age=BACKFILL)
     publish_storefront_lag(world)
     bare = str(zone_id).rsplit("/", 1)[-1]
     log.info("sandbox_world_seeded", service=SERVICE, zone_id=bare)
     return SeededStorefront(bare, controls, checks, rule)
 
 
-def publish_storefront_lag(world: MotoWorld, seconds: float = LAG_SECONDS) -> None:
-    """One fresh ``ReplicaLag`` datapoint for the storefront's replica. Blocking."""
+def publish_storefront_lag(
+    world: MotoWorld, seconds: float = LAG_SECONDS, *, age: float = 0.0
+) -> None:
+    """One ``ReplicaLag`` datapoint for the storefront's replica, stamped ``age`` seconds
+    ago. Blocking."""
     world.client("cloudwatch", STANDBY).put_metric_data(
         Namespace="AWS/RDS",
         MetricData=[
             {
                 "MetricName": "ReplicaLag",
                 "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": REPLICA_DB}],
-                "Timestamp": datetime.now(UTC),
+                "Timestamp": datetime.fromtimestamp(time.time() - age, UTC),
                 "Value": seconds,
                 "Unit": "Seconds",
             }
@@ -143,8 +151,7 @@ def storefront_policy(
         if signal["type"] == "http":
             signal.pop("target", None)
             signal["targets"] = {r: f"http://127.0.0.1:{targets[r]}/healthz" for r in REGIONS}
-    policy["replication"]["interval"] = "5s"
-    policy["replication"]["max_age"] = "1m"
+    sandbox_replication(policy["replication"])
     flips = 0
     for steps in policy["runbooks"].values():
         for step in steps:

@@ -58,7 +58,7 @@ FENCE = """\
       params: {auto_scaling_group: "shop-{source_region}", desired: 0, region: "{source_region}"}
     - name: invert
       action: route53.set_health_check_inverted
-      params: {health_check_id: "hc-{source_region}"}
+      params: {health_check_name: "hc-{source_region}"}
 """
 
 
@@ -134,11 +134,11 @@ def test_validate_warns_and_data_plane_only_makes_it_an_error(tmp_path: Path, ca
     assert "warning:" in capsys.readouterr().out
 
 
-def test_the_daemon_refuses_a_data_plane_only_policy_that_breaks_it(tmp_path: Path) -> None:
+async def test_the_daemon_refuses_a_data_plane_only_policy_that_breaks_it(tmp_path: Path) -> None:
     path = write(tmp_path, policy_text(FLIP_DNS.format(on_failure="abort"), strict=True))
-    assert try_load([str(path)]) is None
+    assert await try_load([str(path)]) is None
     write(tmp_path, policy_text(ARC_FLIP, strict=True))
-    loaded = try_load([str(path)])
+    loaded = await try_load([str(path)])
     assert loaded is not None and "shop" in loaded.policies
     errors, warnings = located(loaded)
     assert errors == [] and warnings == []

@@ -1,5 +1,5 @@
-"""The Route 53 fix-ups of moto for routing-control health checks: each one shown to close a
-real gap (moto's own behaviour first, inside ``without_route53_fixups``)."""
+"""The Route 53 fix-ups of moto for routing-control health checks and DNS: each one shown to
+close a real gap (moto's own behaviour first, inside ``without_moto_fixups(name)``)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestrator.sandbox.moto_route53_fixups import (
-    set_health_status_provider,
-    without_route53_fixups,
-)
+from orchestrator.sandbox.moto_fixups import without_moto_fixups
+from orchestrator.sandbox.moto_route53_fixups import set_health_status_provider
 from tests.fixtures.moto_server import MotoServer
 
 RC = "arn:aws:route53-recovery-control::123456789012:controlpanel/abc/routingcontrol/def"
@@ -33,7 +31,9 @@ def no_provider() -> Iterator[None]:
 
 def test_a_routing_control_health_check_keeps_its_routing_control(moto: MotoServer) -> None:
     r53 = moto.boto3_client("route53", "us-east-1")
-    with without_route53_fixups():
+    with without_moto_fixups(
+        "route53_recovery_control_health_checks", "route53_recovery_control_health_check_config"
+    ):
         gap = create(moto, "gap")
         config = r53.get_health_check(HealthCheckId=gap)["HealthCheck"]["HealthCheckConfig"]
         assert "RoutingControlArn" not in config  # moto drops it
@@ -52,7 +52,7 @@ def test_health_check_status_reports_the_sandboxs_view(moto: MotoServer, no_prov
     check = create(moto, "status")
     healthy = {check: False}
     set_health_status_provider(healthy.get)
-    with without_route53_fixups():
+    with without_moto_fixups("route53_health_check_status"):
         report = r53.get_health_check_status(HealthCheckId=check)["HealthCheckObservations"]
         assert report[0]["StatusReport"]["Status"].startswith("Success")  # always, in moto
     report = r53.get_health_check_status(HealthCheckId=check)["HealthCheckObservations"]
@@ -73,7 +73,7 @@ def test_a_new_zone_has_an_soa_record_a_dns_server_can_serve(moto: MotoServer) -
         (record,) = [s for s in sets if s["Type"] == "SOA"]
         return str(record["ResourceRecords"][0]["Value"])
 
-    with without_route53_fixups():
+    with without_moto_fixups("route53_soa_record"):
         assert soa("gap.example.com").startswith("{'Value'")  # moto's repr of a dict
     value = soa("fixed.example.com")
     assert value.endswith(" 1 7200 900 1209600 86400") and value.startswith("ns-")
