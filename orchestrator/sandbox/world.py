@@ -54,7 +54,12 @@ DEFAULT_LAG = 5.0  # seconds; well within the example's 1 m RPO
 # and their max_age follows from it (2 periods + the delay + the read interval).
 METRIC_DELAY = 30.0
 LAG_INTERVAL = 5.0
-BACKFILL = 120.0  # seconds back the seeded lag datapoints are stamped: readable at once
+# Seconds back the seeded lag datapoints are stamped: past METRIC_DELAY, so readable at once,
+# and young enough that the reading (its one-minute bucket starts up to 60 s earlier) stays
+# within max_age (2 min + METRIC_DELAY + LAG_INTERVAL) until the datapoint stamped at seeding
+# is readable, METRIC_DELAY later. (120 s left a window in which every lag was unknown, and a
+# failover waited.)
+BACKFILL = 60.0
 
 
 def sandbox_replication(replication: dict[str, Any]) -> None:
