@@ -176,3 +176,19 @@ def test_sandbox_health_follows_routing_controls_endpoints_and_flags() -> None:
         "by-name": True, "elsewhere": True, "disabled": True, "calc": True, "calc-3": False,
     }  # fmt: skip
     assert health.healthy("not-a-check", checks)
+
+
+def test_alias_records_at_the_apex_answer_their_in_zone_target_and_not_aws_resources() -> None:
+    sets = [
+        SOA,
+        rs("www.shop.example.com", "A", "192.0.2.10"),
+        RecordSet(name=_name("shop.example.com"), type="A",
+                  alias=AliasTarget("www.shop.example.com", False, "Z1")),
+        RecordSet(name=_name("lb.shop.example.com"), type="A",
+                  alias=AliasTarget("web-123.us-east-1.elb.amazonaws.com", True, "Z35SXDOTRQ7X7K")),
+    ]  # fmt: skip
+    apex = ask(sets, "shop.example.com")
+    assert values(apex) == ["192.0.2.10"] and apex.answer[0].name.to_text() == "shop.example.com."
+    # A load balancer the sandbox does not run: no data (the name exists), never a made-up IP.
+    lb = ask(sets, "lb.shop.example.com")
+    assert lb.rcode() == dns.rcode.NOERROR and not lb.answer
