@@ -4,8 +4,9 @@ A move is (runbook, source, target): the failover runbook from the primary to ea
 the switchover runbook likewise, and the failback runbook from each standby to the primary.
 Each step's parameters are rendered for that move and its action's ``check`` runs (read-only),
 in the region the step acts in (the move's target, or the step's own ``region``).
-The report says what is ready, what is missing, and which steps depend on a control plane in
-the region being evacuated (DESIGN principle 5: static stability).
+The report says what is ready, what is missing, and which failover steps are not statically
+stable (DESIGN principle 5): those that need the region being left or a global control plane
+in us-east-1, as the actions declare (:mod:`orchestrator.static_stability`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class StepReadiness:
     findings: tuple[str, ...] = ()
     control_plane_region: str | None = None
     checked: bool = True  # False: the check itself could not run (throttled, unreachable)
+    # Why the step is not statically stable on this move (failover moves only): what it
+    # needs of the region being left or of a global control plane, and the advice.
+    static_stability: tuple[str, ...] = ()
 
     @property
     def control_plane_in_source(self) -> bool:
@@ -106,6 +110,7 @@ async def check_step(
         aws=aws.with_role(policy.role(step.aws)),
         clock=clock,
         deadline=clock.monotonic() + step.timeout,
+        readiness=True,
     )
     try:
         async with asyncio.timeout(step.timeout):
@@ -173,6 +178,8 @@ async def readiness(
 ) -> ReadinessReport:
     """Check every step of every move (checks of one policy run concurrently), and the
     replication lag of every standby replica."""
+    from orchestrator.static_stability import findings_for_move
+
     policies = list(policies)
     report = ReadinessReport()
     for policy in policies:
@@ -180,7 +187,12 @@ async def readiness(
         results = await asyncio.gather(
             *(check_step(policy, move, step, aws, clock) for move, step in jobs)
         )
-        report.steps.extend(results)
+        for result in results:
+            if result.move.runbook == "failover":
+                found = findings_for_move(policy, result.move.source, result.move.target)
+                notes = tuple(f.message for f in found.get(result.step, ()))
+                result = replace(result, static_stability=notes)
+            report.steps.append(result)
     report.lag.extend(await check_lag(policies, aws, clock))
     return report
 
@@ -198,15 +210,17 @@ def format_report(report: ReadinessReport) -> str:
         lines.append(f"  {state:<10} {s.step} ({s.action})")
         for finding in s.findings:
             lines.append(f"             - {finding}")
-        if s.control_plane_in_source:
-            lines.append(
-                f"             ! depends on the {s.control_plane_region} control plane, the"
-                " region being evacuated (prefer a data-plane switch: health-check inversion,"
-                " ARC routing controls)"
-            )
+        for note in s.static_stability:
+            lines.append(f"             ! not statically stable: {note}")
     for x in report.lag:
         state = "ready" if x.ready else "NOT READY"
         lines.append(f"{x.service}: replica in {x.region}: {state} - {x.finding}")
     ready = sum(1 for s in report.steps if s.ready and s.checked)
     lines.append(f"{ready} of {len(report.steps)} step checks ready")
+    unstable = sum(1 for s in report.steps if s.static_stability)
+    if unstable:
+        lines.append(
+            f"{unstable} failover step check(s) not statically stable (marked !): they need the"
+            " region being left or a global control plane in us-east-1"
+        )
     return "\n".join(lines)

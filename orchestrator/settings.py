@@ -330,6 +330,28 @@ class AwsSettings(Section):
         )
 
 
+class ArcSettings(Section):
+    """Application Recovery Controller: the routing-control cluster that
+    `arc.set_routing_controls` steps use when they name no `cluster_endpoints` of their own."""
+
+    cluster_endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="The cluster's five endpoints by region, as DescribeCluster lists them"
+        " (region: https://host.../v1).",
+    )
+
+    @field_validator("cluster_endpoints")
+    @classmethod
+    def _endpoints(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for region, url in value.items():
+            if not re.match(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$", region):
+                raise ValueError(f"{region!r} is not an AWS region name")
+            _http_url(url)
+        return value
+
+
 class ProbeSettings(Section):
     """The synthetic probe scheduler."""
 
@@ -525,6 +547,7 @@ class Settings(BaseSettings):
     leader: LeaderSettings = Field(default_factory=LeaderSettings, description="Leader lease.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Decision loop.")
     aws: AwsSettings = Field(default_factory=AwsSettings, description="AWS clients.")
+    arc: ArcSettings = Field(default_factory=ArcSettings, description="ARC routing controls.")
     probes: ProbeSettings = Field(default_factory=ProbeSettings, description="Probe scheduler.")
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT broker.")
     http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP API.")
@@ -662,6 +685,7 @@ _SECTIONS: tuple[type[BaseModel], ...] = (
     LeaderSettings,
     EngineSettings,
     AwsSettings,
+    ArcSettings,
     ProbeSettings,
     MqttSettings,
     HttpSettings,

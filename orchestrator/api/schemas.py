@@ -545,6 +545,11 @@ class StepReadinessBody(_Out):
     control_plane_in_source: bool = Field(
         description="The step depends on the control plane of the region it evacuates."
     )
+    static_stability: list[str] = Field(
+        default_factory=list,
+        description="Failover moves: why the step is not statically stable (it needs the"
+        " region being left or a global control plane in us-east-1); empty when it is.",
+    )
 
 
 class LagReadinessBody(_Out):
@@ -582,6 +587,7 @@ def readiness_report_body(reports: Mapping[str, ReadinessReport]) -> ReadinessRe
                     findings=list(x.findings),
                     control_plane_region=x.control_plane_region,
                     control_plane_in_source=x.control_plane_in_source,
+                    static_stability=list(x.static_stability),
                 )
                 for x in report.steps
             ],

@@ -39,8 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "validate",
         help="check policy files; print every error with file, line and field",
-        description="Check policy files and print every error as FILE:LINE:COL: FIELD: MESSAGE."
-        " Exit 1 when any file has errors.",
+        description="Check policy files and print every error as FILE:LINE:COL: FIELD: MESSAGE,"
+        " then a warning for each failover step that needs the region being left or a global"
+        " control plane in us-east-1 (Route 53's API, IAM, global STS, CloudFront,"
+        " Organizations): an error under guards.data_plane_only unless the step has"
+        " on_failure: continue. Exit 1 when any file has errors.",
     )
     v.add_argument(
         "paths", nargs="*", default=["policies"], help="files or folders (default: policies)"
@@ -199,8 +202,24 @@ def cmd_validate(paths: list[str]) -> int:
             print(error)
         print(f"{len(exc.errors)} error(s)")
         return EXIT_FAILED
+    from dataclasses import replace
+
+    from orchestrator.static_stability import located
+
+    # Static stability (DESIGN principle 5): failover steps that need the region being left
+    # or a global control plane; errors under guards.data_plane_only, warnings otherwise.
+    unstable, warnings = located(policies)
+    for warning in warnings:
+        print(replace(warning, message=f"warning: {warning.message}"))
+    if unstable:
+        for error in unstable:
+            print(error)
+        print(f"{len(unstable)} error(s)")
+        return EXIT_FAILED
     names = ", ".join(sorted(policies.policies))
     print(f"{len(policies)} policy file(s) valid ({names}); policy set version {policies.version}")
+    if warnings:
+        print(f"{len(warnings)} warning(s): failover steps that are not statically stable")
     return EXIT_OK
 
 

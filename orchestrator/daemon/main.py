@@ -87,6 +87,7 @@ class DaemonSettings:
     lease_ttl: float = 15.0
     tick: float = 1.0
     aws: AwsSettings = field(default_factory=AwsSettings)  # every AWS client is built from it
+    arc_cluster_endpoints: tuple[tuple[str, str], ...] = ()  # the settings' arc section
     probes_max_concurrency: int = 256
     mqtt_url: str | None = None
     mqtt_broker: BrokerConfig | None = None  # TLS/credentials; None: built from mqtt_url
@@ -127,6 +128,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         lease_ttl=s.leader.ttl,
         tick=s.engine.tick,
         aws=s.aws,
+        arc_cluster_endpoints=tuple(s.arc.cluster_endpoints.items()),
         probes_max_concurrency=s.probes.max_concurrency,
         mqtt_url=s.mqtt.broker,
         mqtt_broker=s.mqtt.broker_config(),
@@ -155,7 +157,9 @@ class Daemon:
         self.settings = settings
         self.clock = clock
         self.notifier = notifier or Notifier.from_env()
-        self.aws = AwsClients.from_settings(settings.aws, clock=clock)
+        self.aws = AwsClients.from_settings(
+            settings.aws, clock=clock, arc_cluster_endpoints=dict(settings.arc_cluster_endpoints)
+        )
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._ready_sent = False

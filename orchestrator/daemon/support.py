@@ -77,8 +77,12 @@ def _load(paths: Sequence[str]) -> PolicySet | list[str]:
     """The policy set, or every error (file:line, as ``validate`` prints them). The loader
     answers any file with a set or located errors; anything else escaping it is a bug, and
     still must not stop the daemon."""
+    from orchestrator.static_stability import enforce
+
     try:
-        return load_policy_set(paths)
+        policies = load_policy_set(paths)
+        enforce(policies)  # guards.data_plane_only: refused like any invalid policy
+        return policies
     except SourceErrors as exc:
         return [str(error) for error in exc.errors]
     except Exception as exc:

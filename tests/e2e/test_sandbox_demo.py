@@ -44,7 +44,9 @@ def test_the_demo_fails_over_to_the_standby_and_says_how_fast() -> None:
     assert 0 <= float(match["detect"]) <= INTERVAL * FAILURES + 2
     assert 0 < float(match["failover"]) < 10
     assert int(match["rto"]) == 900  # the example policy's 15m
-    assert any("traffic moved: Route 53 record -> us-west-2" in line for line in lines)
+    # Traffic moved as clients see it: the DNS answer for the service's name.
+    moved = "traffic moved: DNS api.webapp.example.com -> api.us-west-2.webapp.example.com."
+    assert any(moved in line for line in lines), lines
     for step in ("promote-db", "scale-up", "flip-dns"):
         assert any(f"step {step}" in line and "succeeded" in line for line in lines), step
 

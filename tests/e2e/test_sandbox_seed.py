@@ -1,4 +1,5 @@
-"""The sandbox seeds every example policy: webapp, ledger, catalog, reports and orders come up
+"""The sandbox seeds every example policy: webapp, ledger, catalog, reports, orders and
+storefront come up
 steady in their primary with every region healthy and their lag known, and the seeded world
 passes `failoverd readiness` for webapp. Everything listens on 127.0.0.1."""
 
@@ -28,6 +29,7 @@ PRIMARIES = {
     "ledger": "eu-west-1",
     "catalog": "us-east-1",
     "reports": "us-west-2",
+    "storefront": "us-east-1",
     "orders": "us-east-2",
 }
 STEADY_DEADLINE = 60.0
@@ -107,6 +109,13 @@ def test_every_example_comes_up_steady_and_webapp_is_ready() -> None:
             and not (line.startswith("ledger failback promote-db") and "already the writer" in line)
         ]
         assert not others, others
+        # The data-plane example is ready too (its ARC cluster's 5 endpoints answer), and
+        # statically stable, where webapp's record edit is marked.
+        storefront = [s for s in steps if s["service"] == "storefront"]
+        assert storefront and all(s["ready"] and s["checked"] for s in storefront), storefront
+        assert not [s for s in storefront if s["static_stability"]]
+        flip = [s for s in webapp if s["step"] == "flip-dns" and s["move"]["runbook"] == "failover"]
+        assert flip and "Route 53's API" in flip[0]["static_stability"][0]
     finally:
         rc = stop(proc)
     assert rc == 0

@@ -42,6 +42,11 @@ async def test_a_seeded_world_is_ready_and_route53_is_flagged_when_evacuating_it
     # Route 53's control plane is us-east-1: evacuating us-east-1 leans on it.
     assert steps[("failover", "us-west-2", "dns")].control_plane_in_source
     assert not steps[("failback", "us-east-1", "dns")].control_plane_in_source
+    # Whatever the region left, a record edit is a call to Route 53's global control plane:
+    # the failover's dns step is not statically stable; scaling the target region is.
+    (note,) = steps[("failover", "us-west-2", "dns")].static_stability
+    assert "Route 53's API (ChangeResourceRecordSets)" in note and "us-east-1" in note
+    assert steps[("failover", "us-west-2", "scale")].static_stability == ()
 
 
 async def test_missing_and_undersized_resources_are_reported(moto: MotoServer) -> None:
@@ -71,7 +76,8 @@ def test_cli_exit_codes_and_report(
     out = capsys.readouterr().out
     assert "shop: failover us-east-1 -> us-west-2" in out
     assert "NOT READY  scale (autoscaling.set_capacity)" in out
-    assert "depends on the us-east-1 control plane" in out
+    assert "! not statically stable: step 'dns' (route53.set_record) needs Route 53's API" in out
+    assert "1 failover step check(s) not statically stable" in out
     assert main(["readiness", "--policy", str(tmp_path / "nope.yaml")]) == 2
 
 

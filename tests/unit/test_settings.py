@@ -386,3 +386,24 @@ async def test_the_state_settings_open_the_store_they_name(tmp_path: Path) -> No
     password.write_text("\n", encoding="utf-8")
     with pytest.raises(SettingsError, match=r"state.etcd.password_file .* is empty"):
         await open_store(state)
+
+
+def test_arc_cluster_endpoints_reach_the_daemons_aws_clients(tmp_path: Path) -> None:
+    from orchestrator.daemon.main import load_settings as daemon_settings
+
+    text = (
+        "arc:\n  cluster_endpoints:\n"
+        "    us-west-2: https://host-aaaa.us-west-2.example.com/v1\n"
+        "    eu-west-1: https://host-bbbb.eu-west-1.example.com/v1\n"
+    )
+    path = write(tmp_path, text)
+    assert load_settings(path, {}).arc.cluster_endpoints["eu-west-1"].endswith("/v1")
+    daemon = daemon_settings(str(path), {})
+    assert dict(daemon.arc_cluster_endpoints) == {
+        "us-west-2": "https://host-aaaa.us-west-2.example.com/v1",
+        "eu-west-1": "https://host-bbbb.eu-west-1.example.com/v1",
+    }
+    with pytest.raises(SourceErrors, match="not an AWS region"):
+        load_settings(write(tmp_path, "arc:\n  cluster_endpoints: {usw2: https://a/v1}\n"), {})
+    with pytest.raises(SourceErrors, match="http"):
+        load_settings(write(tmp_path, "arc:\n  cluster_endpoints: {us-west-2: host/v1}\n"), {})
