@@ -75,16 +75,25 @@ def _http_url(value: str | None) -> str | None:
     return value
 
 
-def read_secret_file(path: Path, what: str) -> str:
-    """The first line of ``path``; :class:`SettingsError` naming ``what`` when it cannot be
-    read or is empty. The secret itself never appears in the message."""
+def read_secret_text(path: Path, what: str) -> str:
+    """The whole text of the secret file ``path``; :class:`SettingsError` naming ``what``
+    when it cannot be read or holds nothing but blanks. The secret itself never appears in
+    the message."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError(f"{what} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise SettingsError(f"{what} {path}: not UTF-8 text") from None
-    lines = text.splitlines()
+    if not text.strip():
+        raise SettingsError(f"{what} {path} is empty")
+    return text
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The first line of ``path``; :class:`SettingsError` naming ``what`` when it cannot be
+    read or is empty. The secret itself never appears in the message."""
+    lines = read_secret_text(path, what).splitlines()
     secret = lines[0].strip() if lines else ""
     if not secret:
         raise SettingsError(f"{what} {path} is empty")
@@ -342,11 +351,25 @@ class HttpSettings(Section):
 
     bind: str = Field("127.0.0.1", description="Address to listen on (an IP address).")
     port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port).")
-    token_file: Path | None = Field(
+    token_file: list[Path] | None = Field(
         None,
-        description="File whose first line is the bearer token for mutating calls; without"
-        " it mutating calls are disabled.",
+        description="Token file, or a list of them, for mutating calls: lines `label:token`"
+        " (the label is who the audit log names), or a single bare token labelled with the"
+        " file's name; without one, mutating calls are disabled. Revoke a token by deleting"
+        " its line and sending SIGHUP.",
     )
+    advertise_url: str | None = Field(
+        None,
+        description="This instance's API address as clients and the other instances reach it"
+        " (announced with the leader lease: a follower's 409 names it, and the CLI follows"
+        " it). Default: `http://<bind>:<port>`, with the host name when bound to all"
+        " addresses.",
+    )
+
+    _token_files = field_validator("token_file", mode="before")(
+        lambda v: [v] if isinstance(v, str | Path) else v
+    )
+    _advertise = field_validator("advertise_url")(_http_url)
 
     @field_validator("bind")
     @classmethod
@@ -358,11 +381,34 @@ class HttpSettings(Section):
             raise ValueError(msg) from None
         return v
 
-    def token(self) -> str | None:
-        """The bearer token, read from ``token_file`` now; None when none is configured."""
-        if self.token_file is None:
+    def tokens(self) -> dict[str, str] | None:
+        """The named bearer tokens (label -> token), read from the token files now; None
+        when none is configured. :class:`SettingsError` names the file (and line) that
+        cannot be used: missing, unreadable, empty, malformed, or a label or token twice."""
+        from orchestrator.api.auth import TokenFileError, merge_tokens, parse_tokens
+
+        if not self.token_file:
             return None
-        return read_secret_file(self.token_file, "http.token_file")
+        try:
+            return merge_tokens(
+                (path, parse_tokens(read_secret_text(path, "http.token_file"), path))
+                for path in self.token_file
+            )
+        except TokenFileError as exc:
+            raise SettingsError(f"http.token_file {exc}") from None
+
+    def api_url(self, port: int | None = None) -> str:
+        """Where clients reach this API: ``advertise_url``, else built from ``bind`` and
+        ``port`` (the port really bound, when given: 0 means any)."""
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        host = self.bind
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified:
+            host = socket.getfqdn()
+        elif address.version == 6:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port if port is None else port}"
 
 
 class LogSettings(Section):

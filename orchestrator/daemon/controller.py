@@ -35,9 +35,11 @@ from orchestrator.actions.registry import get_action
 from orchestrator.audit import (
     AuditEntry,
     command_answer,
+    command_record,
     decision_detail,
     decision_record,
     entries,
+    new_command_id,
     operator_command_record,
     with_command_id,
 )
@@ -872,6 +874,50 @@ class Controller:
             if step.action == APPROVAL_ACTION and step.status in _WAITING:
                 return step.name
         return None
+
+    async def record_command(
+        self,
+        service: str,
+        command: str,
+        *,
+        by: str,
+        reason: str,
+        source: CommandSource,
+        user: str = "",
+        extra: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Journal a command that is not an :class:`OperatorCommand` (a drill) before it
+        starts: its id, or None when this instance does not lead (nothing is written)."""
+        token = self.token()
+        if token is None or service not in self._services:
+            return None
+        command_id = new_command_id()
+        await self._store.append_journal(
+            command_record(
+                service,
+                command,
+                by=by,
+                reason=reason,
+                source=source,
+                command_id=command_id,
+                at=self._clock.now(),
+                token=token,
+                policy_version=self._set.version,
+                user=user,
+                extra=extra,
+            )
+        )
+        log.info(
+            "operator_command",
+            service=service,
+            command=command,
+            command_id=command_id,
+            by=by,
+            source=source.value,
+            reason=reason,
+            **dict(extra or {}),
+        )
+        return command_id
 
     async def journal_drill(self, service: str, mode: str, detail: Mapping[str, Any]) -> bool:
         """Record a drill's result in the journal (a dry-run is not a run, so it gets a record
