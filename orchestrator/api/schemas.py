@@ -272,7 +272,14 @@ class AuditEntryBody(_Out):
     reasons: list[ReasonBody]
     summary: str = Field(description="one line for humans")
     detail: dict[str, Any] = Field(
-        description="the record's detail: a decision's evidence, a command's who and why"
+        description="the record's detail: a decision's evidence (and the command it answers),"
+        " a command's who (`by`: the token's label; `user`: the name the client gave), why"
+        " (`reason`), from where (`source`: api, cli, mqtt, scheduler) and its `id`"
+    )
+    outcome: str = Field(
+        default="",
+        description="an operator command's outcome (`accepted: ...` or `refused: ...`), from"
+        " the decision record that answered it when that is in the same answer",
     )
 
 
@@ -479,6 +486,7 @@ def audit_entry_body(e: AuditEntry) -> AuditEntryBody:
         reasons=_reasons(e.reasons),
         summary=e.summary,
         detail=dict(e.detail),
+        outcome=e.outcome,
     )
 
 
