@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import importlib
 import json
 import os
 import secrets
@@ -139,6 +140,14 @@ def run_sandbox(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_UNUSABLE
+    missing = sandbox_extra_missing()
+    if missing is not None:
+        print(
+            f"sandbox: the sandbox needs the 'sandbox' extra ({missing} is not installed):"
+            " pip install 'failoverd[sandbox]'",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
     if args.instances > 1 and etcd_binary() is None:
         print(
             "sandbox: --instances needs etcd (apt-get install etcd-server): /usr/bin/etcd is"
@@ -148,6 +157,16 @@ def run_sandbox(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     configure_logging("warning")
     return asyncio.run(_main(args))
+
+
+def sandbox_extra_missing() -> str | None:
+    """What of the ``sandbox`` extra cannot be imported (moto in server mode: moto and its
+    web stack), or None when the sandbox can start."""
+    try:
+        importlib.import_module("moto.server")
+    except ImportError as exc:
+        return exc.name or "moto[server]"
+    return None
 
 
 def _fault(args: argparse.Namespace) -> int:
@@ -570,14 +589,21 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 async def _first(work: Awaitable[Any], stop: asyncio.Event, default: Any = None) -> Any:
-    """``work``'s result, or ``default`` once ``stop`` is set (``work`` is then cancelled)."""
-    async with asyncio.TaskGroup() as tasks:
-        job = tasks.create_task(_as_coroutine(work))
-        stopper = tasks.create_task(stop.wait())
-        await asyncio.wait((job, stopper), return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if not job.done():
-            job.cancel()
+    """``work``'s result, or ``default`` once ``stop`` is set (``work`` is then cancelled).
+    An error of ``work`` is raised as itself, not inside an ExceptionGroup, so that callers'
+    ``except`` clauses (a clear message instead of a traceback) see it."""
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            job = tasks.create_task(_as_coroutine(work))
+            stopper = tasks.create_task(stop.wait())
+            await asyncio.wait((job, stopper), return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not job.done():
+                job.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     return default if job.cancelled() else job.result()
 
 
