@@ -433,9 +433,12 @@ def add_drill_parser(
         action="append",
         dest="policies",
         metavar="PATH",
-        help="policy file or folder; repeatable (default: policies)",
+        help="policy file or folder; repeatable (default: $FAILOVERD_POLICIES, else policies)",
     )
-    p.add_argument("--endpoint-url", help="send every AWS call here (an emulator)")
+    p.add_argument(
+        "--endpoint-url",
+        help="send every AWS call here (an emulator; default: $AWS_ENDPOINT_URL, else AWS)",
+    )
     p.add_argument("--hold", default="5m", help="switchover: time on the standby (default 5m)")
     p.add_argument("--state", help="switchover: the daemon's SQLite state file (or use --config)")
     p.add_argument(
@@ -458,8 +461,9 @@ def add_drill_parser(
 def run_drill(args: argparse.Namespace) -> int:
     from orchestrator.policy.loader import load_policy_set
     from orchestrator.policy.yamlsource import SourceErrors
+    from orchestrator.settings import policy_paths_from_env
 
-    paths = args.policies or ["policies"]
+    paths = args.policies or policy_paths_from_env(os.environ)
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         return _usage(f"no such file or folder: {', '.join(missing)}")

@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = Path("/etc/failoverd/failoverd.yaml")
 ENV_PREFIX = "FAILOVERD_"
 ENV_NESTED = "__"
-# Variables with the prefix that are not settings: where the settings file is.
-RESERVED_ENV = frozenset({"FAILOVERD_CONFIG"})
+# Variables with the prefix that are not settings: where the settings file is, and the
+# operator CLI's API address and token file (an operator's shell may run the daemon too).
+RESERVED_ENV = frozenset({"FAILOVERD_CONFIG", "FAILOVERD_API", "FAILOVERD_TOKEN_FILE"})
 
 
 class SettingsError(ValueError):
@@ -569,6 +570,19 @@ def _blame_env(error: SourceError, origins: Mapping[str, str]) -> SourceError:
         if error.path == key_path or error.path.startswith((key_path + ".", key_path + "[")):
             return SourceError(f"environment {name}", 0, 0, error.path, error.message)
     return error
+
+
+def policy_paths_from_env(env: Mapping[str, str], default: str = "policies") -> list[str]:
+    """The policy files or folders the CLI's deployment commands (readiness, iam-policy,
+    drill) use without ``--policy``: ``FAILOVERD_POLICIES`` as the daemon reads it (a path,
+    or a JSON list of them), else ``default``."""
+    raw = env.get(ENV_PREFIX + "POLICIES", "").strip()
+    if not raw:
+        return [default]
+    value = _env_value(raw)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    return [raw]
 
 
 def env_path(path: Path_) -> str:

@@ -87,9 +87,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         dest="policies",
         metavar="PATH",
-        help="policy file or folder; repeatable (default: policies)",
+        help="policy file or folder; repeatable (default: $FAILOVERD_POLICIES, else policies)",
     )
-    r.add_argument("--endpoint-url", help="send every AWS call here (an emulator)")
+    r.add_argument(
+        "--endpoint-url",
+        help="send every AWS call here (an emulator; default: $AWS_ENDPOINT_URL, else AWS)",
+    )
     r.add_argument("--json", action="store_true", help="machine-readable output")
 
     i = sub.add_parser(
@@ -104,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         dest="policies",
         metavar="PATH",
-        help="policy file or folder; repeatable (default: policies)",
+        help="policy file or folder; repeatable (default: $FAILOVERD_POLICIES, else policies)",
     )
 
     from orchestrator.agent import add_agent_parser
@@ -141,9 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "explain":
             return cmd_explain(args.scenario, args.at)
         if args.command == "readiness":
-            return cmd_readiness(args.policies or ["policies"], args.endpoint_url, args.json)
+            return cmd_readiness(args.policies or _env_policies(), args.endpoint_url, args.json)
         if args.command == "iam-policy":
-            return cmd_iam_policy(args.policies or ["policies"])
+            return cmd_iam_policy(args.policies or _env_policies())
         if args.command == "sandbox":
             from orchestrator.sandbox.runner import run_sandbox
 
@@ -159,6 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `failoverd test ... | head`
         return EXIT_OK
     return EXIT_UNUSABLE  # pragma: no cover - argparse requires a command
+
+
+def _env_policies() -> list[str]:
+    import os
+
+    from orchestrator.settings import policy_paths_from_env
+
+    return policy_paths_from_env(os.environ)
 
 
 def _err(text: str) -> None:

@@ -29,6 +29,7 @@ import importlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -110,11 +111,19 @@ def add_sandbox_parser(
     p.add_argument(
         "--keep", action="store_true", help="keep the working directory (logs, state) at exit"
     )
-    sub = p.add_subparsers(dest="sandbox_command", metavar="fault")
+    sub = p.add_subparsers(dest="sandbox_command", metavar="fault|env")
     f = sub.add_parser("fault", help="inject a fault into the running sandbox")
     f.add_argument("fault", choices=FAULTS)
     f.add_argument("arg", help="a region (us-east-1), a duration (lag 120s) or a service")
     f.add_argument("--control", metavar="URL", help="the control endpoint (default: the sandbox's)")
+    sub.add_parser(
+        "env",
+        help="print the environment that points the CLI at the running sandbox (for eval)",
+        description="Print shell lines for `eval \"$(failoverd sandbox env)\"`: AWS_ENDPOINT_URL"
+        " and fake credentials for the sandbox's emulated AWS (readiness, drill), FAILOVERD_API"
+        " and FAILOVERD_TOKEN_FILE for its daemon (status, audit, commands), and"
+        " FAILOVERD_POLICIES for its policy copies (readiness, iam-policy, drill).",
+    )
     return p
 
 
@@ -128,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_sandbox(args: argparse.Namespace) -> int:
     if getattr(args, "sandbox_command", None) == "fault":
         return _fault(args)
+    if getattr(args, "sandbox_command", None) == "env":
+        return _env()
     if not 0 <= args.port <= 65535:
         print(f"sandbox: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -169,6 +180,40 @@ def sandbox_extra_missing() -> str | None:
     return None
 
 
+def env_lines(state: dict[str, Any]) -> list[str]:
+    """Shell lines that point the CLI at the sandbox described by ``state`` (its run-file):
+    the emulated AWS (the standard AWS_ENDPOINT_URL botocore honours, fake credentials) and
+    the daemon's API, token and policies (the variables the CLI reads)."""
+    q = shlex.quote
+    lines = [
+        f"export AWS_ENDPOINT_URL={q(state['aws_endpoint'])}",
+        f"export AWS_ENDPOINT_URL_HEALTH={q(state['health_endpoint'])}",
+        "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing",
+        f"export AWS_DEFAULT_REGION={PRIMARY}",
+        "unset AWS_PROFILE AWS_SESSION_TOKEN",
+        f"export FAILOVERD_API={q(state['api'])}",
+        f"export FAILOVERD_TOKEN_FILE={q(state['token_file'])}",
+        f"export FAILOVERD_POLICIES={q(state['policies'])}",
+    ]
+    return lines
+
+
+def _env() -> int:
+    try:
+        state = json.loads(pointer_file().read_text())
+        lines = env_lines(state)
+    except (OSError, ValueError, KeyError, TypeError):
+        print(
+            f"sandbox: no running sandbox found ({pointer_file()}); start one with"
+            " `failoverd sandbox`",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
+    print(f"# failoverd sandbox {state.get('workdir', '')}: eval \"$(failoverd sandbox env)\"")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 def _fault(args: argparse.Namespace) -> int:
     control = args.control
     if control is None:
@@ -189,6 +234,31 @@ def _fault(args: argparse.Namespace) -> int:
         print(f"sandbox: cannot reach the sandbox at {control}: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     return EXIT_OK
+
+
+def sandbox_secrets(policies: Path, folder: Path) -> list[Path]:
+    """Give the sandbox's policy copies secrets of their own: every step's ``secret_file``
+    (the example's /etc/failoverd/secrets/...) points into ``folder``, where a fresh secret
+    is written (0600), so that readiness and the steps find it. Returns the files made."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    made: list[Path] = []
+    for path in sorted(policies.glob("*.yaml")):
+        policy = yaml.safe_load(path.read_text(encoding="utf-8"))
+        changed = False
+        for steps in (policy.get("runbooks") or {}).values():
+            for step in steps or ():
+                params = step.get("params") or {}
+                if isinstance(params.get("secret_file"), str):
+                    secret = folder / Path(params["secret_file"]).name
+                    if not secret.exists():
+                        secret.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
+                        secret.chmod(0o600)
+                        made.append(secret)
+                    params["secret_file"] = str(secret)
+                    changed = True
+        if changed:
+            path.write_text(yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
+    return made
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -335,6 +405,7 @@ class Sandbox:
         policies.mkdir()
         ports = {r: e.port for r, e in self.endpoints.endpoints.items()}
         write_sandbox_policies(policies, self.zones, ports, vantages)
+        sandbox_secrets(policies, self.workdir / "secrets")
         if broker:
             for agent in AGENTS:
                 argv = [sys.executable, "-m", "orchestrator", "agent", "--id", agent]
@@ -506,6 +577,9 @@ class Sandbox:
             "token_file": str(self.token_file),
             "workdir": str(self.workdir),
             "pids": self.pids,
+            "aws_endpoint": self.proxy.endpoint_url,
+            "health_endpoint": self.health.endpoint_url,
+            "policies": str(self.workdir / "policies"),
         }
         text = json.dumps(state, indent=2)
         (self.workdir / "sandbox.json").write_text(text)
@@ -526,6 +600,13 @@ class Sandbox:
         say(f"sandbox: control      {self.control_url}")
         say(f"sandbox: {self.broker_note}")
         say("sandbox: pids " + " ".join(f"{k}={v}" for k, v in self.pids.items()))
+        say(
+            "sandbox: the CLI against this sandbox (readiness, iam-policy, drill, status,"
+            ' audit, commands): eval "$(failoverd sandbox env)", which sets'
+        )
+        state = json.loads((self.workdir / "sandbox.json").read_text())
+        for line in env_lines(state):
+            say(f"  {line}")
         say(f"sandbox: try  failoverd sandbox fault region-down {PRIMARY}")
 
     def _say(self, line: str) -> None:

@@ -15,6 +15,7 @@ from orchestrator.settings import (
     Settings,
     SettingsError,
     load_settings,
+    policy_paths_from_env,
     settings_reference,
 )
 
@@ -432,3 +433,25 @@ async def test_the_state_settings_open_the_store_they_name(tmp_path: Path) -> No
     password.write_text("\n", encoding="utf-8")
     with pytest.raises(SettingsError, match=r"state.etcd.password_file .* is empty"):
         await open_store(state)
+
+
+def test_the_cli_s_own_variables_are_not_settings_errors(tmp_path: Path) -> None:
+    # An operator's shell with the CLI's variables set (sandbox env) can still run the daemon.
+    env = {"FAILOVERD_API": "http://127.0.0.1:8080", "FAILOVERD_TOKEN_FILE": "/x/token"}
+    assert load_settings(write(tmp_path, "{}\n"), env).http.port == 8080
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, ["policies"]),
+        ("", ["policies"]),
+        ("/etc/failoverd/policies", ["/etc/failoverd/policies"]),
+        ('["/a", "/b/c.yaml"]', ["/a", "/b/c.yaml"]),
+    ],
+)
+def test_the_cli_finds_the_policies_where_the_daemon_would(
+    value: str | None, expected: list[str]
+) -> None:
+    env = {} if value is None else {"FAILOVERD_POLICIES": value}
+    assert policy_paths_from_env(env) == expected
