@@ -795,22 +795,29 @@ def _timeline(fault_at: float, run: dict[str, Any]) -> int:
         return f"{t - fault_at:+7.2f}s"
 
     detected = run["detected_at"] if run["detected_at"] is not None else run["decided_at"]
-    print("demo: timeline (seconds after the fault)")
-    print(f"  {at(fault_at)}  fault: region-down {PRIMARY}")
-    print(f"  {at(detected)}  detection: {PRIMARY} seen down")
-    print(f"  {at(run['decided_at'])}  decision: failover {run['source']} -> {run['target']}")
     moved_at = run["finished_at"] or run["decided_at"]
-    for step in sorted(run["steps"], key=lambda s: s["started_at"] or 0.0):
+    events: list[tuple[float, str]] = [
+        (fault_at, f"fault: region-down {PRIMARY}"),
+        (detected, f"detection: {PRIMARY} seen down"),
+        (run["decided_at"], f"decision: failover {run['source']} -> {run['target']}"),
+    ]
+    for step in run["steps"]:
         started = step["started_at"] or run["decided_at"]
         duration = step["duration"] if step["duration"] is not None else 0.0
-        print(
-            f"  {at(started)}  step {step['name']} ({step['action']}): {step['status']}"
-            f" in {duration:.2f}s"
+        events.append(
+            (
+                started,
+                f"step {step['name']} ({step['action']}): {step['status']} in {duration:.2f}s",
+            )
         )
         if step["action"] == "route53.set_record" and step["finished_at"]:
             moved_at = step["finished_at"]
-    print(f"  {at(moved_at)}  traffic moved: Route 53 record -> {run['target']}")
-    print(f"  {at(run['finished_at'] or moved_at)}  run {run['run_id']} {run['status']}")
+    events.append((moved_at, f"traffic moved: Route 53 record -> {run['target']}"))
+    events.append((run["finished_at"] or moved_at, f"run {run['run_id']} {run['status']}"))
+    print("demo: timeline (seconds after the fault)")
+    # In time order (a stable sort: what happened at the same moment keeps its order).
+    for t, what in sorted(events, key=lambda e: e[0]):
+        print(f"  {at(t)}  {what}")
     detect_s = detected - fault_at
     failover_s = moved_at - run["decided_at"]
     print(

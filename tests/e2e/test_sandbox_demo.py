@@ -47,6 +47,13 @@ def test_the_demo_fails_over_to_the_standby_and_says_how_fast() -> None:
     assert any("traffic moved: Route 53 record -> us-west-2" in line for line in lines)
     for step in ("promote-db", "scale-up", "flip-dns"):
         assert any(f"step {step}" in line and "succeeded" in line for line in lines), step
+    # The timeline as the README shows it: in time order, then the result line; the last
+    # word on stderr is the sandbox stopping.
+    timeline = lines[lines.index("demo: timeline (seconds after the fault)") + 1 : -1]
+    offsets = [float(line.split()[0].rstrip("s")) for line in timeline]
+    assert offsets == sorted(offsets) and offsets[0] == 0.0, timeline
+    assert timeline[0].endswith("fault: region-down us-east-1"), timeline
+    assert done.stderr.strip().splitlines()[-1] == "sandbox: stopped", done.stderr[-500:]
 
 
 def test_a_fault_from_the_command_line_moves_the_service_and_ctrl_c_stops_everything() -> None:
