@@ -109,12 +109,13 @@ install -m 0644 "$repo/systemd/failoverd.tmpfiles" "$(stage /usr/lib/tmpfiles.d/
 etc="$(stage /etc/failoverd)"
 mkdir -p "$etc/policies"
 [ -e "$etc/failoverd.yaml" ] ||
-    install -m 0644 "$repo/systemd/failoverd.example.yaml" "$etc/failoverd.yaml"
+    install -m 0640 "$repo/systemd/failoverd.example.yaml" "$etc/failoverd.yaml"
 
 # 6. The system user and the folders (only on the real root: they change /etc/passwd).
 if [ "$root" = / ]; then
     systemd-sysusers /usr/lib/sysusers.d/failoverd.conf
     systemd-tmpfiles --create /usr/lib/tmpfiles.d/failoverd.conf
+    chgrp failoverd /etc/failoverd/failoverd.yaml  # the daemon's group reads the settings
 fi
 
 # 7. A first API token (a `label:token` line), readable by the daemon's user only. Never in a

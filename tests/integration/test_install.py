@@ -82,14 +82,14 @@ def test_the_layout_is_what_the_unit_and_the_docs_expect(installed: Installed) -
     assert unit == shipped.replace(
         "ExecStart=/usr/bin/failoverd ", f"ExecStart={PREFIX}/bin/failoverd "
     )
-    for final, source in (
-        ("/usr/lib/sysusers.d/failoverd.conf", "failoverd.sysusers"),
-        ("/usr/lib/tmpfiles.d/failoverd.conf", "failoverd.tmpfiles"),
-        ("/etc/failoverd/failoverd.yaml", "failoverd.example.yaml"),
+    for final, source, mode in (
+        ("/usr/lib/sysusers.d/failoverd.conf", "failoverd.sysusers", 0o644),
+        ("/usr/lib/tmpfiles.d/failoverd.conf", "failoverd.tmpfiles", 0o644),
+        ("/etc/failoverd/failoverd.yaml", "failoverd.example.yaml", 0o640),
     ):
         installed_file = installed.path(final)
         assert installed_file.read_bytes() == (ROOT / "systemd" / source).read_bytes(), final
-        assert installed_file.stat().st_mode & 0o777 == 0o644, final
+        assert installed_file.stat().st_mode & 0o777 == mode, final
     assert installed.path("/etc/failoverd/policies").is_dir()
     # A staged tree carries no secret: a package would give every host the same token.
     assert not installed.path("/etc/failoverd/api-token").exists()
