@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from orchestrator.cli.main import _parser
 from orchestrator.cli.operator import run_operator
@@ -60,21 +59,7 @@ async def test_a_pause_a_forced_failover_and_an_approval_are_on_the_record(
     tokens.write_bytes(f"# operators\r\nalice:{ALICE}\r\nbob:{BOB}\r\n".encode())
     alice = tmp_path / "alice.token"
     alice.write_text(ALICE + "\n")
-    config = tmp_path / "failoverd.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "node_id": "e2e-node",
-                "policies": [str(policies)],
-                "state": {"path": str(tmp_path / "state.db")},
-                "engine": {"tick": "200ms"},
-                "leader": {"ttl": "3s"},
-                "aws": {"endpoint_url": moto.endpoint_url, "read_timeout": "5s"},
-                "http": {"bind": "127.0.0.1", "port": 0, "token_file": str(tokens)},
-                "log": {"format": "json"},
-            }
-        )
-    )
+    config = e2e.daemon_config(tmp_path, moto, policies, tokens)
     async with e2e.running_daemon(config) as daemon:
         await e2e.wait_ready_to_fail_over(http, daemon)
         api = ("--api", daemon.base_url, "--token-file", str(alice))

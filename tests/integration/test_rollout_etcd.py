@@ -70,9 +70,7 @@ def member(tmp_path: Path) -> Iterator[dict[str, Any]]:
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
         if proc.poll() is None:
-            wait_until(
-                lambda: port_open(client) or proc.poll() is not None, 30.0, "etcd to listen"
-            )
+            wait_until(lambda: port_open(client) or proc.poll() is not None, 30.0, "etcd to listen")
         assert proc.poll() is None, (tmp_path / "etcd.log").read_text()[-3000:]
         yield {"dir": tmp_path, "endpoint": f"https://localhost:{client}", "env": env}
     finally:

@@ -20,8 +20,6 @@ from orchestrator.daemon.controller import Controller
 from orchestrator.engine.state import Command, CommandSource, OperatorCommand
 from orchestrator.engine.vocabulary import Reason
 from orchestrator.incident_report import render
-from orchestrator.policy.loader import load_policy_set
-from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.store.base import JournalRecord, JournalStatus, StoreUnavailable
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
@@ -109,30 +107,19 @@ def policy_yaml() -> str:
     return GATED
 
 
-async def gated_controller(
-    policy_dir: Path, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
-) -> Controller:
-    aws = AwsClients(AwsClientConfig(endpoint_url="http://127.0.0.1:9", max_attempts=1))
-    approval = get_action("approval")
-    c = Controller(
-        load_policy_set([policy_dir]),
-        store,
-        aws,
-        node_id="node-a",
-        clock=clock,
-        lease_ttl=30.0,
-        debounce=0.0,
-        actions=lambda name: approval if name == "approval" else action,
-    )
-    await c.load()
-    return c
-
-
 @pytest.fixture
 async def gated(
     policy_dir: Path, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
 ) -> AsyncIterator[Controller]:
-    c = await gated_controller(policy_dir, store, clock, action)
+    approval = get_action("approval")
+    c = await make_controller(
+        policy_dir,
+        store,
+        clock,
+        action,
+        lease_ttl=30.0,
+        actions=lambda name: approval if name == "approval" else action,
+    )
     try:
         yield c
     finally:
@@ -242,18 +229,22 @@ async def test_a_follower_names_the_leader_its_api_and_its_policy_version(
     follower = await make_controller(policy_dir, follower_store, clock, action, lease_ttl=30.0)
     follower.node_id = "node-b"
     try:
-        async with running(leader), running(follower):
+        async with running(leader):
             await eventually(leader.is_leader, "the lease")
-            await eventually(lambda: follower.leader_api() is not None, "the announcement")
-            assert follower.leader() == "node-a" and not follower.is_leader()
-            assert follower.leader_api() == "http://10.0.0.1:8080"
-            assert follower.leader_policy_version() == leader.policy_version
-            assert leader.leader_api() == "http://10.0.0.1:8080"
-            with pytest.raises(NotLeaderError) as err:
-                await follower.command("shop", cmd(Command.PAUSE))
-            assert (err.value.leader, err.value.leader_api) == ("node-a", "http://10.0.0.1:8080")
-            # Nothing reached the journal from the follower.
-            assert [r for r in await journal(leader_store) if command_info(r)] == []
+            async with running(follower):
+                await eventually(lambda: follower.leader_api() is not None, "the announcement")
+                assert follower.leader() == "node-a" and not follower.is_leader()
+                assert follower.leader_api() == "http://10.0.0.1:8080"
+                assert follower.leader_policy_version() == leader.policy_version
+                assert leader.leader_api() == "http://10.0.0.1:8080"
+                with pytest.raises(NotLeaderError) as err:
+                    await follower.command("shop", cmd(Command.PAUSE))
+                assert (err.value.leader, err.value.leader_api) == (
+                    "node-a",
+                    "http://10.0.0.1:8080",
+                )
+                # Nothing reached the journal from the follower.
+                assert [r for r in await journal(leader_store) if command_info(r)] == []
     finally:
         await follower.close()
         await leader.close()
