@@ -178,6 +178,7 @@ def test_an_unusable_token_file_stops_the_start_with_one_line_and_exit_2(
     token_file = tmp_path / "api-token"
     if content is not None:
         token_file.write_bytes(content.encode())
+        token_file.chmod(0o600)  # a secret file is its owner's alone
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "shop.yaml").write_text(policy(9))

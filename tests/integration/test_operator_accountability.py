@@ -57,6 +57,7 @@ async def test_a_pause_a_forced_failover_and_an_approval_are_on_the_record(
     (policies / "webapp.yaml").write_text(e2e.e2e_policy(seeded.zone_id, targets))
     tokens = tmp_path / "api-tokens"
     tokens.write_bytes(f"# operators\r\nalice:{ALICE}\r\nbob:{BOB}\r\n".encode())
+    tokens.chmod(0o600)  # a secret file is the daemon user's alone
     alice = tmp_path / "alice.token"
     alice.write_text(ALICE + "\n")
     config = e2e.daemon_config(tmp_path, moto, policies, tokens)

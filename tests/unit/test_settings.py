@@ -166,6 +166,7 @@ def test_bad_mqtt_settings_fail_at_load(tmp_path: Path, text: str, message: str)
 def test_the_tokens_are_read_at_use_and_never_held(tmp_path: Path) -> None:
     token_file = tmp_path / "api-token"
     token_file.write_text("s3cr3t-token\n", encoding="utf-8")
+    token_file.chmod(0o600)  # a secret file is its owner's alone
     s = load_settings(write(tmp_path, f"http:\n  token_file: {token_file}\n"), {})
     assert s.http.tokens() == {"api-token": "s3cr3t-token"}  # a bare token: the file's name
     token_file.write_text("rotated\n", encoding="utf-8")
@@ -180,6 +181,8 @@ def test_named_tokens_come_from_label_lines_and_several_files_crlf_included(
     team.write_bytes(b"# on-call\r\nalice:tok-alice-1\r\n\r\nbob: tok-bob-22 \r\n")
     ci = tmp_path / "ci-deploy.token"
     ci.write_text("tok-ci-333\n", encoding="utf-8")
+    team.chmod(0o600)
+    ci.chmod(0o600)
     s = load_settings(write(tmp_path, f"http:\n  token_file: [{team}, {ci}]\n"), {})
     assert s.http.tokens() == {
         "alice": "tok-alice-1",
@@ -213,6 +216,7 @@ def test_an_unusable_token_file_is_a_clear_error_naming_file_and_line(
     paths = []
     for name, text in files.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
+        (tmp_path / name).chmod(0o600)
         paths.append(str(tmp_path / name))
     s = load_settings(write(tmp_path, f"http:\n  token_file: [{', '.join(paths)}]\n"), {})
     with pytest.raises(SettingsError, match=message) as exc:
