@@ -119,7 +119,7 @@ def add_sandbox_parser(
     sub.add_parser(
         "env",
         help="print the environment that points the CLI at the running sandbox (for eval)",
-        description="Print shell lines for `eval \"$(failoverd sandbox env)\"`: AWS_ENDPOINT_URL"
+        description='Print shell lines for `eval "$(failoverd sandbox env)"`: AWS_ENDPOINT_URL'
         " and fake credentials for the sandbox's emulated AWS (readiness, drill), FAILOVERD_API"
         " and FAILOVERD_TOKEN_FILE for its daemon (status, audit, commands), and"
         " FAILOVERD_POLICIES for its policy copies (readiness, iam-policy, drill).",
@@ -209,7 +209,7 @@ def _env() -> int:
             file=sys.stderr,
         )
         return EXIT_UNUSABLE
-    print(f"# failoverd sandbox {state.get('workdir', '')}: eval \"$(failoverd sandbox env)\"")
+    print(f'# failoverd sandbox {state.get("workdir", "")}: eval "$(failoverd sandbox env)"')
     print("\n".join(lines))
     return EXIT_OK
 
