@@ -108,7 +108,11 @@ def _mutating(p: argparse.ArgumentParser) -> None:
         help=f"file holding the API bearer token (default: ${TOKEN_FILE_ENV})",
     )
     p.add_argument("--reason", required=True, type=_reason, help="why (journaled; required)")
-    p.add_argument("--by", default=None, help="who asks (default: your user name)")
+    p.add_argument(
+        "--by",
+        default=None,
+        help="your name, journaled beside your token's label (default: your user name)",
+    )
 
 
 def add_operator_parsers(subparsers: Any) -> None:
