@@ -163,6 +163,7 @@ class Controller:
         # announced with the lease so that followers can send clients to the leader.
         self.api_address = ""
         self._first_lease_step = asyncio.Event()
+        self._announce_task: asyncio.Task[None] | None = None
         self._store_ok = False
         self._evaluated = False
         self._stopping = False
@@ -410,7 +411,7 @@ class Controller:
             self._services = services
             self._set = new
         self._wake.set()
-        await self.announce()  # followers show the version the leader acts on
+        await self._announce_soon()  # followers show the version the leader acts on
 
     # -- the engine ------------------------------------------------------------------------
     async def evaluate_all(self) -> None:
@@ -727,7 +728,18 @@ class Controller:
                 self._lost("renew_deadline_passed")
         finally:
             self._first_lease_step.set()
-        await self.announce()
+        await self._announce_soon()
+
+    async def _announce_soon(self) -> None:
+        """Announce what changed, off the lease loop while it runs: a slow announcement
+        must never delay the next renewal (the leader's acting window hangs on it)."""
+        lease = self._lease
+        if lease is None or self._announced == (lease.token, self.api_address, self._set.version):
+            return
+        if self._tg is None:  # not running (a test stepping the lease by hand): right away
+            await self.announce()
+        elif self._announce_task is None or self._announce_task.done():
+            self._announce_task = self._tg.create_task(self.announce())
 
     async def announce(self) -> None:
         """Publish with our lease our API address and the policy version we act on, when

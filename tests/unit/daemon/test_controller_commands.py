@@ -20,7 +20,7 @@ from orchestrator.daemon.controller import Controller
 from orchestrator.engine.state import Command, CommandSource, OperatorCommand
 from orchestrator.engine.vocabulary import Reason
 from orchestrator.incident_report import render
-from orchestrator.store.base import JournalRecord, JournalStatus, StoreUnavailable
+from orchestrator.store.base import JournalRecord, JournalStatus, Lease, StoreUnavailable
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
 from tests.fixtures.controller import make_controller, policy_text
@@ -260,3 +260,32 @@ async def test_a_single_instance_decides_as_the_leader_from_its_first_pass(
     async with running(controller):
         await eventually(lambda: controller.evaluated, "the first pass")
     assert seen and all(Reason.NOT_LEADER not in reasons for reasons in seen), seen
+
+
+class HangingAnnounce(SqliteStore):
+    """A store whose announcements never complete (a slow etcd for that one write)."""
+
+    async def announce(self, lease: Lease, api: str, policy_version: str) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_slow_announcement_never_delays_the_lease_renewals(
+    tmp_path: Path, policy_dir: Path, clock: VirtualClock, action: ScriptedAction
+) -> None:
+    store = await HangingAnnounce.open(tmp_path / "slow.db", clock=clock)
+    c = await make_controller(policy_dir, store, clock, action, lease_ttl=30.0)
+    c.api_address = "http://10.0.0.1:8080"
+    try:
+        async with running(c):
+            await eventually(c.is_leader, "the lease")
+            token = c.token()
+            # Three lease TTLs of virtual time: the leader keeps renewing every ttl/3 while
+            # its announcement hangs, so it never loses its acting window.
+            for _ in range(9):
+                sleepers = clock.sleepers
+                clock.advance(10.0)
+                await eventually(lambda s=sleepers: clock.sleepers >= s, "the next lease step")
+                assert c.is_leader() and c.token() == token
+    finally:
+        await c.close()
+        await store.close()
