@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import typing
 from collections.abc import Mapping
@@ -247,6 +248,11 @@ class AwsSettings(Section):
     health_endpoint_url: str | None = Field(
         None, description="Override the AWS Health API endpoint only (wins over `endpoint_url`)."
     )
+    service_endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Override the endpoint of single services, by botocore service name"
+        " (`arc-region-switch: http://127.0.0.1:4566`; an emulator); wins over `endpoint_url`.",
+    )
     connect_timeout: Duration = Field(3.0, description="TCP and TLS connect bound per attempt.")
     read_timeout: Duration = Field(10.0, description="Bound on waiting for a response per attempt.")
     max_attempts: int = Field(
@@ -257,6 +263,17 @@ class AwsSettings(Section):
     )
 
     _urls = field_validator("endpoint_url", "health_endpoint_url")(_http_url)
+
+    @field_validator("service_endpoints")
+    @classmethod
+    def _service_endpoints(cls, v: dict[str, str]) -> dict[str, str]:
+        for service, url in v.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", service):
+                raise ValueError(
+                    f"{service!r} is not a botocore service name (e.g. s3, arc-region-switch)"
+                )
+            _http_url(url)
+        return v
 
     @field_validator("connect_timeout", "read_timeout")
     @classmethod
@@ -270,6 +287,7 @@ class AwsSettings(Section):
         endpoint = (self.health_endpoint_url or self.endpoint_url) if health else self.endpoint_url
         return AwsClientConfig(
             endpoint_url=endpoint,
+            service_endpoints=dict(self.service_endpoints),
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             max_attempts=self.max_attempts,

@@ -270,6 +270,18 @@ RUN_STEP_STATE = Gauge(
     " succeeded, failed, skipped), 0 for the others.",
     ("service", "step", "state"),
 )
+RUN_SUBSTEP_STATE = Gauge(
+    "failoverd_run_substep_state",
+    "The current (or last) run's steps' own steps (an ARC Region switch plan's) as an enum:"
+    " 1 for the sub-step's state (running, waiting_approval, succeeded, failed, skipped,"
+    " cancelled), 0 for the others.",
+    ("service", "step", "substep", "state"),
+)
+RUN_SUBSTEP_DURATION = Gauge(
+    "failoverd_run_substep_duration_seconds",
+    "How long the current (or last) run's sub-step has run (so far, while it runs).",
+    ("service", "step", "substep"),
+)
 
 # --- leadership, store, policies, daemon -------------------------------------------------
 IS_LEADER = Gauge("failoverd_is_leader", "1 while this instance holds the leader lease.")

@@ -167,6 +167,18 @@ class AttemptBody(_Out):
     retryable: bool
 
 
+class SubstepBody(_Out):
+    """A step of the step (an ARC Region switch plan's step), from its progress notes."""
+
+    name: str
+    kind: str
+    status: str
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None
+    error: str
+
+
 class StepBody(_Out):
     name: str
     action: str
@@ -178,6 +190,14 @@ class StepBody(_Out):
     duration: float | None
     error: str
     detail: str
+    substeps: list[SubstepBody] = Field(
+        default_factory=list, description="The step's own steps (a Region switch plan's)."
+    )
+    awaiting_approval: list[str] = Field(
+        default_factory=list,
+        description="Sub-steps waiting for `failoverd approve` (recorded as <step>/<sub-step>).",
+    )
+    note: str = Field(default="", description="The step's latest progress note.")
 
 
 class RunBody(_Out):
@@ -400,6 +420,20 @@ def run_body(p: RunProgress) -> RunBody:
                 duration=s.duration,
                 error=s.error,
                 detail=s.detail,
+                substeps=[
+                    SubstepBody(
+                        name=x.name,
+                        kind=x.kind,
+                        status=x.status,
+                        started_at=x.started_at,
+                        finished_at=x.finished_at,
+                        duration=x.duration,
+                        error=x.error,
+                    )
+                    for x in s.substeps
+                ],
+                awaiting_approval=list(s.awaiting_approval),
+                note=s.note,
             )
             for s in p.steps
         ],

@@ -91,6 +91,7 @@ class DaemonSettings:
     tick: float = 1.0
     aws_endpoint_url: str | None = None
     health_endpoint_url: str | None = None
+    aws_service_endpoints: dict[str, str] = field(default_factory=dict)
     aws_connect_timeout: float = 3.0
     aws_read_timeout: float = 10.0
     probes_max_concurrency: int = 256
@@ -143,6 +144,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         tick=s.engine.tick,
         aws_endpoint_url=s.aws.endpoint_url,
         health_endpoint_url=s.aws.health_endpoint_url,
+        aws_service_endpoints=dict(s.aws.service_endpoints),
         aws_connect_timeout=s.aws.connect_timeout,
         aws_read_timeout=s.aws.read_timeout,
         probes_max_concurrency=s.probes.max_concurrency,
@@ -172,6 +174,7 @@ class Daemon:
         self.aws = AwsClients(
             AwsClientConfig(
                 endpoint_url=settings.aws_endpoint_url,
+                service_endpoints=settings.aws_service_endpoints,
                 connect_timeout=settings.aws_connect_timeout,
                 read_timeout=settings.aws_read_timeout,
             )

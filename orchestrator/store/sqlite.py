@@ -57,6 +57,7 @@ from orchestrator.store.base import (
     in_window,
 )
 from orchestrator.store.codec import (
+    decode_approval,
     decode_journal,
     decode_state,
     encode_approval,
@@ -642,6 +643,18 @@ class SqliteStore:
             return row is not None
 
         return await self._call("approved", approved)
+
+    async def approval(self, service: str, run_id: str, step: str) -> ApprovalRecord | None:
+        def first(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT body FROM approvals WHERE service = ? AND run_id = ? AND step = ?"
+                " ORDER BY seq LIMIT 1",
+                (service, run_id, step),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        body = await self._call("approval", first)
+        return None if body is None else decode_approval(body, f"approval of {run_id}/{step}")
 
     # -- diagnostics and lifecycle --------------------------------------------------------
     async def settings(self) -> SqliteSettings:

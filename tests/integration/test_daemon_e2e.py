@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,13 +65,13 @@ class Target:
         return f"http://127.0.0.1:{self.port}/healthz"
 
 
-@pytest.fixture
-async def targets() -> AsyncIterator[dict[str, Target]]:
-    """One target per region; a test sets ``status`` to make a region fail."""
+@asynccontextmanager
+async def serve_targets(regions: Sequence[str]) -> AsyncIterator[dict[str, Target]]:
+    """One loopback target per region; a test sets ``status`` to make a region fail."""
     out: dict[str, Target] = {}
     runners: list[web.AppRunner] = []
     try:
-        for region in (SOURCE, TARGET):
+        for region in regions:
             target = Target()
 
             async def health(request: web.Request, target: Target = target) -> web.Response:
@@ -90,6 +90,13 @@ async def targets() -> AsyncIterator[dict[str, Target]]:
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+@pytest.fixture
+async def targets() -> AsyncIterator[dict[str, Target]]:
+    """One target per region of the webapp (see :func:`serve_targets`)."""
+    async with serve_targets((SOURCE, TARGET)) as out:
+        yield out
 
 
 # -- the world and the files ---------------------------------------------------------------

@@ -271,6 +271,24 @@ def test_aws_client_config_points_health_at_its_own_endpoint(tmp_path: Path) -> 
     assert (health.endpoint_url, health.read_timeout) == ("http://127.0.0.1:5001", 2.0)
 
 
+def test_service_endpoints_reach_the_client_config(tmp_path: Path) -> None:
+    s = load_settings(
+        write(
+            tmp_path,
+            "aws:\n  endpoint_url: http://127.0.0.1:5000\n"
+            "  service_endpoints: {arc-region-switch: 'http://127.0.0.1:5002'}\n",
+        ),
+        {},
+    )
+    assert s.aws.client_config().service_endpoints == {"arc-region-switch": "http://127.0.0.1:5002"}
+    for bad, message in (
+        ("{Bad_Name: 'http://127.0.0.1:1'}", "not a botocore service name"),
+        ("{s3: 'ftp://x'}", "expected an http:// or https:// URL"),
+    ):
+        with pytest.raises(SourceErrors, match=message):
+            load_settings(write(tmp_path, f"aws:\n  service_endpoints: {bad}\n"), {})
+
+
 def test_log_format_maps_to_configure_logging(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, "{}\n"), {}).log.json_output is None
     s = load_settings(write(tmp_path, "log:\n  format: json\n"), {})
