@@ -232,7 +232,12 @@ async def test_a_follower_names_the_leader_its_api_and_its_policy_version(
         async with running(leader):
             await eventually(leader.is_leader, "the lease")
             async with running(follower):
-                await eventually(lambda: follower.leader_api() is not None, "the announcement")
+                # The follower asks the store every second (virtual): it learns what the
+                # leader announced once that has landed.
+                async with asyncio.timeout(10):
+                    while follower.leader_api() is None:
+                        clock.advance(1.0)
+                        await asyncio.sleep(0.01)
                 assert follower.leader() == "node-a" and not follower.is_leader()
                 assert follower.leader_api() == "http://10.0.0.1:8080"
                 assert follower.leader_policy_version() == leader.policy_version

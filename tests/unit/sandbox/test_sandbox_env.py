@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_the_env_lines_point_aws_and_the_cli_at_the_sandbox() -> None:
 def test_sandbox_env_prints_the_running_sandbox_s_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run-file is looked for
     assert main(["sandbox", "env"]) == 2
     assert "no running sandbox found" in capsys.readouterr().err
     pointer_file().write_text(json.dumps(STATE))
