@@ -164,6 +164,9 @@ class Controller:
         self.api_address = ""
         self._first_lease_step = asyncio.Event()
         self._announce_task: asyncio.Task[None] | None = None
+        # A run was cut short (no lease window, store down) while this instance kept, or
+        # got back, the lease: it is resumed once the instance acts again.
+        self._resume_pending = False
         self._store_ok = False
         self._evaluated = False
         self._stopping = False
@@ -607,6 +610,7 @@ class Controller:
             await self.executor.start_run(svc.policy, d, before, run_id=run_id)
         except StoreError as exc:  # fenced out, not leader, store down: resumed later
             log.warning("run_interrupted", service=service, run_id=run_id, error=str(exc))
+            self._resume_pending = True
         except RunRejected as exc:
             log.error("run_rejected", service=service, run_id=run_id, error=str(exc))
         except Exception:
@@ -720,6 +724,7 @@ class Controller:
                         self._lost("renew_refused")
                     else:
                         self._lease, self._lease_deadline = renewed, self._deadline(started)
+                        self._resume_interrupted()
             self._store_ok = True
         except (StoreError, TimeoutError) as exc:
             self._store_ok = False
@@ -765,11 +770,28 @@ class Controller:
         # drift; a leader that acts a little less long is safe, one that acts too long is not.
         return started + self._ttl * LEASE_SAFETY
 
+    def _resume_interrupted(self) -> None:
+        """Resume the runs cut short while this instance could not act (its lease window
+        closed during a slow renewal, or the store failed a write) now that it acts again,
+        as a new leader would. Only when no run of this instance is still being driven: a
+        resumed run must never be driven twice; otherwise at a later lease step."""
+        if not self._resume_pending or self._tg is None or self._stopping:
+            return
+        if self.token() is None or self._resuming:
+            return
+        if any(s.run_task is not None and not s.run_task.done() for s in self._services.values()):
+            return
+        self._resume_pending = False
+        self._resuming = True
+        log.info("runs_resuming_after_interruption", node_id=self.node_id)
+        self._resume_task = self._tg.create_task(self._resume())
+
     def _became_leader(self, lease: Lease, started: float) -> None:
         self._lease, self._lease_deadline = lease, self._deadline(started)
         self._leader_name = self.node_id
         log.info("leader_lease_acquired", node_id=self.node_id, token=lease.token)
         if self._tg is not None and not self._stopping:
+            self._resume_pending = False  # the resume below covers every unfinished run
             self._resuming = True
             self._states_fresh.clear()
             self._resume_task = self._tg.create_task(self._resume())
@@ -794,6 +816,7 @@ class Controller:
                 log.info("runs_resumed", runs=resumed)
         except StoreError as exc:
             log.warning("resume_interrupted", error=str(exc))
+            self._resume_pending = True
         except Exception:
             log.exception("resume_crashed")
         finally:
