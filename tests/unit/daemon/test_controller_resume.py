@@ -85,20 +85,19 @@ async def test_a_run_cut_short_by_a_closed_lease_window_is_resumed_when_it_reope
             slow.gate.set()
             await eventually(c.is_leader, "the window to reopen")
 
+            ctx = action.calls[0].ctx
+            assert ctx is not None
+
             async def finished() -> bool:
-                state = await slow.load_state("shop")
-                return state is not None and state.active_region == "us-west-2"
+                progress = await c.executor.progress(ctx.run_id)  # the journal's word
+                return progress is not None and progress.status is RunStatus.SUCCEEDED
 
             async with asyncio.timeout(10):
                 while not await finished():
                     clock.advance(1.0)
                     await asyncio.sleep(0.01)
         state = await slow.load_state("shop")
-        assert state is not None and state.run is None
+        assert state is not None and state.run is None and state.active_region == "us-west-2"
         assert [call.step for call in action.calls].count("announce") == 1
-        ctx = action.calls[0].ctx
-        assert ctx is not None
-        progress = await c.executor.progress(ctx.run_id)  # the journal: one run, finished
-        assert progress is not None and progress.status is RunStatus.SUCCEEDED
     finally:
         await c.close()

@@ -224,6 +224,16 @@ async def test_a_switchover_drill_goes_through_the_controller_and_comes_back(
                 clock.advance(1.0)
                 healthy(controller, clock)
         assert drill.result()
+        # The drill follows the journal; the controller reads the state back right after.
+        await eventually(
+            lambda: (
+                (snap := controller.snapshot("shop")) is not None
+                and snap.active_region == "us-east-1"
+                and snap.run is not None
+                and snap.run.status is RunStatus.SUCCEEDED
+            ),
+            "the controller to see the failback's end",
+        )
         core.cancel()
     snap = controller.snapshot("shop")
     assert snap is not None and snap.active_region == "us-east-1"

@@ -471,8 +471,14 @@ async def test_a_steps_own_steps_reach_the_metrics_and_wait_for_failoverd_approv
         labels = {"service": svc, "step": "move", "substep": "scale"}
         assert value("failoverd_run_substep_duration_seconds", **labels) == 4.0
         assert value("failoverd_run_awaiting_approval", service=svc) == 1
-        state = await store.load_state(svc)
-        assert state is not None and state.run is not None and state.run.waiting_approval
+        # The state's flag is written just after the journal's note the metrics read: wait
+        # for it rather than race it.
+        async with asyncio.timeout(10):
+            while True:
+                state = await store.load_state(svc)
+                if state is not None and state.run is not None and state.run.waiting_approval:
+                    break
+                await asyncio.sleep(0.005)
 
         result = await c.command(svc, OperatorCommand(Command.APPROVE, by="alice", reason="go"))
         assert result.accepted and "move/gate" in result.message
