@@ -181,7 +181,7 @@ async def check_step(
         target_region=move.target,
         primary_region=policy.primary,
         params=params,
-        aws=aws,
+        aws=aws.with_role(policy.role(step.aws)),
         clock=clock,
         deadline=clock.monotonic() + step.timeout,
     )
@@ -212,8 +212,10 @@ async def check_lag(
     RPO: a replica that is missing, silent, stale or behind is not ready to take over."""
     from orchestrator.signals.lag import (
         ReplicationLagSource,
+        describe_query,
         get_metric_results,
         lag_watches,
+        listed_query,
         newest_reading,
     )
 
@@ -225,13 +227,16 @@ async def check_lag(
         try:
             # As the daemon's reader queries it, but a failed call is reported as such: an
             # AWS error must never read as "no data" (as if the replica were absent).
-            window = max(source.window, watch.max_age + source.period)
-            async with aws.client("cloudwatch", watch.region) as client:
+            period = source.period if source.period is not None else watch.period
+            window = max(source.window, watch.max_age + period)
+            async with aws.with_role(watch.role).client("cloudwatch", watch.region) as client:
                 async with asyncio.timeout(min(watch.interval, 30)):
                     results = await get_metric_results(
-                        client, watch.queries, clock.now(), window=window, period=source.period
+                        client, watch.queries, clock.now(), window=window, period=period
                     )
-            reading, _ = newest_reading(watch.queries, results, clock.now())
+                reading, _ = newest_reading(watch.queries, results, clock.now())
+                # The metric it reads must exist with these dimensions (ListMetrics).
+                listed = await listed_query(client, watch.queries)
         except Exception as exc:  # any failure to read is "could not check", reported
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             cause = aws_cause(text)
@@ -240,7 +245,14 @@ async def check_lag(
             out.append(LagReadiness(watch.service, watch.region, False, finding, cause))
             continue
         fd = format_duration
-        if reading is None or reading.seconds is None:
+        if listed is None:
+            wanted = " or ".join(describe_query(q) for q in watch.queries)
+            finding, ok = (
+                f"no metric {wanted} in {watch.region} (ListMetrics): check the dimensions"
+                " (a new metric can take 15 minutes to be listed)",
+                False,
+            )
+        elif reading is None or reading.seconds is None:
             finding, ok = "no lag data: replica absent, or its metric is not published", False
         elif clock.now() - reading.observed_at > watch.max_age:
             age = fd(clock.now() - reading.observed_at)

@@ -21,6 +21,7 @@ from orchestrator.engine.state import Decision, LagReading
 from orchestrator.engine.vocabulary import REASON_TEXT, Reason
 from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.rto import RunProgress
+from orchestrator.telemetry import redact_text
 
 MAX_REASON = 500
 MAX_NAME = 64
@@ -333,8 +334,8 @@ def _signal(s: SignalView) -> SignalBody:
         signal=s.signal,
         vantage=s.vantage,
         view=str(s.view),
-        detail=str(s.detail),
-        target=s.target,
+        detail=redact_text(str(s.detail)),
+        target=redact_text(s.target),  # agents send theirs: redacted here whatever they did
         last_at=s.last_at,
         last_ok=s.last_ok,
         consecutive_failures=s.consecutive_failures,

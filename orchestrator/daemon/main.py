@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -50,17 +51,19 @@ from orchestrator.daemon.support import (
     reload_policies,
     supervise,
     try_load,
+    tune_process,
 )
+from orchestrator.netguard import configure_webhooks
 from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport, readiness
-from orchestrator.settings import HttpSettings, SettingsError, StateSettings
-from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
-from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings
+from orchestrator.settings import AwsSettings, HttpSettings, SettingsError, StateSettings
+from orchestrator.signals.aws_clients import AwsClients
+from orchestrator.signals.aws_health import health_sources
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
 from orchestrator.signals.lag import ReplicationLagSource
-from orchestrator.signals.mqtt_agents import BrokerConfig, MqttAgentSource
+from orchestrator.signals.mqtt_agents import BrokerConfig, BrokerConfigError, MqttAgentSource
 from orchestrator.signals.probes import ProbeContext
 from orchestrator.signals.scheduler import ProbeScheduler
 from orchestrator.store.base import StoreError
@@ -89,11 +92,7 @@ class DaemonSettings:
     store_timeout: float = 2.0
     lease_ttl: float = 15.0
     tick: float = 1.0
-    aws_endpoint_url: str | None = None
-    health_endpoint_url: str | None = None
-    aws_service_endpoints: dict[str, str] = field(default_factory=dict)
-    aws_connect_timeout: float = 3.0
-    aws_read_timeout: float = 10.0
+    aws: AwsSettings = field(default_factory=AwsSettings)  # every AWS client is built from it
     probes_max_concurrency: int = 256
     mqtt_url: str | None = None
     mqtt_broker: BrokerConfig | None = None  # TLS/credentials; None: built from mqtt_url
@@ -104,7 +103,12 @@ class DaemonSettings:
     http_port: int | None = None  # None: no HTTP API
     http_token_files: tuple[str, ...] = ()  # named tokens (api.auth); none: commands off
     http_advertise_url: str | None = None  # the API address announced with the lease
+    http_allow_remote: bool = False
+    http_allowed_hosts: tuple[str, ...] = ()
+    probes_trust_ca_file: str | None = None
+    webhook_allow_link_local: bool = False
     log_level: str = "info"
+    log_json: bool | None = None  # None: JSON unless stderr is a terminal
     policy_poll_interval: float = 3.0
     state: StateSettings | None = None  # the store; None: SQLite at state_path
     extra: dict[str, Any] = field(default_factory=dict)
@@ -118,6 +122,7 @@ class DaemonSettings:
         return HttpSettings(
             bind=self.http_bind,
             port=self.http_port or 0,
+            allow_remote=self.http_allow_remote,
             token_file=[Path(p) for p in self.http_token_files] or None,
             advertise_url=self.http_advertise_url,
         )
@@ -142,11 +147,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         state=s.state,
         lease_ttl=s.leader.ttl,
         tick=s.engine.tick,
-        aws_endpoint_url=s.aws.endpoint_url,
-        health_endpoint_url=s.aws.health_endpoint_url,
-        aws_service_endpoints=dict(s.aws.service_endpoints),
-        aws_connect_timeout=s.aws.connect_timeout,
-        aws_read_timeout=s.aws.read_timeout,
+        aws=s.aws,
         probes_max_concurrency=s.probes.max_concurrency,
         mqtt_url=s.mqtt.broker,
         mqtt_broker=s.mqtt.broker_config(),
@@ -155,7 +156,12 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         http_port=s.http.port,
         http_token_files=tuple(str(p) for p in s.http.token_file or ()),
         http_advertise_url=s.http.advertise_url,
+        http_allow_remote=s.http.allow_remote,
+        http_allowed_hosts=tuple(s.http.allowed_hosts),
+        probes_trust_ca_file=str(s.probes.trust_ca_file) if s.probes.trust_ca_file else None,
+        webhook_allow_link_local=s.webhook.allow_link_local,
         log_level=s.log.level,
+        log_json=s.log.json_output,
     )
 
 
@@ -171,14 +177,7 @@ class Daemon:
         self.settings = settings
         self.clock = clock
         self.notifier = notifier or Notifier.from_env()
-        self.aws = AwsClients(
-            AwsClientConfig(
-                endpoint_url=settings.aws_endpoint_url,
-                service_endpoints=settings.aws_service_endpoints,
-                connect_timeout=settings.aws_connect_timeout,
-                read_timeout=settings.aws_read_timeout,
-            )
-        )
+        self.aws = AwsClients.from_settings(settings.aws, clock=clock)
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._ready_sent = False
@@ -189,6 +188,28 @@ class Daemon:
 
     async def _readiness(self, policies: Sequence[Policy]) -> ReadinessReport:
         return await readiness(policies, self.aws, self.clock)
+
+    def preflight(self) -> str | None:
+        """Read every secret and TLS file the daemon will use, so that an unusable one
+        (missing, empty, readable by others) is a clear error at start, not the crash of a
+        task once running. The files are read again where used (a rotated one is picked
+        up)."""
+        s = self.settings
+        try:
+            if s.http_port is not None:
+                s.tokens()  # every token file: readable by the daemon only, well formed
+            broker = self.broker()
+            if broker is not None:
+                broker.check()
+        except (SettingsError, BrokerConfigError) as exc:
+            return str(exc)
+        if s.http_port is not None and s.http_allow_remote and not s.http_token_files:
+            log.warning(
+                "api_remote_without_token",
+                bind=s.http_bind,
+                why="reads are open to the network and mutating calls are disabled",
+            )
+        return None
 
     def broker(self) -> BrokerConfig | None:
         s = self.settings
@@ -204,12 +225,12 @@ class Daemon:
 
     async def run(self) -> int:
         s = self.settings
-        try:
-            tokens = s.tokens()
-        except SettingsError as exc:
-            log.error("daemon_not_started", why=str(exc))
+        problem = self.preflight()
+        if problem is not None:
+            log.error("daemon_not_started", why=problem)
             return 2
-        policies = try_load(s.policies)
+        tokens = s.tokens()  # checked by the preflight; read again here, for the API
+        policies = await try_load(s.policies)
         if policies is None:
             log.error("daemon_not_started", why="the policies have errors")
             return 2
@@ -336,9 +357,11 @@ class Daemon:
         s = self.settings
         if s.http_port is None:
             return None
-        app = make_app(controller, tokens=tokens)
+        app = make_app(
+            controller, tokens=tokens, bind=s.http_bind, allowed_hosts=s.http_allowed_hosts
+        )
         try:
-            runner = await serve(app, s.http_bind, s.http_port)
+            runner = await serve(app, s.http_bind, s.http_port, allow_remote=s.http_allow_remote)
         except (OSError, ValueError) as exc:
             raise ApiNotStarted(f"the HTTP API on {s.http_bind}:{s.http_port}: {exc}") from None
         self._api = app
@@ -400,7 +423,11 @@ class Daemon:
         """Every signal source for ``policies``, each supervised, until cancelled."""
         s = self.settings
         items = list(policies)
-        async with ProbeContext(clock=self.clock) as ctx, asyncio.TaskGroup() as tg:
+        trust = s.probes_trust_ca_file
+        async with (
+            ProbeContext(trust_ca_file=trust, clock=self.clock) as ctx,
+            asyncio.TaskGroup() as tg,
+        ):
             runs: list[tuple[str, Callable[[], Awaitable[None]]]] = []
             probes = ProbeScheduler(
                 items,
@@ -410,17 +437,8 @@ class Daemon:
                 max_concurrency=s.probes_max_concurrency,
             )
             runs.append((probes.name, lambda: probes.run(controller)))
-            if any(sig.type == "aws_health" for p in items for sig in p.signals):
-                health = AwsHealthSource(
-                    items,
-                    settings=HealthClientSettings(
-                        endpoint_url=s.health_endpoint_url or s.aws_endpoint_url,
-                        connect_timeout=s.aws_connect_timeout,
-                        read_timeout=s.aws_read_timeout,
-                    ),
-                    clock=self.clock,
-                )
-                runs.append((health.name, lambda: health.run(controller)))
+            for health in health_sources(items, self.aws, s.aws, clock=self.clock):
+                runs.append((health.name, functools.partial(health.run, controller)))
             alarms = CloudWatchAlarmSource(items, self.aws, self.clock)
             if alarms.watches:
                 runs.append((alarms.name, lambda: alarms.run(controller)))
@@ -461,13 +479,16 @@ def run_daemon(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"failoverd run: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, json=settings.log_json)
+    configure_webhooks(allow_link_local=settings.webhook_allow_link_local)
+    tune_process()  # the process's own: not in Daemon.run, which tests run in theirs
     try:
-        settings.tokens()  # a missing or empty token file: one clear line, exit 2
-    except SettingsError as exc:
-        print(f"failoverd run: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level)
-    return asyncio.run(Daemon(settings).run())
+        return asyncio.run(Daemon(settings).run())
+    except Exception:
+        # A bug, not bad input: one event (its traceback inside, redacted), not a dump of
+        # lines that breaks the JSON log; exit 1 so that systemd restarts it.
+        log.exception("daemon_crashed")
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from tests.fixtures.moto_server import MotoServer
+from tests.fixtures.secrets import write_secret
 
 # The integration test's helpers are private to that module; imported here on purpose so
 # both tests build the very same daemon setup.
@@ -90,8 +91,7 @@ def write_config(tmp_path: Path, moto: MotoServer, policy: str) -> Path:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "webapp.yaml").write_text(policy)
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file = write_secret(tmp_path / "token", TOKEN + "\n")
     config = tmp_path / "failoverd.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -30,6 +30,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.moto_server import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, MotoServer
+from tests.fixtures.secrets import write_secret
 from tests.integration.runbook.webapp_world import (
     EXAMPLE_ZONE_ID,
     POLICY_FILE,
@@ -203,8 +204,7 @@ async def daemon(
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "webapp.yaml").write_text(e2e_policy(seeded.zone_id, targets))
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file = write_secret(tmp_path / "token", TOKEN + "\n")
     async with running_daemon(daemon_config(tmp_path, moto, policies, token_file)) as handle:
         yield handle
 
@@ -365,7 +365,8 @@ async def test_an_operator_fails_over_through_the_api(
         assert response.status == 401
 
     # Malformed bodies: a 400 that says what is wrong.
-    async with http.post(url, data=b"{not json", headers=auth) as response:
+    as_json = {**auth, "Content-Type": "application/json"}
+    async with http.post(url, data=b"{not json", headers=as_json) as response:
         assert response.status == 400
         bad = await response.json()
     assert bad["error"] == "malformed_json" and "JSON" in bad["message"], bad

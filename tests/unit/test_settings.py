@@ -18,6 +18,7 @@ from orchestrator.settings import (
     policy_paths_from_env,
     settings_reference,
 )
+from tests.fixtures.secrets import write_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,8 +86,8 @@ def test_file_errors_name_file_line_and_key(tmp_path: Path) -> None:
         load_settings(path, {})
     assert messages(exc) == [
         f"{path}:2:3: http.port: Input should be less than or equal to 65535 (got 70000)",
-        f"{path}:3:3: http.prot: unknown key 'prot'; expected one of: bind, port, token_file, "
-        "advertise_url",
+        f"{path}:3:3: http.prot: unknown key 'prot'; expected one of: bind, port,"
+        " allow_remote, allowed_hosts, token_file, advertise_url",
         f"{path}:5:3: engine.tick: expected a duration such as 500ms, 30s, 5m, 1h or 1m30s "
         "(a string with a unit), got 1",
         f"{path}:7:3: aws.endpoint_url: expected an http:// or https:// URL with a host, "
@@ -164,9 +165,7 @@ def test_bad_mqtt_settings_fail_at_load(tmp_path: Path, text: str, message: str)
 
 
 def test_the_tokens_are_read_at_use_and_never_held(tmp_path: Path) -> None:
-    token_file = tmp_path / "api-token"
-    token_file.write_text("s3cr3t-token\n", encoding="utf-8")
-    token_file.chmod(0o600)  # a secret file is its owner's alone
+    token_file = write_secret(tmp_path / "api-token", "s3cr3t-token\n")
     s = load_settings(write(tmp_path, f"http:\n  token_file: {token_file}\n"), {})
     assert s.http.tokens() == {"api-token": "s3cr3t-token"}  # a bare token: the file's name
     token_file.write_text("rotated\n", encoding="utf-8")
@@ -239,7 +238,7 @@ def test_the_api_address_announced_is_the_advertised_one_or_built_from_bind(
     assert s.http.api_url(41234) == "http://127.0.0.1:41234"
     s = load_settings(write(tmp_path, "http:\n  bind: '::1'\n"), {})
     assert s.http.api_url() == "http://[::1]:8080"
-    s = load_settings(write(tmp_path, "http:\n  bind: 0.0.0.0\n"), {})
+    s = load_settings(write(tmp_path, "http:\n  bind: 0.0.0.0\n  allow_remote: true\n"), {})
     assert s.http.api_url() == f"http://{socket.getfqdn()}:8080"
     s = load_settings(
         write(tmp_path, "http:\n  advertise_url: https://failoverd-b.internal:8443/\n"), {}
@@ -333,22 +332,21 @@ def test_reference_documents_every_key_with_its_variable() -> None:
 
 # -- the etcd state store ---------------------------------------------------------------------
 def test_etcd_settings_are_read_from_file_and_environment(tmp_path: Path) -> None:
-    password = tmp_path / "etcd-password"
-    password.write_text("hunter2-etcd\n", encoding="utf-8")
+    password = write_secret(tmp_path / "etcd-password", "hunter2-etcd\n")
     path = write(
         tmp_path,
-        "state:\n  backend: etcd\n  etcd:\n    endpoints:\n      - http://10.0.1.5:2379\n"
+        "state:\n  backend: etcd\n  etcd:\n    endpoints:\n      - https://10.0.1.5:2379\n"
         f"    username: failoverd\n    password_file: {password}\n",
     )
     s = load_settings(
         path,
         {
-            "FAILOVERD_STATE__ETCD__ENDPOINTS": '["http://10.0.1.5:2379", "http://10.1.1.5:2379"]',
+            "FAILOVERD_STATE__ETCD__ENDPOINTS": '["https://10.0.1.5:2379", "https://10.1.1.5:2379"]',
             "FAILOVERD_STATE__ETCD__PREFIX": "/failoverd/prod",
         },
     )
     assert s.state.backend == "etcd"
-    assert s.state.etcd.endpoints == ["http://10.0.1.5:2379", "http://10.1.1.5:2379"]
+    assert s.state.etcd.endpoints == ["https://10.0.1.5:2379", "https://10.1.1.5:2379"]
     assert s.state.etcd.prefix == "/failoverd/prod"
     assert s.state.etcd.password() == "hunter2-etcd"
     assert "hunter2" not in repr(s) and "hunter2" not in s.model_dump_json()
@@ -430,19 +428,18 @@ async def test_the_state_settings_open_the_store_they_name(tmp_path: Path) -> No
     finally:
         await store.close()
 
-    password = tmp_path / "pw"
-    password.write_text("etcd-secret\n", encoding="utf-8")
+    password = write_secret(tmp_path / "pw", "etcd-secret\n")
     state = load_settings(
         write(
             tmp_path,
             "state:\n  backend: etcd\n  timeout: 3s\n  etcd:\n"
-            "    endpoints: [http://127.0.0.1:1, http://127.0.0.1:2]\n    prefix: /fo/test\n"
+            "    endpoints: [https://127.0.0.1:1, https://127.0.0.1:2]\n    prefix: /fo/test\n"
             f"    username: fo\n    password_file: {password}\n",
         ),
         {},
     ).state
     config = etcd_config(state.etcd, state.timeout)
-    assert config.endpoints == ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    assert config.endpoints == ("https://127.0.0.1:1", "https://127.0.0.1:2")
     assert (config.prefix, config.timeout, config.username) == ("/fo/test", 3.0, "fo")
     assert config.password == "etcd-secret" and "etcd-secret" not in repr(config)
     # Nothing listens there: opening does not need etcd up (the daemon waits for it).
