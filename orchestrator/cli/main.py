@@ -94,9 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         dest="policies",
         metavar="PATH",
-        help="policy file or folder; repeatable (default: policies)",
+        help="policy file or folder; repeatable (default: $FAILOVERD_POLICIES, else policies)",
     )
-    r.add_argument("--endpoint-url", help="send every AWS call here (an emulator)")
+    r.add_argument(
+        "--endpoint-url",
+        help="send every AWS call here (an emulator; default: $AWS_ENDPOINT_URL, else AWS)",
+    )
     r.add_argument(
         "--config",
         metavar="PATH",
@@ -119,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         dest="policies",
         metavar="PATH",
-        help="policy file or folder; repeatable (default: policies)",
+        help="policy file or folder; repeatable (default: $FAILOVERD_POLICIES, else policies)",
     )
     i.add_argument(
         "--principal",
@@ -163,10 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_explain(args.scenario, args.at)
         if args.command == "readiness":
             return cmd_readiness(
-                args.policies or ["policies"], args.endpoint_url, args.json, args.config
+                args.policies or _env_policies(), args.endpoint_url, args.json, args.config
             )
         if args.command == "iam-policy":
-            return cmd_iam_policy(args.policies or ["policies"], args.principal)
+            return cmd_iam_policy(args.policies or _env_policies(), args.principal)
         if args.command == "sandbox":
             from orchestrator.sandbox.runner import run_sandbox
 
@@ -182,6 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `failoverd test ... | head`
         return EXIT_OK
     return EXIT_UNUSABLE  # pragma: no cover - argparse requires a command
+
+
+def _env_policies() -> list[str]:
+    import os
+
+    from orchestrator.settings import policy_paths_from_env
+
+    return policy_paths_from_env(os.environ)
 
 
 def _err(text: str) -> None:

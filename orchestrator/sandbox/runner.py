@@ -25,9 +25,11 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import importlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -139,7 +141,7 @@ def add_sandbox_parser(
     p.add_argument(
         "--keep", action="store_true", help="keep the working directory (logs, state) at exit"
     )
-    sub = p.add_subparsers(dest="sandbox_command", metavar="fault")
+    sub = p.add_subparsers(dest="sandbox_command", metavar="fault|env")
     f = sub.add_parser("fault", help="inject a fault into the running sandbox")
     f.add_argument("fault", choices=FAULTS)
     f.add_argument(
@@ -149,6 +151,14 @@ def add_sandbox_parser(
         " arc-endpoint-down)",
     )
     f.add_argument("--control", metavar="URL", help="the control endpoint (default: the sandbox's)")
+    sub.add_parser(
+        "env",
+        help="print the environment that points the CLI at the running sandbox (for eval)",
+        description='Print shell lines for `eval "$(failoverd sandbox env)"`: AWS_ENDPOINT_URL'
+        " and fake credentials for the sandbox's emulated AWS (readiness, drill), FAILOVERD_API"
+        " and FAILOVERD_TOKEN_FILE for its daemon (status, audit, commands), and"
+        " FAILOVERD_POLICIES for its policy copies (readiness, iam-policy, drill).",
+    )
     return p
 
 
@@ -162,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_sandbox(args: argparse.Namespace) -> int:
     if getattr(args, "sandbox_command", None) == "fault":
         return _fault(args)
+    if getattr(args, "sandbox_command", None) == "env":
+        return _env()
     if not 0 <= args.port <= 65535:
         print(f"sandbox: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -184,6 +196,14 @@ def run_sandbox(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_UNUSABLE
+    missing = sandbox_extra_missing()
+    if missing is not None:
+        print(
+            f"sandbox: the sandbox needs the 'sandbox' extra ({missing} is not installed):"
+            " pip install 'failoverd[sandbox]'",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
     if args.instances > 1 and etcd_binary() is None:
         print(
             "sandbox: --instances needs etcd (apt-get install etcd-server): /usr/bin/etcd is"
@@ -193,6 +213,56 @@ def run_sandbox(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     configure_logging("warning")
     return asyncio.run(_main(args))
+
+
+def sandbox_extra_missing() -> str | None:
+    """What of the ``sandbox`` extra cannot be imported (moto in server mode: moto and its
+    web stack), or None when the sandbox can start."""
+    try:
+        importlib.import_module("moto.server")
+    except ImportError as exc:
+        return exc.name or "moto[server]"
+    return None
+
+
+def env_lines(state: dict[str, Any]) -> list[str]:
+    """Shell lines that point the CLI at the sandbox described by ``state`` (its run-file):
+    the emulated AWS (the standard AWS_ENDPOINT_URL botocore honours, fake credentials) and
+    the daemon's API, token and policies (the variables the CLI reads)."""
+    q = shlex.quote
+    lines = [
+        f"export AWS_ENDPOINT_URL={q(state['aws_endpoint'])}",
+        f"export AWS_ENDPOINT_URL_HEALTH={q(state['health_endpoint'])}",
+    ]
+    if state.get("region_switch"):
+        # The Region switch emulator answers on its own endpoint (botocore's variable for
+        # the "ARC Region switch" service).
+        lines.append(f"export AWS_ENDPOINT_URL_ARC_REGION_SWITCH={q(state['region_switch'])}")
+    lines += [
+        "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing",
+        f"export AWS_DEFAULT_REGION={PRIMARY}",
+        "unset AWS_PROFILE AWS_SESSION_TOKEN",
+        f"export FAILOVERD_API={q(state['api'])}",
+        f"export FAILOVERD_TOKEN_FILE={q(state['token_file'])}",
+        f"export FAILOVERD_POLICIES={q(state['policies'])}",
+    ]
+    return lines
+
+
+def _env() -> int:
+    try:
+        state = json.loads(pointer_file().read_text())
+        lines = env_lines(state)
+    except (OSError, ValueError, KeyError, TypeError):
+        print(
+            f"sandbox: no running sandbox found ({pointer_file()}); start one with"
+            " `failoverd sandbox`",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
+    print(f'# failoverd sandbox {state.get("workdir", "")}: eval "$(failoverd sandbox env)"')
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _fault(args: argparse.Namespace) -> int:
@@ -215,6 +285,31 @@ def _fault(args: argparse.Namespace) -> int:
         print(f"sandbox: cannot reach the sandbox at {control}: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     return EXIT_OK
+
+
+def sandbox_secrets(policies: Path, folder: Path) -> list[Path]:
+    """Give the sandbox's policy copies secrets of their own: every step's ``secret_file``
+    (the example's /etc/failoverd/secrets/...) points into ``folder``, where a fresh secret
+    is written (0600), so that readiness and the steps find it. Returns the files made."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    made: list[Path] = []
+    for path in sorted(policies.glob("*.yaml")):
+        policy = yaml.safe_load(path.read_text(encoding="utf-8"))
+        changed = False
+        for steps in (policy.get("runbooks") or {}).values():
+            for step in steps or ():
+                params = step.get("params") or {}
+                if isinstance(params.get("secret_file"), str):
+                    secret = folder / Path(params["secret_file"]).name
+                    if not secret.exists():
+                        secret.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
+                        secret.chmod(0o600)
+                        made.append(secret)
+                    params["secret_file"] = str(secret)
+                    changed = True
+        if changed:
+            path.write_text(yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
+    return made
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -403,6 +498,7 @@ class Sandbox:
             ),
         )
         region_switch_world.write_policy(policies, ports, vantages)
+        sandbox_secrets(policies, self.workdir / "secrets")
         if broker:
             for agent in AGENTS:
                 argv = [sys.executable, "-m", "orchestrator", "agent", "--id", agent]
@@ -578,6 +674,9 @@ class Sandbox:
             "region_switch": self.region_switch.endpoint_url,
             "workdir": str(self.workdir),
             "pids": self.pids,
+            "aws_endpoint": self.proxy.endpoint_url,
+            "health_endpoint": self.health.endpoint_url,
+            "policies": str(self.workdir / "policies"),
         }
         text = json.dumps(state, indent=2)
         (self.workdir / "sandbox.json").write_text(text)
@@ -601,6 +700,13 @@ class Sandbox:
         say("sandbox: arc cluster  " + " ".join(f"{r}={u}" for r, u in self.arc.endpoints.items()))
         say(f"sandbox: {self.broker_note}")
         say("sandbox: pids " + " ".join(f"{k}={v}" for k, v in self.pids.items()))
+        say(
+            "sandbox: the CLI against this sandbox (readiness, iam-policy, drill, status,"
+            ' audit, commands): eval "$(failoverd sandbox env)", which sets'
+        )
+        state = json.loads((self.workdir / "sandbox.json").read_text())
+        for line in env_lines(state):
+            say(f"  {line}")
         say(f"sandbox: try  failoverd sandbox fault region-down {PRIMARY}")
 
     def _say(self, line: str) -> None:
@@ -678,14 +784,21 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 async def _first(work: Awaitable[Any], stop: asyncio.Event, default: Any = None) -> Any:
-    """``work``'s result, or ``default`` once ``stop`` is set (``work`` is then cancelled)."""
-    async with asyncio.TaskGroup() as tasks:
-        job = tasks.create_task(_as_coroutine(work))
-        stopper = tasks.create_task(stop.wait())
-        await asyncio.wait((job, stopper), return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if not job.done():
-            job.cancel()
+    """``work``'s result, or ``default`` once ``stop`` is set (``work`` is then cancelled).
+    An error of ``work`` is raised as itself, not inside an ExceptionGroup, so that callers'
+    ``except`` clauses (a clear message instead of a traceback) see it."""
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            job = tasks.create_task(_as_coroutine(work))
+            stopper = tasks.create_task(stop.wait())
+            await asyncio.wait((job, stopper), return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not job.done():
+                job.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     return default if job.cancelled() else job.result()
 
 
@@ -911,27 +1024,31 @@ def _timeline(
         return f"{t - fault_at:+7.2f}s"
 
     detected = run["detected_at"] if run["detected_at"] is not None else run["decided_at"]
-    print("demo: timeline (seconds after the fault)")
-    for fault, arg in plan.faults:
-        print(f"  {at(fault_at)}  fault: {fault} {arg}")
-    print(f"  {at(detected)}  detection: {PRIMARY} seen down")
-    print(f"  {at(run['decided_at'])}  decision: failover {run['source']} -> {run['target']}")
+    events: list[tuple[float, str]] = [(fault_at, f"fault: {f} {a}") for f, a in plan.faults]
+    events.append((detected, f"detection: {PRIMARY} seen down"))
+    events.append((run["decided_at"], f"decision: failover {run['source']} -> {run['target']}"))
     flipped_at = flip_started = run["decided_at"]
-    for step in sorted(run["steps"], key=lambda s: s["started_at"] or 0.0):
+    for step in run["steps"]:
         started = step["started_at"] or run["decided_at"]
         duration = step["duration"] if step["duration"] is not None else 0.0
-        print(
-            f"  {at(started)}  step {step['name']} ({step['action']}): {step['status']}"
-            f" in {duration:.2f}s"
+        events.append(
+            (
+                started,
+                f"step {step['name']} ({step['action']}): {step['status']} in {duration:.2f}s",
+            )
         )
         if step["action"] in plan.flip_actions and step["finished_at"]:
             flipped_at, flip_started = step["finished_at"], started
     switched = plan.switched_at()
     if switched is not None:
         flipped_at = switched
-        print(f"  {at(switched)}  routing controls set: {run['target']} On, {PRIMARY} Off")
-    print(f"  {at(moved_at)}  traffic moved: DNS {plan.dns_name} -> {plan.standby_answer}")
-    print(f"  {at(run['finished_at'] or moved_at)}  run {run['run_id']} {run['status']}")
+        events.append((switched, f"routing controls set: {run['target']} On, {PRIMARY} Off"))
+    events.append((moved_at, f"traffic moved: DNS {plan.dns_name} -> {plan.standby_answer}"))
+    events.append((run["finished_at"] or moved_at, f"run {run['run_id']} {run['status']}"))
+    print("demo: timeline (seconds after the fault)")
+    # In time order (a stable sort: what happened at the same moment keeps its order).
+    for t, what in sorted(events, key=lambda e: e[0]):
+        print(f"  {at(t)}  {what}")
     for line in others or []:
         print(f"demo: meanwhile {line}")
     detect_s = detected - fault_at

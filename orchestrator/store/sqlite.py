@@ -44,6 +44,7 @@ from orchestrator.store.base import (
     FencedOut,
     JournalRecord,
     JournalStatus,
+    LeaderInfo,
     Lease,
     StoreError,
     StoreUnavailable,
@@ -52,6 +53,8 @@ from orchestrator.store.base import (
     check_recent_runs_limit,
     check_token,
     check_ttl,
+    decode_announcement,
+    encode_announcement,
     in_window,
 )
 from orchestrator.store.codec import (
@@ -64,7 +67,7 @@ from orchestrator.store.codec import (
 )
 from orchestrator.telemetry import STORE_OPERATION_DURATION, get_logger
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: lease.info (what the leader announced)
 
 _T = TypeVar("_T")
 _log = get_logger("failoverd.store")
@@ -74,7 +77,7 @@ _SCHEMA = (
     # One row, kept after release: `token` is the last token handed out, so tokens keep
     # increasing across releases, restarts and holders.
     "CREATE TABLE lease (id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT,"
-    " token INTEGER NOT NULL, expires_at REAL)",
+    " token INTEGER NOT NULL, expires_at REAL, info TEXT)",
     "INSERT INTO lease (id, holder, token, expires_at) VALUES (1, NULL, 0, NULL)",
     "CREATE TABLE service_state (service TEXT PRIMARY KEY, body TEXT NOT NULL,"
     " token INTEGER NOT NULL, saved_at REAL NOT NULL)",
@@ -319,6 +322,10 @@ class SqliteStore:
                     f"sqlite store {self.path}: tables missing from a version {version}"
                     f" database: {', '.join(sorted(missing))}; restore it from a backup"
                 )
+            if version < 2:  # in the same transaction: all or nothing
+                conn.execute("ALTER TABLE lease ADD COLUMN info TEXT")
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+                _log.info("sqlite_schema_upgraded", path=str(self.path), old=version, new=2)
             conn.execute("COMMIT")
             return False
         except BaseException:
@@ -437,7 +444,7 @@ class SqliteStore:
             if current_holder is not None and current_holder != holder and expires_at > now:
                 return None
             conn.execute(
-                "UPDATE lease SET holder = ?, token = ?, expires_at = ? WHERE id = 1",
+                "UPDATE lease SET holder = ?, token = ?, expires_at = ?, info = NULL WHERE id = 1",
                 (holder, token + 1, now + ttl),
             )
             return Lease(holder=holder, token=token + 1, ttl=ttl)
@@ -480,6 +487,27 @@ class SqliteStore:
             return str(holder)
 
         return await self._call("leader", leader)
+
+    async def announce(self, lease: Lease, api: str, policy_version: str) -> None:
+        check_token(lease.token)
+        info = encode_announcement(lease.token, api, policy_version)
+
+        def announce(conn: sqlite3.Connection) -> None:
+            self._check_fence(conn, lease.token, "announce")
+            conn.execute("UPDATE lease SET info = ? WHERE id = 1", (info,))
+
+        await self._call("announce", announce, write=True)
+
+    async def leader_info(self) -> LeaderInfo | None:
+        def read(conn: sqlite3.Connection) -> LeaderInfo | None:
+            holder, token, expires_at, info = conn.execute(
+                "SELECT holder, token, expires_at, info FROM lease WHERE id = 1"
+            ).fetchone()
+            if holder is None or not expires_at > self._clock.now():
+                return None
+            return decode_announcement(str(holder), int(token), info)
+
+        return await self._call("leader_info", read)
 
     # -- service state --------------------------------------------------------------------
     async def load_state(self, service: str) -> ServiceState | None:

@@ -95,12 +95,17 @@ def test_with_us_east_1s_control_planes_and_four_arc_endpoints_down_dns_moves() 
         assert body["active_region"] == "us-west-2"
         flip = [s for s in run.get("steps", []) if s["name"] == "flip-traffic"]
         assert flip and flip[0]["status"] == "succeeded", run
+
         # The webapp's runbook edits its Route 53 record: Route 53's API does not answer.
-        webapp = get_json(f"{api}/v1/services/webapp")
+        # Its detection may lag the storefront's: wait until its run reaches the edit.
+        def webapp_at_flip() -> dict[str, Any] | None:
+            body: dict[str, Any] = get_json(f"{api}/v1/services/webapp")
+            steps = {s["name"]: s["status"] for s in (body.get("run") or {}).get("steps", [])}
+            return body if steps.get("flip-dns") in ("running", "failed") else None
+
+        webapp = wait_for(webapp_at_flip, "the webapp's run to reach flip-dns", FAILOVER_DEADLINE)
         assert webapp["active_region"] == "us-east-1", webapp["run"]
         assert cname(dns_address, WEBAPP) == "api.us-east-1.webapp.example.com."
-        steps = {s["name"]: s["status"] for s in (webapp.get("run") or {}).get("steps", [])}
-        assert steps.get("flip-dns") in ("running", "failed"), steps
 
         # `off` undoes both faults: Route 53's API answers again and the held edit lands.
         fault(control, "arc-endpoint-down", "off")

@@ -99,7 +99,39 @@ async def test_a_newer_schema_is_refused_and_left_untouched(db: Path) -> None:
     assert f"schema version {SCHEMA_VERSION + 1}" in message
     assert "upgrade failoverd" in message
     with raw(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == (
+            SCHEMA_VERSION + 1
+        )
+
+
+async def test_a_version_1_database_is_upgraded_in_place_keeping_its_lease(db: Path) -> None:
+    # A database written before the leader announced its API with the lease (schema 1).
+    with raw(db) as conn:
+        conn.executescript(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+            "INSERT INTO schema_version VALUES (1);"
+            "CREATE TABLE lease (id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT,"
+            " token INTEGER NOT NULL, expires_at REAL);"
+            "INSERT INTO lease VALUES (1, NULL, 41, NULL);"
+            "CREATE TABLE service_state (service TEXT PRIMARY KEY, body TEXT NOT NULL,"
+            " token INTEGER NOT NULL, saved_at REAL NOT NULL);"
+            "CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL,"
+            " service TEXT NOT NULL, status TEXT NOT NULL, token INTEGER NOT NULL,"
+            " body TEXT NOT NULL);"
+            "CREATE TABLE approvals (seq INTEGER PRIMARY KEY AUTOINCREMENT, service TEXT NOT"
+            " NULL, run_id TEXT NOT NULL, step TEXT NOT NULL, body TEXT NOT NULL);"
+        )
+    store = await SqliteStore.open(db)
+    try:
+        lease = await store.acquire_lease("daemon-a", 10.0)
+        assert lease is not None and lease.token == 42  # the token history survived
+        await store.announce(lease, "http://127.0.0.1:8080", "v-1")
+        info = await store.leader_info()
+        assert info is not None and info.api == "http://127.0.0.1:8080"
+    finally:
+        await store.close()
+    with raw(db) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
 
 async def test_a_database_of_another_application_is_refused(db: Path) -> None:
