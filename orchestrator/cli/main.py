@@ -259,7 +259,11 @@ def cmd_explain(path: str, at: str) -> int:
     if moment > loaded.scenario.duration:
         _err(f"failoverd: --at {at} is after the scenario's end")
         return EXIT_UNUSABLE
-    result = Simulation(loaded.scenario, loaded.policy, loaded.policy_version).run(until=moment)
+    # Every tick: the moment shown carries its own notes and RTO budget, which age by the tick.
+    simulation = Simulation(
+        loaded.scenario, loaded.policy, loaded.policy_version, every_tick=True
+    )
+    result = simulation.run(until=moment)
     print(explain(result, moment))
     return EXIT_OK
 

@@ -56,6 +56,48 @@ def decide(
     return ctx.decide(operator)
 
 
+# Half a millisecond: deadlines are sums of millisecond times and durations, exact to far less.
+_EPSILON = 0.0005
+
+
+def next_change(
+    policy: Policy,
+    state: ServiceState,
+    verdicts: Mapping[str, RegionVerdict],
+    lag: Mapping[str, LagReading],
+    now: float,
+) -> float | None:
+    """The earliest moment at or after ``now`` at which :func:`decide` may answer differently
+    with the very same state, verdicts and lag readings: a guard whose time runs out (the
+    cooldown, a move leaving the max-failovers window, a lag reading growing too old, the
+    primary's stable period before an automatic failback). None when nothing of the kind is
+    pending. The scenario simulator skips the ticks before it (the health book's
+    :meth:`~orchestrator.engine.healthbook.HealthBook.stale_times` is the other half); so
+    every comparison of ``now`` in this module must be listed here, and the simulator's
+    equivalence test (every tick against skipping) holds the two together."""
+    guards = policy.guards
+    times: list[float] = []
+    if state.last_move_finished_at is not None:
+        times.append(state.last_move_finished_at + guards.cooldown)
+    window = guards.max_failovers.window
+    times.extend(m.at + window for m in state.moves)
+    replication = policy.replication
+    if replication is not None:
+        times.extend(
+            r.observed_at + replication.max_age for r in lag.values() if r.seconds is not None
+        )
+    failback = guards.failback
+    primary = verdicts.get(policy.primary)
+    if (
+        failback.mode is FailbackMode.AUTOMATIC
+        and primary is not None
+        and primary.verdict is Verdict.HEALTHY
+    ):
+        times.append(primary.since + failback.stable_period)
+    horizon = now - _EPSILON
+    return min((t for t in times if t >= horizon), default=None)
+
+
 class _Context:
     __slots__ = ("active", "lag", "leader", "now", "policy", "state", "verdicts", "version")
 

@@ -23,7 +23,7 @@ Semantics (DESIGN.md, "Verdict semantics"):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.engine.observation import FailureKind, Observation
@@ -194,6 +194,23 @@ class _Cell:
             self.failing = False
             self.failing_since = None
 
+    def observe_changed(self, at: float, ok: bool | None, detail: str) -> bool:
+        """``observe``, answering whether the cell's view may have changed: data after a
+        silence (or the first), or a change of what decides the view (failing, recovering,
+        what the latest observation said). False means every view of the cell is the same
+        after the observation as before it, at any time (the scenario simulator then skips
+        the engine)."""
+        last_at = self.last_at
+        if last_at is not None and at <= last_at:
+            return False
+        before = (self.failing, self.recovering, self.last_ok, self.last_detail)
+        self.observe(at, ok, detail)
+        return (
+            last_at is None
+            or at - last_at > self.staleness
+            or before != (self.failing, self.recovering, self.last_ok, self.last_detail)
+        )
+
     def _ratio_holds(self) -> bool:
         if self.ratio is None:
             return False
@@ -283,6 +300,25 @@ class HealthBook:
     def cells(self) -> list[tuple[str, str, str]]:
         """Every (region, signal, vantage) this book expects observations for."""
         return list(self._cells)
+
+    def stale_times(self, now: float) -> list[tuple[tuple[str, str, str], float]]:
+        """When each (region, signal, vantage) cell with data turns stale unless observed
+        again, for those at or after ``now`` (within half a millisecond): the only way a
+        verdict changes with time alone."""
+        horizon = now - 0.0005
+        out: list[tuple[tuple[str, str, str], float]] = []
+        for key, cell in self._cells.items():
+            last = cell.last_at
+            if last is not None and last + cell.staleness >= horizon:
+                out.append((key, last + cell.staleness))
+        return out
+
+    def feeder(
+        self, region: str, signal: str, vantage: str
+    ) -> Callable[[float, bool | None, str], bool]:
+        """A direct line to one cell for the scenario simulator's hot loop: ``feed(at, ok,
+        detail)`` observes and answers whether the cell's view may have changed."""
+        return self._cells[(region, signal, vantage)].observe_changed
 
     def observe(self, obs: Observation) -> bool:
         """Take one observation; False when nothing in the policy expects it."""

@@ -441,18 +441,35 @@ def test_the_same_scenario_gives_the_same_result() -> None:
 
 
 def test_run_until_stops_early_and_moment_at_finds_the_last_moment() -> None:
-    result = simulate(sim_policy_data(), [*UP, PRIMARY_DOWN_AT_2M], until=60.0)
+    result = simulate(sim_policy_data(), [*UP, PRIMARY_DOWN_AT_2M], until=60.0, every_tick=True)
     assert result.moments[-1].at == 60.0
     assert result.moments[0].at == 0.0
     m = result.moment_at(30.5)
     assert m is not None and m.at == 30.0
     assert result.moment_at(-1.0) is None
     assert all(m.decision.at == m.at for m in result.moments)
+    skipping = simulate(sim_policy_data(), [*UP, PRIMARY_DOWN_AT_2M], until=60.0)
+    assert skipping.moments[-1].at == 60.0  # the last tick is always judged
+    found = skipping.moment_at(30.5)
+    assert found is not None and found.at <= 30.5
+    assert found.decision.key() == m.decision.key()
 
 
-def test_a_tick_every_second_by_default() -> None:
-    result = simulate(sim_policy_data(), UP, duration="1m")
+def test_every_tick_judges_every_second() -> None:
+    result = simulate(sim_policy_data(), UP, duration="1m", every_tick=True)
     assert [m.at for m in result.moments] == [float(t) for t in range(61)]
+
+
+def test_idle_ticks_are_skipped_and_moment_at_answers_for_any_time() -> None:
+    # An hour where nothing happens: a handful of moments are judged (the start, the ticks
+    # after the first observations, the end), not 3,601; the phase is known at any time.
+    result = simulate(sim_policy_data(), UP, duration="1h")
+    assert len(result.moments) < 20, [m.at for m in result.moments]
+    assert result.moments[-1].at == 3600.0
+    for t in (0.0, 59.5, 1234.0, 3600.0):
+        m = result.moment_at(t)
+        assert m is not None
+    assert phase_at(result, 1800) is Phase.STEADY
 
 
 def test_a_refused_operator_command_is_what_its_moment_shows() -> None:
