@@ -64,7 +64,17 @@ def _sub(loaded: LoadedYaml, prefix: tuple[str | int, ...], data: Any) -> Loaded
     return LoadedYaml(file=loaded.file, data=data, lines=lines, text=loaded.text, prefix=prefix)
 
 
-def load_scenario(path: str | Path) -> LoadedScenario:
+@dataclass(frozen=True)
+class ScenarioDocument:
+    """A scenario file read and validated on its own, before any policy is bound to it."""
+
+    file: str
+    loaded: LoadedYaml
+    scenario: Scenario
+
+
+def read_scenario(path: str | Path) -> ScenarioDocument:
+    """Read a scenario file (no policy yet); :class:`SourceErrors` naming file and line."""
     loaded = load_yaml_file(path)
     if not isinstance(loaded.data, dict):
         raise SourceErrors([loaded.error((), "expected a mapping with a `scenario:` key")])
@@ -75,13 +85,27 @@ def load_scenario(path: str | Path) -> LoadedScenario:
             errors.append(
                 loaded.error(("timeline", i, "at"), "later than the scenario's `duration`")
             )
+    if errors:
+        raise SourceErrors(errors)
+    return ScenarioDocument(str(path), loaded, scenario)
+
+
+def own_policy(doc: ScenarioDocument) -> Policy:
+    """The policy the scenario names: a file relative to it, or inline."""
+    scenario, loaded = doc.scenario, doc.loaded
     if isinstance(scenario.policy, str):
         policy_path = Path(os.path.normpath(Path(loaded.file).parent / scenario.policy))
         if not policy_path.is_file():
             raise SourceErrors([loaded.error(("policy",), f"no policy file at {policy_path}")])
-        policy = load_policy_file(policy_path)
-    else:
-        policy = parse_policy(_sub(loaded, ("policy",), scenario.policy))
+        return load_policy_file(policy_path)
+    return parse_policy(_sub(loaded, ("policy",), scenario.policy))
+
+
+def bind(doc: ScenarioDocument, policy: Policy) -> LoadedScenario:
+    """The scenario run against ``policy`` (its own, or another version of it: ``failoverd
+    diff``); :class:`SourceErrors` when the scenario names what the policy does not have."""
+    scenario, loaded = doc.scenario, doc.loaded
+    errors: list[SourceError] = []
     if scenario.service is not None and scenario.service != policy.service:
         errors.append(
             loaded.error(
@@ -92,7 +116,12 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     errors.extend(_check_names(loaded, scenario, policy))
     if errors:
         raise SourceErrors(errors)
-    return LoadedScenario(str(path), scenario, policy, policy_version([policy]))
+    return LoadedScenario(doc.file, scenario, policy, policy_version([policy]))
+
+
+def load_scenario(path: str | Path) -> LoadedScenario:
+    doc = read_scenario(path)
+    return bind(doc, own_policy(doc))
 
 
 def _check_names(loaded: LoadedYaml, scenario: Scenario, policy: Policy) -> list[SourceError]:

@@ -159,14 +159,13 @@ def _policy(draw: st.DrawFn, regions: int) -> dict[str, Any]:
     return data
 
 
+FACT_KINDS = ("probes", "probes", "probes", "lag", "lag", "health", "api", "operator", "leader")
+FACT_KINDS += ("step",)
+
+
 def _fact(draw: st.DrawFn, regions: tuple[str, ...]) -> dict[str, Any]:
     at = f"{draw(st.integers(0, SECONDS * 2)) * 500}ms"  # on and off the tick
-    kind = draw(
-        st.sampled_from(
-            ["probes", "probes", "probes", "lag", "lag", "health", "api", "operator", "leader"]
-            + ["step"]
-        )
-    )
+    kind = draw(st.sampled_from(FACT_KINDS))
     region = draw(st.sampled_from(regions))
     if kind == "probes":
         state = draw(
