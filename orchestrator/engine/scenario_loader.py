@@ -201,6 +201,18 @@ def _check_names(loaded: LoadedYaml, scenario: Scenario, policy: Policy) -> list
                 e.operator.to,
                 regions,
             )
+    start = scenario.start
+    if start is not None:
+        if start.active_region is not None:
+            need(
+                start.active_region in regions,
+                ("start", "active_region"),
+                "region",
+                start.active_region,
+                regions,
+            )
+        for i, m in enumerate(start.moves):
+            need(m.to in regions, ("start", "moves", i, "to"), "region", m.to, regions)
     for i, x in enumerate(scenario.expect):
         base = ("expect", i)
         if x.failover is not None and x.failover.to is not None:

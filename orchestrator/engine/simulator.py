@@ -45,6 +45,7 @@ from orchestrator.engine.state import (
     Command,
     Decision,
     LagReading,
+    Move,
     OperatorCommand,
     ServiceState,
     apply_command,
@@ -157,7 +158,7 @@ class Simulation:
         self.every_tick = every_tick
         self._tick = max(1, ms(scenario.tick))
         self.book = HealthBook(policy)
-        self.state = ServiceState(service=policy.service, active_region=policy.primary)
+        self.state = _start_state(scenario, policy)
         self.leader = True
         # World
         self.probe_world: dict[tuple[str, str, str], tuple[str | Flap, int]] = {}
@@ -355,7 +356,7 @@ class Simulation:
         refused: Decision | None = None
         for fact in commands:
             cmd = OperatorCommand(
-                Command(fact.command), to=fact.to, force=fact.force, by="scenario"
+                Command(fact.command), to=fact.to, force=fact.force, by=fact.by, reason=fact.reason
             )
             if cmd.command in (Command.PAUSE, Command.RESUME):
                 self.state = apply_command(self.state, cmd)
@@ -606,6 +607,24 @@ class Simulation:
             end, outcome = t, "succeed"
         ex.running[step.name] = (end, outcome, t)
         self._at(end)  # a step's end is judged
+
+
+def _start_state(scenario: Scenario, policy: Policy) -> ServiceState:
+    start = scenario.start
+    if start is None:
+        return ServiceState(service=policy.service, active_region=policy.primary)
+    moves = tuple(
+        Move(at=-m.ago, kind=Action(m.kind), target=m.to)
+        for m in sorted(start.moves, key=lambda m: -m.ago)
+    )
+    last = start.last_automatic_move
+    return ServiceState(
+        service=policy.service,
+        active_region=start.active_region or policy.primary,
+        paused=start.paused,
+        moves=moves,
+        last_move_finished_at=None if last is None else -last,
+    )
 
 
 def _wait_seconds(step: Step) -> float:

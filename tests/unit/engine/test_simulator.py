@@ -483,3 +483,59 @@ def test_a_refused_operator_command_is_what_its_moment_shows() -> None:
     assert phase_at(result, 180) is Phase.BLOCKED
     assert {Reason.OPERATOR_REFUSED, Reason.STANDBY_UNHEALTHY} <= set(reasons_at(result, 180))
     assert phase_at(result, 181) is Phase.STEADY
+
+
+# -- start: the service's state when the scenario begins (failoverd extension) -------------
+
+
+def simulate_from(start: dict[str, Any], timeline: list[dict[str, Any]], **guards: Any) -> Any:
+    from orchestrator.engine.scenario import Scenario
+    from orchestrator.engine.simulator import Simulation
+    from tests.unit.engine.conftest import _merge, load, scenario_data
+
+    policy = _merge(sim_policy_data(3), {"guards": guards}) if guards else sim_policy_data(3)
+    data = {**scenario_data(policy, timeline), "start": start}
+    return Simulation(Scenario.model_validate(data), load(policy)).run()
+
+
+def test_start_puts_the_service_on_a_standby_with_its_cooldown_and_moves() -> None:
+    timeline = [
+        *all_up([PRIMARY, STANDBY, THIRD]),
+        {"at": "2m", "probes": {"region": STANDBY, "state": "down"}},
+    ]
+    cooling = {"active_region": STANDBY, "last_automatic_move": "25m"}
+    result = simulate_from(cooling, timeline, cooldown="30m")
+    assert result.moment_at(0) is not None and result.moment_at(0).active_region == STANDBY
+    assert Reason.COOLDOWN in reasons_at(result, 200)  # 25m + 3m20s < 30m
+    run = only_run(result)  # the cooldown ends at 5m: off to the primary, a failback
+    assert (run.started_at, run.target, run.kind) == (300.0, PRIMARY, Action.FAILBACK)
+    # The primary is down too: the move would be a failover to eu-west-1, and the earlier
+    # move (1h ago) uses up max_failovers (1 in 2h).
+    counted = {
+        "active_region": STANDBY,
+        "moves": [{"ago": "1h", "kind": "failover", "to": STANDBY}],
+    }
+    primary_down = [*timeline, {"at": "0s", "probes": {"region": PRIMARY, "state": "down"}}]
+    result = simulate_from(
+        counted, primary_down, cooldown="0s", max_failovers={"count": 1, "window": "2h"}
+    )
+    assert result.runs == []
+    assert {Reason.ACTIVE_DOWN, Reason.MAX_FAILOVERS} <= set(reasons_at(result, 300))
+    paused = simulate_from(
+        {"paused": True}, [*all_up([PRIMARY, STANDBY, THIRD]), PRIMARY_DOWN_AT_2M]
+    )
+    assert paused.runs == [] and phase_at(paused, 300) is Phase.PAUSED
+
+
+def test_start_names_only_the_policy_s_regions(tmp_path: Any) -> None:
+    import yaml
+
+    from orchestrator.engine.scenario_loader import load_scenario
+    from orchestrator.policy.yamlsource import SourceErrors
+    from tests.unit.engine.conftest import scenario_data
+
+    data = {**scenario_data(sim_policy_data(), UP), "start": {"active_region": "sa-east-1"}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(SourceErrors, match=r"start\.active_region: unknown region 'sa-east-1'"):
+        load_scenario(path)
