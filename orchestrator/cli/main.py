@@ -110,11 +110,13 @@ def _parser() -> argparse.ArgumentParser:
     from orchestrator.agent import add_agent_parser
     from orchestrator.cli.diff import add_diff_parser
     from orchestrator.cli.operator import add_operator_parsers
+    from orchestrator.cli.scenario_export import add_scenario_parser
     from orchestrator.daemon.main import add_run_parser
     from orchestrator.drills import add_drill_parser
     from orchestrator.sandbox.runner import add_sandbox_parser
 
     add_diff_parser(sub)
+    add_scenario_parser(sub)
     add_run_parser(sub)
     add_sandbox_parser(sub)
     add_agent_parser(sub)
@@ -142,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_test(args.paths, args.verbose)
         if args.command == "explain":
             return cmd_explain(args.scenario, args.at)
+        if args.command == "scenario":
+            from orchestrator.cli.scenario_export import run_scenario_command
+
+            return run_scenario_command(args)
         if args.command == "diff":
             from orchestrator.cli.diff import run_diff_command
 

@@ -38,6 +38,7 @@ from typing import Any
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.events import EventPublisher
+from orchestrator.daemon.flight_recorder import FlightRecorder
 from orchestrator.daemon.metrics_export import MetricsExporter, watch_loop_lag
 from orchestrator.daemon.sdnotify import Notifier
 from orchestrator.daemon.support import (
@@ -53,7 +54,7 @@ from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport, readiness
-from orchestrator.settings import SettingsError, StateSettings
+from orchestrator.settings import FlightRecorderSettings, SettingsError, StateSettings
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
@@ -99,6 +100,7 @@ class DaemonSettings:
     log_level: str = "info"
     policy_poll_interval: float = 3.0
     state: StateSettings | None = None  # the store; None: SQLite at state_path
+    flight_recorder: FlightRecorderSettings = field(default_factory=FlightRecorderSettings)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def state_settings(self) -> StateSettings:
@@ -119,6 +121,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         state_path=str(s.state.path),
         store_timeout=s.state.timeout,
         state=s.state,
+        flight_recorder=s.flight_recorder,
         lease_ttl=s.leader.ttl,
         tick=s.engine.tick,
         aws_endpoint_url=s.aws.endpoint_url,
@@ -161,6 +164,7 @@ class Daemon:
         self._sources: asyncio.Task[None] | None = None
         self._readiness_fn = readiness_fn or self._readiness
         self.jobs: DaemonJobs | None = None
+        self.recorder: FlightRecorder | None = None
 
     async def _readiness(self, policies: Sequence[Policy]) -> ReadinessReport:
         return await readiness(policies, self.aws, self.clock)
@@ -199,6 +203,7 @@ class Daemon:
             lease_ttl=s.lease_ttl,
             tick=s.tick,
         )
+        self.recorder = self._flight_recorder(controller, state)
         try:
             controller.on_tick.append(lambda: self._ticked(controller))
             MetricsExporter(controller, self.clock, backend=state.backend).install()
@@ -208,6 +213,36 @@ class Daemon:
             await store.close()
         log.info("daemon_stopped")
         return 0
+
+    def _flight_recorder(
+        self, controller: Controller, state: StateSettings
+    ) -> FlightRecorder | None:
+        """The flight recorder, hooked to the controller (None when off or its folder cannot
+        be made: the daemon runs without it and says so)."""
+        s = self.settings.flight_recorder
+        if not s.enabled:
+            return None
+        folder = s.folder(state, self.settings.node_id)
+        recorder = FlightRecorder(
+            folder,
+            lead=s.lead,
+            after=s.after,
+            max_bytes=s.max_bytes,
+            segment=s.segment,
+            node_id=self.settings.node_id,
+            tick=self.settings.tick,
+            clock=self.clock,
+        )
+        try:
+            recorder.load()
+        except OSError as exc:
+            log.warning("flight_recorder_unavailable", folder=str(folder), error=str(exc))
+            return None
+        recorder.attach(controller)
+        controller.recorder = recorder
+        controller.on_decision.append(recorder.decision)
+        log.info("flight_recorder_started", folder=str(folder))
+        return recorder
 
     def _ticked(self, controller: Controller) -> None:
         if not controller.evaluated:
@@ -241,6 +276,9 @@ class Daemon:
                 )
                 jobs = tg.create_task(self.jobs.run())
                 watcher = tg.create_task(self._watch(controller, tg))
+                recording = None
+                if self.recorder is not None:
+                    recording = tg.create_task(self.recorder.run(controller))
                 api = self._start_api(controller, tg)
                 self._sources = tg.create_task(self._run_sources(controller.policy_set, controller))
                 log.info("daemon_started", node_id=self.settings.node_id)
@@ -250,10 +288,12 @@ class Daemon:
                 watcher.cancel()
                 jobs.cancel()  # no drill or readiness check starts while draining
                 await controller.drain(SHUTDOWN_GRACE)
-                for task in (self._sources, core, api, events, loop_lag):
+                for task in (self._sources, core, api, events, loop_lag, recording):
                     if task is not None:
                         task.cancel()
         finally:
+            if self.recorder is not None:
+                self.recorder.close(controller)  # what was queued since its last write
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 

@@ -320,13 +320,46 @@ class HealthBook:
         detail)`` observes and answers whether the cell's view may have changed."""
         return self._cells[(region, signal, vantage)].observe_changed
 
-    def observe(self, obs: Observation) -> bool:
-        """Take one observation; False when nothing in the policy expects it."""
+    def observe(
+        self, obs: Observation, note: Callable[[Observation, float | None], None] | None = None
+    ) -> bool:
+        """Take one observation; False when nothing in the policy expects it. ``note`` (the
+        flight recorder's) is called with the observation and the cell's previous one's
+        time when it is taken and says something new: the first of its cell, a change of
+        ``ok`` or ``detail``, or one after a silence long enough to have made the view
+        stale."""
         cell = self._cells.get((obs.region, obs.signal, obs.vantage))
         if cell is None:
             return False
+        if note is None:
+            cell.observe(obs.at, obs.ok, obs.detail)
+            return True
+        last_at, last_ok, last_detail = cell.last_at, cell.last_ok, cell.last_detail
         cell.observe(obs.at, obs.ok, obs.detail)
+        if last_at is None or (
+            obs.at > last_at
+            and (
+                obs.ok is not last_ok
+                or obs.detail != last_detail
+                or obs.at - last_at > cell.staleness
+            )
+        ):
+            note(obs, last_at)
         return True
+
+    def last_observations(
+        self,
+    ) -> list[tuple[str, str, str, float, bool | None, str]]:
+        """(region, signal, vantage, at, ok, detail) of every cell's latest observation: a
+        snapshot for the flight recorder."""
+        return [
+            (region, signal, vantage, cell.last_at, cell.last_ok, cell.last_detail)
+            for (region, signal, vantage), cell in self._cells.items()
+            if cell.last_at is not None
+        ]
+
+    def staleness(self, region: str, signal: str, vantage: str) -> float:
+        return self._cells[(region, signal, vantage)].staleness
 
     def observe_many(self, observations: Iterable[Observation]) -> None:
         cells = self._cells
