@@ -20,9 +20,12 @@ format (SCENARIOS.md), time 0 being the window's start:
   lasted long enough, and the active region at the end.
 
 The tolerance: in the daemon each vantage point probes on its own schedule; replayed, every
-cell is observed on the policy's interval from time 0, so a change is seen up to one interval
-later, and a decision may move by about as much. Expectations allow two intervals and a tick
-either way, and phases are checked only in the middle of spans longer than that.
+cell is observed on the policy's interval from time 0 (a change from the moment it reached
+the daemon), so a change is seen up to one interval later, and a decision may move by about
+as much; and the daemon itself may have decided later than its data allowed (a busy loop, a
+slow store). A run is expected from twice the tolerance before the daemon's start to the
+tolerance after it, the tolerance being two intervals and a tick; phases are checked only in
+the middle of spans longer than twice the tolerance.
 """
 
 from __future__ import annotations
@@ -273,6 +276,7 @@ def to_scenario(rec: Recording, policy: Policy, policy_ref: str) -> dict[str, An
     # The window.
     runs: dict[str, dict[str, Any]] = {}
     decisions: list[dict[str, Any]] = []
+    lag_facts: dict[str, float] = {}  # when each region's last lag fact applies
     for snapshot in rec.snapshots:
         at = float(snapshot["at"])
         for item in snapshot.get("cells") or ():
@@ -291,13 +295,21 @@ def to_scenario(rec: Recording, policy: Policy, policy_ref: str) -> dict[str, An
             if cell in cells and previous is not None and at - previous > book.staleness(*cell):
                 cell_fact(cell, max(previous + 0.001, rec.since), None, "", start=False)
             ok = record.get("ok")
-            cell_fact(
-                cell, at, ok if isinstance(ok, bool) else None, str(record.get("d") or ""), False
-            )
+            # The daemon knew it when it arrived: that is when it could weigh in.
+            known_at = max(at, _number(record.get("seen")) or at)
+            detail = str(record.get("d") or "")
+            cell_fact(cell, known_at, ok if isinstance(ok, bool) else None, detail, False)
         elif kind == "lag":
             region = str(record.get("r"))
             if replication is not None and region in replication.sources:
-                _lag(facts, at, region, _number(record.get("sec")), bool(record.get("frozen")))
+                frozen = bool(record.get("frozen"))
+                datapoint = _number(record.get("obs"))
+                if frozen and datapoint is not None:
+                    # A frozen reading ages from its datapoint's time, not from when the
+                    # daemon noticed that it stopped (after its previous fact, though).
+                    at = max(datapoint, lag_facts.get(region, rec.since) + 0.001, rec.since)
+                lag_facts[region] = at
+                _lag(facts, at, region, _number(record.get("sec")), frozen)
         elif kind == "cmd":
             _command(facts, at, record, set(policy.regions))
         elif kind == "leader":
@@ -481,7 +493,9 @@ def _expectations(
     for d in starts:
         at = float(d["at"]) - rec.since
         target = d.get("target")
-        window = [format_duration(max(0.0, at - tol)), format_duration(at + tol)]
+        # The replay weighs each observation the moment it arrives; the daemon, busy or
+        # waiting on a store, may have decided later: the window reaches further back.
+        window = [format_duration(max(0.0, at - 2 * tol)), format_duration(at + tol)]
         if target == policy.primary:
             failbacks += 1
             out.append({"failback": {"between": window}})
@@ -541,7 +555,8 @@ def _description(rec: Recording, decisions: Sequence[Mapping[str, Any]], policy:
     parts.append(
         f"Observations replay from the moments their results changed; the daemon's vantage"
         f" points probed on their own schedules, so times may differ by up to an interval:"
-        f" the expectations allow {format_duration(tolerance(rec, policy))} either way."
+        f" the expectations allow {format_duration(tolerance(rec, policy))} either way (twice"
+        " that earlier for a run's start)."
     )
     if rec.restarts:
         when = ", ".join(format_duration(t - rec.since) for t in rec.restarts)

@@ -4,7 +4,8 @@ What is recorded, as JSON lines (format :data:`FORMAT`):
 
 * ``obs``: an observation that says something new for its (region, signal, vantage) cell -
   the cell's first, a change of ``ok`` or of the failure kind, or one after a silence (the
-  previous observation's time rides along, ``prev``); AWS Health and CloudWatch alarms are
+  previous observation's time rides along, ``prev``; and when it arrived, ``seen``, if that
+  was later than its own time: an agent's batch, a slow probe); AWS Health and CloudWatch alarms are
   observations of their own vantage points, so events opening and closing, the Health API
   failing and alarms changing state are in here too;
 * ``lag``: a replication-lag reading that moved (by a tenth of the RPO or across it), became
@@ -209,6 +210,9 @@ class FlightRecorder:
         }
         if previous_at is not None:
             record["prev"] = previous_at
+        arrived = self._clock.now()
+        if arrived - obs.at > 0.05:  # late (a slow probe, an agent's batch): when it counted
+            record["seen"] = round(arrived, 3)
         self._queue(obs.service, record)
 
     def lag(self, service: str, region: str, reading: LagReading) -> None:
