@@ -7,8 +7,6 @@ longer detection rule reporting the later failover."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,12 @@ from orchestrator.cli.diff import run_diff
 from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.flight_recorder import (
     FlightRecorder,
-    ServiceView,
     prune,
     read_incidents,
     read_lines,
     segments,
 )
 from orchestrator.engine.expectations import check
-from orchestrator.engine.healthbook import HealthBook
 from orchestrator.engine.observation import Observation
 from orchestrator.engine.scenario_loader import load_scenario
 from orchestrator.engine.simulator import Simulation
@@ -34,42 +30,21 @@ from orchestrator.engine.state import (
     Decision,
     LagReading,
     OperatorCommand,
-    ServiceState,
 )
 from orchestrator.engine.vocabulary import Action, Phase, Reason
 from orchestrator.incident_export import read_recording, to_scenario, window_for
-from orchestrator.policy.loader import load_policy_text
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
 from tests.fixtures.controller import policy_text
 from tests.unit.daemon.controller_support import running, see
+from tests.unit.daemon.recorder_support import FakeSource
 from tests.unit.runbook.fakes import ScriptedAction
-
-POLICY = load_policy_text(policy_text(), "shop.yaml")
 
 
 @pytest.fixture
 def lease_ttl() -> float:
     # The controller's lease outlives the test's virtual minutes: leadership is not the point.
     return 1e6
-
-
-@dataclass
-class FakeSource:
-    """One service with a health book, as the controller would show it."""
-
-    book: HealthBook = field(default_factory=lambda: HealthBook(POLICY))
-    state: ServiceState = field(default_factory=lambda: ServiceState("shop", "us-east-1"))
-    leader: bool = True
-
-    def services(self) -> Sequence[str]:
-        return ["shop"]
-
-    def service_view(self, service: str) -> ServiceView | None:
-        return ServiceView(POLICY, self.book, self.state, {}, None, "v1")
-
-    def is_leader(self) -> bool:
-        return self.leader
 
 
 def recorder(folder: Path, clock: VirtualClock, **kw: float) -> FlightRecorder:
