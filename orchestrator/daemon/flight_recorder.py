@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import math
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -60,10 +62,13 @@ log = get_logger("failoverd.flight_recorder")
 
 FORMAT = 1
 INCIDENTS = "incidents.jsonl"
-PENDING_CAP = 20_000  # lines queued per service at most; past it they are dropped (counted)
+PENDING_CAP = 20_000  # records queued per service at most; past it they are dropped (counted)
+RECORD_BYTES = 120  # what a record takes on disk, about: files are cut by this estimate
 SEGMENT_SHARE = 16  # a file is cut when it passes this share of max_bytes
 PRUNE_EVERY = 60.0  # seconds between pruning passes
 _QUIET = frozenset({Phase.STEADY, Phase.PAUSED})
+_RUN_PHASES = frozenset({Phase.FAILING_OVER, Phase.AWAITING_APPROVAL, Phase.FAILED})
+SCAN_EVERY = 10.0  # seconds between looks for new services when no file falls due sooner
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _encode(value: Any) -> Any:
+    if isinstance(value, ServiceState):  # encoded by the writer thread, not on the loop
+        return json.loads(encode_state(value))
+    return str(value)
+
+
 def _line(record: Mapping[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False, default=str)
+    return json.dumps(record, separators=(",", ":"), allow_nan=False, default=_encode)
 
 
 @dataclass
@@ -106,12 +117,15 @@ class _Track:
 
     segment: Path | None = None
     segment_start: float = 0.0
-    segment_bytes: int = 0
-    pending: list[str] = field(default_factory=list)
+    next_cut: float = 0.0
+    segment_bytes: int = 0  # an estimate: records are serialised by the writer thread
+    pending: list[Mapping[str, Any]] = field(default_factory=list)
     incident: float | None = None  # when the open incident began
     steady_since: float | None = None
     incidents: list[tuple[float, float | None]] = field(default_factory=list)
     lag: dict[str, tuple[float | None, float, bool]] = field(default_factory=dict)
+    watch_runs: bool = False  # a run may be under way: its progress is read each second
+    running_phase: bool = False  # the last decision's phase is one a run shows in
     runs_seen: set[str] = field(default_factory=set)
     runs_done: set[str] = field(default_factory=set)
     restarted: bool = False
@@ -122,7 +136,7 @@ class _Track:
 class _Batch:
     """Work for the writer thread: lines per file, and what pruning must keep."""
 
-    lines: dict[Path, list[str]] = field(default_factory=dict)
+    lines: dict[Path, list[Mapping[str, Any]]] = field(default_factory=dict)
     current: set[Path] = field(default_factory=set)
     windows: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     now: float = 0.0
@@ -156,7 +170,12 @@ class FlightRecorder:
         self._tracks: dict[str, _Track] = {}
         self._leader: bool | None = None
         self._last_prune = -math.inf
-        self._incident_lines: dict[str, list[str]] = {}
+        self._incident_lines: dict[str, list[Mapping[str, Any]]] = {}
+        self._dirty: set[str] = set()  # services with queued records
+        self._next_scan = -math.inf
+        self._cuts: list[tuple[float, str]] = []  # (when, service): files falling due
+        self._watching: set[str] = set()  # services whose run progress is read each pass
+        self._open: set[str] = set()  # services with an open incident
         self._source: RecorderSource | None = None
         self.bytes_on_disk = 0
         self.dropped = 0
@@ -178,6 +197,7 @@ class FlightRecorder:
             track.incidents = read_incidents(entry / INCIDENTS)
             if track.incidents and track.incidents[-1][1] is None:
                 track.incident = track.incidents[-1][0]
+                self._open.add(entry.name)
         self.bytes_on_disk = _size(self.folder)
 
     def _track(self, service: str) -> _Track:
@@ -186,15 +206,23 @@ class FlightRecorder:
             track = self._tracks[service] = _Track(restarted=False)
         return track
 
-    def _queue(self, service: str, record: Mapping[str, Any]) -> None:
+    def _queue(self, service: str, record: Mapping[str, Any], size: int = RECORD_BYTES) -> None:
         track = self._tracks.get(service) or self._track(service)
         if len(track.pending) >= PENDING_CAP:
             track.dropped += 1
             self.dropped += 1
             return
-        line = _line(record)
-        track.pending.append(line)
-        track.segment_bytes += len(line) + 1
+        if not track.pending:
+            self._dirty.add(service)
+        track.pending.append(record)
+        track.segment_bytes += size
+        if (
+            track.segment is not None
+            and track.segment_bytes >= self.max_bytes // SEGMENT_SHARE
+            and track.next_cut > (now := self._clock.now())
+        ):
+            track.next_cut = now  # too big: cut at the next pass
+            heapq.heappush(self._cuts, (now, service))
 
     # -- hooks (event loop; cheap; never raise) -----------------------------------------
     def observation(self, obs: Observation, previous_at: float | None) -> None:
@@ -277,8 +305,12 @@ class FlightRecorder:
             "detected": d.detected_at,
         }
         if state is not None:
-            record["state"] = json.loads(encode_state(state))
+            record["state"] = state
         self._queue(d.service, record)
+        track.running_phase = d.phase in _RUN_PHASES or d.starts_run
+        if track.running_phase:
+            track.watch_runs = True
+            self._watching.add(d.service)
         if d.phase in _QUIET:
             if d.phase is Phase.STEADY and track.steady_since is None:
                 track.steady_since = d.at
@@ -287,63 +319,85 @@ class FlightRecorder:
         if track.incident is None:
             track.incident = d.at
             track.incidents.append((d.at, None))
+            self._open.add(d.service)
             self._incident_line(d.service, {"k": "open", "at": d.at, "phase": d.phase.value})
 
     def _incident_line(self, service: str, record: Mapping[str, Any]) -> None:
-        self._incident_lines.setdefault(service, []).append(_line(record))
+        self._incident_lines.setdefault(service, []).append(record)
 
     # -- the periodic part -----------------------------------------------------------------
     def tick(self, source: RecorderSource) -> _Batch:
         """Cut files that are due, close incidents that are over, note runs; hand the queued
-        lines over (the writer thread takes the batch)."""
+        records over (the writer thread serialises and writes the batch)."""
         now = self._clock.now()
         batch = _Batch(now=now)
         self.leadership(source.is_leader())
-        for service in source.services():
-            track = self._track(service)
-            view = None
-            due = (
-                track.segment is None
-                or now - track.segment_start >= self.segment
-                or track.segment_bytes >= self.max_bytes // SEGMENT_SHARE
-            )
-            if due or track.incident is not None:
+        if now >= self._next_scan:
+            self._scan(source, now, batch)
+        cuts = self._cuts
+        while cuts and cuts[0][0] <= now:
+            at, service = heapq.heappop(cuts)
+            track = self._tracks[service]
+            if at == track.next_cut and track.segment is not None:
                 view = source.service_view(service)
+                if view is not None:
+                    self._cut(service, track, view, now, batch)
+        for service in list(self._watching):
+            track = self._tracks[service]
+            view = source.service_view(service)
             if view is not None:
                 self._runs(service, track, view)
-                if due:
-                    self._cut(service, track, view, now, batch)
-            if (
-                track.incident is not None
-                and track.steady_since is not None
-                and now - track.steady_since >= self.after
-            ):
+            if not track.watch_runs:
+                self._watching.discard(service)
+        for service in list(self._open):
+            track = self._tracks[service]
+            if track.incident is None:
+                self._open.discard(service)
+            elif track.steady_since is not None and now - track.steady_since >= self.after:
                 opened = track.incident
                 track.incident = None
                 track.incidents[-1] = (opened, now)
                 self._incident_line(service, {"k": "close", "at": now})
-        for service, track in self._tracks.items():
-            if track.segment is not None:
-                batch.current.add(track.segment)
-                if track.pending:
-                    batch.lines.setdefault(track.segment, []).extend(track.pending)
-                    track.pending = []
-            batch.windows[service] = [
-                (opened - self.lead, closed if closed is not None else math.inf)
-                for opened, closed in track.incidents
-            ]
-            track.incidents = [w for w in track.incidents if w[1] is None or w[1] > now - 7 * 86400]
-        for service, lines in self._incident_lines.items():
-            batch.lines.setdefault(self.folder / service / INCIDENTS, []).extend(lines)
+                self._open.discard(service)
+        for service in self._dirty:
+            track = self._tracks[service]
+            if track.segment is not None and track.pending:
+                batch.lines.setdefault(track.segment, []).extend(track.pending)
+                track.pending = []
+        self._dirty = {s for s in self._dirty if self._tracks[s].pending}
+        for service, records in self._incident_lines.items():
+            batch.lines.setdefault(self.folder / service / INCIDENTS, []).extend(records)
         self._incident_lines = {}
         if now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
             batch.prune = True
+            for service, track in self._tracks.items():
+                if track.segment is not None:
+                    batch.current.add(track.segment)
+                keep = now - 7 * 86400  # the files say the rest; memory keeps a week
+                track.incidents = [w for w in track.incidents if w[1] is None or w[1] > keep]
+                batch.windows[service] = [
+                    (opened - self.lead, closed if closed is not None else math.inf)
+                    for opened, closed in track.incidents
+                ]
         return batch
+
+    def _scan(self, source: RecorderSource, now: float, batch: _Batch) -> None:
+        """A first file for each service that has none (new ones, after a reload)."""
+        for service in source.services():
+            track = self._tracks.get(service) or self._track(service)
+            if track.segment is None:
+                view = source.service_view(service)
+                if view is not None:
+                    self._cut(service, track, view, now, batch)
+        self._next_scan = now + SCAN_EVERY
 
     def _runs(self, service: str, track: _Track, view: ServiceView) -> None:
         progress = view.progress
-        if progress is None:
+        if progress is None or (
+            progress.status is not RunStatus.RUNNING and progress.run_id in track.runs_done
+        ):
+            track.watch_runs = track.running_phase
             return
         if progress.run_id not in track.runs_seen:
             track.runs_seen.add(progress.run_id)
@@ -358,6 +412,7 @@ class FlightRecorder:
         path = self.folder / service / f"{round(now * 1000):013d}.jsonl"
         if track.segment == path:
             return
+        cells = view.book.last_observations()
         header = {
             "k": "segment",
             "v": FORMAT,
@@ -368,8 +423,8 @@ class FlightRecorder:
             "tick": self.tick_seconds,
             "leader": bool(self._leader),
             "restart": track.restarted,
-            "state": json.loads(encode_state(view.state)),
-            "cells": [list(c) for c in view.book.last_observations()],
+            "state": view.state,
+            "cells": cells,
             "lag": [[r, _plain(x.seconds), x.observed_at] for r, x in sorted(view.lag.items())],
         }
         track.restarted = False
@@ -379,10 +434,17 @@ class FlightRecorder:
         first = track.segment is None
         if track.segment is not None and old_pending:
             batch.lines.setdefault(track.segment, []).extend(old_pending)
+        if track.segment is None:
+            # Services cut their files at staggered times, not all in the same second.
+            share = 0.5 + (zlib.crc32(service.encode()) % 1000) / 2000
+            track.next_cut = now + self.segment * share
+        else:
+            track.next_cut = now + self.segment
+        heapq.heappush(self._cuts, (track.next_cut, service))
         track.segment = path
         track.segment_start = now
         track.segment_bytes = 0
-        self._queue(service, header)
+        self._queue(service, header, RECORD_BYTES * (1 + len(cells)))
         if first:
             track.pending.extend(old_pending)
 
@@ -390,13 +452,14 @@ class FlightRecorder:
     def write(self, batch: _Batch) -> None:
         """Append the batch's lines, then prune when it is time. Runs in a worker thread;
         an error is logged and the lines are lost (the daemon goes on)."""
-        for path, lines in batch.lines.items():
+        for path, records in batch.lines.items():
             try:
+                text = "".join(_line(r) + "\n" for r in records)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with path.open("a", encoding="utf-8") as fh:
-                    fh.write("\n".join(lines) + "\n")
-            except OSError as exc:
-                self.dropped += len(lines)
+                    fh.write(text)
+            except (OSError, ValueError, TypeError) as exc:
+                self.dropped += len(records)
                 log.warning("flight_recorder_write_failed", path=str(path), error=str(exc))
         if batch.prune:
             try:
