@@ -56,7 +56,7 @@ from orchestrator.engine.vocabulary import Phase
 from orchestrator.policy.models import Policy
 from orchestrator.runbook.rto import RunProgress
 from orchestrator.store.codec import encode_state
-from orchestrator.telemetry import get_logger
+from orchestrator.telemetry import FLIGHT_RECORDER_BYTES, FLIGHT_RECORDER_DROPPED, get_logger
 
 log = get_logger("failoverd.flight_recorder")
 
@@ -199,6 +199,7 @@ class FlightRecorder:
                 track.incident = track.incidents[-1][0]
                 self._open.add(entry.name)
         self.bytes_on_disk = _size(self.folder)
+        FLIGHT_RECORDER_BYTES.set(self.bytes_on_disk)
 
     def _track(self, service: str) -> _Track:
         track = self._tracks.get(service)
@@ -211,6 +212,7 @@ class FlightRecorder:
         if len(track.pending) >= PENDING_CAP:
             track.dropped += 1
             self.dropped += 1
+            FLIGHT_RECORDER_DROPPED.inc()
             return
         if not track.pending:
             self._dirty.add(service)
@@ -320,6 +322,7 @@ class FlightRecorder:
             track.incident = d.at
             track.incidents.append((d.at, None))
             self._open.add(d.service)
+            log.info("flight_recorder_incident_opened", service=d.service, phase=d.phase.value)
             self._incident_line(d.service, {"k": "open", "at": d.at, "phase": d.phase.value})
 
     def _incident_line(self, service: str, record: Mapping[str, Any]) -> None:
@@ -359,6 +362,7 @@ class FlightRecorder:
                 track.incidents[-1] = (opened, now)
                 self._incident_line(service, {"k": "close", "at": now})
                 self._open.discard(service)
+                log.info("flight_recorder_incident_closed", service=service, lasted=now - opened)
         for service in self._dirty:
             track = self._tracks[service]
             if track.segment is not None and track.pending:
@@ -460,6 +464,7 @@ class FlightRecorder:
                     fh.write(text)
             except (OSError, ValueError, TypeError) as exc:
                 self.dropped += len(records)
+                FLIGHT_RECORDER_DROPPED.inc(len(records))
                 log.warning("flight_recorder_write_failed", path=str(path), error=str(exc))
         if batch.prune:
             try:
@@ -473,6 +478,7 @@ class FlightRecorder:
                 )
             except OSError as exc:
                 log.warning("flight_recorder_prune_failed", error=str(exc))
+            FLIGHT_RECORDER_BYTES.set(self.bytes_on_disk)
 
     async def run(self, source: RecorderSource, interval: float = 1.0) -> None:
         """Every ``interval``: take a batch on the loop, write it in a worker thread."""
