@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from orchestrator.cli.diff import run_diff
 from orchestrator.daemon.controller import Controller
@@ -291,6 +292,7 @@ def test_a_service_folder_survives_a_full_queue_by_dropping_and_counting(tmp_pat
     source = FakeSource()
     r = recorder(tmp_path, clock)
     r.attach(source)
+    counted = REGISTRY.get_sample_value("failoverd_flight_recorder_dropped_total") or 0.0
     cap, fr.PENDING_CAP = fr.PENDING_CAP, 3
     try:
         for i in range(5):
@@ -298,6 +300,12 @@ def test_a_service_folder_survives_a_full_queue_by_dropping_and_counting(tmp_pat
     finally:
         fr.PENDING_CAP = cap
     assert r.dropped == 2
+    assert REGISTRY.get_sample_value("failoverd_flight_recorder_dropped_total") == counted + 2
+    batch = r.tick(source)  # the first pass prunes: the size on disk is exported
+    assert batch.prune
+    r.write(batch)
+    assert r.bytes_on_disk > 0
+    assert REGISTRY.get_sample_value("failoverd_flight_recorder_bytes") == r.bytes_on_disk
 
 
 # -- the whole loop ---------------------------------------------------------------------------
