@@ -218,16 +218,24 @@ def scenarios(draw: st.DrawFn) -> tuple[Scenario, Policy]:
     start += [{"at": "0s", "lag": {"region": r, "seconds": 2}} for r in regions[1:]]
     facts = [_fact(draw, regions) for _ in range(draw(st.integers(2, 18)))]
     facts.sort(key=lambda f: int(f["at"][:-2]))
-    scenario = Scenario.model_validate(
-        {
-            "scenario": "random",
-            "policy": data,
-            "duration": f"{SECONDS}s",
-            "tick": draw(st.sampled_from(["1s", "1s", "500ms", "2s"])),
-            "timeline": [*start, *facts],
-            "expect": [{"failovers": {"max": 1000}}],
+    document: dict[str, Any] = {
+        "scenario": "random",
+        "policy": data,
+        "duration": f"{SECONDS}s",
+        "tick": draw(st.sampled_from(["1s", "1s", "500ms", "2s"])),
+        "timeline": [*start, *facts],
+        "expect": [{"failovers": {"max": 1000}}],
+    }
+    if draw(st.booleans()):  # a history: its cooldown and max-failovers window run out
+        document["start"] = {
+            "active_region": draw(st.sampled_from(regions)),
+            "last_automatic_move": f"{draw(st.integers(1, 400))}s",
+            "moves": [
+                {"ago": f"{draw(st.integers(1, 900))}s", "kind": "failover", "to": r}
+                for r in draw(st.lists(st.sampled_from(regions[1:]), max_size=2))
+            ],
         }
-    )
+    scenario = Scenario.model_validate(document)
     return scenario, load(data)
 
 
