@@ -56,7 +56,7 @@ from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
 from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.executor import ActionLookup, Executor, RunRejected, new_run_id
-from orchestrator.runbook.journal import JournalError, StepStatus
+from orchestrator.runbook.journal import JournalError, StepStatus, approval_key
 from orchestrator.runbook.rto import RunProgress
 from orchestrator.signals.aws_clients import AwsClients
 from orchestrator.store.base import (
@@ -746,12 +746,17 @@ class Controller:
         return self._result(svc, d)
 
     async def _waiting_approval_step(self, run_id: str) -> str | None:
+        """The approval key of what the run waits for: an ``approval`` step's name, or
+        ``<step>/<sub-step>`` for a step's own step waiting for approval (e.g. a manual
+        approval step of an ARC Region switch plan the step drives)."""
         progress = await self.executor.progress(run_id)
         if progress is None:
             return None
         for step in progress.steps:
             if step.action == APPROVAL_ACTION and step.status in _WAITING:
                 return step.name
+            if step.status in _WAITING and step.awaiting_approval:
+                return approval_key(step.name, step.awaiting_approval[0])
         return None
 
     def _result(self, svc: _Service, d: Decision) -> CommandResult:

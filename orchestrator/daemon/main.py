@@ -49,17 +49,24 @@ from orchestrator.daemon.support import (
     reload_policies,
     supervise,
     try_load,
+    tune_process,
 )
+from orchestrator.netguard import configure_webhooks
 from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport, readiness
-from orchestrator.settings import FlightRecorderSettings, SettingsError, StateSettings
+from orchestrator.settings import (
+    FlightRecorderSettings,
+    SettingsError,
+    StateSettings,
+    read_secret_file,
+)
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
 from orchestrator.signals.lag import ReplicationLagSource
-from orchestrator.signals.mqtt_agents import BrokerConfig, MqttAgentSource
+from orchestrator.signals.mqtt_agents import BrokerConfig, BrokerConfigError, MqttAgentSource
 from orchestrator.signals.probes import ProbeContext
 from orchestrator.signals.scheduler import ProbeScheduler
 from orchestrator.store.base import StoreError
@@ -86,6 +93,7 @@ class DaemonSettings:
     tick: float = 1.0
     aws_endpoint_url: str | None = None
     health_endpoint_url: str | None = None
+    aws_service_endpoints: dict[str, str] = field(default_factory=dict)
     aws_connect_timeout: float = 3.0
     aws_read_timeout: float = 10.0
     probes_max_concurrency: int = 256
@@ -97,7 +105,12 @@ class DaemonSettings:
     http_bind: str = "127.0.0.1"
     http_port: int | None = None  # None: no HTTP API
     http_token_file: str | None = None
+    http_allow_remote: bool = False
+    http_allowed_hosts: tuple[str, ...] = ()
+    probes_trust_ca_file: str | None = None
+    webhook_allow_link_local: bool = False
     log_level: str = "info"
+    log_json: bool | None = None  # None: JSON unless stderr is a terminal
     policy_poll_interval: float = 3.0
     state: StateSettings | None = None  # the store; None: SQLite at state_path
     flight_recorder: FlightRecorderSettings = field(default_factory=FlightRecorderSettings)
@@ -126,6 +139,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         tick=s.engine.tick,
         aws_endpoint_url=s.aws.endpoint_url,
         health_endpoint_url=s.aws.health_endpoint_url,
+        aws_service_endpoints=dict(s.aws.service_endpoints),
         aws_connect_timeout=s.aws.connect_timeout,
         aws_read_timeout=s.aws.read_timeout,
         probes_max_concurrency=s.probes.max_concurrency,
@@ -135,7 +149,12 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         http_bind=s.http.bind,
         http_port=s.http.port,
         http_token_file=str(s.http.token_file) if s.http.token_file else None,
+        http_allow_remote=s.http.allow_remote,
+        http_allowed_hosts=tuple(s.http.allowed_hosts),
+        probes_trust_ca_file=str(s.probes.trust_ca_file) if s.probes.trust_ca_file else None,
+        webhook_allow_link_local=s.webhook.allow_link_local,
         log_level=s.log.level,
+        log_json=s.log.json_output,
     )
 
 
@@ -154,6 +173,7 @@ class Daemon:
         self.aws = AwsClients(
             AwsClientConfig(
                 endpoint_url=settings.aws_endpoint_url,
+                service_endpoints=settings.aws_service_endpoints,
                 connect_timeout=settings.aws_connect_timeout,
                 read_timeout=settings.aws_read_timeout,
             )
@@ -169,6 +189,28 @@ class Daemon:
     async def _readiness(self, policies: Sequence[Policy]) -> ReadinessReport:
         return await readiness(policies, self.aws, self.clock)
 
+    def preflight(self) -> str | None:
+        """Read every secret and TLS file the daemon will use, so that an unusable one
+        (missing, empty, readable by others) is a clear error at start, not the crash of a
+        task once running. The files are read again where used (a rotated one is picked
+        up)."""
+        s = self.settings
+        try:
+            if s.http_port is not None and s.http_token_file:
+                read_secret_file(Path(s.http_token_file), "http.token_file")
+            broker = self.broker()
+            if broker is not None:
+                broker.check()
+        except (SettingsError, BrokerConfigError) as exc:
+            return str(exc)
+        if s.http_port is not None and s.http_allow_remote and not s.http_token_file:
+            log.warning(
+                "api_remote_without_token",
+                bind=s.http_bind,
+                why="reads are open to the network and mutating calls are disabled",
+            )
+        return None
+
     def broker(self) -> BrokerConfig | None:
         s = self.settings
         if s.mqtt_broker is not None:
@@ -183,7 +225,11 @@ class Daemon:
 
     async def run(self) -> int:
         s = self.settings
-        policies = try_load(s.policies)
+        problem = self.preflight()
+        if problem is not None:
+            log.error("daemon_not_started", why=problem)
+            return 2
+        policies = await try_load(s.policies)
         if policies is None:
             log.error("daemon_not_started", why="the policies have errors")
             return 2
@@ -344,12 +390,20 @@ class Daemon:
             log.warning("http_api_unavailable", why="orchestrator.api.app is not installed")
             return None
         app_module: Any = importlib.import_module("orchestrator.api.app")
-        token = Path(s.http_token_file).read_text().strip() if s.http_token_file else None
-        app = app_module.make_app(controller, token=token)
+        token = (
+            read_secret_file(Path(s.http_token_file), "http.token_file")
+            if s.http_token_file
+            else None
+        )
+        app = app_module.make_app(
+            controller, token=token, bind=s.http_bind, allowed_hosts=s.http_allowed_hosts
+        )
 
         async def api() -> None:
             # serve() starts the site and returns its runner; this task owns its cleanup.
-            runner = await app_module.serve(app, s.http_bind, s.http_port)
+            runner = await app_module.serve(
+                app, s.http_bind, s.http_port, allow_remote=s.http_allow_remote
+            )
             try:
                 await asyncio.Event().wait()
             finally:
@@ -388,7 +442,11 @@ class Daemon:
         """Every signal source for ``policies``, each supervised, until cancelled."""
         s = self.settings
         items = list(policies)
-        async with ProbeContext(clock=self.clock) as ctx, asyncio.TaskGroup() as tg:
+        trust = s.probes_trust_ca_file
+        async with (
+            ProbeContext(trust_ca_file=trust, clock=self.clock) as ctx,
+            asyncio.TaskGroup() as tg,
+        ):
             runs: list[tuple[str, Callable[[], Awaitable[None]]]] = []
             probes = ProbeScheduler(
                 items,
@@ -449,8 +507,16 @@ def run_daemon(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"failoverd run: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    return asyncio.run(Daemon(settings).run())
+    configure_logging(settings.log_level, json=settings.log_json)
+    configure_webhooks(allow_link_local=settings.webhook_allow_link_local)
+    tune_process()  # the process's own: not in Daemon.run, which tests run in theirs
+    try:
+        return asyncio.run(Daemon(settings).run())
+    except Exception:
+        # A bug, not bad input: one event (its traceback inside, redacted), not a dump of
+        # lines that breaks the JSON log; exit 1 so that systemd restarts it.
+        log.exception("daemon_crashed")
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

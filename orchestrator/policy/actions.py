@@ -143,6 +143,48 @@ class Webhook(_Params):
     body: dict[str, str] = Field(default_factory=dict)
 
 
+REGION_SWITCH_PLAN_ARN = (
+    r"^arn:aws[a-zA-Z-]*:arc-region-switch::[0-9]{12}:plan/"
+    r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,30}[a-zA-Z0-9])?:[a-z0-9]{6}$"
+)
+
+
+class ArcRegionSwitch(_Params):
+    """Execute an ARC Region switch plan and follow it to its end: its steps show as the
+    step's progress, its manual approvals wait for `failoverd approve`."""
+
+    no_region: ClassVar[str] = (
+        "the calls go to Region switch in the run's target region (the one recovered into),"
+        " with the plan's other region as the fallback; the plan's own target is target_region"
+    )
+
+    plan_arn: str = Field(
+        pattern=REGION_SWITCH_PLAN_ARN,
+        description="arn:aws:arc-region-switch::<account>:plan/<name>:<6 characters>",
+    )
+    action: Literal["activate", "deactivate"] = Field(
+        default="activate",
+        description="activate the target region, or deactivate the region being left"
+        " (active/active plans).",
+    )
+    target_region: StepRegion | None = Field(
+        default=None,
+        description="The execution's targetRegion. Default: {target_region} to activate,"
+        " {source_region} to deactivate.",
+    )
+    mode: Literal["auto", "graceful", "ungraceful"] = Field(
+        default="auto",
+        description="auto: ungraceful for a failover away from a region that is down,"
+        " graceful for switchovers, failbacks and drills.",
+    )
+    comment: str = Field(
+        default="", max_length=500, description="Added to the execution's comment."
+    )
+    poll_interval: Annotated[
+        Duration, Field(gt=0, description="How often the execution is read while it runs.")
+    ] = 5.0
+
+
 class Approval(_Params):
     """Wait until an operator approves (API, CLI or MQTT); bounded by the step timeout."""
 
@@ -165,6 +207,7 @@ ACTION_PARAMS: dict[str, type[_Params]] = {
     "webhook": Webhook,
     "approval": Approval,
     "wait": Wait,
+    "arc.region_switch": ArcRegionSwitch,
 }
 ACTION_NAMES = frozenset(ACTION_PARAMS)
 APPROVAL_ACTION = "approval"

@@ -365,9 +365,33 @@ class Executor:
         started = self._clock.monotonic()
         outcome: ExecuteOutcome | None = None
         failure: Failure | None = None
+        # If this attempt fails, the step has failed for good.
+        last = history.failed_attempts >= step.retries
+        # Whether the service state says "waiting for an approval": an approval step, or a
+        # step whose earlier attempt left a sub-step waiting (a resume after a crash).
+        waiting = [approval or bool(history.awaiting_approval)]
+        if waiting[0] and not approval:
+            await self._set_waiting_approval(header, True)
         try:
             async with clock_timeout(self._clock, step.timeout) as expiry:
-                outcome = await self._run_action(run, step, attempt, started + step.timeout)
+
+                def cancel_reason() -> str | None:
+                    if expiry.expired and last:
+                        return (
+                            f"step {step.name} timed out after {format_duration(step.timeout)}"
+                            " on its last attempt"
+                        )
+                    return None
+
+                outcome = await self._run_action(
+                    run,
+                    step,
+                    attempt,
+                    started + step.timeout,
+                    history,
+                    cancel_reason,
+                    waiting,
+                )
         except StoreError:
             raise  # the approvals read failed: no journal, no further step
         except Exception as exc:
@@ -377,7 +401,7 @@ class Executor:
                 failure = classify(exc)
         elapsed = self._clock.monotonic() - started
         RUNBOOK_STEP_DURATION.labels(step.action).observe(elapsed)
-        if approval:
+        if waiting[0]:
             await self._set_waiting_approval(header, False)
         if failure is None and outcome is not None:
             changed = "changed" if outcome.changed else "unchanged"
@@ -419,9 +443,33 @@ class Executor:
         )
 
     async def _run_action(
-        self, run: _Run, step: Step, attempt: int, deadline: float
+        self,
+        run: _Run,
+        step: Step,
+        attempt: int,
+        deadline: float,
+        history: StepHistory,
+        cancel_reason: Callable[[], str | None],
+        waiting: list[bool],
     ) -> ExecuteOutcome:
         header = run.header
+        earlier = tuple(note.detail for note in history.progress)
+
+        async def progress(detail: Mapping[str, Any]) -> None:
+            try:
+                text = json.dumps(dict(detail), sort_keys=True, separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise ActionFailed(f"step {step.name}: progress note is not JSON: {exc}") from exc
+            record = await self._append(
+                header, JournalStatus.STEP_PROGRESS, step=step.name, attempt=attempt, detail=text
+            )
+            history.apply(record, step)
+            if {"awaiting_approval", "approved", "substep"} & detail.keys():
+                now_waiting = bool(history.awaiting_approval)
+                if now_waiting != waiting[0]:
+                    await self._set_waiting_approval(header, now_waiting)
+                    waiting[0] = now_waiting
+
         try:
             action = self._actions(step.action)
         except KeyError as exc:
@@ -451,6 +499,9 @@ class Executor:
             deadline=deadline,
             approvals=self._store,
             facts=header.facts,
+            progress=progress,
+            history=earlier,
+            cancel_reason=cancel_reason,
         )
         report = await action.check(ctx)
         if not report.ready and attempt == 1:

@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.engine.state import RunStatus
-from orchestrator.runbook.journal import RunJournal, StepStatus, fold
+from orchestrator.runbook.journal import (
+    SUBSTEP_STATUSES,
+    ProgressNote,
+    RunJournal,
+    StepStatus,
+    fold,
+)
 from orchestrator.store.base import JournalRecord, JournalStatus
 
 
@@ -29,6 +35,74 @@ class AttemptProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class SubstepProgress:
+    """A step of a step (an ARC Region switch plan's step), from the step's progress notes."""
+
+    name: str
+    kind: str  # e.g. the plan step's execution block type
+    status: str  # one of journal.SUBSTEP_STATUSES
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None  # start to end (or to now while it runs)
+    error: str = ""
+
+
+_SUBSTEP_ENDED = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+
+
+def substeps(notes: Sequence[ProgressNote], end: float) -> tuple[SubstepProgress, ...]:
+    """The sub-steps the notes speak of, in the order they first appeared, each with its
+    latest status; a sub-step still going is measured up to ``end``."""
+    seen: dict[str, dict[str, object]] = {}
+    for note in notes:
+        sub = note.detail.get("substep")
+        if not isinstance(sub, dict):
+            continue
+        name, status = sub.get("name"), sub.get("status")
+        if not isinstance(name, str) or status not in SUBSTEP_STATUSES:
+            continue
+        at = sub.get("at")
+        when = float(at) if isinstance(at, int | float) and not isinstance(at, bool) else note.at
+        entry = seen.setdefault(name, {"kind": "", "start": None, "end": None, "error": ""})
+        entry["status"] = status
+        if isinstance(sub.get("kind"), str) and sub["kind"]:
+            entry["kind"] = sub["kind"]
+        if entry["start"] is None:
+            entry["start"] = when
+        if status in _SUBSTEP_ENDED:
+            entry["end"] = when
+            if isinstance(sub.get("error"), str):
+                entry["error"] = sub["error"]
+        else:
+            entry["end"] = None
+    out = []
+    for name, e in seen.items():
+        start = e["start"] if isinstance(e["start"], float) else None
+        stop = e["end"] if isinstance(e["end"], float) else None
+        duration = None if start is None else (stop if stop is not None else end) - start
+        out.append(
+            SubstepProgress(
+                name=name,
+                kind=str(e["kind"]),
+                status=str(e["status"]),
+                started_at=start,
+                finished_at=stop,
+                duration=None if duration is None else max(duration, 0.0),
+                error=str(e["error"]),
+            )
+        )
+    return tuple(out)
+
+
+def latest_note(notes: Sequence[ProgressNote]) -> str:
+    for note in reversed(notes):
+        text = note.detail.get("note")
+        if isinstance(text, str) and text:
+            return text
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
 class StepProgress:
     name: str
     action: str
@@ -40,6 +114,11 @@ class StepProgress:
     duration: float | None  # first start to end (or to now while running), backoffs included
     error: str = ""
     detail: str = ""
+    # What the step's progress notes say: its own steps (an ARC Region switch plan's), the
+    # sub-steps waiting for an operator's approval, and the latest note.
+    substeps: tuple[SubstepProgress, ...] = ()
+    awaiting_approval: tuple[str, ...] = ()
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +205,9 @@ def build_progress(journal: RunJournal, now: float) -> RunProgress:
                 duration=duration,
                 error=history.error,
                 detail=history.detail,
+                substeps=substeps(history.progress, end),
+                awaiting_approval=history.awaiting_approval,
+                note=latest_note(history.progress),
             )
         )
     elapsed = end - rto_clock_start(header.detected_at, header.decided_at)

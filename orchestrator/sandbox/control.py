@@ -25,6 +25,7 @@ from orchestrator.policy.durations import DurationError, parse_duration
 from orchestrator.sandbox.fault_proxy import FaultProxy, ThrottleSpecError, parse_throttle
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints, local_down_supported
+from orchestrator.sandbox.region_switch_api import RegionSwitchEmulator
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.control")
@@ -58,12 +59,16 @@ class Faults:
     lag_seconds: float = 5.0
     health_events: dict[str, list[str]] = field(default_factory=dict)
     proxy: FaultProxy | None = None  # between the daemon and moto; None: no throttling
+    # ARC Region switch: region-down/up take the region's Region switch endpoint with it.
+    region_switch: RegionSwitchEmulator | None = None
 
     async def apply(self, fault: str, arg: str) -> str:
         if fault in ("region-down", "region-up", "slow", "flap", "health-event", "local-down"):
             self.endpoints.get(arg)  # a clear error for an unknown region
         if fault == "region-down":
             self.endpoints.set_mode(arg, "down")
+            if self.region_switch is not None:
+                self.region_switch.set_region_down(arg)
             return f"{arg}: the endpoint answers 503"
         if fault == "slow":
             self.endpoints.set_mode(arg, "slow")
@@ -78,6 +83,8 @@ class Faults:
             return f"{arg}: the endpoint answers 503 to the daemon's own probes, 200 to agents"
         if fault == "region-up":
             self.endpoints.set_mode(arg, "up")
+            if self.region_switch is not None:
+                self.region_switch.set_region_down(arg, down=False)
             for arn in self.health_events.pop(arg, []):
                 self.health.close_event(arn)
             return f"{arg}: the endpoint is healthy, its Health events closed"

@@ -43,12 +43,14 @@ from typing import Any, TextIO
 import aiohttp
 import yaml
 
+from orchestrator.sandbox import region_switch_world
 from orchestrator.sandbox.broker import available as embedded_broker_available
 from orchestrator.sandbox.control import FAULTS, ControlServer, FaultError, Faults, send_fault
 from orchestrator.sandbox.etcd_cluster import EtcdCluster, EtcdClusterError, etcd_binary
 from orchestrator.sandbox.fault_proxy import FaultProxy
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints
+from orchestrator.sandbox.region_switch_api import RegionSwitchEmulator
 from orchestrator.sandbox.seed import ALL_REGIONS, seed_world, write_sandbox_policies
 from orchestrator.sandbox.world import (
     DEFAULT_LAG,
@@ -295,7 +297,14 @@ class Sandbox:
         self.health = HealthApiEmulator()
         await self.health.start()
         stack.push_async_callback(self.health.stop)
-        self.endpoints = RegionEndpoints(list(ALL_REGIONS))
+        # ARC Region switch (the orders example's plan), emulated on its own port.
+        self.region_switch = RegionSwitchEmulator()
+        await self.region_switch.start()
+        stack.push_async_callback(self.region_switch.stop)
+        region_switch_world.seed_plan(self.region_switch)
+        await asyncio.to_thread(region_switch_world.seed_moto, self.moto)
+        regions = dict.fromkeys([*ALL_REGIONS, *region_switch_world.REGIONS])
+        self.endpoints = RegionEndpoints(list(regions))
         stack.push_async_callback(self.endpoints.stop)
         await self.endpoints.start()
 
@@ -303,7 +312,12 @@ class Sandbox:
             publish_lag(self.moto, seconds)
 
         self.faults = Faults(
-            self.endpoints, self.health, lag, lag_seconds=DEFAULT_LAG, proxy=self.proxy
+            self.endpoints,
+            self.health,
+            lag,
+            lag_seconds=DEFAULT_LAG,
+            proxy=self.proxy,
+            region_switch=self.region_switch,
         )
         control = ControlServer(self.faults)
         stack.push_async_callback(control.stop)
@@ -316,6 +330,7 @@ class Sandbox:
         policies.mkdir()
         ports = {r: e.port for r, e in self.endpoints.endpoints.items()}
         write_sandbox_policies(policies, self.zones, ports, vantages)
+        region_switch_world.write_policy(policies, ports, vantages)
         if broker:
             for agent in AGENTS:
                 argv = [sys.executable, "-m", "orchestrator", "agent", "--id", agent]
@@ -457,6 +472,7 @@ class Sandbox:
             "aws": {
                 "endpoint_url": self.proxy.endpoint_url,
                 "health_endpoint_url": self.health.endpoint_url,
+                "service_endpoints": {"arc-region-switch": self.region_switch.endpoint_url},
                 "read_timeout": "5s",
             },
             "http": {"bind": "127.0.0.1", "port": port, "token_file": str(self.token_file)},
@@ -487,6 +503,7 @@ class Sandbox:
             "instances": self.apis,
             "etcd": list(self.etcd.endpoints) if self.etcd else [],
             "token_file": str(self.token_file),
+            "region_switch": self.region_switch.endpoint_url,
             "workdir": str(self.workdir),
             "pids": self.pids,
         }

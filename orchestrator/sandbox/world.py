@@ -280,12 +280,14 @@ async def feed_lag(world: MotoWorld, current: Callable[[], float], every: float 
     so the daemon's reading stays fresh. A failed put is logged and retried next time: the
     feed never ends on its own. The other examples' lag is re-published at its steady value."""
     # seed.py builds on this module: imported here, not at the top, to avoid a cycle.
+    from orchestrator.sandbox import region_switch_world
     from orchestrator.sandbox.seed import publish_example_lag
 
     while True:
         try:
             await asyncio.to_thread(publish_lag, world, current())
             await asyncio.to_thread(publish_example_lag, world)
+            await asyncio.to_thread(region_switch_world.publish_lag, world)
         except Exception as exc:  # moto restarting or slow: the next round tries again
             log.warning("sandbox_lag_publish_failed", error=repr(exc))
         await asyncio.sleep(every)

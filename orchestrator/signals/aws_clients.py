@@ -21,7 +21,7 @@ import asyncio
 import contextvars
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -66,6 +66,8 @@ class AwsClientConfig:
     region (the sandbox points it at the emulator); leave it None in production."""
 
     endpoint_url: str | None = None
+    # Per service (botocore's name, e.g. "arc-region-switch"): wins over endpoint_url.
+    service_endpoints: Mapping[str, str] = field(default_factory=dict)
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
     max_attempts: int = 3
@@ -90,13 +92,13 @@ class AwsClientConfig:
             )
         if self.session_token is not None and self.access_key_id is None:
             raise ValueError("AwsClientConfig.session_token needs access_key_id too")
-        if self.endpoint_url is not None and not self.endpoint_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError(
-                f"AwsClientConfig.endpoint_url must start with http:// or https://, "
-                f"got {self.endpoint_url!r}"
-            )
+        urls = {"endpoint_url": self.endpoint_url}
+        urls.update({f"service_endpoints[{k!r}]": v for k, v in self.service_endpoints.items()})
+        for name, url in urls.items():
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"AwsClientConfig.{name} must start with http:// or https://, got {url!r}"
+                )
 
 
 def classify_outcome(status_code: int, error_code: str | None) -> str:
@@ -227,7 +229,7 @@ class AwsClients:
         creator = self._session.create_client(
             service,
             region_name=region,
-            endpoint_url=cfg.endpoint_url,
+            endpoint_url=cfg.service_endpoints.get(service, cfg.endpoint_url),
             config=self._botocore_config,
             aws_access_key_id=cfg.access_key_id,
             aws_secret_access_key=cfg.secret_access_key,

@@ -140,6 +140,18 @@ async def test_clients_carry_the_configured_timeouts_retries_and_endpoint() -> N
         assert client.meta.endpoint_url == "http://127.0.0.1:4566"
 
 
+async def test_a_service_endpoint_wins_over_the_shared_one_for_that_service_only() -> None:
+    config = AwsClientConfig(
+        endpoint_url="http://127.0.0.1:4566",
+        service_endpoints={"arc-region-switch": "http://127.0.0.1:4999"},
+        **FAKE,
+    )
+    async with AwsClients(config).client("arc-region-switch", "us-west-2") as client:
+        assert client.meta.endpoint_url == "http://127.0.0.1:4999"
+    async with AwsClients(config).client("rds", "us-west-2") as client:
+        assert client.meta.endpoint_url == "http://127.0.0.1:4566"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -150,6 +162,10 @@ async def test_clients_carry_the_configured_timeouts_retries_and_endpoint() -> N
         ({"secret_access_key": "s"}, "needs both access_key_id and secret_access_key"),
         ({"session_token": "t"}, "session_token needs access_key_id"),
         ({"endpoint_url": "127.0.0.1:5000"}, "endpoint_url must start with http://"),
+        (
+            {"service_endpoints": {"arc-region-switch": "127.0.0.1:1"}},
+            "service_endpoints\\['arc-region-switch'\\] must start with http://",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_the_field_named(
