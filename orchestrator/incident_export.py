@@ -111,12 +111,24 @@ def read_recording(folder: Path, service: str, since: float, until: float) -> Re
     files = segments(folder / service)
     if not files:
         raise ExportError(f"nothing recorded for service {service!r} in {folder}")
-    first = max((i for i, (start, _) in enumerate(files) if start <= since), default=0)
+    first = max((i for i, (start, _) in enumerate(files) if start <= since), default=None)
+    from_start = first is None
+    if first is None:
+        # The window begins before the record: take it from its very beginning. The first
+        # file starts with what was queued before it was cut (the daemon's first decisions
+        # and observations, each cell's first): those are the start, not its snapshot.
+        first = 0
+        early = [
+            at
+            for r in read_lines(files[0][1])
+            if r.get("k") != "segment" and (at := _number(r.get("at"))) is not None
+        ]
+        since = min([files[0][0], *early])
     if files[first][0] > until:
         raise ExportError(
             f"the record of {service!r} begins at {iso(files[0][0])}, after --until {iso(until)}"
         )
-    since = max(since, files[first][0])
+    since = max(since, files[first][0]) if not from_start else since
     rec = Recording(service, since, until)
     for index, (start, path) in enumerate(files[first:]):
         if start > until:
@@ -127,29 +139,36 @@ def read_recording(folder: Path, service: str, since: float, until: float) -> Re
             if at is None:
                 continue
             if kind == "segment":
-                _snapshot(rec, record, apply=index == 0)
-                if index > 0 and at <= until:
+                _snapshot(rec, record, apply=index == 0 and not from_start, first=index == 0)
+                if (index > 0 or from_start) and at <= until:
                     rec.snapshots.append(record)
                 continue
-            if at <= since:
+            if at <= since and not from_start:
                 _apply(rec, record)
             elif at <= until:
                 rec.records.append(record)
     rec.records.sort(key=lambda r: float(r["at"]))
+    if from_start:
+        # The service's state before its first decision: what the daemon loaded.
+        first_state = next((r.get("state") for r in rec.records if r.get("k") == "dec"), None)
+        rec.state = _state(first_state) or rec.state
     return rec
 
 
-def _snapshot(rec: Recording, header: Mapping[str, Any], *, apply: bool) -> None:
+def _snapshot(
+    rec: Recording, header: Mapping[str, Any], *, apply: bool, first: bool = False
+) -> None:
     version = header.get("policy_version")
     if isinstance(version, str) and version:
         rec.policy_versions.add(version)
     at = _number(header.get("at")) or 0.0
     if header.get("restart") and at > rec.since:
         rec.restarts.append(at)
+    if first:
+        rec.node = str(header.get("node") or "")
+        rec.tick = _number(header.get("tick")) or 1.0
     if not apply:
         return
-    rec.node = str(header.get("node") or "")
-    rec.tick = _number(header.get("tick")) or 1.0
     rec.leader = bool(header.get("leader", True))
     for cell in header.get("cells") or ():
         if isinstance(cell, list) and len(cell) == 6:

@@ -387,14 +387,16 @@ class FlightRecorder:
         return batch
 
     def _scan(self, source: RecorderSource, now: float, batch: _Batch) -> None:
-        """A first file for each service that has none (new ones, after a reload)."""
-        for service in source.services():
+        """A first file for each service that has none (new ones, after a reload); until
+        the controller has loaded its services, at every pass."""
+        services = source.services()
+        for service in services:
             track = self._tracks.get(service) or self._track(service)
             if track.segment is None:
                 view = source.service_view(service)
                 if view is not None:
                     self._cut(service, track, view, now, batch)
-        self._next_scan = now + SCAN_EVERY
+        self._next_scan = now + SCAN_EVERY if services else now
 
     def _runs(self, service: str, track: _Track, view: ServiceView) -> None:
         progress = view.progress

@@ -31,6 +31,7 @@ from orchestrator.engine.state import (
     Decision,
     LagReading,
     OperatorCommand,
+    ServiceState,
 )
 from orchestrator.engine.vocabulary import Action, Phase, Reason
 from orchestrator.incident_export import read_recording, to_scenario, window_for
@@ -38,7 +39,7 @@ from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
 from tests.fixtures.controller import policy_text
 from tests.unit.daemon.controller_support import running, see
-from tests.unit.daemon.recorder_support import FakeSource
+from tests.unit.daemon.recorder_support import POLICY, FakeSource
 from tests.unit.runbook.fakes import ScriptedAction
 
 
@@ -399,3 +400,45 @@ async def test_a_recorded_outage_replays_to_the_same_decisions_and_diffs_later_w
     assert diff.difference.old.action == "failover"
     assert [r.started_at for r in diff.new_runs] == [r.started_at + 6.0 for r in diff.old_runs]
     assert report.exit_code == 1
+
+
+def test_a_window_from_before_the_first_file_starts_with_what_was_queued_for_it(
+    tmp_path: Path,
+) -> None:
+    # The daemon decided (and observed) before the recorder cut its first file: a window
+    # asked from earlier begins with those records, not with the file's later snapshot.
+    clock = VirtualClock()
+    source = FakeSource()
+    r = recorder(tmp_path, clock)
+    r.attach(source)
+    begin = clock.now()
+    for second in range(6):
+        clock.advance(1.0)
+        for region, ok in (("us-east-1", second < 3), ("us-west-2", True)):
+            obs = Observation("shop", region, "api", "local", ok, clock.now())
+            source.book.observe(obs, r.observation)
+        if second == 0:
+            r.decision(decision(clock, Phase.STEADY))
+        if second == 4:
+            r.decision(
+                Decision(
+                    "shop",
+                    clock.now(),
+                    Phase.FAILING_OVER,
+                    Action.FAILOVER,
+                    "us-east-1",
+                    "us-west-2",
+                    (Reason.ACTIVE_DOWN,),
+                )
+            )
+            source.state = ServiceState("shop", "us-west-2")
+    flush(r, source)  # the first file, cut now: its snapshot shows us-west-2 active
+    recording = read_recording(tmp_path, "shop", begin - 600, clock.now())
+    assert recording.since == begin + 1.0  # the first observations are inside the window
+    assert recording.state is not None and recording.state.active_region == "us-east-1"
+    data = to_scenario(recording, POLICY, "shop.yaml")
+    assert "start" not in data  # the primary active, no history
+    # decided 4s in: the replay may decide up to 6s earlier or 3s later
+    assert {"failover": {"to": "us-west-2", "between": ["0s", "7s"]}} in data["expect"]
+    downs = [e for e in data["timeline"] if e.get("probes", {}).get("state") == "down"]
+    assert [e["at"] for e in downs] == ["3s"]
