@@ -267,8 +267,9 @@ class EngineSettings(Section):
 
 
 class AwsSettings(Section):
-    """How AWS is reached. Credentials come from the standard chain (environment, profile,
-    instance or container role), never from this file."""
+    """How AWS is reached (every client: the daemon's, the CLI's, drills'). Credentials come
+    from the standard chain (environment, profile, instance or container role), never from
+    this file; a policy's `aws.role_arn` is assumed from them through regional STS."""
 
     endpoint_url: str | None = Field(
         None,
@@ -289,6 +290,11 @@ class AwsSettings(Section):
         ge=1,
         le=10,
         description="Attempts per call, first included (exponential backoff with jitter).",
+    )
+    retry_mode: Literal["standard", "adaptive"] = Field(
+        "standard",
+        description="botocore's retry mode: `standard` (backoff with jitter and a retry quota),"
+        " or `adaptive` (also rate-limits the client itself after throttling).",
     )
 
     _urls = field_validator("endpoint_url", "health_endpoint_url")(_http_url)
@@ -320,6 +326,7 @@ class AwsSettings(Section):
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             max_attempts=self.max_attempts,
+            retry_mode=self.retry_mode,
         )
 
 

@@ -84,8 +84,8 @@ class StepContext:
     clock: Clock
     deadline: float  # on clock.monotonic(): verify and every wait end by then
     approvals: Approvals | None = None
-    # Facts from the decision the action may use to choose a mode (e.g. Aurora switchover
-    # only when both regions are healthy and lag is zero): "source_healthy", "lag_seconds".
+    # The run's facts (orchestrator.actions.moves: kind, drill, the source's verdict, the
+    # target's lag), e.g. for the graceful-or-not choice of move_style().
     facts: Mapping[str, Any] = field(default_factory=dict)
     # Journals one progress note of this step (a JSON object; the keys the API and the status
     # page read are in orchestrator.runbook.journal); durable when it returns, and raises the
@@ -146,6 +146,9 @@ class ExecuteOutcome:
 class IamStatement:
     actions: tuple[str, ...]
     resources: tuple[str, ...] = ("*",)
+    # An IAM Condition block, as (operator, key, values) triples, e.g.
+    # (("StringEquals", "kms:ViaService", ("sns.eu-west-1.amazonaws.com",)),).
+    conditions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
 
 class Action(ABC):

@@ -70,6 +70,7 @@ from orchestrator.actions.base import (
     typed_params,
 )
 from orchestrator.actions.errors import aws_errors
+from orchestrator.actions.moves import move_style_of
 from orchestrator.policy.actions import ArcRegionSwitch as Params
 from orchestrator.runbook.journal import approval_key
 from orchestrator.signals.aws_clients import error_code
@@ -110,22 +111,13 @@ def client_token(run_id: str, step: str) -> str:
 
 
 def planned_move(ctx: StepContext) -> tuple[bool, str]:
-    """Whether the run's move must be graceful (no data may be lost), and why: a switchover,
-    a failback or a drill is planned; a failover is graceful only when the decision saw the
-    source region still up (``source_verdict`` healthy or degraded). A source down, or of
-    unknown health (no facts), makes it ungraceful: the region a graceful handover needs is
-    the one that failed."""
-    if ctx.facts.get("drill") is True:
-        return True, f"a drill ({ctx.kind}) is a planned move"
-    if ctx.kind in ("switchover", "failback"):
-        return True, f"a {ctx.kind} is a planned move"
-    verdict = ctx.facts.get("source_verdict")
-    if verdict is None and ctx.facts.get("source_healthy") is True:
-        verdict = "healthy"
-    if verdict in ("healthy", "degraded"):
-        return True, f"failover with {ctx.source_region} still {verdict}"
-    state = "down" if verdict == "down" else "of unknown health"
-    return False, f"failover with {ctx.source_region} {state}"
+    """Whether the run's move must be graceful (no data may be lost), and why: the one rule
+    every action with both flavours follows (:func:`orchestrator.actions.moves.move_style`):
+    a switchover, a failback or a drill is planned; a failover is graceful only when the
+    decision saw the source region still up (``source_verdict`` healthy or degraded); a
+    source down, or of unknown health (no facts), makes it ungraceful."""
+    style = move_style_of(ctx)
+    return style.graceful, style.reason
 
 
 def execution_mode(mode: str, ctx: StepContext) -> str:

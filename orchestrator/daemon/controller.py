@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from orchestrator.actions.moves import run_facts
 from orchestrator.actions.registry import get_action
 from orchestrator.audit import AuditEntry, decision_detail, decision_record, entries
 from orchestrator.clock import SYSTEM_CLOCK, Clock
@@ -414,7 +415,8 @@ class Controller:
         self._record(svc, d, run_id)
         if starting and self._tg is not None:
             svc.state = apply_decision(state, d, run_id)
-            svc.run_task = self._tg.create_task(self._drive(svc, d, state, run_id))
+            facts = self._run_facts(svc, d, state, now)
+            svc.run_task = self._tg.create_task(self._drive(svc, d, state, run_id, facts))
             return d
         if d.starts_run:
             return d  # a run is being driven or resumed; the executor owns the state
@@ -523,11 +525,33 @@ class Controller:
         except (StoreError, JournalError) as exc:
             log.warning("run_refresh_failed", service=svc.policy.service, error=str(exc))
 
-    async def _drive(self, svc: _Service, d: Decision, before: ServiceState, run_id: str) -> None:
+    def _run_facts(
+        self, svc: _Service, d: Decision, state: ServiceState, now: float
+    ) -> dict[str, Any]:
+        """What the run's steps know about the move (orchestrator.actions.moves): the source
+        region's verdict at decision time and the target's last lag reading."""
+        verdict = svc.verdicts.get(state.active_region)
+        lag = svc.lag.get(d.target) if d.target is not None else None
+        return run_facts(
+            d.action.value,
+            source_region=state.active_region,
+            source_verdict=None if verdict is None else verdict.verdict.value,
+            target_lag_seconds=None if lag is None else lag.seconds,
+            target_lag_age_seconds=None if lag is None else round(now - lag.observed_at, 3),
+        )
+
+    async def _drive(
+        self,
+        svc: _Service,
+        d: Decision,
+        before: ServiceState,
+        run_id: str,
+        facts: Mapping[str, Any] | None = None,
+    ) -> None:
         service = svc.policy.service
         await self._await_start_audit(svc)
         try:
-            await self.executor.start_run(svc.policy, d, before, run_id=run_id)
+            await self.executor.start_run(svc.policy, d, before, run_id=run_id, facts=facts)
         except StoreError as exc:  # fenced out, not leader, store down: resumed later
             log.warning("run_interrupted", service=service, run_id=run_id, error=str(exc))
         except RunRejected as exc:

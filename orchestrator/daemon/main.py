@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import os
 import random
@@ -57,13 +58,14 @@ from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport, readiness
 from orchestrator.settings import (
+    AwsSettings,
     FlightRecorderSettings,
     SettingsError,
     StateSettings,
     read_secret_file,
 )
-from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
-from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings
+from orchestrator.signals.aws_clients import AwsClients
+from orchestrator.signals.aws_health import health_sources
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
 from orchestrator.signals.lag import ReplicationLagSource
 from orchestrator.signals.mqtt_agents import BrokerConfig, BrokerConfigError, MqttAgentSource
@@ -91,11 +93,7 @@ class DaemonSettings:
     store_timeout: float = 2.0
     lease_ttl: float = 15.0
     tick: float = 1.0
-    aws_endpoint_url: str | None = None
-    health_endpoint_url: str | None = None
-    aws_service_endpoints: dict[str, str] = field(default_factory=dict)
-    aws_connect_timeout: float = 3.0
-    aws_read_timeout: float = 10.0
+    aws: AwsSettings = field(default_factory=AwsSettings)  # every AWS client is built from it
     probes_max_concurrency: int = 256
     mqtt_url: str | None = None
     mqtt_broker: BrokerConfig | None = None  # TLS/credentials; None: built from mqtt_url
@@ -137,11 +135,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         flight_recorder=s.flight_recorder,
         lease_ttl=s.leader.ttl,
         tick=s.engine.tick,
-        aws_endpoint_url=s.aws.endpoint_url,
-        health_endpoint_url=s.aws.health_endpoint_url,
-        aws_service_endpoints=dict(s.aws.service_endpoints),
-        aws_connect_timeout=s.aws.connect_timeout,
-        aws_read_timeout=s.aws.read_timeout,
+        aws=s.aws,
         probes_max_concurrency=s.probes.max_concurrency,
         mqtt_url=s.mqtt.broker,
         mqtt_broker=s.mqtt.broker_config(),
@@ -170,14 +164,7 @@ class Daemon:
         self.settings = settings
         self.clock = clock
         self.notifier = notifier or Notifier.from_env()
-        self.aws = AwsClients(
-            AwsClientConfig(
-                endpoint_url=settings.aws_endpoint_url,
-                service_endpoints=settings.aws_service_endpoints,
-                connect_timeout=settings.aws_connect_timeout,
-                read_timeout=settings.aws_read_timeout,
-            )
-        )
+        self.aws = AwsClients.from_settings(settings.aws, clock=clock)
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._ready_sent = False
@@ -456,17 +443,8 @@ class Daemon:
                 max_concurrency=s.probes_max_concurrency,
             )
             runs.append((probes.name, lambda: probes.run(controller)))
-            if any(sig.type == "aws_health" for p in items for sig in p.signals):
-                health = AwsHealthSource(
-                    items,
-                    settings=HealthClientSettings(
-                        endpoint_url=s.health_endpoint_url or s.aws_endpoint_url,
-                        connect_timeout=s.aws_connect_timeout,
-                        read_timeout=s.aws_read_timeout,
-                    ),
-                    clock=self.clock,
-                )
-                runs.append((health.name, lambda: health.run(controller)))
+            for health in health_sources(items, self.aws, s.aws, clock=self.clock):
+                runs.append((health.name, functools.partial(health.run, controller)))
             alarms = CloudWatchAlarmSource(items, self.aws, self.clock)
             if alarms.watches:
                 runs.append((alarms.name, lambda: alarms.run(controller)))

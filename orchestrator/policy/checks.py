@@ -92,6 +92,7 @@ def check_policy(policy: Policy, damage: Damage = NO_DAMAGE) -> list[Problem]:
         *_objectives(policy, damage),
         *_replication(policy, damage),
         *_runbooks(policy, damage),
+        *_partition(policy, damage),
     ]
     return list(dict.fromkeys(problems))  # a template problem is found once per region
 
@@ -286,6 +287,25 @@ def _replication(policy: Policy, damage: Damage) -> Iterator[Problem]:
                 ("replication", "sources", region),
                 f"region {region!r} is not one of the policy's regions",
             )
+    max_age = policy.replication.max_age
+    fresh_checked = damage.intact(("replication", "max_age"), ("replication", "sources"))
+    for region, source in policy.replication.sources.items() if fresh_checked else ():
+        # CloudWatch stamps a datapoint with the start of its period and it arrives `delay`
+        # after the period ends: the newest reading is between one and two periods plus the
+        # delay old when it is read. A max_age under that reads "unknown" much of the time.
+        fresh = 2 * source.period + source.delay
+        if max_age < fresh:
+            fd = format_duration
+            yield (
+                ("replication", "max_age"),
+                f"max_age {fd(max_age)} is shorter than the age of a fresh reading of the"
+                f" {region} lag metric: up to 2 x period {fd(source.period)} + delay"
+                f" {fd(source.delay)} = {fd(fresh)} (a datapoint is stamped at the start of"
+                f" its period and arrives late), so the lag would read unknown much of the"
+                f" time; use at least {fd(fresh + policy.replication.interval)} (with the"
+                f" interval {fd(policy.replication.interval)})",
+            )
+            break
     standbys = dict.fromkeys(r for r in policy.regions[1:] if r != policy.primary)
     missing = [r for r in standbys if r not in policy.replication.sources]
     if missing and damage.intact(("replication",)):
@@ -294,6 +314,45 @@ def _replication(policy: Policy, damage: Damage) -> Iterator[Problem]:
             f"no lag source for standby region(s) {', '.join(missing)}; the RPO could not be"
             " checked before failing over there",
         )
+
+
+def _partition(policy: Policy, damage: Damage) -> Iterator[Problem]:
+    """One AWS partition for the whole policy: its regions, and every role it assumes (a
+    failover cannot cross from aws to aws-cn: credentials, ARNs and Route 53 all differ)."""
+    from orchestrator.partitions import common_partition
+
+    if not damage.intact(("regions",)):
+        return
+    try:
+        found = common_partition(policy.regions)
+    except ValueError as exc:
+        yield ("regions",), str(exc)
+        return
+    partition = found.name
+    if not found.health_regions:
+        for i, signal in enumerate(policy.signals):
+            if isinstance(signal, AwsHealthSignal) and damage.intact(("signals", i)):
+                yield (
+                    ("signals", i, "type"),
+                    f"the AWS Health API has no endpoint in partition {partition} (the"
+                    " policy's regions): an aws_health signal there could never answer",
+                )
+    roles: list[tuple[tuple[str | int, ...], Any]] = [(("aws",), policy.aws)]
+    roles += [
+        (("signals", i, "aws"), getattr(s, "aws", None)) for i, s in enumerate(policy.signals)
+    ]
+    if policy.replication is not None:
+        roles.append((("replication", "aws"), policy.replication.aws))
+    for book in ("failover", "failback", "switchover"):
+        steps = getattr(policy.runbooks, book) or []
+        roles += [(("runbooks", book, i, "aws"), step.aws) for i, step in enumerate(steps)]
+    for path, role in roles:
+        if role is not None and role.partition != partition and damage.intact(path):
+            yield (
+                (*path, "role_arn"),
+                f"role {role.role_arn} is in partition {role.partition}, the policy's regions"
+                f" in {partition}",
+            )
 
 
 def _runbooks(policy: Policy, damage: Damage) -> Iterator[Problem]:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from orchestrator.actions.base import Action, ActionFailed, ExecuteOutcome, StepContext
+from orchestrator.actions.moves import KIND, run_facts
 from orchestrator.actions.registry import get_action
 from orchestrator.actions.render import render_params
 from orchestrator.clock import Clock
@@ -162,8 +163,10 @@ class Executor:
         """Journal ``run_started`` for ``decision`` (a failover, switchover or failback of
         ``policy``'s service away from ``state.active_region``), record the run in the
         service state, and drive the run to its end. Returns the run id; the outcome is in
-        :meth:`progress` and the service state. ``facts`` (JSON values) reach every step's
-        context, e.g. ``source_healthy`` and ``lag_seconds`` for Aurora's mode choice."""
+        :meth:`progress` and the service state. ``facts`` (JSON values, see
+        :func:`orchestrator.actions.moves.run_facts`: drill, the source's verdict, the
+        target's lag) reach every step's context with the run's kind, e.g. for Aurora's
+        choice between a switchover and a failover."""
         header = self._plan(policy, decision, state, run_id or new_run_id(policy.service), facts)
         if state.run is None or state.run.id != header.run_id:
             state = apply_decision(state, decision, header.run_id)
@@ -242,11 +245,22 @@ class Executor:
             raise RunRejected(f"{decision.target!r} is already {policy.service}'s active region")
         if state.running and state.run is not None and state.run.id != run_id:
             raise RunRejected(f"{policy.service} already has run {state.run.id} in progress")
+        # Every run has its kind and the drill flag among its facts, whoever started it (see
+        # orchestrator.actions.moves); the caller's facts add to them (verdict, lag).
+        given = {**run_facts(kind, source_region=state.active_region), **dict(facts or {})}
+        given[KIND] = kind
         try:
-            facts_json = json.loads(json.dumps(dict(facts or {})))
+            facts_json = json.loads(json.dumps(given))
         except (TypeError, ValueError) as exc:
             raise RunRejected(f"run facts must be JSON values: {exc}") from exc
-        steps = tuple(policy.runbooks.for_kind(kind))
+        # Each step carries the role it acts as (its own, or the policy's), so that the plan
+        # in the journal says who did what, and a reload cannot change it mid-run.
+        steps = tuple(
+            s
+            if s.aws is not None or policy.aws is None
+            else s.model_copy(update={"aws": policy.aws})
+            for s in policy.runbooks.for_kind(kind)
+        )
         _check_dag(policy.service, kind, steps)
         return RunHeader(
             run_id=run_id,
@@ -494,7 +508,7 @@ class Executor:
             target_region=header.target,
             primary_region=header.primary,
             params=params,
-            aws=self._aws,
+            aws=self._aws.with_role(step.aws),
             clock=self._clock,
             deadline=deadline,
             approvals=self._store,

@@ -28,7 +28,7 @@ from orchestrator.sandbox.region_switch_api import (
     block_config,
     plan_document,
 )
-from orchestrator.sandbox.world import MotoWorld, SandboxError
+from orchestrator.sandbox.world import BACKFILL, MotoWorld, SandboxError
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.region_switch_world")
@@ -85,19 +85,22 @@ def seed_moto(world: MotoWorld) -> None:
     """The orders example's AWS resources in moto. Blocking (boto3)."""
     for region in REGIONS:
         world.client("sns", region).create_topic(Name=f"{SERVICE}-oncall")
+    # Backdated first: CloudWatch datapoints reach readers late in the sandbox (as in AWS).
+    publish_lag(world, age=BACKFILL)
     publish_lag(world)
     log.info("sandbox_world_seeded", service=SERVICE)
 
 
-def publish_lag(world: MotoWorld) -> None:
-    """One fresh AuroraGlobalDBRPOLag datapoint for the secondary cluster. Blocking."""
+def publish_lag(world: MotoWorld, *, age: float = 0.0) -> None:
+    """One AuroraGlobalDBRPOLag datapoint for the secondary cluster, stamped ``age``
+    seconds ago. Blocking."""
     world.client("cloudwatch", STANDBY).put_metric_data(
         Namespace="AWS/RDS",
         MetricData=[
             {
                 "MetricName": "AuroraGlobalDBRPOLag",
                 "Dimensions": [{"Name": "DBClusterIdentifier", "Value": LAG_CLUSTER}],
-                "Timestamp": datetime.now(UTC),
+                "Timestamp": datetime.fromtimestamp(datetime.now(UTC).timestamp() - age, UTC),
                 "Value": LAG_MS,
                 "Unit": "Milliseconds",
             }

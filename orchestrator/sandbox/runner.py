@@ -44,6 +44,7 @@ import aiohttp
 import yaml
 
 from orchestrator.sandbox import region_switch_world
+from orchestrator.sandbox.aurora_global import EMULATOR, aurora_region
 from orchestrator.sandbox.broker import available as embedded_broker_available
 from orchestrator.sandbox.control import FAULTS, ControlServer, FaultError, Faults, send_fault
 from orchestrator.sandbox.etcd_cluster import EtcdCluster, EtcdClusterError, etcd_binary
@@ -51,7 +52,12 @@ from orchestrator.sandbox.fault_proxy import FaultProxy
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints
 from orchestrator.sandbox.region_switch_api import RegionSwitchEmulator
-from orchestrator.sandbox.seed import ALL_REGIONS, seed_world, write_sandbox_policies
+from orchestrator.sandbox.seed import (
+    ALL_REGIONS,
+    feed_ledger_writes,
+    seed_world,
+    write_sandbox_policies,
+)
 from orchestrator.sandbox.world import (
     DEFAULT_LAG,
     PRIMARY,
@@ -317,6 +323,8 @@ class Sandbox:
             lag,
             lag_seconds=DEFAULT_LAG,
             proxy=self.proxy,
+            on_region=aurora_region,
+            world_state=lambda: {"aurora": EMULATOR.states()},
             region_switch=self.region_switch,
         )
         control = ControlServer(self.faults)
@@ -571,6 +579,7 @@ async def _main(args: argparse.Namespace) -> int:
         sandbox.announce()
         async with asyncio.TaskGroup() as tasks:
             feed = tasks.create_task(feed_lag(sandbox.moto, lambda: sandbox.faults.lag_seconds))
+            writes = tasks.create_task(feed_ledger_writes())
             try:
                 if args.demo:
                     return int(await _first(run_demo(sandbox, args.deadline), stop, default=1))
@@ -578,6 +587,7 @@ async def _main(args: argparse.Namespace) -> int:
                 return EXIT_OK
             finally:
                 feed.cancel()
+                writes.cancel()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

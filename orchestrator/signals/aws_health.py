@@ -21,11 +21,15 @@ while the API does not answer (``failoverd_health_api_available`` is 0 then).
 Events whose region is ``global`` match no region: failing over between regions would not
 help. Upcoming events are logged once, never failing.
 
-Endpoint: the Health API is served from one active region at a time (us-east-1 today,
-us-east-2 on standby). ``global.health.amazonaws.com`` is a CNAME to the active regional
-endpoint, so the source resolves it (at most every ``endpoint_refresh``, and again soon after
-a failed call), calls the active endpoint and falls back to the other one on errors. An
-``endpoint_url`` setting (the sandbox's emulator) skips all of that.
+Endpoint: the Health API is served from one active region at a time (in the ``aws``
+partition us-east-1 today, us-east-2 on standby). ``global.health.amazonaws.com`` is a CNAME
+to the active regional endpoint, so the source resolves it (at most every
+``endpoint_refresh``, and again soon after a failed call), calls the active endpoint and
+falls back to the other one on errors. Other partitions have their own names and regions
+(``global.health.amazonaws.com.cn`` in cn-northwest-1, ``global.health.us-gov.amazonaws.com``
+in us-gov-west-1), taken from botocore's endpoint data by the policies' regions (see
+:mod:`orchestrator.partitions`); one source polls one partition. An ``endpoint_url`` setting
+(the sandbox's emulator) skips all of that.
 
 Failure handling: every call is bounded by ``call_timeout``; throttling and transient errors
 are retried with exponential backoff and full jitter within ``retry_budget`` seconds per poll.
@@ -46,7 +50,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import aiohttp
 import dns.asyncresolver
@@ -62,8 +66,10 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.observation import FailureKind, Observation
+from orchestrator.partitions import Partition, partition_named, partition_of
+from orchestrator.policy.access import AwsRole
 from orchestrator.policy.models import AWS_HEALTH_VANTAGE, AwsHealthSignal, Policy
-from orchestrator.signals.aws_clients import counted_client
+from orchestrator.signals.aws_clients import AwsClients, RoleKey, counted_client, role_key
 from orchestrator.signals.base import ObservationSink
 from orchestrator.telemetry import (
     HEALTH_API_AVAILABLE,
@@ -73,9 +79,13 @@ from orchestrator.telemetry import (
     get_logger,
 )
 
+if TYPE_CHECKING:
+    from orchestrator.settings import AwsSettings
+
 SOURCE: Final = "aws_health"
-GLOBAL_ENDPOINT: Final = "global.health.amazonaws.com"
-HEALTH_REGIONS: Final = ("us-east-1", "us-east-2")
+COMMERCIAL: Final = partition_named("aws")
+GLOBAL_ENDPOINT: Final = COMMERCIAL.health_hostname or "global.health.amazonaws.com"
+HEALTH_REGIONS: Final = COMMERCIAL.health_regions or ("us-east-1", "us-east-2")
 STATUS_CODES: Final = ("open", "upcoming")
 MAX_FILTER_VALUES: Final = 10  # the API's limit for filter.regions / filter.services
 SUBSCRIPTION_REQUIRED: Final = "SubscriptionRequiredException"
@@ -93,7 +103,7 @@ THROTTLING_CODES: Final = frozenset(
 # longer affects the listed resources.
 CLEARED_ENTITY_STATUSES: Final = frozenset({"RESOLVED", "UNIMPAIRED"})
 
-_CNAME_TARGET = re.compile(r"^health\.([a-z]{2}(?:-[a-z]+)+-\d{1,2})\.amazonaws\.com\.?$")
+_CNAME_TARGET = re.compile(r"^health\.([a-z]{2}(?:-[a-z]+)+-\d{1,2})\.([a-z0-9.-]+?)\.?$")
 
 log = get_logger("failoverd.signals.aws_health")
 
@@ -110,13 +120,23 @@ class HealthEndpoint:
 
 
 def regional_endpoint(region: str) -> HealthEndpoint:
-    return HealthEndpoint(region, f"https://health.{region}.amazonaws.com")
+    """``https://health.<region>.<the region's partition's DNS suffix>``."""
+    return HealthEndpoint(region, partition_of(region).endpoint("health", region))
 
 
 def region_from_cname(target: str) -> str | None:
-    """The region of a Health endpoint name (``health.us-east-2.amazonaws.com.``), or None."""
+    """The region of a Health endpoint name (``health.us-east-2.amazonaws.com.``,
+    ``health.cn-northwest-1.amazonaws.com.cn``), or None: the name must end in the DNS
+    suffix of the region's own partition."""
     match = _CNAME_TARGET.match(target.strip().lower())
-    return match.group(1) if match else None
+    if match is None:
+        return None
+    region, suffix = match.groups()
+    try:
+        partition = partition_of(region)
+    except ValueError:
+        return None
+    return region if suffix == partition.dns_suffix else None
 
 
 class CnameResolver(Protocol):
@@ -341,6 +361,59 @@ def aiobotocore_client_factory(settings: HealthClientSettings) -> HealthClientFa
     return make
 
 
+def clients_factory(clients: AwsClients) -> HealthClientFactory:
+    """Health clients from the daemon's one client factory (its timeouts, credentials or
+    role), each signed for its endpoint's region, without botocore's own retries (the
+    source has its own budget, and moves to the other endpoint on failure)."""
+
+    def make(endpoint: HealthEndpoint) -> AbstractAsyncContextManager[Any]:
+        return clients.client("health", endpoint.region, endpoint_url=endpoint.url, max_attempts=1)
+
+    return make
+
+
+def health_sources(
+    policies: Sequence[Policy],
+    clients: AwsClients,
+    aws: AwsSettings,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+) -> list[AwsHealthSource]:
+    """One source per identity the ``aws_health`` signals read as (AWS Health events are an
+    account's own: a signal with a role in a workload account polls that account), built
+    from the ``aws`` settings and ``clients`` (the daemon's one factory)."""
+    groups: dict[tuple[RoleKey | None, str], tuple[AwsRole | None, list[HealthWatch]]] = {}
+    for policy in policies:
+        for signal in policy.signals:
+            if isinstance(signal, AwsHealthSignal):
+                role = policy.role(signal.aws)
+                watch = HealthWatch.of(policy, signal)
+                key = (None if role is None else role_key(role), watched_partition([watch]).name)
+                groups.setdefault(key, (role, []))[1].append(watch)
+    settings = HealthClientSettings(
+        endpoint_url=aws.health_endpoint_url or aws.endpoint_url,
+        connect_timeout=aws.connect_timeout,
+        read_timeout=aws.read_timeout,
+    )
+    out = []
+    for (_, partition), (role, watches) in groups.items():
+        name = SOURCE if role is None else f"{SOURCE}:{role.role_arn}"
+        if role is None and partition != COMMERCIAL.name:
+            name = f"{SOURCE}:{partition}"  # one default-identity source per partition
+        out.append(
+            AwsHealthSource(
+                policies,
+                settings=settings,
+                client_factory=clients_factory(clients.with_role(role)),
+                clock=clock,
+                watches=watches,
+                name=name,
+                partition=partition_named(partition),
+            )
+        )
+    return out
+
+
 # --- options and watches -------------------------------------------------------------------
 
 
@@ -421,6 +494,16 @@ class HealthWatch:
             and event.service.upper() in self.aws_services
             and event.category in self.categories
         )
+
+
+def watched_partition(watches: Sequence[HealthWatch]) -> Partition:
+    """The partition of the watched regions (the commercial one when nothing is watched or
+    a region is unknown to botocore)."""
+    for watch in watches:
+        for region in watch.regions:
+            with contextlib.suppress(ValueError):
+                return partition_of(region)
+    return COMMERCIAL
 
 
 def watches_of(policies: Iterable[Policy]) -> list[HealthWatch]:
@@ -510,17 +593,29 @@ class AwsHealthSource:
         options: AwsHealthOptions | None = None,
         resolver: CnameResolver | None = None,
         rng: random.Random | None = None,
+        watches: Sequence[HealthWatch] | None = None,
+        name: str = SOURCE,
+        partition: Partition | None = None,
     ) -> None:
         self.settings = settings or HealthClientSettings()
         self.options = options or AwsHealthOptions()
-        self.watches = watches_of(policies)
+        # ``watches``: a subset of the policies' (those read as one account's role).
+        self.watches = watches_of(policies) if watches is None else list(watches)
+        self.name = name
         self._clock = clock
         self._factory = client_factory or aiobotocore_client_factory(self.settings)
+        # The partition whose Health API answers for the watched regions (validation keeps
+        # a policy in one partition; health_sources() makes one source per partition).
+        self.partition = partition or watched_partition(self.watches)
         override = self.settings.override()
+        if override is None and not self.partition.health_regions:
+            raise ValueError(f"partition {self.partition.name} has no AWS Health API endpoint")
         self.selector = EndpointSelector(
             None if override else (resolver or DnsCnameResolver(self.options.resolve_timeout)),
             clock,
             override=override,
+            regions=self.partition.health_regions or HEALTH_REGIONS,
+            global_name=self.partition.health_hostname or GLOBAL_ENDPOINT,
             refresh_interval=self.options.endpoint_refresh,
             resolve_timeout=self.options.resolve_timeout,
         )

@@ -96,6 +96,17 @@ def test_every_example_comes_up_steady_and_webapp_is_ready() -> None:
         webapp = [s for s in steps if s["service"] == "webapp"]
         assert webapp, done.stdout[-2000:]
         assert not [line for line in not_ready if line.startswith("webapp ")], not_ready
+        # ledger and catalog, as they ship, pass the sandbox's AWS-true checks (catalog's
+        # health checks found by Name tag, ledger's fences adjusting the writers' scalable
+        # target, its Aurora target with an instance); only a failback before any failover
+        # finds ledger's primary already the writer.
+        others = [
+            line
+            for line in not_ready
+            if line.startswith(("ledger ", "catalog "))
+            and not (line.startswith("ledger failback promote-db") and "already the writer" in line)
+        ]
+        assert not others, others
     finally:
         rc = stop(proc)
     assert rc == 0

@@ -18,11 +18,12 @@ from orchestrator.actions.base import StepContext
 from orchestrator.engine.state import Decision, RunStatus, ServiceState
 from orchestrator.engine.vocabulary import Action as Kind
 from orchestrator.engine.vocabulary import Phase
+from orchestrator.policy.access import AwsRole
 from orchestrator.policy.actions import Wait
 from orchestrator.policy.loader import load_policy_file
 from orchestrator.policy.models import OnFailure, Policy, Runbooks, Step
 from orchestrator.runbook import Backoff, Executor, NotLeader, RunRejected, StepStatus
-from orchestrator.runbook.journal import ProgressNote, fold
+from orchestrator.runbook.journal import ProgressNote, RunHeader, fold
 from orchestrator.runbook.rto import build_progress, substeps
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.store.base import FencedOut, JournalRecord, JournalStatus, Lease
@@ -264,7 +265,18 @@ async def test_params_are_rendered_for_the_run(
         "us-west-2",
         "us-east-1",
     )
-    assert ctx.kind == "failover" and ctx.facts == {"lag_seconds": 0.5}
+    # The caller's facts, with the ones every run has (orchestrator.actions.moves).
+    assert ctx.kind == "failover"
+    assert ctx.facts == {
+        "kind": "failover",
+        "drill": False,
+        "source_region": "us-east-1",
+        "source_verdict": None,
+        "source_down": False,
+        "target_lag_seconds": None,
+        "target_lag_age_seconds": None,
+        "lag_seconds": 0.5,
+    }
     assert ctx.approvals is store
 
 
@@ -573,6 +585,27 @@ async def test_progress_accounts_time_against_the_rto(
     later = await ex.progress("run-1")
     assert later is not None and later.elapsed == end.elapsed
     assert await ex.progress("no-such-run") is None
+
+
+async def test_each_step_acts_as_its_role_and_the_plan_says_which(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    # The policy's role for every step, a step's own role where it names one; journaled
+    # with the plan, so a resumed run acts as the same roles after a reload.
+    workload = AwsRole(role_arn="arn:aws:iam::111111111111:role/failoverd", external_id="x1")
+    dns = AwsRole(role_arn="arn:aws:iam::222222222222:role/failoverd-dns")
+    fake = ScriptedAction(clock)
+    steps = [step("a"), step("b").model_copy(update={"aws": dns})]
+    policy = policy_with(steps).model_copy(update={"aws": workload})
+    run_id = await drive(clock, start(executor(store, aws, clock, lease, fake), policy, clock))
+    roles = {
+        c.step: c.ctx.aws.role.role_arn
+        for c in fake.calls
+        if c.ctx is not None and c.ctx.aws.role is not None
+    }
+    assert roles == {"a": workload.role_arn, "b": dns.role_arn}
+    header = RunHeader.from_record((await store.read_run(run_id))[0])
+    assert [s.aws for s in header.steps] == [workload, dns]
 
 
 # -- progress notes (a step following a Region switch execution) and giving a step up ------
