@@ -75,7 +75,7 @@ class Recording:
     node: str = ""
     tick: float = 1.0
     cells: dict[Cell, tuple[float, bool | None, str]] = field(default_factory=dict)
-    lag: dict[str, tuple[float | None, float, bool]] = field(default_factory=dict)
+    lag: dict[str, tuple[float | None, float, float]] = field(default_factory=dict)  # sec, at, read
     leader: bool = True
     state: ServiceState | None = None
     decision: dict[str, Any] | None = None  # the last one before ``since``
@@ -180,8 +180,9 @@ def _snapshot(
                     str(detail or ""),
                 )
     for item in header.get("lag") or ():
-        if isinstance(item, list) and len(item) == 3 and _number(item[2]) is not None:
-            rec.lag[str(item[0])] = (_number(item[1]), float(item[2]), False)
+        if isinstance(item, list) and len(item) in (3, 4) and _number(item[2]) is not None:
+            read = _number(item[3]) if len(item) == 4 else None
+            rec.lag[str(item[0])] = (_number(item[1]), float(item[2]), read or at)
     rec.state = _state(header.get("state")) or rec.state
 
 
@@ -205,11 +206,7 @@ def _apply(rec: Recording, record: Mapping[str, Any]) -> None:
     elif kind == "lag":
         seen = _number(record.get("obs"))
         if seen is not None:
-            rec.lag[str(record.get("r"))] = (
-                _number(record.get("sec")),
-                seen,
-                bool(record.get("frozen")),
-            )
+            rec.lag[str(record.get("r"))] = (_number(record.get("sec")), seen, at)
     elif kind == "leader":
         rec.leader = bool(record.get("on"))
     elif kind == "dec":
@@ -281,21 +278,18 @@ def to_scenario(rec: Recording, policy: Policy, policy_ref: str) -> dict[str, An
             cell_fact(cell, rec.since, ok, detail, start=True)
     _group_start(facts, policy, book)
     replication = policy.replication
-    for region, (seconds, seen, frozen) in sorted(rec.lag.items()):
+    for region, (seconds, seen, read) in sorted(rec.lag.items()):
         if replication is not None and region in replication.sources:
-            _lag(
-                facts,
-                rec.since,
-                region,
-                seconds,
-                frozen or rec.since - seen > replication.interval * 2,
-            )
+            # Read again every interval, it stays as old as it was when read; not read for
+            # two intervals, it is frozen and ages from its datapoint's time.
+            frozen = rec.since - read > replication.interval * 2
+            age = (rec.since if frozen else read) - seen
+            _lag(facts, rec.since, region, seconds, frozen, max(0.0, age))
     if not rec.leader:
         facts.add(rec.since, {"leader": False})
     # The window.
     runs: dict[str, dict[str, Any]] = {}
     decisions: list[dict[str, Any]] = []
-    lag_facts: dict[str, float] = {}  # when each region's last lag fact applies
     for snapshot in rec.snapshots:
         at = float(snapshot["at"])
         for item in snapshot.get("cells") or ():
@@ -321,14 +315,10 @@ def to_scenario(rec: Recording, policy: Policy, policy_ref: str) -> dict[str, An
         elif kind == "lag":
             region = str(record.get("r"))
             if replication is not None and region in replication.sources:
-                frozen = bool(record.get("frozen"))
                 datapoint = _number(record.get("obs"))
-                if frozen and datapoint is not None:
-                    # A frozen reading ages from its datapoint's time, not from when the
-                    # daemon noticed that it stopped (after its previous fact, though).
-                    at = max(datapoint, lag_facts.get(region, rec.since) + 0.001, rec.since)
-                lag_facts[region] = at
-                _lag(facts, at, region, _number(record.get("sec")), frozen)
+                age = 0.0 if datapoint is None else max(0.0, at - datapoint)
+                frozen = bool(record.get("frozen"))
+                _lag(facts, at, region, _number(record.get("sec")), frozen, age)
         elif kind == "cmd":
             _command(facts, at, record, set(policy.regions))
         elif kind == "leader":
@@ -407,13 +397,17 @@ def _alarm(
         facts.add(at, {"alarm": {"name": names[0], "state": "INSUFFICIENT_DATA"}})
 
 
-def _lag(facts: _Facts, at: float, region: str, seconds: float | None, frozen: bool) -> None:
+def _lag(
+    facts: _Facts, at: float, region: str, seconds: float | None, frozen: bool, age: float = 0.0
+) -> None:
     fact: dict[str, Any] = {
         "region": region,
         "seconds": None if seconds is None else round(seconds, 3),
     }
     if frozen:
         fact["frozen"] = True
+    if age >= 0.001:
+        fact["age"] = format_duration(age)  # the reading was that old when the daemon read it
     facts.add(at, {"lag": fact})
 
 

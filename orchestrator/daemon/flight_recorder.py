@@ -16,8 +16,9 @@ What is recorded, as JSON lines (format :data:`FORMAT`):
   service state behind it;
 * ``run``: a run seen starting, and again when it ended, with its steps;
 * ``segment``: the first line of every file - a snapshot of every cell's latest observation,
-  the lag readings, the leader flag and the service state - so that any file can be read on
-  its own and silences show (a cell whose latest observation is old).
+  the lag readings (value, datapoint time, when read), the leader flag and the service state -
+  so that any file can be read on its own and silences show (a cell whose latest observation
+  is old).
 
 Files: ``<folder>/<service>/<start ms>.jsonl``, a new one every ``segment`` (or sooner when one
 grows past a share of the cap), and ``<folder>/<service>/incidents.jsonl`` with the incidents:
@@ -124,6 +125,7 @@ class _Track:
     steady_since: float | None = None
     incidents: list[tuple[float, float | None]] = field(default_factory=list)
     lag: dict[str, tuple[float | None, float, bool]] = field(default_factory=dict)
+    lag_read: dict[str, float] = field(default_factory=dict)  # when each was last read
     watch_runs: bool = False  # a run may be under way: its progress is read each second
     running_phase: bool = False  # the last decision's phase is one a run shows in
     runs_seen: set[str] = field(default_factory=set)
@@ -248,6 +250,7 @@ class FlightRecorder:
     def lag(self, service: str, region: str, reading: LagReading) -> None:
         now = self._clock.now()
         track = self._track(service)
+        track.lag_read[region] = now
         seconds = reading.seconds
         last = track.lag.get(region)
         frozen = last is not None and reading.observed_at <= last[1] and now > last[1]
@@ -431,7 +434,10 @@ class FlightRecorder:
             "restart": track.restarted,
             "state": view.state,
             "cells": cells,
-            "lag": [[r, _plain(x.seconds), x.observed_at] for r, x in sorted(view.lag.items())],
+            "lag": [
+                [r, _plain(x.seconds), x.observed_at, track.lag_read.get(r, now)]
+                for r, x in sorted(view.lag.items())
+            ],
         }
         track.restarted = False
         # The snapshot comes first in the new file; what was queued belongs to the old one

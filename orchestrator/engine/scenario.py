@@ -62,6 +62,13 @@ class LagFact(_S):
         description="The source stops updating: the reading keeps this fact's time and ages"
         " (a dead primary freezes the metric). failoverd extension.",
     )
+    age: Duration = Field(
+        default=0.0,
+        ge=0,
+        description="How old each reading already is when read (a metric stamped at the start"
+        " of its period and delivered late); a frozen reading starts this old. failoverd"
+        " extension.",
+    )
 
     @field_validator("seconds", mode="before")
     @classmethod

@@ -167,6 +167,7 @@ class Simulation:
         self.alarms: dict[str, str] = {}
         self.lag_values: dict[str, float | None] = {}
         self.lag_frozen: set[str] = set()
+        self.lag_age: dict[str, float] = {}  # how old each region's reading is when read
         self.lag: dict[str, LagReading] = {}
         self.step_facts: dict[str, StepFact] = {}
         # Output
@@ -428,7 +429,8 @@ class Simulation:
             self.alarms[entry.alarm.name] = entry.alarm.state
         if entry.lag is not None:
             self.lag_values[entry.lag.region] = entry.lag.seconds
-            self.lag[entry.lag.region] = LagReading(entry.lag.seconds, t / 1000)
+            self.lag_age[entry.lag.region] = entry.lag.age
+            self.lag[entry.lag.region] = LagReading(entry.lag.seconds, t / 1000 - entry.lag.age)
             if entry.lag.frozen:
                 self.lag_frozen.add(entry.lag.region)
             else:
@@ -510,7 +512,7 @@ class Simulation:
                         or now - old.observed_at > replication.max_age
                     ):
                         changed = True
-                    self.lag[region] = LagReading(seconds, now)
+                    self.lag[region] = LagReading(seconds, now - self.lag_age.get(region, 0.0))
         return changed
 
     def _feed(

@@ -35,6 +35,7 @@ from orchestrator.engine.state import (
 )
 from orchestrator.engine.vocabulary import Action, Phase, Reason
 from orchestrator.incident_export import read_recording, to_scenario, window_for
+from orchestrator.policy.loader import load_policy_text
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
 from tests.fixtures.controller import policy_text
@@ -442,3 +443,33 @@ def test_a_window_from_before_the_first_file_starts_with_what_was_queued_for_it(
     assert {"failover": {"to": "us-west-2", "between": ["0s", "7s"]}} in data["expect"]
     downs = [e for e in data["timeline"] if e.get("probes", {}).get("state") == "down"]
     assert [e["at"] for e in downs] == ["3s"]
+
+
+def test_lag_readings_export_with_the_age_they_had_when_read(tmp_path: Path) -> None:
+    text = policy_text() + (
+        "replication:\n"
+        "  sources: {us-west-2: {type: rds_replica_lag, db_instance: shop-db-usw2}}\n"
+        "  interval: 10s\n"
+        "  max_age: 4m\n"
+    )
+    policy = load_policy_text(text, "shop.yaml")
+    clock = VirtualClock()
+    source = FakeSource()
+    r = recorder(tmp_path, clock)
+    r.attach(source)
+    begin = clock.now()
+    flush(r, source)
+    for _ in range(3):  # CloudWatch: each datapoint arrives stamped 2 minutes back
+        clock.advance(10.0)
+        r.lag("shop", "us-west-2", LagReading(5.0, clock.now() - 120.0))
+    stopped = clock.now() - 120.0
+    for _ in range(3):  # then the metric stops
+        clock.advance(10.0)
+        r.lag("shop", "us-west-2", LagReading(5.0, stopped))
+    flush(r, source)
+    data = to_scenario(read_recording(tmp_path, "shop", begin, clock.now()), policy, "s.yaml")
+    lags = [(e["at"], e["lag"]) for e in data["timeline"] if "lag" in e]
+    assert lags == [
+        ("10s", {"region": "us-west-2", "seconds": 5.0, "age": "2m"}),
+        ("40s", {"region": "us-west-2", "seconds": 5.0, "frozen": True, "age": "2m10s"}),
+    ]

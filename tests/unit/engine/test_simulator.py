@@ -539,3 +539,21 @@ def test_start_names_only_the_policy_s_regions(tmp_path: Any) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(SourceErrors, match=r"start\.active_region: unknown region 'sa-east-1'"):
         load_scenario(path)
+
+
+def test_a_lag_reading_already_old_when_read_keeps_its_age_and_runs_out_when_frozen() -> None:
+    # max_age 3m: a reading 2m30s old when read is known while it is read again and again;
+    # frozen, it runs out 30s later (before, every reading was taken as brand new).
+    policy = with_replication(sim_policy_data(), max_age="3m")
+    timeline = [
+        *UP,
+        {"at": "0s", "lag": {"region": STANDBY, "seconds": 5, "age": "2m30s"}},
+        {"at": "1m", "lag": {"region": STANDBY, "seconds": 5, "age": "2m30s", "frozen": True}},
+        PRIMARY_DOWN_AT_2M,
+    ]
+    result = simulate(policy, timeline, duration="5m")
+    assert result.runs == []  # unknown lag: the policy waits (on_lag_unknown: wait)
+    assert Reason.LAG_UNKNOWN in reasons_at(result, 150)
+    fresh = [*UP, {"at": "0s", "lag": {"region": STANDBY, "seconds": 5, "age": "2m30s"}}]
+    result = simulate(policy, [*fresh, PRIMARY_DOWN_AT_2M], duration="5m")
+    assert only_run(result).started_at == DETECTED

@@ -184,6 +184,8 @@ def _fact(draw: st.DrawFn, regions: tuple[str, ...]) -> dict[str, Any]:
         lag: dict[str, Any] = {"region": draw(st.sampled_from(regions[1:])), "seconds": seconds}
         if draw(st.booleans()):
             lag["frozen"] = True
+        if draw(st.booleans()):
+            lag["age"] = f"{draw(st.sampled_from([30, 150, 200]))}s"
         return {"at": at, "lag": lag}
     if kind == "health":
         status = draw(st.sampled_from(["open", "closed"]))
