@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.policy.loader import load_policy_file
 from tests.e2e.support import (  # noqa: F401 - the fixture applies to this module
     COMMAND,
     ROOT,
@@ -53,12 +54,25 @@ def test_a_sandbox_outage_exported_replays_and_diffs_against_a_slower_policy(
         control = read_until(proc, r"sandbox: control +(http://127\.0\.0\.1:\d+)", 5)[1]
         service = f"{api}/v1/services/webapp"
 
+        policy = load_policy_file(workdir / "policies" / "webapp.yaml")
+        assert policy.replication is not None
+
         def steady() -> bool:
+            # Healthy both, and the standby's lag known, fresh and within the RPO: then the
+            # failover waits for detection only (until the sandbox's first fresh lag
+            # datapoint, it waits for the lag - and so would any detection rule).
             body = get_json(service)
             verdicts = {v["region"]: v["verdict"] for v in body["verdicts"]}
-            return body["active_region"] == "us-east-1" and set(verdicts.values()) == {"healthy"}
+            lag = {x["region"]: x for x in body["lag"]}.get("us-west-2")
+            return (
+                body["active_region"] == "us-east-1"
+                and set(verdicts.values()) == {"healthy"}
+                and lag is not None
+                and lag["within_rpo"] is True
+                and lag["age"] + 20 < policy.replication.max_age
+            )
 
-        wait_for(steady, "webapp steady in us-east-1, both regions healthy", START_DEADLINE)
+        wait_for(steady, "webapp steady in us-east-1, its lag fresh", START_DEADLINE)
         fault = subprocess.run(
             [*COMMAND, "fault", "region-down", "us-east-1", "--control", control],
             cwd=ROOT,
