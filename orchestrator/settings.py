@@ -544,6 +544,46 @@ class HttpSettings(Section):
         return f"http://{host}:{self.port if port is None else port}"
 
 
+class FlightRecorderSettings(Section):
+    """The flight recorder: per service, what the daemon observed (observation changes per
+    signal and vantage point, lag readings, AWS Health and alarms, operator commands,
+    leadership, decisions and runs) from `lead` before an incident until the service has been
+    steady for `after`, on disk, for `failoverd scenario export`."""
+
+    enabled: bool = Field(True, description="Record (the daemon keeps nothing when off).")
+    path: Path | None = Field(
+        None,
+        description="Folder of the records, one subfolder per `node_id` (default:"
+        " `flight-recorder/` beside `state.path`).",
+    )
+    lead: Duration = Field(
+        1800.0, description="How much is kept before an incident's first `suspect`."
+    )
+    after: Duration = Field(
+        300.0, description="An incident ends once the service has been steady this long."
+    )
+    max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Cap on the records of all services together, in bytes; the oldest go first.",
+    )
+    segment: Duration = Field(
+        300.0,
+        description="Each service's record is cut into files this long (each begins with a"
+        " snapshot of what the daemon sees), the unit of rotation.",
+    )
+
+    @field_validator("lead", "after", "segment")
+    @classmethod
+    def _durations(cls, v: float) -> float:
+        return _positive(v, "a duration")
+
+    def folder(self, state: StateSettings, node_id: str) -> Path:
+        """This instance's folder (instances sharing a host, or a `path`, never mix)."""
+        base = self.path if self.path is not None else state.path.parent / "flight-recorder"
+        return base / node_id
+
+
 class LogSettings(Section):
     """Logging (structlog)."""
 
@@ -592,6 +632,9 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
     webhook: WebhookSettings = Field(
         default_factory=WebhookSettings, description="The webhook action."
+    )
+    flight_recorder: FlightRecorderSettings = Field(
+        default_factory=FlightRecorderSettings, description="The flight recorder."
     )
 
     _policies = field_validator("policies", mode="before")(_paths)
@@ -742,6 +785,7 @@ _SECTIONS: tuple[type[BaseModel], ...] = (
     HttpSettings,
     LogSettings,
     WebhookSettings,
+    FlightRecorderSettings,
 )
 
 

@@ -331,6 +331,15 @@ EVENT_LOOP_LAG = Histogram(
     "How late a 0.25 s timer fired: time the event loop was busy with something else.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+FLIGHT_RECORDER_BYTES = Gauge(
+    "failoverd_flight_recorder_bytes",
+    "What the flight recorder keeps on disk, all services together (flight_recorder.max_bytes"
+    " caps it).",
+)
+FLIGHT_RECORDER_DROPPED = Counter(
+    "failoverd_flight_recorder_dropped_total",
+    "Flight recorder records lost: a full queue, or a write that failed.",
+)
 
 
 # --- logging ------------------------------------------------------------------------------

@@ -132,11 +132,15 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     from orchestrator.agent import add_agent_parser
+    from orchestrator.cli.diff import add_diff_parser
     from orchestrator.cli.operator import add_operator_parsers
+    from orchestrator.cli.scenario_export import add_scenario_parser
     from orchestrator.daemon.main import add_run_parser
     from orchestrator.drills import add_drill_parser
     from orchestrator.sandbox.runner import add_sandbox_parser
 
+    add_diff_parser(sub)
+    add_scenario_parser(sub)
     add_run_parser(sub)
     add_sandbox_parser(sub)
     add_agent_parser(sub)
@@ -164,6 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_test(args.paths, args.verbose)
         if args.command == "explain":
             return cmd_explain(args.scenario, args.at)
+        if args.command == "scenario":
+            from orchestrator.cli.scenario_export import run_scenario_command
+
+            return run_scenario_command(args)
+        if args.command == "diff":
+            from orchestrator.cli.diff import run_diff_command
+
+            return run_diff_command(args)
         if args.command == "readiness":
             return cmd_readiness(
                 args.policies or _env_policies(), args.endpoint_url, args.json, args.config
@@ -309,7 +321,9 @@ def cmd_explain(path: str, at: str) -> int:
     if moment > loaded.scenario.duration:
         _err(f"failoverd: --at {at} is after the scenario's end")
         return EXIT_UNUSABLE
-    result = Simulation(loaded.scenario, loaded.policy, loaded.policy_version).run(until=moment)
+    # Every tick: the moment shown carries its own notes and RTO budget, which age by the tick.
+    simulation = Simulation(loaded.scenario, loaded.policy, loaded.policy_version, every_tick=True)
+    result = simulation.run(until=moment)
     print(explain(result, moment))
     return EXIT_OK
 

@@ -47,6 +47,7 @@ from orchestrator.audit import (
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.audit_writer import AuditWriter
 from orchestrator.daemon.control import CommandResult, NotLeaderError, Readiness, ServiceSnapshot
+from orchestrator.daemon.flight_recorder import FlightRecorder, ServiceView
 from orchestrator.engine.decide import decide
 from orchestrator.engine.healthbook import HealthBook, RegionVerdict
 from orchestrator.engine.observation import Observation
@@ -185,6 +186,7 @@ class Controller:
         # event stream); must not block. A hook that raises is logged and skipped.
         self.on_decision: list[Callable[[Decision], object]] = []
         self._readiness: dict[str, ReadinessReport] = {}
+        self.recorder: FlightRecorder | None = None  # set by the daemon: hooks below feed it
 
     # -- Control: reads ------------------------------------------------------------------
     @property
@@ -334,7 +336,8 @@ class Controller:
     # -- sinks (called by the signal sources on the event loop; never block or raise) ----
     def put(self, obs: Observation) -> None:
         svc = self._services.get(obs.service)
-        if svc is not None and svc.book.observe(obs):
+        note = None if self.recorder is None else self.recorder.observation
+        if svc is not None and svc.book.observe(obs, note):
             OBSERVATIONS.labels(source=obs.source or "unknown").inc()
             self._wake.set()
 
@@ -342,6 +345,17 @@ class Controller:
         svc = self._services.get(service)
         if svc is not None:
             svc.lag[region] = reading
+            if self.recorder is not None:
+                self.recorder.lag(service, region, reading)
+
+    def service_view(self, service: str) -> ServiceView | None:
+        """What the flight recorder reads of a service."""
+        svc = self._services.get(service)
+        if svc is None:
+            return None
+        return ServiceView(
+            svc.policy, svc.book, svc.state, svc.lag, svc.progress, self._set.version
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def load(self) -> None:
@@ -814,6 +828,8 @@ class Controller:
         self._lease, self._lease_deadline = lease, self._deadline(started)
         self._leader_name = self.node_id
         log.info("leader_lease_acquired", node_id=self.node_id, token=lease.token)
+        if self.recorder is not None:
+            self.recorder.leadership(True)
         if self._tg is not None and not self._stopping:
             self._resume_pending = False  # the resume below covers every unfinished run
             self._resuming = True
@@ -825,6 +841,8 @@ class Controller:
         self._leader_name = None
         self._leader_info = None
         log.warning("leader_lease_lost", node_id=self.node_id, why=why)
+        if self.recorder is not None:
+            self.recorder.leadership(False)
 
     async def _resume(self) -> None:
         try:
@@ -874,10 +892,14 @@ class Controller:
         now = self._clock.now()
         try:
             if command.command is Command.APPROVE:
+                if self.recorder is not None:
+                    self.recorder.command(service, command, now)
                 return await self._approve(svc, command, token, now)
             await self._journal(svc, command, token, now)
         except StoreError as exc:
             return CommandResult(False, f"not journaled, nothing done: {exc}")
+        if self.recorder is not None:
+            self.recorder.command(service, command, now)
         if command.command in (Command.PAUSE, Command.RESUME):
             async with self._lock:
                 svc.state = apply_command(svc.state, command)

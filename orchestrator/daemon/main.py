@@ -41,6 +41,7 @@ from orchestrator.api.app import bound_port, make_app, replace_tokens, serve
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.events import EventPublisher
+from orchestrator.daemon.flight_recorder import FlightRecorder
 from orchestrator.daemon.metrics_export import MetricsExporter, watch_loop_lag
 from orchestrator.daemon.sdnotify import Notifier
 from orchestrator.daemon.support import (
@@ -58,7 +59,13 @@ from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport, readiness
-from orchestrator.settings import AwsSettings, HttpSettings, SettingsError, StateSettings
+from orchestrator.settings import (
+    AwsSettings,
+    FlightRecorderSettings,
+    HttpSettings,
+    SettingsError,
+    StateSettings,
+)
 from orchestrator.signals.aws_clients import AwsClients
 from orchestrator.signals.aws_health import health_sources
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
@@ -112,6 +119,7 @@ class DaemonSettings:
     log_json: bool | None = None  # None: JSON unless stderr is a terminal
     policy_poll_interval: float = 3.0
     state: StateSettings | None = None  # the store; None: SQLite at state_path
+    flight_recorder: FlightRecorderSettings = field(default_factory=FlightRecorderSettings)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def state_settings(self) -> StateSettings:
@@ -146,6 +154,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         state_path=str(s.state.path),
         store_timeout=s.state.timeout,
         state=s.state,
+        flight_recorder=s.flight_recorder,
         lease_ttl=s.leader.ttl,
         tick=s.engine.tick,
         aws=s.aws,
@@ -189,6 +198,7 @@ class Daemon:
         self._readiness_fn = readiness_fn or self._readiness
         self.jobs: DaemonJobs | None = None
         self._api: web.Application | None = None
+        self.recorder: FlightRecorder | None = None
 
     async def _readiness(self, policies: Sequence[Policy]) -> ReadinessReport:
         return await readiness(policies, self.aws, self.clock)
@@ -254,6 +264,7 @@ class Daemon:
             lease_ttl=s.lease_ttl,
             tick=s.tick,
         )
+        self.recorder = self._flight_recorder(controller, state)
         try:
             controller.on_tick.append(lambda: self._ticked(controller))
             MetricsExporter(controller, self.clock, backend=state.backend).install()
@@ -266,6 +277,36 @@ class Daemon:
             await store.close()
         log.info("daemon_stopped")
         return 0
+
+    def _flight_recorder(
+        self, controller: Controller, state: StateSettings
+    ) -> FlightRecorder | None:
+        """The flight recorder, hooked to the controller (None when off or its folder cannot
+        be made: the daemon runs without it and says so)."""
+        s = self.settings.flight_recorder
+        if not s.enabled:
+            return None
+        folder = s.folder(state, self.settings.node_id)
+        recorder = FlightRecorder(
+            folder,
+            lead=s.lead,
+            after=s.after,
+            max_bytes=s.max_bytes,
+            segment=s.segment,
+            node_id=self.settings.node_id,
+            tick=self.settings.tick,
+            clock=self.clock,
+        )
+        try:
+            recorder.load()
+        except OSError as exc:
+            log.warning("flight_recorder_unavailable", folder=str(folder), error=str(exc))
+            return None
+        recorder.attach(controller)
+        controller.recorder = recorder
+        controller.on_decision.append(recorder.decision)
+        log.info("flight_recorder_started", folder=str(folder))
+        return recorder
 
     def _ticked(self, controller: Controller) -> None:
         if not controller.evaluated:
@@ -301,6 +342,9 @@ class Daemon:
                 )
                 jobs = tg.create_task(self.jobs.run())
                 watcher = tg.create_task(self._watch(controller, tg))
+                recording = None
+                if self.recorder is not None:
+                    recording = tg.create_task(self.recorder.run(controller))
                 self._sources = tg.create_task(self._run_sources(controller.policy_set, controller))
                 log.info("daemon_started", node_id=self.settings.node_id)
                 await self._stop.wait()
@@ -309,10 +353,12 @@ class Daemon:
                 watcher.cancel()
                 jobs.cancel()  # no drill or readiness check starts while draining
                 await controller.drain(SHUTDOWN_GRACE)
-                for task in (self._sources, core, api, events, loop_lag):
+                for task in (self._sources, core, api, events, loop_lag, recording):
                     if task is not None:
                         task.cancel()
         finally:
+            if self.recorder is not None:
+                self.recorder.close(controller)  # what was queued since its last write
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 

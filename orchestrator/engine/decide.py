@@ -7,6 +7,9 @@ function with the same kinds of inputs, and property tests hold its invariants:
   allows an *unknown* target with ``require_healthy_target: false``);
 * nothing starts while paused, without the leader lease, or while a run is in progress;
 * never more failovers in ``guards.max_failovers.window`` than ``count``;
+* never a target whose replication lag is above the RPO (or unknown, or too old) while a
+  healthy region within it exists, unless an operator names the target;
+* the cooldown counts from the last *automatic* move: an operator's move never starts one;
 * the same input gives the same output.
 
 Order of judgement: a run in progress, then pause, then an unacknowledged failed run, then an
@@ -51,6 +54,48 @@ def decide(
 ) -> Decision:
     ctx = _Context(policy, state, verdicts, lag, now, leader, policy_version)
     return ctx.decide(operator)
+
+
+# Half a millisecond: deadlines are sums of millisecond times and durations, exact to far less.
+_EPSILON = 0.0005
+
+
+def next_change(
+    policy: Policy,
+    state: ServiceState,
+    verdicts: Mapping[str, RegionVerdict],
+    lag: Mapping[str, LagReading],
+    now: float,
+) -> float | None:
+    """The earliest moment at or after ``now`` at which :func:`decide` may answer differently
+    with the very same state, verdicts and lag readings: a guard whose time runs out (the
+    cooldown, a move leaving the max-failovers window, a lag reading growing too old, the
+    primary's stable period before an automatic failback). None when nothing of the kind is
+    pending. The scenario simulator skips the ticks before it (the health book's
+    :meth:`~orchestrator.engine.healthbook.HealthBook.stale_times` is the other half); so
+    every comparison of ``now`` in this module must be listed here, and the simulator's
+    equivalence test (every tick against skipping) holds the two together."""
+    guards = policy.guards
+    times: list[float] = []
+    if state.last_move_finished_at is not None:
+        times.append(state.last_move_finished_at + guards.cooldown)
+    window = guards.max_failovers.window
+    times.extend(m.at + window for m in state.moves)
+    replication = policy.replication
+    if replication is not None:
+        times.extend(
+            r.observed_at + replication.max_age for r in lag.values() if r.seconds is not None
+        )
+    failback = guards.failback
+    primary = verdicts.get(policy.primary)
+    if (
+        failback.mode is FailbackMode.AUTOMATIC
+        and primary is not None
+        and primary.verdict is Verdict.HEALTHY
+    ):
+        times.append(primary.since + failback.stable_period)
+    horizon = now - _EPSILON
+    return min((t for t in times if t >= horizon), default=None)
 
 
 class _Context:
@@ -183,28 +228,60 @@ class _Context:
                 return failback
         return self.make(phase, reasons=reasons)
 
-    def pick_target(self) -> tuple[str | None, list[Reason]]:
-        """The first healthy region in priority order (or, when the policy allows it, the
-        first unknown one), with the reasons explaining any region passed over."""
+    def pick_target(self) -> tuple[str | None, list[Reason], list[str]]:
+        """The failover target, with the reasons (and notes) explaining any region passed
+        over. Among the healthy regions in priority order, the first whose replication lag
+        stands in no way (known, fresh and within the RPO, or not replicated) is taken: a
+        move that loses no data beats the preferred region. When no healthy region
+        qualifies, today's rule: the first healthy region, and the lag guards decide. With
+        no healthy region at all, the first unknown one when the policy allows it."""
         policy = self.policy
         others = [r for r in policy.regions if r != self.active]
         reasons: list[Reason] = []
         if others and self.verdict(others[0]) is not Verdict.HEALTHY:
             reasons.append(Reason.STANDBY_UNHEALTHY)
-        for region in others:
-            if self.verdict(region) is Verdict.HEALTHY:
-                return region, reasons
+        healthy = [r for r in others if self.verdict(r) is Verdict.HEALTHY]
+        if healthy:
+            return self.rpo_aware(healthy, reasons)
         verdicts = [self.verdict(r) for r in others]
         if not policy.guards.require_healthy_target:
             for region, v in zip(others, verdicts, strict=True):
                 if v is _UNKNOWN:
-                    return region, reasons
+                    return region, reasons, []
         if all(v in (Verdict.DOWN, _UNKNOWN) for v in verdicts):
             reasons = [Reason.ALL_REGIONS_DOWN]
             if any(v is _UNKNOWN for v in verdicts):
                 reasons.append(Reason.STALE_DATA)
-            return None, reasons
-        return None, [*reasons, Reason.NO_HEALTHY_TARGET]
+            return None, reasons, []
+        return None, [*reasons, Reason.NO_HEALTHY_TARGET], []
+
+    def rpo_aware(
+        self, healthy: list[str], reasons: list[Reason]
+    ) -> tuple[str, list[Reason], list[str]]:
+        """The first of ``healthy`` (priority order) that a move can reach without losing
+        more data than the RPO allows; the first of them when none can."""
+        first = healthy[0]
+        if self.policy.replication is None:
+            return first, reasons, []
+        passed: list[str] = []
+        for region in healthy:
+            why, _, note = self.lag_guard(region)
+            if why is None:
+                if not passed:
+                    return region, reasons, []
+                chosen = self.lag_words(region)
+                return region, [*reasons, Reason.STANDBY_LAGGING], [*passed, chosen]
+            passed.append(f"passed over {region}: {note}")
+        return first, reasons, []
+
+    def lag_words(self, region: str) -> str:
+        reading = self.lag.get(region)
+        if reading is None or reading.seconds is None:
+            return f"chose {region}: not replicated"
+        return (
+            f"chose {region}: lag {format_duration(reading.seconds)} within RPO"
+            f" {format_duration(self.policy.rpo)}"
+        )
 
     def lag_guard(self, target: str) -> tuple[Reason | None, LagPolicy, str]:
         """Whether the target's replication lag stands in the way, and what the policy says
@@ -227,7 +304,8 @@ class _Context:
             return (
                 Reason.RPO_EXCEEDED,
                 guards.on_lag_above_rpo,
-                f"lag {format_duration(reading.seconds)} > RPO {format_duration(self.policy.rpo)}",
+                f"lag of {target} {format_duration(reading.seconds)} > RPO"
+                f" {format_duration(self.policy.rpo)}",
             )
         return None, LagPolicy.PROCEED, ""
 
@@ -292,13 +370,12 @@ class _Context:
         )
 
     def automatic_failover(self, approved: bool) -> Decision:
-        target, target_reasons = self.pick_target()
+        target, target_reasons, notes = self.pick_target()
         lead = [Reason.ACTIVE_DOWN]
         if target is None:
             return self.make(
                 Phase.BLOCKED, reasons=[*lead, *target_reasons, *self.observation_reasons()]
             )
-        notes: list[str] = []
         if self.verdict(target) is not Verdict.HEALTHY:
             notes.append(f"{target} is {self.verdict(target)}: require_healthy_target is off")
         kind = self.kind_towards(target, Action.FAILOVER)
@@ -336,7 +413,9 @@ class _Context:
     def operator_move(self, command: OperatorCommand) -> Decision:
         """A failover, switchover or failback asked for by an operator. The command is the
         approval; it bypasses the cooldown, but not the leader lease, the max-failovers
-        limit, or (without ``force``) an unhealthy target or a lag the policy waits out."""
+        limit, or (without ``force``) an unhealthy target or a lag the policy waits out. It
+        never starts a cooldown either (see :func:`~orchestrator.engine.state.finish_run`):
+        a human's move must not delay the automatic answer to a new outage."""
         policy = self.policy
         kind = {
             Command.FAILOVER: Action.FAILOVER,
@@ -345,22 +424,25 @@ class _Context:
         }[command.command]
         notes: list[str] = [f"{command.command} requested by {command.by}"]
         refused: list[Reason] = []
+        extra: list[Reason] = []
         target: str | None
         if kind is Action.FAILBACK:
             target = policy.primary
         elif command.to is not None:
             target = command.to
         else:
-            target, why = self.pick_target()
+            target, why, chosen = self.pick_target()
             if target is None or self.verdict(target) is not Verdict.HEALTHY:
                 refused.extend(why or [Reason.NO_HEALTHY_TARGET])
                 target = None
+            elif Reason.STANDBY_LAGGING in why:
+                extra.append(Reason.STANDBY_LAGGING)
+                notes.extend(chosen)
         if target is not None and target not in policy.regions:
             notes.append(f"{target} is not one of the policy's regions")
             refused.append(Reason.NO_HEALTHY_TARGET)
         elif target is not None and target == self.active:
             refused.append(Reason.ALREADY_ACTIVE)
-        extra: list[Reason] = []
         if target is not None and kind is Action.FAILOVER:
             kind = self.kind_towards(target, kind)
         if target is not None and not refused:

@@ -133,7 +133,7 @@ def _check_one(result: SimulationResult, x: Expectation) -> Failure | None:
         return Failure(
             want,
             [
-                f"{fd(m.at)}: phase {d.phase}, reasons [{reasons}], active {m.active_region}",
+                f"{fd(x.phase.at)}: phase {d.phase}, reasons [{reasons}], active {m.active_region}",
                 "timeline:",
                 *phase_timeline(result),
             ],
@@ -143,6 +143,6 @@ def _check_one(result: SimulationResult, x: Expectation) -> Failure | None:
         want = f"active region {x.active_region.is_} at {fd(x.active_region.at)}"
         if m is not None and m.active_region == x.active_region.is_:
             return None
-        actual = f"{fd(m.at)}: active {m.active_region}" if m else "no moment by then"
+        actual = f"{fd(x.active_region.at)}: active {m.active_region}" if m else "no moment by then"
         return Failure(want, [actual, *_runs_summary(result, False), *_runs_summary(result, True)])
     return None  # pragma: no cover - the model admits no other expectation

@@ -23,7 +23,7 @@ Semantics (DESIGN.md, "Verdict semantics"):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.engine.observation import FailureKind, Observation
@@ -194,6 +194,23 @@ class _Cell:
             self.failing = False
             self.failing_since = None
 
+    def observe_changed(self, at: float, ok: bool | None, detail: str) -> bool:
+        """``observe``, answering whether the cell's view may have changed: data after a
+        silence (or the first), or a change of what decides the view (failing, recovering,
+        what the latest observation said). False means every view of the cell is the same
+        after the observation as before it, at any time (the scenario simulator then skips
+        the engine)."""
+        last_at = self.last_at
+        if last_at is not None and at <= last_at:
+            return False
+        before = (self.failing, self.recovering, self.last_ok, self.last_detail)
+        self.observe(at, ok, detail)
+        return (
+            last_at is None
+            or at - last_at > self.staleness
+            or before != (self.failing, self.recovering, self.last_ok, self.last_detail)
+        )
+
     def _ratio_holds(self) -> bool:
         if self.ratio is None:
             return False
@@ -284,13 +301,65 @@ class HealthBook:
         """Every (region, signal, vantage) this book expects observations for."""
         return list(self._cells)
 
-    def observe(self, obs: Observation) -> bool:
-        """Take one observation; False when nothing in the policy expects it."""
+    def stale_times(self, now: float) -> list[tuple[tuple[str, str, str], float]]:
+        """When each (region, signal, vantage) cell with data turns stale unless observed
+        again, for those at or after ``now`` (within half a millisecond): the only way a
+        verdict changes with time alone."""
+        horizon = now - 0.0005
+        out: list[tuple[tuple[str, str, str], float]] = []
+        for key, cell in self._cells.items():
+            last = cell.last_at
+            if last is not None and last + cell.staleness >= horizon:
+                out.append((key, last + cell.staleness))
+        return out
+
+    def feeder(
+        self, region: str, signal: str, vantage: str
+    ) -> Callable[[float, bool | None, str], bool]:
+        """A direct line to one cell for the scenario simulator's hot loop: ``feed(at, ok,
+        detail)`` observes and answers whether the cell's view may have changed."""
+        return self._cells[(region, signal, vantage)].observe_changed
+
+    def observe(
+        self, obs: Observation, note: Callable[[Observation, float | None], None] | None = None
+    ) -> bool:
+        """Take one observation; False when nothing in the policy expects it. ``note`` (the
+        flight recorder's) is called with the observation and the cell's previous one's
+        time when it is taken and says something new: the first of its cell, a change of
+        ``ok`` or ``detail``, or one after a silence long enough to have made the view
+        stale."""
         cell = self._cells.get((obs.region, obs.signal, obs.vantage))
         if cell is None:
             return False
+        if note is None:
+            cell.observe(obs.at, obs.ok, obs.detail)
+            return True
+        last_at, last_ok, last_detail = cell.last_at, cell.last_ok, cell.last_detail
         cell.observe(obs.at, obs.ok, obs.detail)
+        if last_at is None or (
+            obs.at > last_at
+            and (
+                obs.ok is not last_ok
+                or obs.detail != last_detail
+                or obs.at - last_at > cell.staleness
+            )
+        ):
+            note(obs, last_at)
         return True
+
+    def last_observations(
+        self,
+    ) -> list[tuple[str, str, str, float, bool | None, str]]:
+        """(region, signal, vantage, at, ok, detail) of every cell's latest observation: a
+        snapshot for the flight recorder."""
+        return [
+            (region, signal, vantage, cell.last_at, cell.last_ok, cell.last_detail)
+            for (region, signal, vantage), cell in self._cells.items()
+            if cell.last_at is not None
+        ]
+
+    def staleness(self, region: str, signal: str, vantage: str) -> float:
+        return self._cells[(region, signal, vantage)].staleness
 
     def observe_many(self, observations: Iterable[Observation]) -> None:
         cells = self._cells

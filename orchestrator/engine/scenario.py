@@ -1,8 +1,10 @@
 """Scenario files (policy tests): the models behind SCENARIOS.md, a contract.
 
 Keys here may be added, never renamed or dropped. Extensions made by failoverd: ``tick``
-(engine tick, default 1s), ``description``, ``force`` on operator commands, and several facts
-in one timeline entry (applied in the order of the table in SCENARIOS.md).
+(engine tick, default 1s), ``description``, ``force`` (and ``by``, ``reason``) on operator
+commands, ``start`` (the service's state when the scenario begins: a recorded incident
+rarely begins on the primary with an empty history), and several facts in one timeline
+entry (applied in the order of the table in SCENARIOS.md).
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ class LagFact(_S):
         description="The source stops updating: the reading keeps this fact's time and ages"
         " (a dead primary freezes the metric). failoverd extension.",
     )
+    age: Duration = Field(
+        default=0.0,
+        ge=0,
+        description="How old each reading already is when read (a metric stamped at the start"
+        " of its period and delivered late); a frozen reading starts this old. failoverd"
+        " extension.",
+    )
 
     @field_validator("seconds", mode="before")
     @classmethod
@@ -75,6 +84,8 @@ class OperatorFact(_S):
     command: Literal["pause", "resume", "approve", "failback", "failover", "switchover"]
     to: Region | None = None
     force: bool = False
+    by: str = Field(default="scenario", description="Who (failoverd extension).")
+    reason: str = Field(default="", description="Why (failoverd extension).")
 
 
 class StepFact(_S):
@@ -161,6 +172,29 @@ class Expectation(_S):
         return self
 
 
+class EarlierMove(_S):
+    """A run started before the scenario begins (the max-failovers window counts it)."""
+
+    ago: Duration = Field(gt=0, description="How long before the scenario's start.")
+    kind: Literal["failover", "switchover", "failback"]
+    to: Region
+
+
+class StartState(_S):
+    """The service's state when the scenario begins (failoverd extension; default: the
+    primary active, nothing paused, no earlier move)."""
+
+    active_region: Region | None = Field(default=None, description="Default: the primary.")
+    paused: bool = False
+    last_automatic_move: Duration | None = Field(
+        default=None,
+        ge=0,
+        description="How long before the start the last automatic run ended (the cooldown"
+        " counts from it).",
+    )
+    moves: list[EarlierMove] = Field(default_factory=list)
+
+
 class Scenario(_S):
     scenario: str = Field(min_length=1, description="The name shown in the output.")
     description: str = ""
@@ -170,5 +204,8 @@ class Scenario(_S):
     service: str | None = None
     duration: Duration = Field(gt=0)
     tick: Duration = Field(default=1.0, gt=0, description="Engine tick (failoverd extension).")
+    start: StartState | None = Field(
+        default=None, description="The service's state at the start (failoverd extension)."
+    )
     timeline: list[TimelineEntry] = Field(default_factory=list)
     expect: list[Expectation] = Field(min_length=1)

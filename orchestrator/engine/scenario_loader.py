@@ -16,11 +16,17 @@ from orchestrator.policy.loader import (
 )
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import (
+    Limits,
     LoadedYaml,
     SourceError,
     SourceErrors,
     load_yaml_file,
 )
+
+# A recorded incident exported by the flight recorder holds every observation of its window:
+# far more than a policy (the daemon's 256 KiB cap is for what it reloads while running).
+# Aliases are still charged for what they expand to, so a bomb is refused all the same.
+SCENARIO_LIMITS = Limits(max_bytes=8 * 1024 * 1024, max_nodes=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,18 @@ def _sub(loaded: LoadedYaml, prefix: tuple[str | int, ...], data: Any) -> Loaded
     return LoadedYaml(file=loaded.file, data=data, lines=lines, text=loaded.text, prefix=prefix)
 
 
-def load_scenario(path: str | Path) -> LoadedScenario:
-    loaded = load_yaml_file(path)
+@dataclass(frozen=True)
+class ScenarioDocument:
+    """A scenario file read and validated on its own, before any policy is bound to it."""
+
+    file: str
+    loaded: LoadedYaml
+    scenario: Scenario
+
+
+def read_scenario(path: str | Path) -> ScenarioDocument:
+    """Read a scenario file (no policy yet); :class:`SourceErrors` naming file and line."""
+    loaded = load_yaml_file(path, SCENARIO_LIMITS)
     if not isinstance(loaded.data, dict):
         raise SourceErrors([loaded.error((), "expected a mapping with a `scenario:` key")])
     scenario = validate_model(Scenario, loaded)
@@ -75,13 +91,27 @@ def load_scenario(path: str | Path) -> LoadedScenario:
             errors.append(
                 loaded.error(("timeline", i, "at"), "later than the scenario's `duration`")
             )
+    if errors:
+        raise SourceErrors(errors)
+    return ScenarioDocument(str(path), loaded, scenario)
+
+
+def own_policy(doc: ScenarioDocument) -> Policy:
+    """The policy the scenario names: a file relative to it, or inline."""
+    scenario, loaded = doc.scenario, doc.loaded
     if isinstance(scenario.policy, str):
         policy_path = Path(os.path.normpath(Path(loaded.file).parent / scenario.policy))
         if not policy_path.is_file():
             raise SourceErrors([loaded.error(("policy",), f"no policy file at {policy_path}")])
-        policy = load_policy_file(policy_path)
-    else:
-        policy = parse_policy(_sub(loaded, ("policy",), scenario.policy))
+        return load_policy_file(policy_path)
+    return parse_policy(_sub(loaded, ("policy",), scenario.policy))
+
+
+def bind(doc: ScenarioDocument, policy: Policy) -> LoadedScenario:
+    """The scenario run against ``policy`` (its own, or another version of it: ``failoverd
+    diff``); :class:`SourceErrors` when the scenario names what the policy does not have."""
+    scenario, loaded = doc.scenario, doc.loaded
+    errors: list[SourceError] = []
     if scenario.service is not None and scenario.service != policy.service:
         errors.append(
             loaded.error(
@@ -92,7 +122,12 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     errors.extend(_check_names(loaded, scenario, policy))
     if errors:
         raise SourceErrors(errors)
-    return LoadedScenario(str(path), scenario, policy, policy_version([policy]))
+    return LoadedScenario(doc.file, scenario, policy, policy_version([policy]))
+
+
+def load_scenario(path: str | Path) -> LoadedScenario:
+    doc = read_scenario(path)
+    return bind(doc, own_policy(doc))
 
 
 def _check_names(loaded: LoadedYaml, scenario: Scenario, policy: Policy) -> list[SourceError]:
@@ -172,6 +207,18 @@ def _check_names(loaded: LoadedYaml, scenario: Scenario, policy: Policy) -> list
                 e.operator.to,
                 regions,
             )
+    start = scenario.start
+    if start is not None:
+        if start.active_region is not None:
+            need(
+                start.active_region in regions,
+                ("start", "active_region"),
+                "region",
+                start.active_region,
+                regions,
+            )
+        for i, m in enumerate(start.moves):
+            need(m.to in regions, ("start", "moves", i, "to"), "region", m.to, regions)
     for i, x in enumerate(scenario.expect):
         base = ("expect", i)
         if x.failover is not None and x.failover.to is not None:

@@ -10,17 +10,29 @@ Runbook steps are simulated with the policy's own DAG, timeouts, retries and ``o
 ``approval`` steps wait for an ``operator: approve``; no step starts without the leader lease.
 Retries follow each other without the executor's backoff: scenarios judge decisions, not
 backoff timing.
+
+Idle ticks are skipped (``every_tick=False``, the default): between two moments where
+something happens (a fact, an observation, a step's end) the engine answers the same at every
+tick unless a deadline passes (a view turning stale, the cooldown or a lag reading running
+out...), so only the tick after a change and the ticks at deadlines
+(:meth:`HealthBook.stale_times`, :func:`~orchestrator.engine.decide.next_change`) are
+evaluated. The decisions are exactly those of ticking every interval (phase, action, target,
+reasons, who initiated, the RTO clock, the runs); only the moments list is shorter, and
+:meth:`SimulationResult.moment_at` answers for any time. A property test holds the two modes
+together. ``every_tick=True`` evaluates every tick (``failoverd explain`` uses it: it shows
+the moment's notes and RTO budget, which age with every tick).
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.engine.decide import decide
+from orchestrator.engine.decide import decide, next_change
 from orchestrator.engine.healthbook import HealthBook, RegionVerdict
-from orchestrator.engine.observation import FailureKind, Observation
+from orchestrator.engine.observation import FailureKind
 from orchestrator.engine.scenario import (
     Flap,
     OperatorFact,
@@ -33,6 +45,7 @@ from orchestrator.engine.state import (
     Command,
     Decision,
     LagReading,
+    Move,
     OperatorCommand,
     ServiceState,
     apply_command,
@@ -44,6 +57,8 @@ from orchestrator.engine.vocabulary import Action, Reason
 from orchestrator.policy.actions import APPROVAL_ACTION
 from orchestrator.policy.durations import parse_duration
 from orchestrator.policy.models import (
+    AWS_HEALTH_VANTAGE,
+    CLOUDWATCH_VANTAGE,
     PROBE_TYPES,
     AwsHealthSignal,
     CloudWatchAlarmSignal,
@@ -129,12 +144,21 @@ class _RunExec:
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, policy: Policy, policy_version: str = "") -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        policy: Policy,
+        policy_version: str = "",
+        *,
+        every_tick: bool = False,
+    ) -> None:
         self.scenario = scenario
         self.policy = policy
         self.version = policy_version
+        self.every_tick = every_tick
+        self._tick = max(1, ms(scenario.tick))
         self.book = HealthBook(policy)
-        self.state = ServiceState(service=policy.service, active_region=policy.primary)
+        self.state = _start_state(scenario, policy)
         self.leader = True
         # World
         self.probe_world: dict[tuple[str, str, str], tuple[str | Flap, int]] = {}
@@ -143,6 +167,7 @@ class Simulation:
         self.alarms: dict[str, str] = {}
         self.lag_values: dict[str, float | None] = {}
         self.lag_frozen: set[str] = set()
+        self.lag_age: dict[str, float] = {}  # how old each region's reading is when read
         self.lag: dict[str, LagReading] = {}
         self.step_facts: dict[str, StepFact] = {}
         # Output
@@ -152,11 +177,19 @@ class Simulation:
         self.verdicts: dict[str, RegionVerdict] = {}
         self._heap: list[int] = []
         self._queued: set[int] = set()
+        self._forced: set[int] = set()
+        # The next deadline (ms): the first moment at or after it is judged.
+        self._deadline: int | None = None
+        self._force_next = False  # judge the next moment, whatever it is
+        self._last = ms(scenario.duration)
         self._probe_cells = [
             (region, signal, vantage)
             for (region, signal, vantage) in self.book.cells()
             if self._signal_type(signal) in PROBE_TYPES
         ]
+        self._feeders: dict[tuple[str, str, str], Callable[[float, bool | None, str], bool]] = {
+            cell: self.book.feeder(*cell) for cell in self._probe_cells
+        }
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -166,34 +199,59 @@ class Simulation:
                 return s.type
         return ""
 
-    def _at(self, t: int) -> None:
-        if t not in self._queued and t <= ms(self.scenario.duration):
+    def _at(self, t: int, *, forced: bool = True) -> None:
+        """Queue the moment ``t``; a forced one is judged by the engine even if nothing was
+        observed to change (facts, step ends, deadlines, the tick after a change)."""
+        if t > self._last:
+            return
+        if forced:
+            self._forced.add(t)
+        if t not in self._queued:
             self._queued.add(t)
             heapq.heappush(self._heap, t)
 
-    def _periodic(self, period_s: float, until: int) -> None:
+    def _periodic(self, period_s: float, until: int, *, forced: bool = False) -> None:
         period = max(1, ms(period_s))
         for t in range(0, until + 1, period):
-            self._at(t)
+            self._at(t, forced=forced)
 
     def run(self, until: float | None = None) -> SimulationResult:
         end = ms(self.scenario.duration if until is None else min(until, self.scenario.duration))
+        self._last = end
         facts: dict[int, list[TimelineEntry]] = {}
         for entry in self.scenario.timeline:
             facts.setdefault(ms(entry.at), []).append(entry)
             self._at(ms(entry.at))
-        self._periodic(self.scenario.tick, end)
-        self._periodic(self.policy.detection.interval, end)
+        if self.every_tick:
+            self._periodic(self.scenario.tick, end, forced=True)
+        else:
+            self._at(0)
+            self._at(end - end % self._tick)  # the last tick: the final state and verdicts
+        self._periodic(self.policy.detection.interval, end, forced=self.every_tick)
         for s in self.policy.signals:
             if isinstance(s, AwsHealthSignal):
-                self._periodic(s.poll_interval, end)
+                self._periodic(s.poll_interval, end, forced=self.every_tick)
         if self.policy.replication is not None:
-            self._periodic(self.policy.replication.interval, end)
+            self._periodic(self.policy.replication.interval, end, forced=self.every_tick)
         while self._heap:
             t = heapq.heappop(self._heap)
             if t > end:
                 break
-            self._moment(t, facts.get(t, []))
+            before = self.state
+            entries = facts.get(t, [])
+            forced = (
+                self._force_next
+                or t in self._forced
+                or (self._deadline is not None and t >= self._deadline)
+            )
+            self._force_next = False
+            judged = self._moment(t, entries, forced)
+            if self.every_tick:
+                continue
+            if judged is None:
+                self._queue_deadline(t)
+            else:
+                self._wake(t, judged or bool(entries) or self.state is not before)
         return SimulationResult(
             self.scenario,
             self.policy,
@@ -205,18 +263,101 @@ class Simulation:
             dict(self.lag),
         )
 
+    def _wake(self, t: int, changed: bool) -> None:
+        """After a judged moment ``t``: when the situation changed, judge the next moment
+        too (a run just started is in progress, a refused command is gone, the RTO clock
+        started...); and work out the next deadline, the first time at which time alone may
+        change the answer (a view turning stale, a guard running out): the first moment at
+        or after it is judged (ticking every interval, that moment may be a probe's as well
+        as a tick)."""
+        tick = self._tick
+        now = t / 1000
+        deadlines = [d for key, d in self.book.stale_times(now) if not self._fed_before(key, d, t)]
+        # A reading refreshed before it grows too old never runs out.
+        replication = self.policy.replication
+        lag = self.lag
+        if replication is not None:
+            refresh = self._next(t, replication.interval) / 1000
+            lag = {
+                region: reading
+                for region, reading in lag.items()
+                if region in self.lag_frozen
+                or region not in self.lag_values
+                or refresh > reading.observed_at + replication.max_age
+            }
+        change = next_change(self.policy, self.state, self.verdicts, lag, now)
+        if change is not None:
+            deadlines.append(change)
+        due = [round(d * 1000) for d in deadlines]
+        # A deadline falling on this very moment: comparing floats, the answer may turn now
+        # or at the next moment.
+        if changed or t in due:
+            self._force_next = True
+            self._at((t // tick + 1) * tick)  # the next tick (``t`` may be off the grid)
+        self._deadline = min((d for d in due if d > t), default=None)
+        self._queue_deadline(t)
+
+    @staticmethod
+    def _next(t: int, period_s: float) -> int:
+        """The first multiple of the period after ``t`` (ms)."""
+        period = max(1, ms(period_s))
+        return (t // period + 1) * period
+
+    def _fed_before(self, cell: tuple[str, str, str], deadline: float, t: int) -> bool:
+        """Whether the world observes ``cell`` again after ``t`` and before it would turn
+        stale at ``deadline``: then that staleness never comes."""
+        region, signal, vantage = cell
+        policy = self.policy
+        if vantage == AWS_HEALTH_VANTAGE:
+            if self.health_api is None:
+                return False
+            polls = [
+                s.poll_interval
+                for s in policy.signals
+                if isinstance(s, AwsHealthSignal) and s.name == signal
+            ]
+            return bool(polls) and self._next(t, polls[0]) / 1000 <= deadline
+        if vantage == CLOUDWATCH_VANTAGE:
+            signals = [s for s in policy.signals if isinstance(s, CloudWatchAlarmSignal)]
+            names = [n for s in signals if s.name == signal for n in s.alarms.get(region, ())]
+            if all(self.alarms.get(n) is None for n in names):
+                return False
+        else:
+            world = self.probe_world.get(cell)
+            if world is None or world[0] == "unknown":
+                return False
+        return self._next(t, policy.detection.interval) / 1000 <= deadline
+
+    def _queue_deadline(self, t: int) -> None:
+        """Queue the first tick at or after the deadline unless a moment comes first (then
+        that moment is judged: see ``run``)."""
+        deadline = self._deadline
+        if deadline is None:
+            return
+        tick = self._tick
+        at = -(-deadline // tick) * tick
+        following = self._heap[0] if self._heap else self._last + 1
+        if t < at < following:
+            self._at(at)
+
     # -- one moment ----------------------------------------------------------------------
 
-    def _moment(self, t: int, entries: list[TimelineEntry]) -> None:
+    def _moment(self, t: int, entries: list[TimelineEntry], forced: bool) -> bool | None:
+        """One moment. None when it was quiet: no fact, nothing due, and the observations
+        changed no view, so the engine would answer exactly as at the last moment judged
+        (nothing is recorded; ``moment_at`` answers with that one). Otherwise True when the
+        decision remembered differs from the last one."""
         commands: list[OperatorFact] = []
         for entry in entries:
             self._apply(entry, t, commands)
-        self._emit(t)
+        observed = self._emit(t)
+        if not (forced or entries or observed):
+            return None
         now = t / 1000
         refused: Decision | None = None
         for fact in commands:
             cmd = OperatorCommand(
-                Command(fact.command), to=fact.to, force=fact.force, by="scenario"
+                Command(fact.command), to=fact.to, force=fact.force, by=fact.by, reason=fact.reason
             )
             if cmd.command in (Command.PAUSE, Command.RESUME):
                 self.state = apply_command(self.state, cmd)
@@ -231,7 +372,15 @@ class Simulation:
         decision = self._decide(t, None)
         # A refused command is what this moment is remembered for (phase/reason checks).
         shown = refused if refused is not None and not decision.starts_run else decision
+        last = self.moments[-1] if self.moments else None
         self.moments.append(Moment(now, shown, self.state.active_region))
+        return (
+            last is None
+            or shown is not decision
+            or last.decision.key() != shown.key()
+            or last.decision.initiated_by is not shown.initiated_by
+            or last.active_region != self.state.active_region
+        )
 
     def _decide(self, t: int, cmd: OperatorCommand | None) -> Decision:
         now = t / 1000
@@ -280,7 +429,8 @@ class Simulation:
             self.alarms[entry.alarm.name] = entry.alarm.state
         if entry.lag is not None:
             self.lag_values[entry.lag.region] = entry.lag.seconds
-            self.lag[entry.lag.region] = LagReading(entry.lag.seconds, t / 1000)
+            self.lag_age[entry.lag.region] = entry.lag.age
+            self.lag[entry.lag.region] = LagReading(entry.lag.seconds, t / 1000 - entry.lag.age)
             if entry.lag.frozen:
                 self.lag_frozen.add(entry.lag.region)
             else:
@@ -303,24 +453,27 @@ class Simulation:
                 continue
             self.probe_world[cell] = (fact.state, t)
 
-    def _emit(self, t: int) -> None:
+    def _emit(self, t: int) -> bool:
+        """The observations due at ``t``, fed to the health book; True when one of them may
+        have changed a view, or a lag reading changed in a way the engine can see."""
         now = t / 1000
         policy = self.policy
-        service = policy.service
-        obs: list[Observation] = []
+        changed = False
+        ok: bool | None
+        detail: str
         if t % max(1, ms(policy.detection.interval)) == 0:
+            feeders = self._feeders
             for cell, (state, since) in self.probe_world.items():
-                region, signal, vantage = cell
                 if isinstance(state, Flap):
                     period = max(1, ms(state.flap))
                     state = "down" if ((t - since) // period) % 2 == 0 else "up"
                 if state == "unknown":
                     continue
-                ok = state == "up"
-                detail = (
-                    "" if ok else (FailureKind.TIMEOUT if state == "slow" else FailureKind.CONNECT)
-                )
-                obs.append(Observation(service, region, signal, vantage, ok, now, detail=detail))
+                if state == "up":
+                    changed |= feeders[cell](now, True, "")
+                else:
+                    detail = FailureKind.TIMEOUT if state == "slow" else FailureKind.CONNECT
+                    changed |= feeders[cell](now, False, detail)
             for s in policy.signals:
                 if isinstance(s, CloudWatchAlarmSignal):
                     for region, names in s.alarms.items():
@@ -328,33 +481,12 @@ class Simulation:
                         if all(x is None for x in states):
                             continue
                         if "ALARM" in states:
-                            obs.append(
-                                Observation(
-                                    service,
-                                    region,
-                                    s.name,
-                                    "cloudwatch",
-                                    False,
-                                    now,
-                                    detail=FailureKind.ALARM,
-                                )
-                            )
+                            ok, detail = False, FailureKind.ALARM.value
                         elif all(x == "OK" for x in states):
-                            obs.append(
-                                Observation(service, region, s.name, "cloudwatch", True, now)
-                            )
+                            ok, detail = True, ""
                         else:
-                            obs.append(
-                                Observation(
-                                    service,
-                                    region,
-                                    s.name,
-                                    "cloudwatch",
-                                    None,
-                                    now,
-                                    detail="insufficient_data",
-                                )
-                            )
+                            ok, detail = None, "insufficient_data"
+                        changed |= self._feed(region, s.name, CLOUDWATCH_VANTAGE, now, ok, detail)
         for s in policy.signals:
             if isinstance(s, AwsHealthSignal) and t % max(1, ms(s.poll_interval)) == 0:
                 if self.health_api is None:
@@ -362,35 +494,38 @@ class Simulation:
                 wanted = {x.upper() for x in s.services}
                 for region in policy.regions:
                     if self.health_api == "unavailable":
-                        obs.append(
-                            Observation(
-                                service,
-                                region,
-                                s.name,
-                                "aws_health",
-                                None,
-                                now,
-                                detail=FailureKind.HEALTH_API_UNAVAILABLE,
-                            )
-                        )
-                        continue
-                    hit = any((region, svc) in self.open_events for svc in wanted)
-                    obs.append(
-                        Observation(
-                            service,
-                            region,
-                            s.name,
-                            "aws_health",
-                            not hit,
-                            now,
-                            detail=FailureKind.EVENT if hit else "",
-                        )
-                    )
-        if policy.replication is not None and t % max(1, ms(policy.replication.interval)) == 0:
+                        ok, detail = None, FailureKind.HEALTH_API_UNAVAILABLE.value
+                    else:
+                        hit = any((region, svc) in self.open_events for svc in wanted)
+                        ok, detail = not hit, (FailureKind.EVENT.value if hit else "")
+                    changed |= self._feed(region, s.name, AWS_HEALTH_VANTAGE, now, ok, detail)
+        replication = policy.replication
+        if replication is not None and t % max(1, ms(replication.interval)) == 0:
             for region, seconds in self.lag_values.items():
                 if region not in self.lag_frozen:
-                    self.lag[region] = LagReading(seconds, now)
-        self.book.observe_many(obs)
+                    old = self.lag.get(region)
+                    # A fresh copy of the same reading changes nothing the engine sees,
+                    # unless the old one had grown too old (its deadline was judged).
+                    if (
+                        old is None
+                        or old.seconds != seconds
+                        or now - old.observed_at > replication.max_age
+                    ):
+                        changed = True
+                    self.lag[region] = LagReading(seconds, now - self.lag_age.get(region, 0.0))
+        return changed
+
+    def _feed(
+        self, region: str, signal: str, vantage: str, at: float, ok: bool | None, detail: str
+    ) -> bool:
+        feed = self._feeders.get((region, signal, vantage))
+        if feed is None:
+            try:
+                feed = self.book.feeder(region, signal, vantage)
+            except KeyError:
+                return False  # nothing in the policy expects it (an alarm of no region)
+            self._feeders[(region, signal, vantage)] = feed
+        return feed(at, ok, detail)
 
     # -- runbook -------------------------------------------------------------------------
 
@@ -473,7 +608,25 @@ class Simulation:
         else:
             end, outcome = t, "succeed"
         ex.running[step.name] = (end, outcome, t)
-        self._at(end)
+        self._at(end)  # a step's end is judged
+
+
+def _start_state(scenario: Scenario, policy: Policy) -> ServiceState:
+    start = scenario.start
+    if start is None:
+        return ServiceState(service=policy.service, active_region=policy.primary)
+    moves = tuple(
+        Move(at=-m.ago, kind=Action(m.kind), target=m.to)
+        for m in sorted(start.moves, key=lambda m: -m.ago)
+    )
+    last = start.last_automatic_move
+    return ServiceState(
+        service=policy.service,
+        active_region=start.active_region or policy.primary,
+        paused=start.paused,
+        moves=moves,
+        last_move_finished_at=None if last is None else -last,
+    )
 
 
 def _wait_seconds(step: Step) -> float:

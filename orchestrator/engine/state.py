@@ -108,6 +108,8 @@ class ServiceState:
     paused: bool = False
     run: RunInfo | None = None  # the current run, or the last failed one until acknowledged
     moves: tuple[Move, ...] = ()
+    # When the last *automatic* run ended: the cooldown counts from it. An operator's run
+    # leaves it alone (the stored name predates that rule; the format is unchanged).
     last_move_finished_at: float | None = None
     detected_at: float | None = None  # when the active region was first seen down (RTO clock)
 
@@ -179,20 +181,25 @@ def apply_decision(state: ServiceState, decision: Decision, run_id: str) -> Serv
 
 def finish_run(state: ServiceState, at: float, ok: bool, error: str = "") -> ServiceState:
     """A run ended: on success the target is active; on failure the service stays ``failed``
-    (with the old active region) until an operator acts."""
+    (with the old active region) until an operator acts.
+
+    Only an automatic run starts the cooldown: the cooldown stops failoverd from flapping on
+    its own, and a human's failback or switchover must not delay the automatic answer to a
+    new outage (``max_failovers`` still counts every move)."""
     run = state.run
     if run is None:
         return state
+    cooled = at if run.initiated_by is Initiator.POLICY else state.last_move_finished_at
     if ok:
         return replace(
             state,
             active_region=run.target,
             run=None,
-            last_move_finished_at=at,
+            last_move_finished_at=cooled,
             detected_at=None,
         )
     failed = replace(run, status=RunStatus.FAILED, finished_at=at, error=error)
-    return replace(state, run=failed, last_move_finished_at=at)
+    return replace(state, run=failed, last_move_finished_at=cooled)
 
 
 def set_waiting_approval(state: ServiceState, waiting: bool) -> ServiceState:

@@ -72,6 +72,7 @@ class Reason(StrEnum):
     ALREADY_ACTIVE = "already_active"
     PRIMARY_RECOVERED = "primary_recovered"
     ACTIVE_UNKNOWN = "active_unknown"
+    STANDBY_LAGGING = "standby_lagging"
 
 
 REASON_TEXT: dict[Reason, str] = {
@@ -82,7 +83,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.NO_HEALTHY_TARGET: "no region qualifies as a failover target",
     Reason.RPO_EXCEEDED: "replication lag to the target is above the RPO",
     Reason.LAG_UNKNOWN: "replication lag to the target is unknown or too old",
-    Reason.COOLDOWN: "a recent move is still inside the cooldown",
+    Reason.COOLDOWN: "the last automatic move is still inside the cooldown",
     Reason.MAX_FAILOVERS: "the maximum number of failovers in the window is reached",
     Reason.ALL_REGIONS_DOWN: (
         "every region looks down or unknown at once: the observer is the likely casualty,"
@@ -101,4 +102,8 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.ALREADY_ACTIVE: "the requested region is already active",
     Reason.PRIMARY_RECOVERED: "the primary has been healthy for the stable period",
     Reason.ACTIVE_UNKNOWN: "the active region's state is unknown (no fresh data)",
+    Reason.STANDBY_LAGGING: (
+        "a preferred healthy standby was passed over: its replication lag is above the RPO,"
+        " unknown or too old, and a later healthy standby is within the RPO"
+    ),
 }

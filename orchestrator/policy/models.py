@@ -325,7 +325,13 @@ class Failback(Strict):
 
 
 class Guards(Strict):
-    cooldown: Duration = Field(default=1800.0, description="No automatic move this long after one.")
+    cooldown: Duration = Field(
+        default=1800.0,
+        description="No automatic move this long after the last *automatic* move ended. An"
+        " operator's failover, switchover or failback never starts a cooldown (a human's move"
+        " must not delay the automatic answer to a new outage), and an operator's command is"
+        " never held by one; max_failovers still counts every move.",
+    )
     max_failovers: MaxFailovers = Field(
         default=MaxFailovers(count=2, window=86400.0),
         description="Limit on failovers per sliding window (default 2 per 1d).",
@@ -338,7 +344,8 @@ class Guards(Strict):
     on_lag_above_rpo: LagPolicy = Field(
         default=LagPolicy.WAIT,
         description="When the target's lag is above the RPO: wait (blocked), require_approval,"
-        " or proceed (accept the data loss).",
+        " or proceed (accept the data loss). The target is the first healthy region whose lag"
+        " is known, fresh and within the RPO; this applies only when no healthy region is.",
     )
     on_lag_unknown: LagPolicy = Field(
         default=LagPolicy.REQUIRE_APPROVAL,

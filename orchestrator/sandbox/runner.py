@@ -645,6 +645,8 @@ class Sandbox:
             },
             "http": {"bind": "127.0.0.1", "port": port, "token_file": str(self.token_file)},
             "log": {"format": "json"},
+            # One subfolder per instance; `failoverd scenario export --config` finds it.
+            "flight_recorder": {"path": str(self.workdir / "flight-recorder")},
         }
         if broker:
             settings["mqtt"] = {"broker": broker}

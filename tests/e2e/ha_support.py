@@ -189,6 +189,7 @@ def write_configs(
             "aws": {"endpoint_url": moto.endpoint_url, "read_timeout": "5s"},
             "http": {"bind": "127.0.0.1", "port": 0, "token_file": str(token_file)},
             "log": {"format": "json"},
+            "flight_recorder": {"path": str(tmp_path / "flight-recorder")},
         }
         config.write_text(yaml.safe_dump(settings, sort_keys=False))
         out.append(Instance(name, config))

@@ -313,8 +313,9 @@ def simulate(
     duration: str = "20m",
     expect: Iterable[Mapping[str, Any]] = ({"failovers": {"max": 1000}},),
     until: float | None = None,
+    every_tick: bool = False,
 ) -> SimulationResult:
     """Run an inline-policy scenario through the real Simulation; returns its result."""
     data = scenario_data(policy, timeline, duration=duration, expect=expect)
     sc = Scenario.model_validate(data)
-    return Simulation(sc, load(policy), "test").run(until=until)
+    return Simulation(sc, load(policy), "test", every_tick=every_tick).run(until=until)

@@ -813,3 +813,179 @@ def test_reasons_are_deduplicated_in_order() -> None:
     d = run(permissive(), {PRIMARY: D, STANDBY: H}, leader=False)
     assert len(d.reasons) == len(set(d.reasons))
     assert d.reasons.count(Reason.NOT_LEADER) == 1
+
+
+# -- RPO-aware target choice (issue 16) ---------------------------------------------------
+
+
+def three_region_lag_policy(**guards: Any) -> Policy:
+    g: dict[str, Any] = {"cooldown": "0s", "on_lag_above_rpo": "wait", "on_lag_unknown": "wait"}
+    g.update(guards)
+    return make_policy(3, replication=True, guards=g)
+
+
+@pytest.mark.parametrize(
+    ("behind", "why"),
+    [
+        (lag(600.0, NOW - 10), "lag of us-west-2 10m > RPO 1m"),
+        (lag(None, NOW - 10), "no lag reading for us-west-2"),
+        (lag(5.0, NOW - 4 * MINUTE), "the lag reading for us-west-2 is 4m old"),
+        (None, "no lag reading for us-west-2"),
+    ],
+)
+def test_the_target_is_the_first_healthy_standby_within_the_rpo(
+    behind: LagReading | None, why: str
+) -> None:
+    # us-west-2 is preferred and healthy but behind (or unknown, or stale); eu-west-1 is
+    # current: the move that loses no data wins, and the decision says whom it passed over.
+    policy = three_region_lag_policy()
+    lags = {THIRD: lag(2.0, NOW - 10)}
+    if behind is not None:
+        lags[STANDBY] = behind
+    d = run(policy, {PRIMARY: D, STANDBY: H, THIRD: H}, lags=lags)
+    assert d.action is Action.FAILOVER
+    assert d.target == THIRD
+    assert Reason.STANDBY_LAGGING in d.reasons
+    assert Reason.RPO_EXCEEDED not in d.reasons and Reason.LAG_UNKNOWN not in d.reasons
+    assert f"passed over {STANDBY}: {why}" in d.notes
+    assert f"chose {THIRD}: lag 2s within RPO 1m" in d.notes
+
+
+def test_a_lagging_standby_first_in_line_no_longer_waits_when_another_is_current() -> None:
+    # The policy says wait (or ask) on lag: before, the engine waited for us-west-2 while
+    # eu-west-1 could take the service without losing data.
+    for on_lag in ("wait", "require_approval"):
+        policy = three_region_lag_policy(on_lag_above_rpo=on_lag)
+        lags = {STANDBY: lag(600.0, NOW), THIRD: lag(1.0, NOW)}
+        d = run(policy, {PRIMARY: D, STANDBY: H, THIRD: H}, lags=lags)
+        assert (d.phase, d.action, d.target) == (Phase.FAILING_OVER, Action.FAILOVER, THIRD)
+
+
+def test_the_preferred_standby_within_the_rpo_is_still_the_first_choice() -> None:
+    policy = three_region_lag_policy()
+    lags = {STANDBY: lag(30.0, NOW), THIRD: lag(1.0, NOW)}
+    d = run(policy, {PRIMARY: D, STANDBY: H, THIRD: H}, lags=lags)
+    assert d.target == STANDBY
+    assert Reason.STANDBY_LAGGING not in d.reasons
+    assert not d.notes
+
+
+def test_with_no_standby_within_the_rpo_the_first_healthy_one_and_its_lag_guard_decide() -> None:
+    policy = three_region_lag_policy()
+    lags = {STANDBY: lag(600.0, NOW), THIRD: lag(300.0, NOW)}
+    d = run(policy, {PRIMARY: D, STANDBY: H, THIRD: H}, lags=lags)
+    assert (d.phase, d.target) == (Phase.BLOCKED, STANDBY)
+    assert Reason.RPO_EXCEEDED in d.reasons
+    assert Reason.STANDBY_LAGGING not in d.reasons
+
+
+def test_an_unhealthy_standby_within_the_rpo_is_never_chosen_over_a_healthy_lagging_one() -> None:
+    policy = three_region_lag_policy(on_lag_above_rpo="proceed")
+    lags = {STANDBY: lag(600.0, NOW), THIRD: lag(1.0, NOW)}
+    for third in (D, U, G):
+        d = run(policy, {PRIMARY: D, STANDBY: H, THIRD: third}, lags=lags)
+        assert d.target == STANDBY
+        assert Reason.RPO_EXCEEDED in d.reasons
+
+
+def test_a_standby_without_a_lag_source_counts_as_within_the_rpo() -> None:
+    # Only us-west-2 replicates (eu-west-1 serves from a store of its own): it has no lag that
+    # could stand in the way.
+    data = three_region_lag_policy().model_dump(mode="json", exclude_none=True)
+    data["replication"]["sources"].pop(THIRD)
+    policy = Policy.model_validate(data, context={"from_file": True})
+    d = run(policy, {PRIMARY: D, STANDBY: H, THIRD: H}, lags={STANDBY: lag(600.0, NOW)})
+    assert d.target == THIRD
+    assert f"chose {THIRD}: not replicated" in d.notes
+
+
+def test_without_replication_the_first_healthy_standby_is_the_target() -> None:
+    d = run(permissive(3), {PRIMARY: D, STANDBY: H, THIRD: H})
+    assert d.target == STANDBY
+    assert not d.notes
+
+
+def test_an_operator_failover_without_to_is_rpo_aware_and_with_to_is_obeyed() -> None:
+    policy = three_region_lag_policy(on_lag_above_rpo="require_approval")
+    lags = {STANDBY: lag(600.0, NOW), THIRD: lag(1.0, NOW)}
+    verdicts = {PRIMARY: D, STANDBY: H, THIRD: H}
+    picked = run(policy, verdicts, lags=lags, operator=cmd("failover"))
+    assert (picked.action, picked.target) == (Action.FAILOVER, THIRD)
+    assert Reason.STANDBY_LAGGING in picked.reasons
+    assert any(n.startswith(f"passed over {STANDBY}") for n in picked.notes)
+    named = run(policy, verdicts, lags=lags, operator=cmd("failover", to=STANDBY))
+    assert (named.action, named.target) == (Action.FAILOVER, STANDBY)
+    assert Reason.RPO_EXCEEDED in named.reasons
+
+
+def test_an_operator_switchover_without_to_goes_to_the_standby_that_loses_nothing() -> None:
+    policy = three_region_lag_policy()
+    lags = {STANDBY: lag(600.0, NOW), THIRD: lag(1.0, NOW)}
+    d = run(policy, {PRIMARY: H, STANDBY: H, THIRD: H}, lags=lags, operator=cmd("switchover"))
+    assert (d.action, d.target) == (Action.SWITCHOVER, THIRD)
+
+
+# -- the cooldown counts from the last automatic move (issue 16) ---------------------------
+
+
+def _finished(st: ServiceState, d: Decision, at: float, ok: bool = True) -> ServiceState:
+    started = apply_decision(st, d, "run-x")
+    assert started.running, d
+    return finish_run(started, at, ok=ok)
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_an_operator_run_starts_no_cooldown(ok: bool) -> None:
+    policy = make_policy(guards={"cooldown": "30m"})
+    before = state(active=STANDBY, last_move_finished_at=NOW - 2 * HOUR)
+    d = run(policy, {PRIMARY: H, STANDBY: H}, before, operator=cmd("failback"))
+    after = _finished(before, d, NOW + 60, ok=ok)
+    assert after.last_move_finished_at == NOW - 2 * HOUR
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_an_automatic_run_starts_the_cooldown(ok: bool) -> None:
+    policy = make_policy(guards={"cooldown": "30m"})
+    d = run(policy, {PRIMARY: D, STANDBY: H}, state())
+    assert d.initiated_by is Initiator.POLICY
+    assert _finished(state(), d, NOW + 60, ok=ok).last_move_finished_at == NOW + 60
+
+
+def test_after_an_operator_failback_a_new_outage_fails_over_at_once() -> None:
+    # Automatic failover at T, finished at T+1m; an operator fails back at T+40m; the primary
+    # dies again at T+50m. The cooldown (30m) ended at T+31m: the engine moves at once (it
+    # used to block until T+1h10m, 30m after the operator's move).
+    policy = make_policy(guards={"cooldown": "30m", "max_failovers": {"count": 3, "window": "1d"}})
+    t = NOW
+    st = _finished(state(), run(policy, {PRIMARY: D, STANDBY: H}, state(), now=t), t + MINUTE)
+    back = run(policy, {PRIMARY: H, STANDBY: H}, st, now=t + 40 * MINUTE, operator=cmd("failback"))
+    assert back.action is Action.FAILBACK
+    st = _finished(st, back, t + 41 * MINUTE)
+    assert st.active_region == PRIMARY
+    again = run(policy, {PRIMARY: D, STANDBY: H}, st, now=t + 50 * MINUTE)
+    assert (again.action, again.target) == (Action.FAILOVER, STANDBY), again.reasons
+    assert Reason.COOLDOWN not in again.reasons
+
+
+def test_an_operator_failback_does_not_shorten_an_automatic_cooldown_either() -> None:
+    policy = make_policy(guards={"cooldown": "30m", "max_failovers": {"count": 3, "window": "1d"}})
+    t = NOW
+    st = _finished(state(), run(policy, {PRIMARY: D, STANDBY: H}, state(), now=t), t + MINUTE)
+    back = run(policy, {PRIMARY: H, STANDBY: H}, st, now=t + 5 * MINUTE, operator=cmd("failback"))
+    st = _finished(st, back, t + 6 * MINUTE)
+    again = run(policy, {PRIMARY: D, STANDBY: H}, st, now=t + 10 * MINUTE)
+    assert again.phase is Phase.BLOCKED
+    assert Reason.COOLDOWN in again.reasons
+    assert any("cooldown ends in 21m" in n for n in again.notes)
+
+
+def test_an_operator_move_still_counts_against_max_failovers() -> None:
+    policy = make_policy(guards={"cooldown": "0s", "max_failovers": {"count": 1, "window": "1d"}})
+    st = state()
+    moved = run(policy, {PRIMARY: H, STANDBY: H}, st, operator=cmd("switchover"))
+    st = _finished(st, moved, NOW + MINUTE)
+    back = run(policy, {PRIMARY: H, STANDBY: H}, st, now=NOW + 2 * MINUTE, operator=cmd("failback"))
+    st = _finished(st, back, NOW + 3 * MINUTE)
+    d = run(policy, {PRIMARY: D, STANDBY: H}, st, now=NOW + 4 * MINUTE)
+    assert d.phase is Phase.BLOCKED
+    assert Reason.MAX_FAILOVERS in d.reasons

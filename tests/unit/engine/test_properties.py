@@ -182,11 +182,13 @@ def states(regions: tuple[str, ...]) -> st.SearchStrategy[ServiceState]:
 
 
 def lags(regions: tuple[str, ...]) -> st.SearchStrategy[dict[str, LagReading]]:
+    # Half of the readings fresh and within the RPO of the test policies (1m, max_age 3m),
+    # so that the choice between a lagging and a current standby comes up often.
     reading = st.builds(
         LagReading,
         seconds=st.none() | st.floats(0.0, 600.0),
         observed_at=st.floats(NOW - 600.0, NOW),
-    )
+    ) | st.builds(LagReading, seconds=st.floats(0.0, 60.0), observed_at=st.floats(NOW - 120, NOW))
     return st.dictionaries(st.sampled_from(regions), reading)
 
 
@@ -360,6 +362,154 @@ def test_decisions_are_self_consistent(case: Case) -> None:
         assert d.phase is Phase.AWAITING_APPROVAL
     if d.action is Action.RECOMMEND:
         assert case.policy.mode is Mode.ADVISORY
+
+
+def within_rpo(case: Case, region: str) -> bool:
+    """An oracle written apart from the engine: the region's lag cannot stand in the way
+    of a move (known, fresh and within the RPO, or not replicated at all)."""
+    replication = case.policy.replication
+    if replication is None or region not in replication.sources:
+        return True
+    reading = case.lag.get(region)
+    return (
+        reading is not None
+        and reading.seconds is not None
+        and NOW - reading.observed_at <= replication.max_age
+        and reading.seconds <= case.policy.rpo
+    )
+
+
+def engine_chose_the_target(case: Case, d: Decision) -> bool:
+    """A decision naming a target the engine picked (a move, one waiting for approval or
+    for a guard, a recommendation): not an operator's named region or failback, not an
+    automatic failback, not the target of a run already under way."""
+    if d.target is None:
+        return False
+    if d.initiated_by is Initiator.OPERATOR:
+        op = case.operator
+        assert op is not None
+        return op.command is not Command.FAILBACK and op.to is None
+    settled = (Reason.PRIMARY_RECOVERED, Reason.RUN_IN_PROGRESS, Reason.OPERATOR_REFUSED)
+    return not any(r in d.reasons for r in settled)
+
+
+def _replicated_cases(n: int) -> st.SearchStrategy[Case]:
+    """Three or four regions, every standby replicated with a reading, the active region
+    mostly down and the others mostly healthy, no run, no pause: where the engine chooses
+    between a lagging and a current standby."""
+    regions = REGIONS[:n]
+    reading = st.builds(
+        LagReading,
+        seconds=st.none() | st.floats(0.0, 600.0),
+        observed_at=st.floats(NOW - 600.0, NOW),
+    ) | st.builds(LagReading, seconds=st.floats(0.0, 60.0), observed_at=st.floats(NOW - 120, NOW))
+
+    def case(
+        active: str,
+        picks: tuple[Verdict, ...],
+        active_down: bool,
+        policy: Policy,
+        lag: dict[str, LagReading],
+        operator: OperatorCommand | None,
+        leader: bool,
+    ) -> Case:
+        vs = {
+            r: RegionVerdict(r, v, 0.0, 2, (), (), ()) for r, v in zip(regions, picks, strict=True)
+        }
+        if active_down:
+            vs[active] = RegionVerdict(active, D, 0.0, 2, (), (), ())
+        return Case(policy, ServiceState(SERVICE, active), vs, lag, operator, leader)
+
+    return st.builds(
+        case,
+        active=st.sampled_from(regions),
+        picks=st.tuples(*[st.sampled_from([H, H, H, D, Verdict.DEGRADED, Verdict.UNKNOWN])] * n),
+        active_down=MOSTLY,
+        policy=st.builds(
+            lambda guards, mode: base_policy(n, True).model_copy(
+                update={"guards": guards, "mode": mode}
+            ),
+            GUARDS,
+            MODES,
+        ),
+        lag=st.fixed_dictionaries({r: reading for r in regions[1:]}),
+        operator=commands(regions),
+        leader=MOSTLY,
+    )
+
+
+REPLICATED = {n: _replicated_cases(n) for n in (3, 4)}
+
+
+@SETTINGS
+@given(cases() | st.sampled_from([3, 4]).flatmap(REPLICATED.__getitem__))
+def test_never_a_target_beyond_the_rpo_while_a_healthy_one_within_it_exists(case: Case) -> None:
+    d = case.decide()
+    if not engine_chose_the_target(case, d):
+        return
+    assert d.target is not None
+    if within_rpo(case, d.target):
+        return
+    better = [
+        r
+        for r in case.policy.regions
+        if r not in (case.state.active_region, d.target)
+        and case.verdict(r) is Verdict.HEALTHY
+        and within_rpo(case, r)
+    ]
+    assert not better, f"{d.target} is beyond the RPO while {better} are within: {d}"
+
+
+@SETTINGS
+@given(cases(), st.floats(0.0, 3600.0), st.booleans())
+def test_an_operator_move_never_starts_a_cooldown(case: Case, after: float, ok: bool) -> None:
+    d = case.decide()
+    if not d.starts_run:
+        return
+    finished = finish_run(apply_decision(case.state, d, "run-x"), NOW + after, ok=ok)
+    if d.initiated_by is Initiator.OPERATOR:
+        assert finished.last_move_finished_at == case.state.last_move_finished_at
+    else:
+        assert finished.last_move_finished_at == NOW + after
+
+
+@SETTINGS
+@given(
+    events=st.lists(
+        st.sampled_from(["down", "up", "up", "failover", "failback", "switchover"]),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_the_cooldown_holds_only_after_an_automatic_move(events: list[str]) -> None:
+    """Outages and operator moves in any order, every run finishing 30s after its start:
+    the cooldown reason appears exactly while the last automatic run ended less than the
+    cooldown ago."""
+    cooldown = 600.0
+    policy = make_policy(
+        2, guards={"cooldown": "10m", "max_failovers": {"count": 20, "window": "1h"}}
+    )
+    other = {policy.regions[0]: policy.regions[1], policy.regions[1]: policy.regions[0]}
+    svc = ServiceState(SERVICE, policy.primary)
+    last_automatic_end: float | None = None
+    for i, event in enumerate(events):
+        now = i * 120.0
+        active = svc.active_region
+        down = event == "down"
+        verdicts = {
+            active: RegionVerdict(active, D if down else H, 0.0, 2, (), (), ()),
+            other[active]: RegionVerdict(other[active], H, 0.0, 2, (), (), ()),
+        }
+        operator = None if event in ("down", "up") else OperatorCommand(Command(event))
+        d = decide(policy, svc, verdicts, {}, now, operator)
+        cooling = last_automatic_end is not None and now - last_automatic_end < cooldown
+        if down and operator is None:
+            assert (Reason.COOLDOWN in d.reasons) == cooling, (i, events, d)
+        svc = apply_decision(svc, d, f"run-{i}")
+        if svc.running:
+            svc = finish_run(svc, now + 30.0, ok=True)
+            if d.initiated_by is Initiator.POLICY:
+                last_automatic_end = now + 30.0
 
 
 # -- invariants over sequences ------------------------------------------------------------

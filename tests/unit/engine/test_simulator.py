@@ -441,18 +441,35 @@ def test_the_same_scenario_gives_the_same_result() -> None:
 
 
 def test_run_until_stops_early_and_moment_at_finds_the_last_moment() -> None:
-    result = simulate(sim_policy_data(), [*UP, PRIMARY_DOWN_AT_2M], until=60.0)
+    result = simulate(sim_policy_data(), [*UP, PRIMARY_DOWN_AT_2M], until=60.0, every_tick=True)
     assert result.moments[-1].at == 60.0
     assert result.moments[0].at == 0.0
     m = result.moment_at(30.5)
     assert m is not None and m.at == 30.0
     assert result.moment_at(-1.0) is None
     assert all(m.decision.at == m.at for m in result.moments)
+    skipping = simulate(sim_policy_data(), [*UP, PRIMARY_DOWN_AT_2M], until=60.0)
+    assert skipping.moments[-1].at == 60.0  # the last tick is always judged
+    found = skipping.moment_at(30.5)
+    assert found is not None and found.at <= 30.5
+    assert found.decision.key() == m.decision.key()
 
 
-def test_a_tick_every_second_by_default() -> None:
-    result = simulate(sim_policy_data(), UP, duration="1m")
+def test_every_tick_judges_every_second() -> None:
+    result = simulate(sim_policy_data(), UP, duration="1m", every_tick=True)
     assert [m.at for m in result.moments] == [float(t) for t in range(61)]
+
+
+def test_idle_ticks_are_skipped_and_moment_at_answers_for_any_time() -> None:
+    # An hour where nothing happens: a handful of moments are judged (the start, the ticks
+    # after the first observations, the end), not 3,601; the phase is known at any time.
+    result = simulate(sim_policy_data(), UP, duration="1h")
+    assert len(result.moments) < 20, [m.at for m in result.moments]
+    assert result.moments[-1].at == 3600.0
+    for t in (0.0, 59.5, 1234.0, 3600.0):
+        m = result.moment_at(t)
+        assert m is not None
+    assert phase_at(result, 1800) is Phase.STEADY
 
 
 def test_a_refused_operator_command_is_what_its_moment_shows() -> None:
@@ -466,3 +483,77 @@ def test_a_refused_operator_command_is_what_its_moment_shows() -> None:
     assert phase_at(result, 180) is Phase.BLOCKED
     assert {Reason.OPERATOR_REFUSED, Reason.STANDBY_UNHEALTHY} <= set(reasons_at(result, 180))
     assert phase_at(result, 181) is Phase.STEADY
+
+
+# -- start: the service's state when the scenario begins (failoverd extension) -------------
+
+
+def simulate_from(start: dict[str, Any], timeline: list[dict[str, Any]], **guards: Any) -> Any:
+    from orchestrator.engine.scenario import Scenario
+    from orchestrator.engine.simulator import Simulation
+    from tests.unit.engine.conftest import _merge, load, scenario_data
+
+    policy = _merge(sim_policy_data(3), {"guards": guards}) if guards else sim_policy_data(3)
+    data = {**scenario_data(policy, timeline), "start": start}
+    return Simulation(Scenario.model_validate(data), load(policy)).run()
+
+
+def test_start_puts_the_service_on_a_standby_with_its_cooldown_and_moves() -> None:
+    timeline = [
+        *all_up([PRIMARY, STANDBY, THIRD]),
+        {"at": "2m", "probes": {"region": STANDBY, "state": "down"}},
+    ]
+    cooling = {"active_region": STANDBY, "last_automatic_move": "25m"}
+    result = simulate_from(cooling, timeline, cooldown="30m")
+    assert result.moment_at(0) is not None and result.moment_at(0).active_region == STANDBY
+    assert Reason.COOLDOWN in reasons_at(result, 200)  # 25m + 3m20s < 30m
+    run = only_run(result)  # the cooldown ends at 5m: off to the primary, a failback
+    assert (run.started_at, run.target, run.kind) == (300.0, PRIMARY, Action.FAILBACK)
+    # The primary is down too: the move would be a failover to eu-west-1, and the earlier
+    # move (1h ago) uses up max_failovers (1 in 2h).
+    counted = {
+        "active_region": STANDBY,
+        "moves": [{"ago": "1h", "kind": "failover", "to": STANDBY}],
+    }
+    primary_down = [*timeline, {"at": "0s", "probes": {"region": PRIMARY, "state": "down"}}]
+    result = simulate_from(
+        counted, primary_down, cooldown="0s", max_failovers={"count": 1, "window": "2h"}
+    )
+    assert result.runs == []
+    assert {Reason.ACTIVE_DOWN, Reason.MAX_FAILOVERS} <= set(reasons_at(result, 300))
+    paused = simulate_from(
+        {"paused": True}, [*all_up([PRIMARY, STANDBY, THIRD]), PRIMARY_DOWN_AT_2M]
+    )
+    assert paused.runs == [] and phase_at(paused, 300) is Phase.PAUSED
+
+
+def test_start_names_only_the_policy_s_regions(tmp_path: Any) -> None:
+    import yaml
+
+    from orchestrator.engine.scenario_loader import load_scenario
+    from orchestrator.policy.yamlsource import SourceErrors
+    from tests.unit.engine.conftest import scenario_data
+
+    data = {**scenario_data(sim_policy_data(), UP), "start": {"active_region": "sa-east-1"}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(SourceErrors, match=r"start\.active_region: unknown region 'sa-east-1'"):
+        load_scenario(path)
+
+
+def test_a_lag_reading_already_old_when_read_keeps_its_age_and_runs_out_when_frozen() -> None:
+    # max_age 3m: a reading 2m30s old when read is known while it is read again and again;
+    # frozen, it runs out 30s later (before, every reading was taken as brand new).
+    policy = with_replication(sim_policy_data(), max_age="3m")
+    timeline = [
+        *UP,
+        {"at": "0s", "lag": {"region": STANDBY, "seconds": 5, "age": "2m30s"}},
+        {"at": "1m", "lag": {"region": STANDBY, "seconds": 5, "age": "2m30s", "frozen": True}},
+        PRIMARY_DOWN_AT_2M,
+    ]
+    result = simulate(policy, timeline, duration="5m")
+    assert result.runs == []  # unknown lag: the policy waits (on_lag_unknown: wait)
+    assert Reason.LAG_UNKNOWN in reasons_at(result, 150)
+    fresh = [*UP, {"at": "0s", "lag": {"region": STANDBY, "seconds": 5, "age": "2m30s"}}]
+    result = simulate(policy, [*fresh, PRIMARY_DOWN_AT_2M], duration="5m")
+    assert only_run(result).started_at == DETECTED
