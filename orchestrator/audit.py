@@ -23,7 +23,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.engine.healthbook import RegionVerdict, VantageView
-from orchestrator.engine.state import CommandSource, Decision, LagReading, OperatorCommand
+from orchestrator.engine.state import (
+    Command,
+    CommandSource,
+    Decision,
+    LagReading,
+    OperatorCommand,
+)
 from orchestrator.engine.vocabulary import View
 from orchestrator.policy.durations import DURATION_PATTERN, parse_duration
 from orchestrator.store.base import JournalRecord, JournalStatus
@@ -300,10 +306,13 @@ def operator_command_record(
     run_id: str = "",
     step: str = "",
 ) -> JournalRecord:
-    """:func:`command_record` for an :class:`OperatorCommand` (it must have an id)."""
+    """:func:`command_record` for an :class:`OperatorCommand` (it must have an id). An abort
+    of run ``run_id`` is part of the run it ends: its record carries the run's id and, as
+    ``error``, the run's error to be (:func:`abort_error`), so that the run's own journal says
+    it was aborted (a resume after a crash mid-abort reads it there)."""
     if not command.id:
         raise ValueError("an operator command is journaled with its id (with_command_id)")
-    return command_record(
+    record = command_record(
         service,
         command.command.value,
         by=command.by,
@@ -319,6 +328,15 @@ def operator_command_record(
         run_id=run_id,
         step=step,
     )
+    if command.command is Command.ABORT and run_id:
+        record = replace(record, run_id=run_id, error=abort_error(command))
+    return record
+
+
+def abort_error(command: OperatorCommand) -> str:
+    """The error a run aborted by ``command`` ends with: who aborted it, and why."""
+    user = f" (as {command.user})" if command.user and command.user != command.by else ""
+    return f"aborted by {command.by or 'an operator'}{user}: {command.reason}".rstrip(": ")
 
 
 def command_answer(
@@ -452,6 +470,8 @@ def summarize(record: JournalRecord) -> str:
         force = " (forced)" if cmd.force else ""
         mode = f" {cmd.extra['mode']}" if isinstance(cmd.extra.get("mode"), str) else ""
         gate = f" (step {cmd.step} of run {cmd.run_id})" if cmd.run_id and cmd.step else ""
+        if cmd.run_id and not cmd.step:
+            gate = f" (run {cmd.run_id})"  # an abort
         return f"{cmd.command}{mode}{to}{force}{gate} by {cmd.who()}: {cmd.reason}".rstrip(": ")
     if status is JournalStatus.RUN_STARTED:
         steps = detail.get("steps")

@@ -176,7 +176,9 @@ def render(data: ReportData) -> str:
     progress = build_progress(journal, data.now)
     finished = journal.finished
     end = finished.at if finished is not None else data.now
-    ctx = select_context(header, data.around, end)
+    # An abort is journaled in the run it ends; it shows with the other operator commands.
+    aborts = [r for r in data.run if r.status is JournalStatus.OPERATOR_COMMAND]
+    ctx = select_context(header, [*data.around, *aborts], end)
     decision = ctx.decision
     detected = header.detected_at
     t0 = detected if detected is not None else header.decided_at
@@ -349,7 +351,8 @@ def _timeline(
         why = f'"{c.reason}"' + (f" -> {answer}" if answer else "")
         events.append((c.at, 1, f"operator command: {what} by {c.who()}", why))
     for r in data.run:
-        events.append(_run_event(r))
+        if r.status is not JournalStatus.OPERATOR_COMMAND:  # among ctx.commands above
+            events.append(_run_event(r))
     events.sort(key=lambda e: (e[0], e[1]))
     rows = [(_offset(at, t0), _utc(at), what, result) for at, _, what, result in events]
     return out + _table(("T", "time (UTC)", "event", "result"), rows)

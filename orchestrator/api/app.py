@@ -65,6 +65,7 @@ _ALLOWED: dict[Command, frozenset[str]] = {
     Command.APPROVE: frozenset(),
     Command.PAUSE: frozenset(),
     Command.RESUME: frozenset(),
+    Command.ABORT: frozenset(),
 }
 SERVICE_COMMANDS = tuple(_ALLOWED)
 

@@ -1,6 +1,6 @@
 """Operator commands of the ``failoverd`` CLI: ``status``, ``audit``, ``report``,
-``failover``, ``switchover``, ``failback``, ``approve``, ``pause``, ``resume`` — clients of a
-running daemon's HTTP API.
+``failover``, ``switchover``, ``failback``, ``approve``, ``pause``, ``resume``, ``abort`` —
+clients of a running daemon's HTTP API.
 
 The API address comes from ``--api`` or ``FAILOVERD_API`` (default http://127.0.0.1:8080);
 the bearer token for commands from ``--token-file`` or ``FAILOVERD_TOKEN_FILE`` (the token
@@ -42,7 +42,7 @@ EXIT_USAGE = 2
 API_ENV = "FAILOVERD_API"
 TOKEN_FILE_ENV = "FAILOVERD_TOKEN_FILE"
 
-MUTATING = ("failover", "switchover", "failback", "approve", "pause", "resume")
+MUTATING = ("failover", "switchover", "failback", "approve", "pause", "resume", "abort")
 OPERATOR_COMMANDS = ("status", "audit", "report", *MUTATING)
 AUDIT_MAX_LIMIT = 1000
 POLICY_VERSION_SHORT = 8
@@ -51,6 +51,17 @@ _EPILOG = (
     "Exit codes: 0 done; 1 refused or not ready; 2 usage or connection error."
     f" Environment: {API_ENV} (API address), {TOKEN_FILE_ENV} (token file)."
 )
+
+
+_DESCRIPTIONS = {
+    "abort": "Abort the service's running run: its steps in flight are cancelled (an"
+    " arc.region_switch step cancels its Region switch execution), steps not started are"
+    " skipped, and the run ends as failed with 'aborted by WHO: REASON'. What a step had"
+    " done may have taken effect. The service then stays failed in its active region, with"
+    " nothing automatic, until an operator acts: 'resume' hands it back to the engine"
+    " (which acts on what it sees then), or a failover/switchover/failback. Refused (exit"
+    " 1) when no run is running.",
+}
 
 
 class UsageError(Exception):
@@ -180,11 +191,16 @@ def add_operator_parsers(subparsers: Any) -> None:
         "approve": "approve a run waiting at an approval gate",
         "pause": "pause automation for one service, or for all (the global brake)",
         "resume": "resume automation for a service (acknowledges a failed run)",
+        "abort": "abort the service's running run: cancel its steps in flight, fail it",
     }
     for name in MUTATING:
         # No abbreviations: `failback --to X` must not be read as `--token-file X`.
         p = subparsers.add_parser(
-            name, help=helps[name], description=helps[name], epilog=_EPILOG, allow_abbrev=False
+            name,
+            help=helps[name],
+            description=_DESCRIPTIONS.get(name, helps[name]),
+            epilog=_EPILOG,
+            allow_abbrev=False,
         )
         if name == "pause":
             p.add_argument("service", nargs="?", help="a service name (none: every service)")
@@ -494,6 +510,8 @@ def render_service(body: dict[str, Any], dots: dict[str, str] | None = None) -> 
             f"\nrun {run['run_id']}: {run['kind']} {run['source']} {arrow} {run['target']},"
             f" {run['status']}, RTO {_secs(run['rto_remaining'])} left\n"
         )
+        if run.get("error"):
+            out += f"  error: {run['error']}\n"
         steps = [
             (
                 s["name"],

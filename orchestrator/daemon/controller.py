@@ -35,6 +35,7 @@ from orchestrator.actions.moves import run_facts
 from orchestrator.actions.registry import get_action
 from orchestrator.audit import (
     AuditEntry,
+    abort_error,
     command_answer,
     command_record,
     decision_detail,
@@ -93,6 +94,10 @@ AUDIT_HELD = 100  # decision records of a service held back until its run_starte
 REPORT_LEAD_UP = 200  # the service's journal records before a run, read for its report
 REPORT_CONTEXT = 500  # ... and while it ran
 _WAITING = frozenset({StepStatus.RUNNING, StepStatus.RETRYING})
+# An abort's answer waits this long (loop seconds) for the run to end, to say it did; its
+# steps in flight end at once, but an action may first undo what it left running (a Region
+# switch execution's cancel is bounded by 10s). Past it the answer says "aborting".
+ABORT_WAIT = 5.0
 
 
 @dataclass
@@ -491,6 +496,18 @@ class Controller:
         service = svc.policy.service
         if asked.command in (Command.PAUSE, Command.RESUME):
             return CommandResult(True, f"{service} {asked.command.value}d", decision=d)
+        if asked.command is Command.ABORT:
+            run = svc.state.run
+            if run is None or run.status is RunStatus.RUNNING:
+                aborting = "aborting: the run's steps in flight are being cancelled"
+                return CommandResult(True, aborting, d, None if run is None else run.id)
+            return CommandResult(
+                True,
+                f"run {run.id} aborted; {service} stays in {svc.state.active_region}, failed,"
+                " until an operator acts (resume hands it back to the engine)",
+                d,
+                run.id,
+            )
         if run_id:
             return CommandResult(True, f"{d.action.value} to {d.target} started", d, run_id)
         run = svc.state.run
@@ -895,6 +912,10 @@ class Controller:
                 if self.recorder is not None:
                     self.recorder.command(service, command, now)
                 return await self._approve(svc, command, token, now)
+            if command.command is Command.ABORT:
+                if self.recorder is not None:
+                    self.recorder.command(service, command, now)
+                return await self._abort(svc, command, token, now)
             await self._journal(svc, command, token, now)
         except StoreError as exc:
             return CommandResult(False, f"not journaled, nothing done: {exc}")
@@ -944,6 +965,42 @@ class Controller:
         )
         async with self._lock:
             _, answered = await self._evaluate(svc, command, asked=command)
+        assert answered is not None
+        return answered
+
+    async def _abort(
+        self, svc: _Service, command: OperatorCommand, token: int, now: float
+    ) -> CommandResult:
+        """Abort the service's running run: journaled in the run (who, why) before the
+        executor cancels its steps in flight and ends it as failed; answered by the decision
+        after it (the service's phase is ``failed``, as after any failed run)."""
+        service = svc.policy.service
+        run_id = self.executor.driving(service)
+        result: CommandResult | None = None
+        if run_id is None:
+            await self._journal(svc, command, token, now)
+            run = svc.state.run
+            if run is not None and run.status is RunStatus.RUNNING:
+                why = (
+                    f"run {run.id} is not being driven right now (interrupted, it resumes as"
+                    " soon as this leader can act again); try again in a few seconds"
+                )
+            else:
+                why = f"no run of {service} is running"
+            result = CommandResult(False, why, svc.decision)
+        else:
+            await self._journal(svc, command, token, now, run_id=run_id)
+            if not self.executor.abort(run_id, abort_error(command)):
+                result = CommandResult(False, f"run {run_id} ended before the abort", svc.decision)
+        if result is not None:
+            if svc.decision is not None:  # the decision in force answers the refusal
+                answer = command_answer(command, accepted=False, message=result.message)
+                self._audit_decision(svc, replace(svc.decision, at=now), "", answer)
+            return result
+        assert run_id is not None
+        await self.executor.wait_finished(run_id, ABORT_WAIT)
+        async with self._lock:
+            _, answered = await self._evaluate(svc, None, asked=command)
         assert answered is not None
         return answered
 

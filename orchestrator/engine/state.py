@@ -31,6 +31,7 @@ class Command(StrEnum):
     FAILOVER = "failover"
     SWITCHOVER = "switchover"
     FAILBACK = "failback"
+    ABORT = "abort"  # end the running run as failed; its steps in flight are cancelled
 
 
 class CommandSource(StrEnum):

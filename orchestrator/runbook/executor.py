@@ -21,6 +21,15 @@ started are journaled ``step_skipped``, steps in flight finish (cancelling an RD
 halfway would leave the world in a state nobody planned for). With ``continue`` the
 dependents still run and the run can succeed.
 
+Aborting (:meth:`Executor.abort`, an operator's ``abort``): the run ends as failed with the
+abort's error whatever the steps' ``on_failure``. Steps in flight are cancelled at once (the
+action sees :attr:`~orchestrator.actions.base.StepContext.cancel_reason` say why, e.g. to
+cancel a Region switch execution) and journaled ``step_failed``, their effect perhaps landed;
+a step waiting to retry is failed without retrying; steps not started are ``step_skipped``.
+The abort is journaled in the run (see :mod:`orchestrator.runbook.journal`) before it takes
+effect, so a run resumed after a crash mid-abort ends the same way, re-entering nothing.
+Unlike a shutdown or a lost lease, which leave the run unfinished for the next leader.
+
 Fencing: every record carries the token from the ``token`` provider (the daemon's leader
 lease). A :class:`~orchestrator.store.base.FencedOut` or
 :class:`~orchestrator.store.base.StoreUnavailable` stops the whole run at once (the other
@@ -36,6 +45,7 @@ attempt number through ``check``/``execute``, which read the world and act only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import uuid
@@ -116,13 +126,24 @@ def new_run_id(service: str) -> str:
 @dataclass
 class _Run:
     """A run being driven: its plan, its steps' histories (kept in step with the journal),
-    and whether it was aborted (the abort's error, for ``run_failed``)."""
+    and whether it was aborted (the abort's error, for ``run_failed``): by a failed step, or
+    by an operator (``aborted``, with ``stop`` set to cut the steps in flight short)."""
 
     header: RunHeader
     steps: dict[str, StepHistory]
     ended: dict[str, asyncio.Event] = field(default_factory=dict)
     abort_error: str | None = None
     log: Any = None
+    aborted: str | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def abort(self, why: str) -> None:
+        if self.aborted is not None:
+            return
+        self.aborted = why
+        self.abort_error = why if self.abort_error is None else f"{self.abort_error}; then {why}"
+        self.stop.set()
 
 
 class Executor:
@@ -149,6 +170,7 @@ class Executor:
         self._actions = actions
         self._rng = rng or random.Random()
         self._backoff = backoff or Backoff()
+        self._runs: dict[str, _Run] = {}  # the runs being driven now, by id
 
     # -- public API ----------------------------------------------------------------------
     async def start_run(
@@ -208,6 +230,36 @@ class Executor:
             runs.append(run)
         await _first_store_error(self._drive_all(runs))
         return run_ids
+
+    def driving(self, service: str) -> str | None:
+        """The id of the run of ``service`` this executor drives now, if any."""
+        for run in self._runs.values():
+            if run.header.service == service and not run.finished.is_set():
+                return run.header.run_id
+        return None
+
+    def abort(self, run_id: str, why: str) -> bool:
+        """End the run as failed with the error ``why`` (journal the abort first, see
+        :mod:`orchestrator.runbook.journal`): its steps in flight are cancelled with ``why``
+        as their cancel reason, its other steps end without running. Returns at once; False
+        when this executor drives no such run (never started here, or ended)."""
+        run = self._runs.get(run_id)
+        if run is None or run.finished.is_set():
+            return False
+        run.log.warning("run_aborting", why=why)
+        run.abort(why)
+        return True
+
+    async def wait_finished(self, run_id: str, within: float) -> bool:
+        """Wait up to ``within`` seconds (loop time) for the run to end; True when it has
+        (or this executor does not drive it)."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await run.finished.wait()
+        return run.finished.is_set()
 
     async def progress(self, run_id: str) -> RunProgress | None:
         """The run's progress now, from its journal; None for an unknown run id."""
@@ -284,6 +336,9 @@ class Executor:
         run.log = log.bind(
             run_id=header.run_id, service=header.service, policy_version=header.policy_version
         )
+        if journal.aborted is not None:
+            run.abort(journal.aborted)  # a crash mid-abort: end it as aborted
+            return run
         for s in header.steps:
             history = run.steps[s.name]
             if history.status is StepStatus.FAILED and s.on_failure is OnFailure.ABORT:
@@ -297,6 +352,14 @@ class Executor:
                 tg.create_task(self._drive(run), name=f"run-{run.header.run_id}")
 
     async def _drive(self, run: _Run) -> None:
+        self._runs[run.header.run_id] = run
+        try:
+            await self._finish(run)
+        finally:
+            run.finished.set()
+            self._runs.pop(run.header.run_id, None)
+
+    async def _finish(self, run: _Run) -> None:
         try:
             await _first_store_error(self._steps(run))
         except StoreError as exc:
@@ -345,6 +408,9 @@ class Executor:
 
     async def _attempts(self, run: _Run, step: Step, history: StepHistory) -> None:
         while history.status not in FINAL_STEP_STATUSES:
+            if run.aborted is not None:
+                await self._give_up(run, step, history, run.aborted)
+                break
             if history.status is StepStatus.RETRYING:
                 delay = self._backoff.delay(history.failed_attempts, self._rng)
                 run.log.info(
@@ -355,10 +421,28 @@ class Executor:
                     delay=round(delay, 3),
                     error=history.error,
                 )
-                await self._clock.sleep(delay)
+                await _sleep_unless(self._clock.sleep(delay), run.stop)
+                if run.aborted is not None:
+                    continue
             await self._attempt(run, step, history, history.last_attempt + 1)
         if history.status is StepStatus.FAILED and step.on_failure is OnFailure.ABORT:
             run.abort_error = run.abort_error or _abort_error(step, history.error)
+
+    async def _give_up(self, run: _Run, step: Step, history: StepHistory, why: str) -> None:
+        """An aborted run's step that is not in flight now: waiting to retry, or interrupted
+        by a crash mid-abort (the resumed run re-enters nothing)."""
+        if history.status is StepStatus.PENDING:
+            status, error = JournalStatus.STEP_SKIPPED, f"not started: {why}"
+        elif history.status is StepStatus.RUNNING:
+            status, error = JournalStatus.STEP_FAILED, _interrupted(why)
+        else:
+            status, error = JournalStatus.STEP_FAILED, f"not retried; {why}"
+        attempt = history.last_attempt
+        record = await self._append(
+            run.header, status, step=step.name, attempt=attempt, error=error, retryable=False
+        )
+        history.apply(record, step)
+        run.log.warning(status.value, step=step.name, attempt=attempt, error=error)
 
     async def _attempt(self, run: _Run, step: Step, history: StepHistory, attempt: int) -> None:
         header = run.header
@@ -387,9 +471,11 @@ class Executor:
         if waiting[0] and not approval:
             await self._set_waiting_approval(header, True)
         try:
-            async with clock_timeout(self._clock, step.timeout) as expiry:
+            async with clock_timeout(self._clock, step.timeout, run.stop) as expiry:
 
                 def cancel_reason() -> str | None:
+                    if run.aborted is not None:
+                        return run.aborted  # an operator aborted the run
                     if expiry.expired and last:
                         return (
                             f"step {step.name} timed out after {format_duration(step.timeout)}"
@@ -409,7 +495,9 @@ class Executor:
         except StoreError:
             raise  # the approvals read failed: no journal, no further step
         except Exception as exc:
-            if expiry.expired:
+            if expiry.interrupted and run.aborted is not None:
+                failure = Failure(_interrupted(run.aborted), False)
+            elif expiry.expired:
                 failure = Failure(f"attempt timed out after {format_duration(step.timeout)}", True)
             else:
                 failure = classify(exc)
@@ -444,7 +532,15 @@ class Executor:
             retryable=failure.retryable,
         )
         history.apply(record, step)
-        label = "timeout" if expiry.expired else "retryable" if failure.retryable else "failed"
+        label = (
+            "aborted"
+            if expiry.interrupted
+            else "timeout"
+            if expiry.expired
+            else "retryable"
+            if failure.retryable
+            else "failed"
+        )
         RUNBOOK_STEP_ATTEMPTS.labels(header.service, step.action, label).inc()
         run.log.warning(
             "step_failed",
@@ -653,6 +749,23 @@ class Executor:
 
 def _abort_error(step: Step, error: str) -> str:
     return f"step {step.name} failed: {error}"
+
+
+def _interrupted(why: str) -> str:
+    """A step in flight when the run was aborted: it may have done what it was doing."""
+    return f"interrupted in flight, its effect may have landed; {why}"
+
+
+async def _sleep_unless(sleep: Awaitable[None], stop: asyncio.Event) -> None:
+    """``sleep``, cut short when ``stop`` is set (both tasks owned and ended here)."""
+    sleeper = asyncio.ensure_future(sleep)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (sleeper, stopped):
+            t.cancel()
+        await asyncio.gather(sleeper, stopped, return_exceptions=True)
 
 
 def _run_info(header: RunHeader) -> RunInfo:

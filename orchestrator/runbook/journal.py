@@ -17,6 +17,11 @@ Folding a run's records (in append order) gives each step's state:
 Only failed attempts count against a step's ``retries``: an attempt cut short by a crash or
 a leader change was not the step's fault, and is re-entered through the idempotent action.
 
+An operator's abort of the run is an ``operator_command`` record (``abort``) in the run's own
+journal, its ``error`` the run's error to be (``aborted by alice: wrong region``): folded into
+:attr:`RunJournal.aborted`, so that a run resumed after a crash mid-abort ends as aborted
+instead of re-entering its steps.
+
 ``step_progress`` records leave a step's state alone: they are notes an action journals while
 it works (:attr:`~orchestrator.actions.base.StepContext.progress`), kept in the step's
 ``progress`` in order. Their ``detail`` is a JSON object; these keys mean something to the
@@ -42,10 +47,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from orchestrator.engine.state import Command
 from orchestrator.policy.models import Step
 from orchestrator.store.base import JournalRecord, JournalStatus
 
 HEADER_VERSION = 1
+ABORT = Command.ABORT.value  # the kind of an operator's abort record in a run's journal
 SUBSTEP_STATUSES = ("running", "waiting_approval", "succeeded", "failed", "skipped", "cancelled")
 
 
@@ -268,6 +275,7 @@ class RunJournal:
     steps: Mapping[str, StepHistory]
     finished: JournalRecord | None  # the run_succeeded / run_failed record, if any
     records: Sequence[JournalRecord]
+    aborted: str | None = None  # an operator's abort of the run: the run's error
 
 
 _STEP_STATUSES = frozenset(
@@ -288,6 +296,7 @@ def fold(records: Sequence[JournalRecord]) -> RunJournal:
     header = RunHeader.from_record(records[0])
     steps = {s.name: StepHistory(s.name) for s in header.steps}
     finished: JournalRecord | None = None
+    aborted: str | None = None
     for record in records[1:]:
         if record.status in _STEP_STATUSES:
             history = steps.get(record.step)
@@ -296,4 +305,6 @@ def fold(records: Sequence[JournalRecord]) -> RunJournal:
             history.apply(record, header.step(record.step))
         elif record.status in (JournalStatus.RUN_SUCCEEDED, JournalStatus.RUN_FAILED):
             finished = record
-    return RunJournal(header, steps, finished, tuple(records))
+        elif record.status is JournalStatus.OPERATOR_COMMAND and record.kind == ABORT:
+            aborted = aborted or record.error or "aborted by an operator"
+    return RunJournal(header, steps, finished, tuple(records), aborted)
