@@ -336,6 +336,11 @@ API = CommandSource.API
             OperatorCommand(Command.PAUSE, by="api", reason="maintenance"),
         ),
         ("resume", {"reason": "done"}, OperatorCommand(Command.RESUME, by="api", reason="done")),
+        (
+            "abort",
+            {"reason": "wrong region", "by": "alice"},
+            OperatorCommand(Command.ABORT, by="api", reason="wrong region", user="alice"),
+        ),
     ],
 )
 async def test_each_command_reaches_control_with_who_what_and_why(
@@ -506,6 +511,14 @@ async def test_status_says_which_policy_version_the_leader_acts_on() -> None:
             "field_not_allowed",
             "to",
         ),
+        (
+            "/v1/services/webapp/abort",
+            b'{"reason": "r", "force": true}',
+            400,
+            "field_not_allowed",
+            "force",
+        ),
+        ("/v1/services/webapp/abort", b'{"reason": ""}', 400, "invalid_body", "reason"),
         ("/v1/services/nope/failover", b'{"reason": "r"}', 404, "unknown_service", "nope"),
         ("/v1/services/webapp/failover", b"[" * 5000 + b"]" * 5000, 400, "malformed_json", "JSON"),
         (

@@ -162,6 +162,36 @@ def test_service_detail_falls_back_to_ascii_marks() -> None:
     text.encode("ascii")  # a C-locale terminal can print all of it
 
 
+def test_service_detail_shows_a_failed_run_s_error() -> None:
+    body = {
+        "service": "s",
+        "mode": "automatic",
+        "active_region": "a",
+        "primary": "a",
+        "phase": "failed",
+        "paused": False,
+        "reasons": [],
+        "rto": {"budget": 60, "remaining": None, "elapsed": None, "detected_at": None},
+        "rpo": 10,
+        "lag": [],
+        "decision": None,
+        "verdicts": [],
+        "run": {
+            "run_id": "s-1",
+            "kind": "failover",
+            "source": "a",
+            "target": "b",
+            "status": "failed",
+            "error": "aborted by alice: wrong region",
+            "rto_remaining": 30,
+            "steps": [],
+        },
+    }
+    text = render_service(body, ASCII_GLYPHS)
+    assert "run s-1: failover a -> b, failed" in text
+    assert "  error: aborted by alice: wrong region" in text
+
+
 def test_status_json_is_the_api_document_with_readiness(api: Api) -> None:
     code, out = cli(["status", "--json", "--api", api.url])
     assert code == 0
@@ -238,6 +268,7 @@ def test_failover_sends_target_force_who_and_why(api: Api) -> None:
         (["approve", "webapp"], Command.APPROVE),
         (["pause", "webapp"], Command.PAUSE),
         (["resume", "webapp"], Command.RESUME),
+        (["abort", "webapp"], Command.ABORT),
     ],
 )
 def test_each_command_reaches_the_daemon(

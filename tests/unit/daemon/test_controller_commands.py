@@ -25,7 +25,7 @@ from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
 from tests.fixtures.controller import make_controller, policy_text
 from tests.unit.daemon.controller_support import region_down, running, see
-from tests.unit.runbook.fakes import ScriptedAction
+from tests.unit.runbook.fakes import HANG, ScriptedAction
 
 GATED = (
     policy_text()
@@ -189,6 +189,74 @@ async def test_an_approval_of_a_gate_is_on_the_record_before_the_gate_opens(
     text = render(data)
     (row,) = [line for line in text.splitlines() if line.startswith("| Approved by |")]
     assert "bob via cli" in row and "step gate" in row and '("replica checked")' in row
+
+
+async def test_an_abort_is_on_the_run_s_record_fails_it_and_nothing_restarts_the_move(
+    controller: Controller, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
+) -> None:
+    action.script["move"] = [HANG]
+    aborted_by = "aborted by alice (as al): wrong region"
+    async with running(controller):
+        await eventually(controller.is_leader, "the lease")
+        early = await controller.command("shop", cmd(Command.ABORT))
+        assert not early.accepted and early.message == "no run of shop is running"
+        region_down(controller, clock)
+        await controller.evaluate("shop")
+        await eventually(lambda: action.active == {"move"}, "the run's step in flight")
+        run_id = controller.executor.driving("shop")
+        assert run_id is not None
+        abort = OperatorCommand(
+            Command.ABORT, by="alice", reason="wrong region", source=CommandSource.CLI, user="al"
+        )
+        result = await controller.command("shop", abort)
+        assert result.accepted and result.run_id == run_id, result
+        assert result.message.startswith(f"run {run_id} aborted; shop stays in us-east-1")
+        snap = controller.snapshot("shop")
+        assert snap is not None and snap.phase == "failed" and snap.active_region == "us-east-1"
+        assert snap.run is not None and snap.run.error == aborted_by
+        # us-east-1 is still down: after an aborted run, as after a failed one, the engine
+        # starts nothing on its own until an operator acts.
+        region_down(controller, clock)
+        await controller.evaluate("shop")
+        snap = controller.snapshot("shop")
+        assert snap is not None and snap.phase == "failed"
+        assert snap.reasons[0] == Reason.STEP_FAILED.value
+        assert len(action.calls) == 1 and controller.executor.driving("shop") is None
+        assert await controller.audit.flush(5.0)
+
+    records = await journal(store)
+    asked = [(r, c) for r in records if (c := command_info(r)) is not None]
+    [(_, refused), (record, info)] = asked
+    assert (info.command, info.by, info.user, info.source, info.reason) == (
+        "abort",
+        "alice",
+        "al",
+        "cli",
+        "wrong region",
+    )
+    assert record.run_id == info.run_id == run_id and record.error == aborted_by
+    got = answers(records)
+    assert got[refused.id]["accepted"] is False
+    assert got[info.id]["accepted"] is True and got[info.id]["run_id"] == run_id
+    # In the run's journal: the abort before the step it cut short.
+    run = await store.read_run(run_id)
+    assert [(r.status.value, r.step) for r in run] == [
+        ("run_started", ""),
+        ("step_started", "move"),
+        ("operator_command", "operator.abort"),
+        ("step_failed", "move"),
+        ("step_skipped", "gate"),
+        ("run_failed", ""),
+    ]
+    assert run[-1].error == aborted_by
+    shown = [e for e in entries(records) if e.entry is JournalStatus.OPERATOR_COMMAND]
+    assert shown[1].summary == f"abort (run {run_id}) by alice (as al) via cli: wrong region"
+    assert shown[1].outcome.startswith(f"accepted: run {run_id} aborted")
+    report = await controller.run_report(run_id)
+    assert report is not None
+    text = render(report)
+    assert f"failed**: {aborted_by}" in text
+    assert "operator command: abort by alice (as al) via cli" in text
 
 
 class FailingJournal(SqliteStore):

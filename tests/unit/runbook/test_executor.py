@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 import pytest
 
 from orchestrator.actions.base import StepContext
-from orchestrator.engine.state import Decision, RunStatus, ServiceState
+from orchestrator.audit import operator_command_record, with_command_id
+from orchestrator.engine.state import (
+    Command,
+    Decision,
+    OperatorCommand,
+    RunStatus,
+    ServiceState,
+)
 from orchestrator.engine.vocabulary import Action as Kind
 from orchestrator.engine.vocabulary import Phase
 from orchestrator.policy.access import AwsRole
@@ -785,3 +792,101 @@ async def test_a_resumed_step_clears_the_approval_wait_it_inherited_once_approve
     second = ScriptedAction(clock, hooks={"switch": approved_by_the_console})
     await drive(clock, executor(store, aws, clock, lease, second).resume_unfinished())
     assert flags == [True, False]
+
+
+# -- an operator's abort -----------------------------------------------------------------
+
+ABORTED = "aborted by alice: wrong region"
+
+
+async def test_an_abort_cancels_steps_in_flight_with_its_reason_and_fails_the_run(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    reasons: list[str | None] = []
+
+    async def hang(ctx: StepContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            reasons.append(ctx.cancel_reason())
+            raise
+
+    fake = ScriptedAction(clock, script={"scale": [RETRY]}, hooks={"switch": hang})
+    policy = policy_with(
+        [step("switch", timeout=60.0), step("scale", retries=3), step("dns", "switch", "scale")]
+    )
+    ex = executor(store, aws, clock, lease, fake, backoff=Backoff(base=100.0, cap=100.0))
+    assert not ex.abort("run-1", ABORTED)  # nothing to abort yet
+    task = asyncio.ensure_future(start(ex, policy, clock))
+    # "switch" in flight, "scale" waiting (on virtual time, which stands still) to retry.
+    await eventually(
+        lambda: (
+            fake.active == {"switch"} and len(fake.executed("scale")) == 1 and clock.sleepers == 2
+        ),
+        "a step in flight and one waiting to retry",
+    )
+    assert ex.driving("webapp") == "run-1"
+    assert ex.abort("run-1", ABORTED)
+    async with asyncio.timeout(10):
+        await task  # without moving virtual time: nothing waits out its timeout or backoff
+
+    assert reasons == [ABORTED]  # what the action sees: give up for good, and why
+    assert len(fake.executed("scale")) == 1 and fake.executed("dns") == []
+    records = await store.read_run("run-1")
+    ends = {
+        r.step: (r.status.value, r.error, r.retryable)
+        for r in records
+        if r.status in (JournalStatus.STEP_FAILED, JournalStatus.STEP_SKIPPED)
+    }
+    assert ends == {
+        "switch": (
+            "step_failed",
+            f"interrupted in flight, its effect may have landed; {ABORTED}",
+            False,
+        ),
+        "scale": ("step_failed", f"not retried; {ABORTED}", False),
+        "dns": ("step_skipped", f"not started: {ABORTED}", False),
+    }
+    assert records[-1].status is JournalStatus.RUN_FAILED and records[-1].error == ABORTED
+    state = await store.load_state("webapp")
+    assert state is not None and state.failed and state.active_region == "us-east-1"
+    assert state.run is not None and state.run.error == ABORTED
+    assert ex.driving("webapp") is None and not ex.abort("run-1", ABORTED)
+    assert await store.unfinished_runs() == []
+
+
+async def test_a_run_aborted_just_before_a_crash_ends_at_resume_without_reentering(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    first = ScriptedAction(clock, script={"a": [HANG]})
+    policy = policy_with([step("a"), step("b", "a")])
+    crashed = asyncio.ensure_future(start(executor(store, aws, clock, lease, first), policy, clock))
+    await eventually(lambda: "a" in first.active, "step a running")
+    # The abort is journaled (in the run), then the daemon dies before it takes effect.
+    abort = with_command_id(OperatorCommand(Command.ABORT, by="alice", reason="wrong region"))
+    await store.append_journal(
+        operator_command_record(
+            "webapp",
+            abort,
+            at=clock.now(),
+            token=lease.token,
+            policy_version=VERSION,
+            run_id="run-1",
+        )
+    )
+    crashed.cancel()
+    await asyncio.gather(crashed, return_exceptions=True)
+
+    second = ScriptedAction(clock)
+    resumed = await drive(clock, executor(store, aws, clock, lease, second).resume_unfinished())
+    assert resumed == ["run-1"]
+    assert second.calls == [] and second.checks == []  # nothing re-entered
+    records = await store.read_run("run-1")
+    assert [(r.status.value, r.step, r.error) for r in records[-3:]] == [
+        ("step_failed", "a", f"interrupted in flight, its effect may have landed; {ABORTED}"),
+        ("step_skipped", "b", f"not started: {ABORTED}"),
+        ("run_failed", "", ABORTED),
+    ]
+    state = await store.load_state("webapp")
+    assert state is not None and state.failed and state.run is not None
+    assert state.run.error == ABORTED
