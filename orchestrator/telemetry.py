@@ -113,7 +113,7 @@ MQTT_CONNECTED = Gauge("failoverd_mqtt_connected", "1 while connected to the MQT
 # --- runbooks ---------------------------------------------------------------------------
 RUNBOOK_STEP_ATTEMPTS = Counter(
     "failoverd_runbook_step_attempts_total",
-    "Runbook step attempts by action and outcome (succeeded, failed, retryable, timeout).",
+    "Runbook step attempts by action and outcome (succeeded, failed, retryable, timeout, aborted).",
     ("service", "action", "outcome"),
 )
 RUNBOOK_STEP_DURATION = Histogram(

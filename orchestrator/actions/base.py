@@ -95,7 +95,8 @@ class StepContext:
     # after a crash finds there what it had started (e.g. a Region switch execution's id).
     history: tuple[Mapping[str, Any], ...] = ()
     # Why the executor is cancelling this attempt *for good*, read when the action sees the
-    # cancellation: the step's last attempt timed out (the run gives up on it), so whatever
+    # cancellation: the step's last attempt timed out (the run gives up on it), or an
+    # operator aborted the run ("aborted by alice: wrong region"), so whatever
     # the action left running in AWS should be stopped. None when the attempt is cut short by
     # a shutdown or a lost lease: the run resumes, and the work must go on.
     cancel_reason: Callable[[], str | None] = _no_reason

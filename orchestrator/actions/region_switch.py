@@ -29,8 +29,9 @@ step:
   an approval; ``failoverd approve`` records it (under ``<step>/<plan step>``), and the step
   calls ``ApprovePlanExecutionStep`` with the approver and their reason as the comment.
 * **cancels** the execution (``CancelPlanExecution``) when the run gives the step up: its
-  last attempt timed out. A daemon that stops or loses its lease leaves it running: the
-  resumed step follows it.
+  last attempt timed out, or an operator aborted the run (``failoverd abort``; the comment
+  says who and why). A daemon that stops or loses its lease leaves it running: the resumed
+  step follows it.
 * ``check`` reads the plan (``GetPlanInRegion``) and its evaluation
   (``GetPlanEvaluationStatus``): active warnings, or an evaluation that is not ``passed``,
   make the step not ready, with the warnings as findings; a plan without a workflow for the
