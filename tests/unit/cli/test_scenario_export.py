@@ -14,9 +14,9 @@ from orchestrator.cli.main import main
 from orchestrator.daemon.flight_recorder import FlightRecorder
 from orchestrator.engine.observation import Observation
 from orchestrator.engine.scenario_loader import load_scenario
-from orchestrator.policy.yamlsource import Limits
 from orchestrator.engine.state import Decision, Initiator, RunStatus, ServiceState
 from orchestrator.engine.vocabulary import Action, Phase, Reason
+from orchestrator.policy.yamlsource import Limits
 from orchestrator.runbook.rto import RunProgress
 from tests.fixtures.clock import VirtualClock
 from tests.fixtures.controller import policy_text
