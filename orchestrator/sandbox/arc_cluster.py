@@ -74,8 +74,6 @@ Control, from Python (thread-safe: the endpoints may run on another thread's loo
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import concurrent.futures
 import contextlib
 import hashlib
@@ -93,6 +91,7 @@ from aiohttp import web
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.sandbox.loopback import LoopbackServer
+from orchestrator.sandbox.page_tokens import page_token, token_offset
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.arc_cluster")
@@ -887,27 +886,16 @@ class ArcClusterEmulator(LoopbackServer):
         }
         end = offset + len(page)
         if end < len(items):
-            raw = json.dumps({"o": end, "q": digest, "n": self._nonce}).encode()
-            out["NextToken"] = base64.urlsafe_b64encode(raw).decode()
+            out["NextToken"] = page_token(end, digest, self._nonce)
         return out
 
     def _read_token(self, token: object, digest: str) -> int:
         invalid = _validation("NextToken", "the token is not valid for this request")
         if not isinstance(token, str) or not 1 <= len(token) <= MAX_TOKEN:
             raise invalid
-        try:
-            data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        except (ValueError, binascii.Error):
-            raise invalid from None
-        if (
-            not isinstance(data, dict)
-            or data.get("q") != digest
-            or data.get("n") != self._nonce
-            or not isinstance(data.get("o"), int)
-            or data["o"] < 0
-        ):
+        offset = token_offset(token, digest, self._nonce)
+        if offset is None:
             raise invalid
-        offset: int = data["o"]
         return offset
 
 

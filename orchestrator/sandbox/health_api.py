@@ -61,8 +61,6 @@ are ``{"error": "..."}`` with status 400 (bad input) or 404 (unknown event):
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -78,6 +76,7 @@ from aiohttp import web
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.sandbox.loopback import LoopbackServer
+from orchestrator.sandbox.page_tokens import page_token, token_offset
 from orchestrator.telemetry import get_logger
 
 TARGET_PREFIX: Final = "AWSHealth_20160804"
@@ -655,26 +654,15 @@ class HealthApiEmulator(LoopbackServer):
         end = offset + len(page)
         if end >= len(items):
             return page, None
-        raw = _canonical({"o": end, "q": digest, "n": self._nonce}).encode()
-        return page, base64.urlsafe_b64encode(raw).decode()
+        return page, page_token(end, digest, self._nonce)
 
     def _read_token(self, token: object, digest: str) -> int:
         invalid = _ApiError(400, "InvalidPaginationToken", f"Invalid pagination token {token!r}")
         if not isinstance(token, str) or not _TOKEN_RE.match(token):
             raise invalid
-        try:
-            data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        except (ValueError, binascii.Error):
-            raise invalid from None
-        if (
-            not isinstance(data, dict)
-            or data.get("q") != digest
-            or data.get("n") != self._nonce
-            or not isinstance(data.get("o"), int)
-            or data["o"] < 0
-        ):
+        offset = token_offset(token, digest, self._nonce)
+        if offset is None:
             raise invalid
-        offset: int = data["o"]
         return offset
 
     def _describe_events(self, body: Mapping[str, Any]) -> dict[str, Any]:
