@@ -16,7 +16,6 @@ the region it recovers into, never needs it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -28,7 +27,7 @@ from orchestrator.sandbox.region_switch_api import (
     block_config,
     plan_document,
 )
-from orchestrator.sandbox.world import BACKFILL, MotoWorld, SandboxError
+from orchestrator.sandbox.world import BACKFILL, MotoWorld, SandboxError, metric_datapoint
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.region_switch_world")
@@ -97,13 +96,13 @@ def publish_lag(world: MotoWorld, *, age: float = 0.0) -> None:
     world.client("cloudwatch", STANDBY).put_metric_data(
         Namespace="AWS/RDS",
         MetricData=[
-            {
-                "MetricName": "AuroraGlobalDBRPOLag",
-                "Dimensions": [{"Name": "DBClusterIdentifier", "Value": LAG_CLUSTER}],
-                "Timestamp": datetime.fromtimestamp(datetime.now(UTC).timestamp() - age, UTC),
-                "Value": LAG_MS,
-                "Unit": "Milliseconds",
-            }
+            metric_datapoint(
+                "AuroraGlobalDBRPOLag",
+                {"DBClusterIdentifier": LAG_CLUSTER},
+                LAG_MS,
+                "Milliseconds",
+                age,
+            )
         ],
     )
 

@@ -22,7 +22,6 @@ Lag metrics for every replication source are published by :func:`publish_example
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from orchestrator.sandbox.world import (
     EXAMPLE_ZONE_ID,
     MotoWorld,
     SandboxError,
+    metric_datapoint,
     sandbox_policy,
     sandbox_replication,
     seed_webapp,
@@ -208,19 +208,6 @@ def _seed_reports(world: MotoWorld) -> str:
     return zone
 
 
-def _datapoint(
-    name: str, dims: dict[str, str], value: float, unit: str, age: float = 0.0
-) -> dict[str, Any]:
-    return {
-        "MetricName": name,
-        # Sorted by name, as the daemon queries them: moto matches dimension lists in order.
-        "Dimensions": [{"Name": k, "Value": v} for k, v in sorted(dims.items())],
-        "Timestamp": datetime.fromtimestamp(datetime.now(UTC).timestamp() - age, UTC),
-        "Value": value,
-        "Unit": unit,
-    }
-
-
 def commit_ledger_writes(n: int = 1) -> int:
     """The ledger application's writes: ``n`` committed on ledger-global's writer (nothing
     while the writer's region is down, or during a switchover). The emulator ships them to
@@ -253,7 +240,7 @@ def publish_example_lag(world: MotoWorld, *, age: float = 0.0) -> None:
     world.client("cloudwatch", "eu-central-1").put_metric_data(
         Namespace="AWS/RDS",
         MetricData=[
-            _datapoint(
+            metric_datapoint(
                 "AuroraGlobalDBRPOLag",
                 {"DBClusterIdentifier": "ledger-eu-central-1"},
                 AURORA_RPO_LAG_MS,
@@ -266,7 +253,7 @@ def publish_example_lag(world: MotoWorld, *, age: float = 0.0) -> None:
         world.client("cloudwatch", region).put_metric_data(
             Namespace="AWS/DynamoDB",
             MetricData=[
-                _datapoint(
+                metric_datapoint(
                     "ReplicationLatency",
                     {"TableName": "catalog-items", "ReceivingRegion": region},
                     DYNAMODB_LATENCY_MS,
@@ -282,7 +269,7 @@ def publish_example_lag(world: MotoWorld, *, age: float = 0.0) -> None:
     }
     world.client("cloudwatch", "us-east-1").put_metric_data(
         Namespace="AWS/S3",
-        MetricData=[_datapoint("ReplicationLatency", dims, S3_REPLICATION_S, "Seconds", age)],
+        MetricData=[metric_datapoint("ReplicationLatency", dims, S3_REPLICATION_S, "Seconds", age)],
     )
 
 

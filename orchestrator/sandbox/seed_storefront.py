@@ -18,9 +18,7 @@ Seeded (moto's account 123456789012, the one the example's ARNs name):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from orchestrator.sandbox.world import (
     BACKFILL,
     MotoWorld,
     SandboxError,
+    metric_datapoint,
     sandbox_replication,
     seed_replica,
     seed_standby_group,
@@ -120,13 +119,9 @@ def publish_storefront_lag(
     world.client("cloudwatch", STANDBY).put_metric_data(
         Namespace="AWS/RDS",
         MetricData=[
-            {
-                "MetricName": "ReplicaLag",
-                "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": REPLICA_DB}],
-                "Timestamp": datetime.fromtimestamp(time.time() - age, UTC),
-                "Value": seconds,
-                "Unit": "Seconds",
-            }
+            metric_datapoint(
+                "ReplicaLag", {"DBInstanceIdentifier": REPLICA_DB}, seconds, "Seconds", age
+            )
         ],
     )
 

@@ -228,19 +228,29 @@ def seed_standby_group(
     )
 
 
+def metric_datapoint(
+    name: str, dims: dict[str, str], value: float, unit: str, age: float = 0.0
+) -> dict[str, Any]:
+    """One ``PutMetricData`` datapoint stamped ``age`` seconds ago (the seeds' lag readings)."""
+    return {
+        "MetricName": name,
+        # Sorted by name, as the daemon queries them: moto matches dimension lists in order.
+        "Dimensions": [{"Name": k, "Value": v} for k, v in sorted(dims.items())],
+        "Timestamp": datetime.fromtimestamp(time.time() - age, UTC),
+        "Value": value,
+        "Unit": unit,
+    }
+
+
 def publish_lag(world: MotoWorld, seconds: float, *, age: float = 0.0) -> None:
     """Put one ``ReplicaLag`` datapoint for the standby replica, stamped ``age`` seconds
     ago. Blocking."""
     world.client("cloudwatch", STANDBY).put_metric_data(
         Namespace="AWS/RDS",
         MetricData=[
-            {
-                "MetricName": "ReplicaLag",
-                "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": REPLICA_DB}],
-                "Timestamp": datetime.fromtimestamp(time.time() - age, UTC),
-                "Value": seconds,
-                "Unit": "Seconds",
-            }
+            metric_datapoint(
+                "ReplicaLag", {"DBInstanceIdentifier": REPLICA_DB}, seconds, "Seconds", age
+            )
         ],
     )
 
