@@ -197,6 +197,13 @@ STORE_OPERATION_DURATION = Histogram(
 OBSERVATIONS = Counter(
     "failoverd_observations_total", "Observations fed to the health book, by source.", ("source",)
 )
+OBSERVATIONS_REJECTED = Counter(
+    "failoverd_observations_rejected_total",
+    "Observations the health book did not count, by source and reason (too_soon: closer to"
+    " the cell's previous one than the probe interval allows; out_of_order: not newer than"
+    " it; unexpected: no policy cell expects it).",
+    ("source", "reason"),
+)
 
 # --- engine state (orchestrator.daemon.metrics_export sets these after every engine pass) -------
 # Enum gauges: one series per possible value, 1 for the current one and 0 for the others, so

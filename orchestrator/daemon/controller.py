@@ -36,7 +36,8 @@ from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.audit_writer import AuditWriter
 from orchestrator.daemon.control import CommandResult, NotLeaderError, Readiness, ServiceSnapshot
 from orchestrator.engine.decide import decide
-from orchestrator.engine.healthbook import HealthBook, RegionVerdict
+from orchestrator.daemon.intake import IntakeLedger
+from orchestrator.engine.healthbook import HealthBook, Intake, RegionVerdict
 from orchestrator.engine.observation import Observation
 from orchestrator.engine.state import (
     MOVE_COMMANDS,
@@ -66,7 +67,7 @@ from orchestrator.store.base import (
     Store,
     StoreError,
 )
-from orchestrator.telemetry import AUDIT_RECORDS, OBSERVATIONS, get_logger
+from orchestrator.telemetry import AUDIT_RECORDS, get_logger
 
 LEASE_SAFETY = 0.8  # act for at most this share of the lease's TTL after each renewal
 FOLLOWER_RETRY = 1.0  # seconds between a follower's attempts to take the lease
@@ -157,6 +158,7 @@ class Controller:
         # event stream); must not block. A hook that raises is logged and skipped.
         self.on_decision: list[Callable[[Decision], object]] = []
         self._readiness: dict[str, ReadinessReport] = {}
+        self.intake = IntakeLedger(clock)
 
     # -- Control: reads ------------------------------------------------------------------
     @property
@@ -290,8 +292,9 @@ class Controller:
     # -- sinks (called by the signal sources on the event loop; never block or raise) ----
     def put(self, obs: Observation) -> None:
         svc = self._services.get(obs.service)
-        if svc is not None and svc.book.observe(obs):
-            OBSERVATIONS.labels(source=obs.source or "unknown").inc()
+        intake = Intake.UNEXPECTED if svc is None else svc.book.observe(obs)
+        self.intake.record(obs, intake)
+        if intake is Intake.ACCEPTED:
             self._wake.set()
 
     def put_lag(self, service: str, region: str, reading: LagReading) -> None:

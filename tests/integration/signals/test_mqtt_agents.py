@@ -57,7 +57,8 @@ regions: [{PRIMARY}, {STANDBY}]
 rto: 15m
 rpo: 1m
 vantage_points: [local, {AGENT}]
-detection: {{consecutive_failures: 2, quorum: 2, staleness: {STALENESS:g}s}}
+detection: {{interval: 40ms, timeout: 20ms, consecutive_failures: 2, quorum: 2,
+  staleness: {STALENESS:g}s}}
 signals:
   - {{name: api, type: http, target: "http://127.0.0.1:9/{{region}}"}}
 runbooks:
@@ -122,7 +123,7 @@ class Scripted:
     """A producer putting one observation per region every ``every`` seconds: failures
     for the primary, successes for the standby."""
 
-    def __init__(self, every: float = 0.02) -> None:
+    def __init__(self, every: float = 0.05) -> None:
         self.every = every
 
     async def run(self, sink: ObservationSink) -> None:
