@@ -35,8 +35,8 @@ from orchestrator.audit import AuditEntry, decision_detail, decision_record, ent
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.audit_writer import AuditWriter
 from orchestrator.daemon.control import CommandResult, NotLeaderError, Readiness, ServiceSnapshot
-from orchestrator.engine.decide import decide
 from orchestrator.daemon.intake import IntakeLedger
+from orchestrator.engine.decide import decide
 from orchestrator.engine.healthbook import HealthBook, Intake, RegionVerdict
 from orchestrator.engine.observation import Observation
 from orchestrator.engine.state import (
