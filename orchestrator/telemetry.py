@@ -197,6 +197,11 @@ STORE_OPERATION_DURATION = Histogram(
 OBSERVATIONS = Counter(
     "failoverd_observations_total", "Observations fed to the health book, by source.", ("source",)
 )
+WALL_CLOCK_OFFSET = Gauge(
+    "failoverd_wall_clock_offset_seconds",
+    "The host's wall clock minus the daemon's steady clock (moves when the host's clock is"
+    " stepped; the daemon keeps its own time until restarted).",
+)
 OBSERVATIONS_REJECTED = Counter(
     "failoverd_observations_rejected_total",
     "Observations the health book did not count, by source and reason (too_soon: closer to"

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.clock import SYSTEM_CLOCK, Clock, SteadyClock
 from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.events import EventPublisher
 from orchestrator.daemon.metrics_export import MetricsExporter, watch_loop_lag
@@ -53,7 +53,8 @@ from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport, readiness
-from orchestrator.settings import SettingsError, StateSettings
+from orchestrator.settings import AgentKeySettings, SettingsError, StateSettings
+from orchestrator.signals.agent_auth import NO_KEYS, Keyring, ReplayGuard
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
@@ -63,7 +64,7 @@ from orchestrator.signals.probes import ProbeContext
 from orchestrator.signals.scheduler import ProbeScheduler
 from orchestrator.store.base import StoreError
 from orchestrator.store.open import describe, open_store
-from orchestrator.telemetry import configure_logging, get_logger
+from orchestrator.telemetry import WALL_CLOCK_OFFSET, configure_logging, get_logger
 
 log = get_logger("failoverd.daemon")
 
@@ -91,6 +92,7 @@ class DaemonSettings:
     mqtt_url: str | None = None
     mqtt_broker: BrokerConfig | None = None  # TLS/credentials; None: built from mqtt_url
     mqtt_commands_enabled: bool = False
+    mqtt_agent_keys: tuple[AgentKeySettings, ...] = ()
     readiness_interval: float = 30 * 60.0
     readiness_first_delay: float = 10.0
     http_bind: str = "127.0.0.1"
@@ -129,6 +131,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         mqtt_url=s.mqtt.broker,
         mqtt_broker=s.mqtt.broker_config(),
         mqtt_commands_enabled=s.mqtt.commands_enabled,
+        mqtt_agent_keys=tuple(s.mqtt.agent_keys),
         http_bind=s.http.bind,
         http_port=s.http.port,
         http_token_file=str(s.http.token_file) if s.http.token_file else None,
@@ -161,6 +164,8 @@ class Daemon:
         self._sources: asyncio.Task[None] | None = None
         self._readiness_fn = readiness_fn or self._readiness
         self.jobs: DaemonJobs | None = None
+        self._keyring: Keyring = NO_KEYS
+        self._replay = ReplayGuard()  # one for every agent source built, across reloads
 
     async def _readiness(self, policies: Sequence[Policy]) -> ReadinessReport:
         return await readiness(policies, self.aws, self.clock)
@@ -182,6 +187,11 @@ class Daemon:
         policies = try_load(s.policies)
         if policies is None:
             log.error("daemon_not_started", why="the policies have errors")
+            return 2
+        try:
+            self._keyring = self._read_agent_keys()
+        except SettingsError as exc:
+            log.error("daemon_not_started", why=str(exc))
             return 2
         state = s.state_settings()
         try:
@@ -344,6 +354,22 @@ class Daemon:
                 self._sources = tg.create_task(self._run_sources(controller.policy_set, controller))
             self.notifier.ready(controller.summary())
 
+    def _read_agent_keys(self) -> Keyring:
+        return Keyring([k.load() for k in self.settings.mqtt_agent_keys])
+
+    def _reread_agent_keys(self) -> None:
+        """On reload: rotated key files are picked up; a file that cannot be read now keeps
+        the keys in use (and says why)."""
+        try:
+            self._keyring = self._read_agent_keys()
+        except SettingsError as exc:
+            log.error("agent_keys_not_reloaded", why=str(exc))
+            return
+        if self._keyring.enforcing:
+            log.info(
+                "agent_keys_loaded", keys=len(self._keyring), agents=sorted(self._keyring.agents)
+            )
+
     async def _run_sources(self, policies: PolicySet, controller: Controller) -> None:
         """Every signal source for ``policies``, each supervised, until cancelled."""
         s = self.settings
@@ -377,7 +403,10 @@ class Daemon:
                 runs.append((lag.name, lambda: lag.run(controller)))
             broker = self.broker()
             if broker is not None:
-                agents = MqttAgentSource(broker, items, clock=self.clock)
+                self._reread_agent_keys()  # at start the same keys; on reload rotated ones
+                agents = MqttAgentSource(
+                    broker, items, clock=self.clock, keyring=self._keyring, replay=self._replay
+                )
                 runs.append((agents.name, lambda: agents.run(controller)))
             for name, run in runs:
                 tg.create_task(supervise(name, run, self.clock))
@@ -410,7 +439,13 @@ def run_daemon(args: argparse.Namespace) -> int:
         print(f"failoverd run: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    return asyncio.run(Daemon(settings).run())
+    return asyncio.run(Daemon(settings, clock=SteadyClock(on_step=wall_clock_stepped)).run())
+
+
+def wall_clock_stepped(offset: float) -> None:
+    """The host's clock moved away from the daemon's steady one: say so, keep going."""
+    WALL_CLOCK_OFFSET.set(offset)
+    log.warning("wall_clock_stepped", offset_seconds=round(offset, 3))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -328,7 +328,7 @@ async def test_junk_is_rejected_counted_and_survived(
         (observations_topic(AGENT), b"\x00 not json"),
         (observations_topic(AGENT), batch()[:-3]),
         ("failoverd/v1/observations/NOT AN ID", batch()),
-        (observations_topic(AGENT), batch().replace(b'"v": 1', b'"v": 2')),
+        (observations_topic(AGENT), batch().replace(b'"v": 1', b'"v": 3')),
         (observations_topic(AGENT), batch(service="billing")),
         (observations_topic(AGENT), batch(at=now + 3600)),
         (observations_topic(AGENT), batch(at=now - 3600)),
