@@ -293,6 +293,12 @@ LEADER_TRANSITIONS = Counter(
     "Leader lease transitions of this instance, by event (acquired, lost).",
     ("event",),
 )
+STORE_CORRUPT_RECORDS = Counter(
+    "failoverd_store_corrupt_records_total",
+    "Stored records that could not be decoded and were quarantined (kept, reported, worked"
+    " around), by backend and kind (service_state, journal); each counted once per process.",
+    ("backend", "kind"),
+)
 STORE_UP = Gauge(
     "failoverd_store_up",
     "1 when the last state-store call or lease step reached the store.",

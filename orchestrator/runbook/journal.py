@@ -16,6 +16,12 @@ Folding a run's records (in append order) gives each step's state:
 
 Only failed attempts count against a step's ``retries``: an attempt cut short by a crash or
 a leader change was not the step's fault, and is re-entered through the idempotent action.
+
+A record the store could not decode (status ``corrupt``) is set aside (``RunJournal.corrupt``)
+and the rest folded without it: a lost ``step_succeeded`` leaves its step running, so a
+resume re-enters it through the idempotent action; a lost ``step_started`` or
+``step_failed`` changes an attempt count, not what is done. Only a corrupt ``run_started``
+(the plan) makes a run unreadable.
 """
 
 from __future__ import annotations
@@ -141,6 +147,13 @@ class AttemptRecord:
     retryable: bool = False
 
 
+@dataclass(frozen=True)
+class UnknownStep:
+    """A step known only from its records (its plan lost): no retries assumed."""
+
+    retries: int = 0
+
+
 @dataclass
 class StepHistory:
     """One step's journal, folded (mutable while folding; the executor keeps it current)."""
@@ -170,7 +183,7 @@ class StepHistory:
             return self.attempts[-1].ended_at
         return None
 
-    def apply(self, record: JournalRecord, step: Step) -> None:
+    def apply(self, record: JournalRecord, step: Step | UnknownStep) -> None:
         status = record.status
         if status is JournalStatus.STEP_STARTED:
             self.attempts.append(AttemptRecord(record.attempt, record.at))
@@ -205,6 +218,7 @@ class RunJournal:
     steps: Mapping[str, StepHistory]
     finished: JournalRecord | None  # the run_succeeded / run_failed record, if any
     records: Sequence[JournalRecord]
+    corrupt: tuple[JournalRecord, ...] = ()  # records that could not be read, set aside
 
 
 _STEP_STATUSES = frozenset(
@@ -221,15 +235,23 @@ def fold(records: Sequence[JournalRecord]) -> RunJournal:
     """Rebuild a run from its records (append order); JournalError when it has no header."""
     if not records:
         raise JournalError("empty journal: no run_started record")
+    if records[0].status is JournalStatus.CORRUPT:
+        raise JournalError(
+            f"run {records[0].run_id}: its run_started record is corrupt ({records[0].detail}):"
+            f" {records[0].error}"
+        )
     header = RunHeader.from_record(records[0])
     steps = {s.name: StepHistory(s.name) for s in header.steps}
     finished: JournalRecord | None = None
+    corrupt: list[JournalRecord] = []
     for record in records[1:]:
-        if record.status in _STEP_STATUSES:
+        if record.status is JournalStatus.CORRUPT:
+            corrupt.append(record)
+        elif record.status in _STEP_STATUSES:
             history = steps.get(record.step)
             if history is None:
                 raise JournalError(f"run {header.run_id}: record for unknown step {record.step!r}")
             history.apply(record, header.step(record.step))
         elif record.status in (JournalStatus.RUN_SUCCEEDED, JournalStatus.RUN_FAILED):
             finished = record
-    return RunJournal(header, steps, finished, tuple(records))
+    return RunJournal(header, steps, finished, tuple(records), tuple(corrupt))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.engine.state import RunStatus
-from orchestrator.runbook.journal import RunJournal, StepStatus, fold
+from orchestrator.runbook.journal import RunJournal, StepHistory, StepStatus, UnknownStep, fold
 from orchestrator.store.base import JournalRecord, JournalStatus
 
 
@@ -62,6 +62,9 @@ class RunProgress:
     rto: float
     elapsed: float  # since detection (or the decision), to the end or to now
     rto_remaining: float  # rto - elapsed; negative when overrun
+    # Records of the run the store could not read (status corrupt: key in detail, error):
+    # shown, and the progress built without them.
+    corrupt: tuple[JournalRecord, ...] = ()
 
     @property
     def rto_exceeded(self) -> bool:
@@ -74,6 +77,16 @@ class RunProgress:
         raise KeyError(name)
 
 
+_STEP_RECORDS = frozenset(
+    {
+        JournalStatus.STEP_STARTED,
+        JournalStatus.STEP_SUCCEEDED,
+        JournalStatus.STEP_FAILED,
+        JournalStatus.STEP_SKIPPED,
+    }
+)
+
+
 def rto_clock_start(detected_at: float | None, decided_at: float) -> float:
     return decided_at if detected_at is None else detected_at
 
@@ -84,8 +97,84 @@ def rto_remaining(rto: float, detected_at: float | None, decided_at: float, now:
 
 
 def progress_from_records(records: Sequence[JournalRecord], now: float) -> RunProgress:
-    """A snapshot of the run at ``now`` (wall clock) from its journal records."""
+    """A snapshot of the run at ``now`` (wall clock) from its journal records; a run whose
+    ``run_started`` is corrupt gets what the other records tell (:func:`headless_progress`)."""
+    if records and records[0].status is JournalStatus.CORRUPT:
+        return headless_progress(records, now)
     return build_progress(fold(records), now)
+
+
+def headless_progress(records: Sequence[JournalRecord], now: float) -> RunProgress:
+    """The run as far as its records tell without its plan (``run_started`` is corrupt):
+    the steps in the order they were journaled (action and RTO unknown), its end if it
+    has one, every corrupt record listed. Shown, never resumed from."""
+    first = records[0]
+    readable = [r for r in records if r.status is not JournalStatus.CORRUPT]
+    finished = next(
+        (
+            r
+            for r in reversed(readable)
+            if r.status in (JournalStatus.RUN_SUCCEEDED, JournalStatus.RUN_FAILED)
+        ),
+        None,
+    )
+    end = finished.at if finished is not None else now
+    histories: dict[str, StepHistory] = {}
+    for r in readable:
+        if r.step and r.status in _STEP_RECORDS:
+            history = histories.setdefault(r.step, StepHistory(r.step))
+            history.apply(r, UnknownStep())
+    steps = tuple(
+        StepProgress(
+            name=h.name,
+            action="",
+            after=(),
+            status=h.status,
+            attempts=tuple(
+                AttemptProgress(
+                    a.attempt,
+                    a.started_at,
+                    a.ended_at,
+                    (a.ended_at if a.ended_at is not None else end) - a.started_at,
+                    a.error,
+                    a.retryable,
+                )
+                for a in h.attempts
+            ),
+            started_at=h.started_at,
+            finished_at=h.finished_at,
+            duration=None if h.started_at is None else (h.finished_at or end) - h.started_at,
+            error=h.error,
+            detail=h.detail,
+        )
+        for h in histories.values()
+    )
+    if finished is None:
+        status, error = RunStatus.RUNNING, ""
+    elif finished.status is JournalStatus.RUN_SUCCEEDED:
+        status, error = RunStatus.SUCCEEDED, ""
+    else:
+        status, error = RunStatus.FAILED, finished.error
+    started = readable[0].at if readable else first.at
+    return RunProgress(
+        run_id=first.run_id,
+        service=first.service or (readable[0].service if readable else ""),
+        kind="unknown",
+        source="",
+        target="",
+        policy_version=readable[0].policy_version if readable else "",
+        status=status,
+        error=error or f"the run's plan (run_started) is corrupt: {first.error}",
+        steps=steps,
+        detected_at=None,
+        decided_at=started,
+        started_at=started,
+        finished_at=None if finished is None else finished.at,
+        rto=0.0,
+        elapsed=end - started,
+        rto_remaining=0.0,
+        corrupt=tuple(r for r in records if r.status is JournalStatus.CORRUPT),
+    )
 
 
 def build_progress(journal: RunJournal, now: float) -> RunProgress:
@@ -146,4 +235,5 @@ def build_progress(journal: RunJournal, now: float) -> RunProgress:
         rto=header.rto,
         elapsed=elapsed,
         rto_remaining=header.rto - elapsed,
+        corrupt=journal.corrupt,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -43,6 +44,18 @@ class SqliteFactory:
 
     async def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
+
+    async def corrupt_state(self, service: str, body: bytes) -> None:
+        with raw(self.path) as conn:
+            conn.execute("UPDATE service_state SET body = ? WHERE service = ?", (body, service))
+
+    async def corrupt_journal(self, run_id: str, index: int, body: bytes) -> None:
+        with raw(self.path) as conn:
+            (seq,) = conn.execute(
+                "SELECT seq FROM journal WHERE run_id = ? ORDER BY seq LIMIT 1 OFFSET ?",
+                (run_id, index),
+            ).fetchone()
+            conn.execute("UPDATE journal SET body = ? WHERE seq = ?", (body, seq))
 
 
 class TestSqliteStoreContract(StoreContract):
@@ -203,8 +216,46 @@ async def test_a_corrupt_journal_row_names_the_record(db: Path, store: SqliteSto
             "INSERT INTO journal (run_id, service, status, token, body)"
             " VALUES ('r1', 'web', 'run_started', 1, 'not json')"
         )
-    with pytest.raises(CorruptRecord, match=r"journal record 1 of run 'r1'.*not JSON"):
-        await store.read_run("r1")
+    counted = {"backend": "sqlite", "kind": "journal"}
+    before = REGISTRY.get_sample_value("failoverd_store_corrupt_records_total", counted) or 0.0
+    (bad,) = await store.read_run("r1")
+    assert list(await store.read_run("r1")) == [bad]
+    after = REGISTRY.get_sample_value("failoverd_store_corrupt_records_total", counted)
+    assert after == before + 1  # counted once per process, however often it is read
+    assert bad.status is JournalStatus.CORRUPT
+    assert (bad.run_id, bad.service, bad.token, bad.detail) == ("r1", "web", 1, "journal/1")
+    assert re.search(r"journal record 'journal/1' of run 'r1'.*not JSON", bad.error)
+
+
+async def test_an_old_database_gets_its_quarantine_table(db: Path) -> None:
+    store = await SqliteStore.open(db, clock=VirtualClock())
+    await store.close()
+    with raw(db) as conn:
+        conn.execute("DROP TABLE quarantine")  # as a database from before it was added
+    store = await SqliteStore.open(db, clock=VirtualClock())
+    try:
+        assert list(await store.quarantined()) == []
+    finally:
+        await store.close()
+
+
+async def test_damaged_columns_and_bodies_of_any_type_are_quarantined(
+    db: Path, store: SqliteStore
+) -> None:
+    with raw(db) as conn:
+        conn.execute(
+            "INSERT INTO journal (run_id, service, status, token, body)"
+            " VALUES (X'FF', X'FE', 'x', 'y', 42)"
+        )
+        conn.execute(
+            "INSERT INTO service_state (service, body, token, saved_at) VALUES ('web', ?, 1, 0)",
+            ("[" * 100_000,),
+        )
+    (bad,) = await store.read_journal()
+    assert (bad.status, bad.run_id, bad.service, bad.token) == (JournalStatus.CORRUPT, "", "", 0)
+    with pytest.raises(CorruptRecord, match="nested too deep"):
+        await store.load_state("web")
+    assert {q.kind for q in await store.quarantined()} == {"journal", "service_state"}
 
 
 # -- time bounds and concurrency -----------------------------------------------------------
