@@ -75,6 +75,13 @@ AWS_API_CALLS = Counter(
     ("aws_service", "operation", "outcome"),
 )
 
+AWS_API_RETRIES = Counter(
+    "failoverd_aws_api_retries_total",
+    "Retries botocore made inside AWS calls that got an answer (throttling, 5xx), by service"
+    " and operation.",
+    ("aws_service", "operation"),
+)
+
 # --- CloudWatch alarms and replication lag ------------------------------------------------
 REPLICATION_LAG = Gauge(
     "failoverd_replication_lag_seconds",

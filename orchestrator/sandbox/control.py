@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.policy.durations import DurationError, parse_duration
+from orchestrator.sandbox.aws_faults import AwsFaultError, parse_error_rate, parse_region
 from orchestrator.sandbox.fault_proxy import FaultProxy, ThrottleSpecError, parse_throttle
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints, local_down_supported
@@ -33,6 +34,8 @@ FAULTS = (
     "region-down",
     "region-up",
     "slow",
+    "aws-errors",
+    "blackhole",
     "flap",
     "health-event",
     "lag",
@@ -60,6 +63,8 @@ class Faults:
     proxy: FaultProxy | None = None  # between the daemon and moto; None: no throttling
 
     async def apply(self, fault: str, arg: str) -> str:
+        if fault in ("aws-errors", "blackhole"):
+            return self._aws_fault(fault, arg)
         if fault in ("region-down", "region-up", "slow", "flap", "health-event", "local-down"):
             self.endpoints.get(arg)  # a clear error for an unknown region
         if fault == "region-down":
@@ -107,9 +112,20 @@ class Faults:
             return self.proxy.set_throttle(spec)
         raise FaultError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
 
+    def _aws_fault(self, fault: str, arg: str) -> str:
+        if self.proxy is None:
+            raise FaultError(f"{fault}: this sandbox has no fault proxy in front of moto")
+        try:
+            if fault == "aws-errors":
+                return self.proxy.chaos.set_errors(parse_error_rate(arg))
+            return self.proxy.chaos.set_blackhole(parse_region(arg, fault))
+        except AwsFaultError as exc:
+            raise FaultError(str(exc)) from None
+
     def state(self) -> dict[str, Any]:
         return {
             "endpoints": {r: e.mode for r, e in self.endpoints.endpoints.items()},
+            "aws_faults": None if self.proxy is None else self.proxy.chaos.describe(),
             "lag_seconds": self.lag_seconds,
             "health_events": self.health_events,
             "throttled": None if self.proxy is None else self.proxy.throttled.service,

@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import AioSession  # type: ignore[import-untyped]
 
-from orchestrator.telemetry import AWS_API_CALLS
+from orchestrator.telemetry import AWS_API_CALLS, AWS_API_RETRIES
 
 OK = "ok"
 ERROR = "error"
@@ -143,6 +143,10 @@ class _CallCounter:
                 code = raw if isinstance(raw, str) else None
         outcome = classify_outcome(int(http_response.status_code), code)
         self._count(model.name, outcome)
+        meta = parsed.get("ResponseMetadata") if isinstance(parsed, dict) else None
+        retries = meta.get("RetryAttempts") if isinstance(meta, dict) else None
+        if isinstance(retries, int) and retries > 0:
+            AWS_API_RETRIES.labels(self.service, model.name).inc(retries)
 
     def after_call_error(self, event_name: str, **_: Any) -> None:
         # No response at all (connection refused, timeout, no credentials): an error.
