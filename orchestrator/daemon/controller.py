@@ -558,7 +558,8 @@ class Controller:
             elif svc.progress is not None and svc.progress.status is RunStatus.RUNNING:
                 # A run resumed after a restart ends without a _drive of ours: catch its end.
                 svc.progress = await self.executor.progress(svc.progress.run_id) or svc.progress
-            self._store_ok = True
+            # No `_store_ok = True` here: a read that works says nothing of a store that
+            # refuses writes (a full disk, a lock held elsewhere); the lease step tells.
         except (StoreError, JournalError) as exc:
             log.warning("run_refresh_failed", service=svc.policy.service, error=str(exc))
 
