@@ -332,6 +332,10 @@ ENGINE_TICK_DURATION = Histogram(
     "How long one engine pass over every service took.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+ASYNCIO_TASKS = Gauge(
+    "failoverd_asyncio_tasks",
+    "Tasks alive on the daemon's event loop (a number that must not grow over a long run).",
+)
 EVENT_LOOP_LAG = Histogram(
     "failoverd_event_loop_lag_seconds",
     "How late a 0.25 s timer fired: time the event loop was busy with something else.",

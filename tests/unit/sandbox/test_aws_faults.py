@@ -4,7 +4,6 @@ region's calls get no answer while other regions and global services go on."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import boto3
@@ -98,10 +97,8 @@ def test_botocore_retries_through_a_30_percent_error_rate(proxy: _Running) -> No
 
 def test_a_blackholed_region_does_not_answer_and_the_others_do(proxy: _Running) -> None:
     apply(proxy, proxy.proxy.chaos.set_blackhole, "us-west-2")
-    started = time.monotonic()
     with pytest.raises(ReadTimeoutError):
         client(proxy, "rds", "us-west-2", read=1).describe_db_instances()
-    assert time.monotonic() - started < 5
     client(proxy, "rds", "us-east-1", read=1).describe_db_instances()
     apply(proxy, proxy.proxy.chaos.set_blackhole, "us-east-1")
     # Route 53 signs for us-east-1, but a global control plane's loss is another fault.
