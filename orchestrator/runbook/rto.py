@@ -110,51 +110,15 @@ def headless_progress(records: Sequence[JournalRecord], now: float) -> RunProgre
     has one, every corrupt record listed. Shown, never resumed from."""
     first = records[0]
     readable = [r for r in records if r.status is not JournalStatus.CORRUPT]
-    finished = next(
-        (
-            r
-            for r in reversed(readable)
-            if r.status in (JournalStatus.RUN_SUCCEEDED, JournalStatus.RUN_FAILED)
-        ),
-        None,
-    )
+    ends = (JournalStatus.RUN_SUCCEEDED, JournalStatus.RUN_FAILED)
+    finished = next((r for r in reversed(readable) if r.status in ends), None)
     end = finished.at if finished is not None else now
     histories: dict[str, StepHistory] = {}
     for r in readable:
         if r.step and r.status in _STEP_RECORDS:
             history = histories.setdefault(r.step, StepHistory(r.step))
             history.apply(r, UnknownStep())
-    steps = tuple(
-        StepProgress(
-            name=h.name,
-            action="",
-            after=(),
-            status=h.status,
-            attempts=tuple(
-                AttemptProgress(
-                    a.attempt,
-                    a.started_at,
-                    a.ended_at,
-                    (a.ended_at if a.ended_at is not None else end) - a.started_at,
-                    a.error,
-                    a.retryable,
-                )
-                for a in h.attempts
-            ),
-            started_at=h.started_at,
-            finished_at=h.finished_at,
-            duration=None if h.started_at is None else (h.finished_at or end) - h.started_at,
-            error=h.error,
-            detail=h.detail,
-        )
-        for h in histories.values()
-    )
-    if finished is None:
-        status, error = RunStatus.RUNNING, ""
-    elif finished.status is JournalStatus.RUN_SUCCEEDED:
-        status, error = RunStatus.SUCCEEDED, ""
-    else:
-        status, error = RunStatus.FAILED, finished.error
+    status, error = _outcome(finished)
     started = readable[0].at if readable else first.at
     return RunProgress(
         run_id=first.run_id,
@@ -165,7 +129,7 @@ def headless_progress(records: Sequence[JournalRecord], now: float) -> RunProgre
         policy_version=readable[0].policy_version if readable else "",
         status=status,
         error=error or f"the run's plan (run_started) is corrupt: {first.error}",
-        steps=steps,
+        steps=tuple(_step(h, "", (), end) for h in histories.values()),
         detected_at=None,
         decided_at=started,
         started_at=started,
@@ -177,46 +141,52 @@ def headless_progress(records: Sequence[JournalRecord], now: float) -> RunProgre
     )
 
 
+def _outcome(finished: JournalRecord | None) -> tuple[RunStatus, str]:
+    if finished is None:
+        return RunStatus.RUNNING, ""
+    if finished.status is JournalStatus.RUN_SUCCEEDED:
+        return RunStatus.SUCCEEDED, ""
+    return RunStatus.FAILED, finished.error
+
+
+def _step(history: StepHistory, action: str, after: tuple[str, ...], end: float) -> StepProgress:
+    """One step's progress; times still running are counted up to ``end``."""
+    attempts = tuple(
+        AttemptProgress(
+            a.attempt,
+            a.started_at,
+            a.ended_at,
+            (a.ended_at if a.ended_at is not None else end) - a.started_at,
+            a.error,
+            a.retryable,
+        )
+        for a in history.attempts
+    )
+    started, ended = history.started_at, history.finished_at
+    duration = None if started is None else (ended if ended is not None else end) - started
+    return StepProgress(
+        name=history.name,
+        action=action,
+        after=after,
+        status=history.status,
+        attempts=attempts,
+        started_at=started,
+        finished_at=ended,
+        duration=duration,
+        error=history.error,
+        detail=history.detail,
+    )
+
+
 def build_progress(journal: RunJournal, now: float) -> RunProgress:
     header = journal.header
     finished = journal.finished
     end = finished.at if finished is not None else now
-    if finished is None:
-        status, error = RunStatus.RUNNING, ""
-    elif finished.status is JournalStatus.RUN_SUCCEEDED:
-        status, error = RunStatus.SUCCEEDED, ""
-    else:
-        status, error = RunStatus.FAILED, finished.error
-    steps = []
-    for step in header.steps:
-        history = journal.steps[step.name]
-        attempts = tuple(
-            AttemptProgress(
-                a.attempt,
-                a.started_at,
-                a.ended_at,
-                (a.ended_at if a.ended_at is not None else end) - a.started_at,
-                a.error,
-                a.retryable,
-            )
-            for a in history.attempts
-        )
-        started, ended = history.started_at, history.finished_at
-        duration = None if started is None else (ended if ended is not None else end) - started
-        steps.append(
-            StepProgress(
-                name=step.name,
-                action=step.action,
-                after=tuple(step.after),
-                status=history.status,
-                attempts=attempts,
-                started_at=started,
-                finished_at=ended,
-                duration=duration,
-                error=history.error,
-                detail=history.detail,
-            )
-        )
+    status, error = _outcome(finished)
+    steps = [
+        _step(journal.steps[step.name], step.action, tuple(step.after), end)
+        for step in header.steps
+    ]
     elapsed = end - rto_clock_start(header.detected_at, header.decided_at)
     return RunProgress(
         run_id=header.run_id,

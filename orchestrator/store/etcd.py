@@ -76,7 +76,6 @@ from orchestrator.engine.state import ServiceState
 from orchestrator.store.base import (
     ApprovalRecord,
     CorruptRecord,
-    CorruptState,
     FencedOut,
     JournalRecord,
     JournalStatus,
@@ -106,11 +105,11 @@ from orchestrator.store.etcd_client import (
     unb64,
 )
 from orchestrator.store.quarantine import (
-    SERVICE_STATE,
     Found,
     JournalDecoder,
     Quarantine,
     Row,
+    corrupt_state,
     decode_all,
 )
 from orchestrator.telemetry import STORE_OPERATION_DURATION, get_logger
@@ -528,16 +527,12 @@ class EtcdStore:
         try:
             return decode_state(kv.value, f"state of service {service!r} in etcd")
         except CorruptRecord as exc:
-            key = kv.key.decode(errors="replace")
-            hit = self._quarantine.found(SERVICE_STATE, key, str(exc), kv.value)
+            hit, error = corrupt_state(
+                self._quarantine, service, kv.key.decode(errors="replace"), exc, kv.value
+            )
             if hit is not None:
                 await self._keep([hit])
-            raise CorruptState(
-                f"{exc} (quarantined as {key!r}; it stays until the service's state is saved"
-                " again)",
-                service=service,
-                key=key,
-            ) from None
+            raise error from None
 
     async def save_state(self, state: ServiceState, token: int) -> None:
         check_token(token)

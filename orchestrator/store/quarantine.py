@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from orchestrator.store.base import CorruptRecord, JournalRecord, JournalStatus
+from orchestrator.store.base import CorruptRecord, CorruptState, JournalRecord, JournalStatus
 from orchestrator.store.codec import decode_journal
 from orchestrator.telemetry import STORE_CORRUPT_RECORDS, get_logger
 
@@ -54,6 +54,20 @@ class Quarantine:
         )
         raw = body.encode("utf-8", errors="surrogateescape") if isinstance(body, str) else body
         return Found(kind, key, error, bytes(raw))
+
+
+def corrupt_state(
+    quarantine: Quarantine, service: str, key: str, exc: CorruptRecord, body: bytes
+) -> tuple[Found | None, CorruptState]:
+    """A service state that did not decode: what to keep a copy of (None when this process
+    reported it already) and the error ``load_state`` raises."""
+    found = quarantine.found(SERVICE_STATE, key, str(exc), body)
+    error = CorruptState(
+        f"{exc} (quarantined as {key!r}; it stays until the service's state is saved again)",
+        service=service,
+        key=key,
+    )
+    return found, error
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,6 @@ from orchestrator.engine.state import ServiceState
 from orchestrator.store.base import (
     ApprovalRecord,
     CorruptRecord,
-    CorruptState,
     FencedOut,
     JournalRecord,
     JournalStatus,
@@ -63,11 +62,11 @@ from orchestrator.store.codec import (
     encode_state,
 )
 from orchestrator.store.quarantine import (
-    SERVICE_STATE,
     Found,
     JournalDecoder,
     Quarantine,
     Row,
+    corrupt_state,
     decode_all,
 )
 from orchestrator.telemetry import STORE_OPERATION_DURATION, get_logger
@@ -530,16 +529,12 @@ class SqliteStore:
         try:
             return decode_state(body, f"state of service {service!r} in {self.path}")
         except CorruptRecord as exc:
-            key = f"service_state/{service}"
-            hit = self._quarantine.found(SERVICE_STATE, key, str(exc), body)
+            hit, error = corrupt_state(
+                self._quarantine, service, f"service_state/{service}", exc, body
+            )
             if hit is not None:
                 await self._keep([hit])
-            raise CorruptState(
-                f"{exc} (quarantined as {key!r}; it stays until the service's state is saved"
-                " again)",
-                service=service,
-                key=key,
-            ) from None
+            raise error from None
 
     async def save_state(self, state: ServiceState, token: int) -> None:
         check_token(token)

@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.sandbox.aws_faults import ErrorRate
 from orchestrator.sandbox.fault_proxy import FaultProxy
+from tests.e2e.test_daemon_kill_resume import write_config
 from tests.fixtures.moto_server import MotoServer
 from tests.integration import test_daemon_e2e as _e2e
 from tests.integration.runbook.webapp_world import (
@@ -31,7 +31,6 @@ from tests.integration.runbook.webapp_world import (
     moto_mutations,
 )
 from tests.integration.test_daemon_e2e import (
-    TOKEN,
     Target,
     e2e_policy,
     get_json,
@@ -102,25 +101,12 @@ def seed_old_group(moto: MotoServer) -> None:
     )
 
 
-def config(tmp_path: Path, endpoint: str, policy: str) -> Path:
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "webapp.yaml").write_text(policy)
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-    token_file.chmod(0o600)
-    path = tmp_path / "failoverd.yaml"
-    settings: dict[str, Any] = {
-        "node_id": "chaos-aws",
-        "policies": [str(policies)],
-        "state": {"path": str(tmp_path / "state.db")},
-        "engine": {"tick": "200ms"},
-        "leader": {"ttl": "3s"},
-        # Short reads, so a blackholed call costs little; botocore tries each call 3 times.
-        "aws": {"endpoint_url": endpoint, "read_timeout": "2s", "connect_timeout": "1s"},
-        "http": {"bind": "127.0.0.1", "port": 0, "token_file": str(token_file)},
-        "log": {"format": "json"},
-    }
+def config(tmp_path: Path, moto: MotoServer, endpoint: str, policy: str) -> Path:
+    """The kill-resume test's settings, the AWS clients pointed at the proxy with short
+    reads (a blackholed call costs little; botocore tries each call 3 times)."""
+    path = write_config(tmp_path, moto, policy)
+    settings = yaml.safe_load(path.read_text())
+    settings["aws"] = {"endpoint_url": endpoint, "read_timeout": "2s", "connect_timeout": "1s"}
     path.write_text(yaml.safe_dump(settings))
     return path
 
@@ -145,7 +131,7 @@ async def test_failover_completes_within_the_rto_through_errors_and_a_blackholed
 ) -> None:
     seed_old_group(moto)
     proxy.chaos.set_errors(ErrorRate(ERROR_RATE, seed=SEED))  # from the start: reads too
-    path = config(tmp_path, proxy.endpoint_url, chaos_policy(seeded.zone_id, targets))
+    path = config(tmp_path, moto, proxy.endpoint_url, chaos_policy(seeded.zone_id, targets))
     async with running_daemon(path) as daemon:
         await wait_ready_to_fail_over(http, daemon)
         outage = time.time()

@@ -100,6 +100,15 @@ async def in_hold(http: aiohttp.ClientSession, daemon: DaemonProcess) -> dict[st
     return run
 
 
+async def mid_run(
+    http: aiohttp.ClientSession, daemon: DaemonProcess, targets: dict[str, Target]
+) -> dict[str, Any]:
+    """Ready, then the primary fails: the run once it is in its hold (the world half moved)."""
+    await wait_ready_to_fail_over(http, daemon)
+    targets[SOURCE].status = 503
+    return await in_hold(http, daemon)
+
+
 async def store_trouble_reported(http: aiohttp.ClientSession, daemon: DaemonProcess) -> None:
     """The fault has bitten and is reported: the run could not journal its next step (it is
     interrupted, to be resumed), and /readyz says 503 naming the store."""
@@ -168,9 +177,7 @@ async def test_sqlite_disk_full_mid_run(
     db = disk / "state.db"
     config = sqlite_config(tmp_path, moto, kill_window_policy(seeded.zone_id, targets), db)
     async with running_daemon(config) as daemon:
-        await wait_ready_to_fail_over(http, daemon)
-        targets[SOURCE].status = 503
-        before = await in_hold(http, daemon)
+        before = await mid_run(http, daemon, targets)
         filler = await asyncio.to_thread(fill, disk)  # the disk is full, mid-run
         await store_trouble_reported(http, daemon)
         assert any("disk is not full" in e for e in store_errors(daemon)), daemon.tail()
@@ -195,9 +202,7 @@ async def test_sqlite_disk_turning_read_only_mid_run(
     db = disk.mountpoint / "state.db"
     config = sqlite_config(tmp_path, moto, kill_window_policy(seeded.zone_id, targets), db)
     async with running_daemon(config) as daemon:
-        await wait_ready_to_fail_over(http, daemon)
-        targets[SOURCE].status = 503
-        before = await in_hold(http, daemon)
+        before = await mid_run(http, daemon, targets)
         await asyncio.to_thread(disk.fail, "failoverd chaos: the disk fails")
         await store_trouble_reported(http, daemon)
         assert any("cannot open or write" in e for e in store_errors(daemon)), daemon.tail()
@@ -235,9 +240,7 @@ async def test_sqlite_locked_by_another_process_mid_run_then_corrupt_rows(
             conn.close()
 
     async with running_daemon(config) as daemon:
-        await wait_ready_to_fail_over(http, daemon)
-        targets[SOURCE].status = 503
-        before = await in_hold(http, daemon)
+        before = await mid_run(http, daemon, targets)
         holder = threading.Thread(target=hold_lock)
         holder.start()
         try:
