@@ -98,7 +98,8 @@ REPLICATION_LAG_TIMESTAMP = Gauge(
 AGENT_MESSAGES = Counter(
     "failoverd_agent_messages_total",
     "Agent messages received, by outcome (accepted, malformed, unknown_service, stale,"
-    " future, wrong_version, agent_mismatch, too_large).",
+    " future, wrong_version, agent_mismatch, too_large, unsigned, bad_signature, replayed,"
+    " duplicate).",
     ("outcome",),
 )
 AGENT_OBSERVATIONS_DROPPED = Counter(
