@@ -86,7 +86,6 @@ _PER_SERVICE: tuple[MetricWrapperBase, ...] = (
     DECISION_REASON,
     DECISION_CHANGES,
     ACTIVE_REGION,
-    ASYNCIO_TASKS,
     RTO_SECONDS,
     RPO_SECONDS,
     VANTAGE_UP,
