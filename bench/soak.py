@@ -121,6 +121,7 @@ class Sample:
 class Soak:
     sandbox: Sandbox
     small: int
+    cycle: tuple[tuple[str, str, bool], ...] = CYCLE
     faults: list[Fault] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
 
@@ -182,7 +183,7 @@ class Soak:
         )
 
     async def fault(self, http: aiohttp.ClientSession, index: int, hold: float) -> None:
-        name, arg, failing = CYCLE[index % len(CYCLE)]
+        name, arg, failing = self.cycle[index % len(self.cycle)]
         start = time.time()
         say(f"fault {name} {arg}: {await self.sandbox.faults.apply(name, arg)}")
         await asyncio.sleep(hold)
@@ -251,7 +252,13 @@ async def run(args: argparse.Namespace) -> int:
     small = max(0, args.services - EXAMPLES)
     sandbox = Sandbox(port=0, agents=True, workdir=workdir, out=sys.stderr)
     sandbox.extra_policies = small_policies(small)
-    soak = Soak(sandbox, small)
+    cycle = CYCLE
+    if args.faults:
+        names = args.faults.split(",")
+        cycle = tuple(c for c in CYCLE if c[0] in names)
+        if not cycle:
+            raise SystemExit(f"--faults: none of {names} is in the cycle")
+    soak = Soak(sandbox, small, cycle)
     started = time.monotonic()
     try:
         say(f"starting the sandbox with {EXAMPLES + small} services in {workdir}")
@@ -314,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--services", type=int, default=100, help="services (default 100)")
     parser.add_argument("--fault-every", type=float, default=180.0, help="seconds between faults")
     parser.add_argument("--fault-hold", type=float, default=60.0, help="seconds each fault lasts")
+    parser.add_argument(
+        "--faults", help="only these faults of the cycle, comma-separated (e.g. flap,slow)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args(argv)
     if args.services < EXAMPLES:

@@ -283,6 +283,9 @@ def summarize(record: JournalRecord) -> str:
         return f"{step}{attempt} failed ({kind}): {record.error}"
     if status is JournalStatus.STEP_SKIPPED:
         return f"{step} skipped: {record.error}".rstrip(": ")
+    if status is JournalStatus.STEP_PROGRESS:
+        note = detail.get("note")
+        return f"{step}: {note}" if isinstance(note, str) and note else f"{step} progress"
     if status is JournalStatus.RUN_SUCCEEDED:
         return "run succeeded"
     if status is JournalStatus.RUN_FAILED:

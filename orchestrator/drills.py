@@ -30,6 +30,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
+from orchestrator.actions.moves import run_facts
 from orchestrator.actions.render import render_params
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.control import ServiceSnapshot
@@ -40,7 +41,7 @@ from orchestrator.policy.models import DrillMode, DrillSpec, Policy, Step
 from orchestrator.readiness import Move, StepReadiness, check_step, readiness
 from orchestrator.runbook.executor import Executor
 from orchestrator.runbook.rto import RunProgress
-from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
+from orchestrator.signals.aws_clients import AwsClients
 from orchestrator.store.base import Store
 from orchestrator.telemetry import get_logger
 
@@ -380,7 +381,7 @@ async def switchover_drill(
             await clock.sleep(hold)
             state = await store.load_state(policy.service) or state
         decision = _decision(policy, kind, a, b, clock.now(), policy_version)
-        facts = {"source_healthy": True, "drill": True}
+        facts = run_facts(kind.value, drill=True, source_region=a)
         run_id = await executor.start_run(policy, decision, state, facts=facts)
         progress = await executor.progress(run_id)
         if progress is not None:
@@ -438,7 +439,8 @@ def add_drill_parser(
     p.add_argument(
         "--config",
         metavar="PATH",
-        help="switchover: the daemon's settings file; its state store is used (SQLite or etcd)",
+        help="the daemon's settings file: its `aws` section is used for every AWS call, and"
+        " (switchover) its state store (SQLite or etcd)",
     )
     p.add_argument("--report", help="switchover: write the report here (.json: JSON, else MD)")
     p.add_argument("--node-id", default="drill", help="lease holder name (default: drill)")
@@ -464,10 +466,15 @@ def run_drill(args: argparse.Namespace) -> int:
         known = ", ".join(sorted(policies.policies)) or "none"
         return _usage(f"no policy for service {args.service!r} (known: {known})")
     try:
-        aws = AwsClients(AwsClientConfig(endpoint_url=args.endpoint_url))
         hold = parse_duration(args.hold)
-    except (ValueError, DurationError) as exc:
+    except DurationError as exc:
         return _usage(f"{exc}")
+    from orchestrator.cli.main import cli_aws_clients
+
+    # The daemon's aws settings (timeouts, attempts, endpoint), as readiness uses them.
+    aws = cli_aws_clients(args.config, args.endpoint_url)
+    if aws is None:
+        return EXIT_UNUSABLE
     if args.mode == DrillMode.DRY_RUN:
         report = asyncio.run(dry_run(policy, aws))
         print(format_dry_run(report))

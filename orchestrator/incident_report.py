@@ -330,6 +330,9 @@ def _run_event(r: JournalRecord) -> tuple[float, int, str, str]:
         return (r.at, 3, f"step {r.step} attempt {r.attempt} ended", f"{kind}: {r.error}")
     if s is JournalStatus.STEP_SKIPPED:
         return (r.at, 3, f"step {r.step} skipped", r.error)
+    if s is JournalStatus.STEP_PROGRESS:
+        note = _detail(r).get("note")
+        return (r.at, 3, f"step {r.step}: {note if isinstance(note, str) else 'progress'}", "")
     if s is JournalStatus.RUN_SUCCEEDED:
         return (r.at, 4, "run ended", "succeeded")
     if s is JournalStatus.RUN_FAILED:
@@ -420,19 +423,36 @@ def _evidence(decision: DecisionInfo | None, rpo: float | None) -> list[str]:
 
 
 def _steps(progress: RunProgress, t0: float) -> list[str]:
-    rows = [
-        (
-            s.name,
-            s.action,
-            s.status.value,
-            len(s.attempts),
-            _offset(s.started_at, t0),
-            _secs(s.duration) if s.duration is not None else "-",
-            s.error or "",
+    rows: list[tuple[Any, ...]] = []
+    for s in progress.steps:
+        rows.append(
+            (
+                s.name,
+                s.action,
+                s.status.value,
+                len(s.attempts),
+                _offset(s.started_at, t0),
+                _secs(s.duration) if s.duration is not None else "-",
+                s.error or "",
+            )
         )
-        for s in progress.steps
-    ]
-    note = "Duration: a step's first attempt start to its end, retries and backoff included."
+        # The step's own steps (an ARC Region switch plan's), as the source timed them.
+        for x in s.substeps:
+            rows.append(
+                (
+                    f"{s.name} / {x.name}",
+                    x.kind,
+                    x.status,
+                    "",
+                    _offset(x.started_at, t0),
+                    _secs(x.duration) if x.duration is not None else "-",
+                    x.error,
+                )
+            )
+    note = (
+        "Duration: a step's first attempt start to its end, retries and backoff included;"
+        " `step / sub-step` rows are the step's own steps (a Region switch plan's)."
+    )
     table = _table(("step", "action", "status", "attempts", "started", "duration", "error"), rows)
     return [note, "", *table]
 

@@ -103,7 +103,7 @@ async def check_step(
         target_region=move.target,
         primary_region=policy.primary,
         params=params,
-        aws=aws,
+        aws=aws.with_role(policy.role(step.aws)),
         clock=clock,
         deadline=clock.monotonic() + step.timeout,
     )
@@ -127,7 +127,12 @@ async def check_lag(
 ) -> list[LagReadiness]:
     """Read each standby replica's lag once, as the daemon would, and hold it against the
     RPO: a replica that is missing, silent, stale or behind is not ready to take over."""
-    from orchestrator.signals.lag import ReplicationLagSource, lag_watches
+    from orchestrator.signals.lag import (
+        ReplicationLagSource,
+        describe_query,
+        lag_watches,
+        listed_query,
+    )
 
     by_service = {p.service: p for p in policies}
     source = ReplicationLagSource(list(policies), aws, clock)
@@ -135,13 +140,22 @@ async def check_lag(
     for watch in lag_watches(policies):
         rpo = by_service[watch.service].rpo
         try:
-            async with aws.client("cloudwatch", watch.region) as client:
+            async with aws.with_role(watch.role).client("cloudwatch", watch.region) as client:
                 reading = await source.read(client, watch)
+                # The metric it reads must exist with these dimensions (ListMetrics).
+                listed = await listed_query(client, watch.queries)
         except Exception as exc:  # any failure to read is "could not check", reported
             out.append(LagReadiness(watch.service, watch.region, False, f"could not read: {exc}"))
             continue
         fd = format_duration
-        if reading is None or reading.seconds is None:
+        if listed is None:
+            wanted = " or ".join(describe_query(q) for q in watch.queries)
+            finding, ok = (
+                f"no metric {wanted} in {watch.region} (ListMetrics): check the dimensions"
+                " (a new metric can take 15 minutes to be listed)",
+                False,
+            )
+        elif reading is None or reading.seconds is None:
             finding, ok = "no lag data: replica absent, or its metric is not published", False
         elif clock.now() - reading.observed_at > watch.max_age:
             age = fd(clock.now() - reading.observed_at)

@@ -17,6 +17,8 @@ import ipaddress
 import json
 import re
 import socket
+import ssl
+import stat
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +39,7 @@ from orchestrator.policy.yamlsource import (
     format_path,
     load_yaml_file,
 )
+from orchestrator.telemetry import add_known_secret
 
 if TYPE_CHECKING:
     from orchestrator.signals.agent_auth import AgentKey, Keyring
@@ -77,19 +80,51 @@ def _http_url(value: str | None) -> str | None:
     return value
 
 
-def read_secret_file(path: Path, what: str) -> str:
-    """The first line of ``path``; :class:`SettingsError` naming ``what`` when it cannot be
-    read or is empty. The secret itself never appears in the message."""
+MAX_SECRET_FILE = 64 * 1024  # a token, a password or a few labelled tokens; not a log file
+
+
+def read_secret_text(path: Path, what: str) -> str:
+    """The whole text of the secret file ``path`` (CRLF and a UTF-8 byte-order mark as
+    written by Windows editors taken out), read only when it is a regular file that neither
+    group nor others may access. :class:`SettingsError` naming ``what`` and the path (never
+    the content) otherwise, and when it cannot be read or holds nothing but blanks."""
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise SettingsError(f"{what} {path}: not a regular file")
+        if info.st_mode & 0o077:
+            raise SettingsError(
+                f"{what} {path}: group or others may access it (mode"
+                f" {stat.S_IMODE(info.st_mode):04o}); a secret file must be the daemon user's"
+                f" alone: chmod 600 {path}"
+            )
+        with path.open("rb") as f:
+            raw = f.read(MAX_SECRET_FILE + 1)
     except OSError as exc:
-        raise SettingsError(f"{what} {path}: {exc.strerror or exc}") from None
+        raise SettingsError(f"{what} {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(raw) > MAX_SECRET_FILE:
+        raise SettingsError(f"{what} {path}: larger than {MAX_SECRET_FILE} bytes")
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
         raise SettingsError(f"{what} {path}: not UTF-8 text") from None
-    lines = text.splitlines()
-    secret = lines[0].strip() if lines else ""
-    if not secret:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
         raise SettingsError(f"{what} {path} is empty")
+    for line in text.split("\n"):
+        add_known_secret(line)  # whatever part of it is the secret never reaches a log line
+        add_known_secret(line.partition(":")[2])  # `label:token` lines
+    return text
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The first line of the secret file ``path``, without surrounding blanks (see
+    :func:`read_secret_text` for what is refused). The secret itself never appears in a
+    message."""
+    lines = read_secret_text(path, what).split("\n")
+    secret = lines[0].strip()
+    if not secret:
+        raise SettingsError(f"{what} {path}: the first line is empty")
     return secret
 
 
@@ -148,13 +183,17 @@ class EtcdSettings(Section):
         for name, path in tls.items():
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {path} does not exist or is not a file")
-        if any(tls.values()):
-            plain = [u for u in self.endpoints if urlsplit(u).scheme != "https"]
-            if plain:
-                raise ValueError(
-                    "TLS files are set, so every endpoint must be https://; not: "
-                    + ", ".join(plain)
-                )
+        plain = [u for u in self.endpoints if urlsplit(u).scheme != "https"]
+        if any(tls.values()) and plain:
+            raise ValueError(
+                "TLS files are set, so every endpoint must be https://; not: " + ", ".join(plain)
+            )
+        if self.password_file is not None and plain:
+            # etcd's gateway takes the password in the clear and answers a bearer token.
+            raise ValueError(
+                "a password is sent only over https://; these endpoints are not: "
+                + ", ".join(plain)
+            )
         return self
 
     def password(self) -> str | None:
@@ -229,8 +268,9 @@ class EngineSettings(Section):
 
 
 class AwsSettings(Section):
-    """How AWS is reached. Credentials come from the standard chain (environment, profile,
-    instance or container role), never from this file."""
+    """How AWS is reached (every client: the daemon's, the CLI's, drills'). Credentials come
+    from the standard chain (environment, profile, instance or container role), never from
+    this file; a policy's `aws.role_arn` is assumed from them through regional STS."""
 
     endpoint_url: str | None = Field(
         None,
@@ -238,6 +278,11 @@ class AwsSettings(Section):
     )
     health_endpoint_url: str | None = Field(
         None, description="Override the AWS Health API endpoint only (wins over `endpoint_url`)."
+    )
+    service_endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Override the endpoint of single services, by botocore service name"
+        " (`arc-region-switch: http://127.0.0.1:4566`; an emulator); wins over `endpoint_url`.",
     )
     connect_timeout: Duration = Field(3.0, description="TCP and TLS connect bound per attempt.")
     read_timeout: Duration = Field(10.0, description="Bound on waiting for a response per attempt.")
@@ -247,8 +292,24 @@ class AwsSettings(Section):
         le=10,
         description="Attempts per call, first included (exponential backoff with jitter).",
     )
+    retry_mode: Literal["standard", "adaptive"] = Field(
+        "standard",
+        description="botocore's retry mode: `standard` (backoff with jitter and a retry quota),"
+        " or `adaptive` (also rate-limits the client itself after throttling).",
+    )
 
     _urls = field_validator("endpoint_url", "health_endpoint_url")(_http_url)
+
+    @field_validator("service_endpoints")
+    @classmethod
+    def _service_endpoints(cls, v: dict[str, str]) -> dict[str, str]:
+        for service, url in v.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", service):
+                raise ValueError(
+                    f"{service!r} is not a botocore service name (e.g. s3, arc-region-switch)"
+                )
+            _http_url(url)
+        return v
 
     @field_validator("connect_timeout", "read_timeout")
     @classmethod
@@ -262,9 +323,11 @@ class AwsSettings(Section):
         endpoint = (self.health_endpoint_url or self.endpoint_url) if health else self.endpoint_url
         return AwsClientConfig(
             endpoint_url=endpoint,
+            service_endpoints=dict(self.service_endpoints),
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             max_attempts=self.max_attempts,
+            retry_mode=self.retry_mode,
         )
 
 
@@ -284,6 +347,18 @@ class ProbeSettings(Section):
     def _slack(cls, v: float) -> float:
         if not 0 <= v <= 1:
             raise ValueError("dispatch_slack must be between 0s and 1s")
+        return v
+
+    @field_validator("trust_ca_file")
+    @classmethod
+    def _ca(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=str(v))
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not PEM"
+            raise ValueError(f"{v}: cannot be used as a CA bundle ({reason})") from None
         return v
 
 
@@ -397,11 +472,37 @@ class MqttSettings(Section):
         )
 
 
+HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
+
+
+class WebhookSettings(Section):
+    """Where the `webhook` action may deliver."""
+
+    allow_link_local: bool = Field(
+        False,
+        description="Allow webhook targets on link-local and instance-metadata addresses"
+        " (169.254.0.0/16, fe80::/10, fd00:ec2::/32: the EC2 and ECS metadata services and"
+        " their credentials). Off: such a target fails the step, whatever name resolves to it.",
+    )
+
+
 class HttpSettings(Section):
     """The HTTP API, `/metrics` and the status page."""
 
     bind: str = Field("127.0.0.1", description="Address to listen on (an IP address).")
     port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port).")
+    allow_remote: bool = Field(
+        False,
+        description="Allow `bind` to be an address other hosts can reach (on in the container"
+        " image, whose network namespace is its own). Anyone who reaches the port can read the"
+        " state; every mutating call still needs the token.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names clients may use in the `Host` header (e.g. the name Prometheus"
+        " scrapes), besides IP addresses and, on loopback, `localhost`. Any other name is"
+        " refused (421): a browser tricked by DNS rebinding sends the attacker's name.",
+    )
     token_file: Path | None = Field(
         None,
         description="File whose first line is the bearer token for mutating calls; without"
@@ -417,6 +518,23 @@ class HttpSettings(Section):
             msg = f"expected an IP address such as 127.0.0.1 or ::1, got {v!r}"
             raise ValueError(msg) from None
         return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for host in v:
+            if not HOST_NAME.fullmatch(host):
+                raise ValueError(f"expected a host name without port, got {host!r}")
+        return [h.lower().rstrip(".") for h in v]
+
+    @model_validator(mode="after")
+    def _remote(self) -> HttpSettings:
+        if not ipaddress.ip_address(self.bind).is_loopback and not self.allow_remote:
+            raise ValueError(
+                f"bind {self.bind} is reachable from other hosts; set allow_remote: true to"
+                " serve the API there (mutating calls still need the token)"
+            )
+        return self
 
     def token(self) -> str | None:
         """The bearer token, read from ``token_file`` now; None when none is configured."""
@@ -470,6 +588,9 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT broker.")
     http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP API.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+    webhook: WebhookSettings = Field(
+        default_factory=WebhookSettings, description="The webhook action."
+    )
 
     _policies = field_validator("policies", mode="before")(_paths)
 
@@ -604,6 +725,7 @@ _SECTIONS: tuple[type[BaseModel], ...] = (
     MqttSettings,
     HttpSettings,
     LogSettings,
+    WebhookSettings,
 )
 
 

@@ -12,7 +12,9 @@ not on a TTY. Secrets never go in: pass identifiers, not credentials or tokens.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -290,6 +292,18 @@ RUN_STEP_STATE = Gauge(
     " succeeded, failed, skipped), 0 for the others.",
     ("service", "step", "state"),
 )
+RUN_SUBSTEP_STATE = Gauge(
+    "failoverd_run_substep_state",
+    "The current (or last) run's steps' own steps (an ARC Region switch plan's) as an enum:"
+    " 1 for the sub-step's state (running, waiting_approval, succeeded, failed, skipped,"
+    " cancelled), 0 for the others.",
+    ("service", "step", "substep", "state"),
+)
+RUN_SUBSTEP_DURATION = Gauge(
+    "failoverd_run_substep_duration_seconds",
+    "How long the current (or last) run's sub-step has run (so far, while it runs).",
+    ("service", "step", "substep"),
+)
 
 # --- leadership, store, policies, daemon -------------------------------------------------
 IS_LEADER = Gauge("failoverd_is_leader", "1 while this instance holds the leader lease.")
@@ -345,25 +359,154 @@ EVENT_LOOP_LAG = Histogram(
 
 
 # --- logging ------------------------------------------------------------------------------
+REDACTED = "[redacted]"
+# Key names whose string values are secrets whatever they hold.
+SECRET_KEYS = frozenset(
+    {"authorization", "proxy_authorization", "password", "secret", "api_token", "bearer"}
+)
+_SECRET_PATTERNS = (
+    # An Authorization or Cookie header quoted with its value (a parser error, a repr).
+    (
+        re.compile(
+            r"(?i)\b((?:proxy-)?authorization|cookie|set-cookie|x-api-key|x-auth-token)"
+            r"(['\"]?\s*[:=]\s*['\"]?)((?:bearer|basic)\s+)?[^\s'\",;]+"
+        ),
+        r"\1\2\3" + REDACTED,
+    ),
+    # A credential after its scheme, wherever it is quoted: `Bearer abc`, `Basic abc`.
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\",;]+"), r"\1\2" + REDACTED),
+)
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*\?)([^\s#'\"]*)", re.IGNORECASE)
+_QUERY_VALUE = re.compile(r"=[^&;]*")
+
+
+_KNOWN_SECRETS: set[str] = set()
+MIN_KNOWN_SECRET = 8  # shorter values would redact ordinary words
+
+
+def add_known_secret(value: str) -> None:
+    """Redact ``value`` itself from every log line from now on, wherever it appears (a
+    client may paste the API token into a command's reason). Secret files register what
+    they hold when read (:func:`orchestrator.settings.read_secret_text`)."""
+    value = value.strip()
+    if len(value) >= MIN_KNOWN_SECRET:
+        _KNOWN_SECRETS.add(value)
+
+
+def redact_text(text: str) -> str:
+    """``text`` without what may be a secret: the secrets the daemon has read, credentials
+    after ``Bearer``/``Basic``, the values of Authorization-like headers quoted in it, URL user
+    info and URL query values (``token=...``). Cheap when there is nothing to redact."""
+    for secret in _KNOWN_SECRETS:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if "@" in text:
+        text = _URL_USERINFO.sub("***@", text)
+    if "?" in text and "://" in text:
+        text = _URL_QUERY.sub(lambda m: m[1] + _QUERY_VALUE.sub("=***", m[2]), text)
+    lowered = text.lower()
+    if any(w in lowered for w in ("bearer", "basic", "auth", "cookie", "api-key")):
+        for pattern, replacement in _SECRET_PATTERNS:
+            text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        return REDACTED if key.lower() in SECRET_KEYS else redact_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(key, v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _redact_value(str(k), v) for k, v in value.items()}
+    return _redact_value(key, str(value))  # an object is rendered as text: redact that text
+
+
+def redact_processor(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: every string value through :func:`redact_text` (last before
+    rendering, so that rendered tracebacks are covered too)."""
+    return {k: _redact_value(k, v) for k, v in event.items()}
+
+
+def exception_place(exc: BaseException) -> str:
+    """``file:function:line`` of the innermost frame of ``exc``'s traceback: where it was
+    raised, to log instead of its text (which may quote request data, headers included)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}:{tb.tb_lineno}"
+
+
+def _from_library(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A record from a library's standard logging, as one of our events: named
+    ``library_log`` with the logger's name and message, and an exception reduced to its type
+    and innermost place. Its text is dropped: aiohttp's parser errors quote the raw header
+    bytes (a token with a stray CR included), and other libraries quote URLs."""
+    record: logging.LogRecord | None = event.get("_record")
+    if record is None:
+        return event
+    event["logger"] = record.name
+    event["message"] = event.pop("event", "")
+    event["event"] = "library_log"
+    exc_info = event.pop("exc_info", None) or record.exc_info
+    if exc_info and exc_info is not True and exc_info[1] is not None:
+        event["error"] = type(exc_info[1]).__name__
+        event["where"] = exception_place(exc_info[1])
+    record.exc_info = None
+    record.exc_text = None
+    return event
+
+
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
-    """Set up structlog: JSON lines when not on a TTY (or when asked), readable otherwise."""
+    """Set up structlog: JSON lines when not on a TTY (or when asked), readable otherwise.
+
+    The standard library's logging (aiohttp, asyncio, botocore, warnings) goes through the
+    same processors and renderer, so every line on stderr is one event in one format, and
+    every value passes :func:`redact_processor` on its way out."""
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    threshold = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             structlog.processors.format_exc_info,
+            redact_processor,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_log_level, stamp, _from_library],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact_processor,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(threshold)
+    logging.captureWarnings(True)
 
 
 def get_logger(name: str = "failoverd") -> Any:

@@ -8,4 +8,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.health_emulator",
     "tests.fixtures.mosquitto",
     "tests.fixtures.moto_server",
+    "tests.fixtures.region_switch_emulator",
 ]

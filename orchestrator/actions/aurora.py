@@ -12,10 +12,14 @@ Modes (``params.mode``):
 * ``detach_and_promote`` — RemoveFromGlobalCluster: the target leaves the global database
   and becomes a standalone, writable cluster. The last resort when the global database
   itself cannot be operated on; replication has to be rebuilt afterwards.
-* ``auto`` — ``switchover`` when the decision's facts say the source is healthy
-  (``source_healthy`` is True) and replication lag is exactly zero (``lag_seconds == 0``);
-  otherwise ``failover``. Missing facts count as "not known healthy": an outage should not
-  wait on a switchover that needs the very region that is down.
+* ``auto`` — graceful or not by the run itself (:func:`orchestrator.actions.moves.move_style`):
+  a switchover, a failback or a drill uses ``switchover``; a failover with the source region
+  down (or of unknown health) uses ``failover``; a failover away from a region that still
+  answers uses ``switchover``.
+
+A planned move never loses data: a step with ``mode: failover`` in a switchover, failback or
+drill (a runbook reused for them) switches over instead. Which call was made, and why, is the
+step's detail in the journal (and the ``aurora_global_writer_moved`` log event).
 
 Every call goes to the target cluster's region (taken from ``target_cluster_arn``), the one
 that is up. Just before changing anything, ``execute`` tags the target cluster
@@ -41,8 +45,10 @@ from orchestrator.actions.base import (
     typed_params,
 )
 from orchestrator.actions.errors import aws_errors, transient_as_pending
+from orchestrator.actions.moves import DRILL, move_style
 from orchestrator.actions.rds import PROMOTED_BY_TAG, RdsArn, parse_rds_arn, tags_of
 from orchestrator.actions.wait import poll_until
+from orchestrator.partitions import partition_of
 from orchestrator.policy.actions import AuroraGlobal
 from orchestrator.signals.aws_clients import error_code
 from orchestrator.telemetry import get_logger
@@ -58,13 +64,21 @@ IN_PROGRESS = frozenset({"pending", "failing-over", "switching-over", "cancellin
 _NOT_FOUND = frozenset({"GlobalClusterNotFoundFault", "DBClusterNotFoundFault"})
 
 
-def choose_mode(mode: str, facts: Mapping[str, Any]) -> str:
-    """The mode to run: ``mode`` itself unless ``auto`` (see the module docstring)."""
-    if mode != "auto":
-        return mode
-    lag = facts.get("lag_seconds")
-    zero_lag = isinstance(lag, int | float) and not isinstance(lag, bool) and lag == 0
-    return SWITCHOVER if facts.get("source_healthy") is True and zero_lag else FAILOVER
+CALLS = {SWITCHOVER: "SwitchoverGlobalCluster", FAILOVER: "FailoverGlobalCluster(AllowDataLoss)"}
+
+
+def choose_mode(mode: str, kind: str, facts: Mapping[str, Any]) -> tuple[str, str]:
+    """The mode a run of ``kind`` with ``facts`` uses, and why (see the module docstring):
+    ``auto`` follows :func:`move_style`; an explicit ``failover`` in a planned move is a
+    switchover (a planned move never loses data); any other mode is the policy's."""
+    if mode == DETACH:
+        return mode, "mode detach_and_promote in the policy"
+    style = move_style(kind, facts)
+    if mode == "auto":
+        return (SWITCHOVER if style.graceful else FAILOVER), style.reason
+    if mode == FAILOVER and style.graceful and (kind != "failover" or facts.get(DRILL)):
+        return SWITCHOVER, f"{style.reason} (mode failover applies to failovers only)"
+    return mode, f"mode {mode} in the policy"
 
 
 def global_cluster_id(value: str) -> str:
@@ -83,7 +97,8 @@ def target_arn(p: AuroraGlobal) -> RdsArn:
     if arn is None or arn.kind != "cluster":
         raise ActionFailed(
             f"target_cluster_arn must be an Aurora cluster ARN "
-            f"(arn:aws:rds:<region>:<account>:cluster:<name>), got {p.target_cluster_arn!r}"
+            f"(arn:<partition>:rds:<region>:<account>:cluster:<name>), got "
+            f"{p.target_cluster_arn!r}"
         )
     return arn
 
@@ -180,6 +195,13 @@ class GlobalFailover(Action):
             findings.append(f"cluster {arn} not found")
         elif cluster.get("Status") != "available":
             findings.append(f"cluster {arn} is {cluster.get('Status')}, not available")
+        if cluster is not None and not cluster.get("DBClusterMembers"):
+            # A headless secondary (storage only) is promoted all the same, but the new
+            # writer has no instance to take writes until one is created and available.
+            findings.append(
+                f"cluster {arn} has no DB instances: promoted, it would be a writer with"
+                " nothing to serve writes (add an instance to it first)"
+            )
         in_global = member(global_cluster, arn)
         if p.mode == DETACH and in_global is None and is_standalone(cluster):
             if ours:
@@ -200,6 +222,15 @@ class GlobalFailover(Action):
         if in_progress and not _same_arn(in_progress.get("ToDbClusterArn"), arn):
             findings.append(
                 f"{gc_id} is {in_progress.get('Status')} to {in_progress.get('ToDbClusterArn')}"
+            )
+        if not findings and p.mode != DETACH:
+            mode, why = choose_mode(p.mode, ctx.kind, ctx.facts)
+            if ctx.facts or p.mode != "auto" or ctx.kind != "failover":
+                return report(f"a {ctx.kind} would call {CALLS[mode]}: {why}")
+            # Readiness has no decision to judge the source by: say both.
+            return report(
+                f"a failover would call {CALLS[FAILOVER]} with the source region down or"
+                f" unknown, {CALLS[SWITCHOVER]} while it still answers"
             )
         return report()
 
@@ -224,7 +255,7 @@ class GlobalFailover(Action):
                     await client.remove_from_global_cluster(
                         GlobalClusterIdentifier=gc_id, DbClusterIdentifier=arn
                     )
-                return self._changed(ctx, DETACH, gc_id, arn)
+                return self._changed(ctx, DETACH, gc_id, arn, "mode detach_and_promote")
             if global_cluster is None:
                 raise ActionFailed(f"global cluster {gc_id} not found")
             if in_global is None:
@@ -241,7 +272,7 @@ class GlobalFailover(Action):
                     f"{gc_id} is {in_progress.get('Status')} to "
                     f"{in_progress.get('ToDbClusterArn')}; waiting for it to end"
                 )
-            mode = choose_mode(p.mode, ctx.facts)
+            mode, why = choose_mode(p.mode, ctx.kind, ctx.facts)
             await self._mark(client, ctx, arn)
             async with aws_errors():
                 if mode == SWITCHOVER:
@@ -254,7 +285,7 @@ class GlobalFailover(Action):
                         TargetDbClusterIdentifier=arn,
                         AllowDataLoss=True,
                     )
-        return self._changed(ctx, mode, gc_id, arn, previous=writer_of(global_cluster))
+        return self._changed(ctx, mode, gc_id, arn, why, previous=writer_of(global_cluster))
 
     async def verify(self, ctx: StepContext) -> None:
         p = typed_params(ctx, AuroraGlobal)
@@ -309,7 +340,10 @@ class GlobalFailover(Action):
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
         p = typed_params(params, AuroraGlobal)
-        gc_arn = f"arn:aws:rds::{account}:global-cluster:{global_cluster_id(p.global_cluster)}"
+        partition = partition_of(target_arn(p).region)
+        gc_arn = partition.arn(
+            "rds", "", account, f"global-cluster:{global_cluster_id(p.global_cluster)}"
+        )
         cluster_arn = p.target_cluster_arn.strip()
         moves = {
             "auto": ("rds:FailoverGlobalCluster", "rds:SwitchoverGlobalCluster"),
@@ -334,16 +368,25 @@ class GlobalFailover(Action):
             )
 
     def _changed(
-        self, ctx: StepContext, mode: str, gc_id: str, arn: str, previous: str | None = None
+        self,
+        ctx: StepContext,
+        mode: str,
+        gc_id: str,
+        arn: str,
+        why: str,
+        previous: str | None = None,
     ) -> ExecuteOutcome:
+        call = CALLS.get(mode, "RemoveFromGlobalCluster")
         log.info(
             "aurora_global_writer_moved",
             service=ctx.service,
             run_id=ctx.run_id,
             step=ctx.step,
             mode=mode,
+            call=call,
+            why=why,
             global_cluster=gc_id,
             target=arn,
             previous_writer=previous,
         )
-        return ExecuteOutcome(changed=True, detail=f"{mode} of {gc_id} to {arn}")
+        return ExecuteOutcome(changed=True, detail=f"{call} of {gc_id} to {arn}: {why}")

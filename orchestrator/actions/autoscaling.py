@@ -7,7 +7,20 @@ change too, one ``UpdateAutoScalingGroup`` carries MinSize, MaxSize and DesiredC
 together, so AWS never sees (nor silently clamps to) an intermediate combination; otherwise a
 lone ``SetDesiredCapacity``. ``verify`` waits for enough InService instances when
 ``wait_in_service`` (scale-in is not waited for: fewer instances than before is not a
-prerequisite for anything the runbook does next).
+prerequisite for anything the runbook does next). A throttle or another transient error
+while polling counts as "not yet" (:func:`~orchestrator.actions.errors.transient_as_pending`).
+
+What else stops a group from reaching the capacity asked for, and what ``check`` says:
+
+* a suspended ``Launch`` process: no instance starts, so a scale-up would wait out its
+  deadline — not ready, and ``execute`` refuses it (resuming a process someone suspended is
+  a human's call: ``aws autoscaling resume-processes``);
+* a suspended ``Terminate`` process: a scale-in keeps its instances (said, not blocking);
+* an instance refresh under way (DescribeInstanceRefreshes ``Pending``, ``InProgress``,
+  ``Cancelling``, ``RollbackInProgress``, ``Baking``): instances are being replaced, so the
+  InService count may dip while the step waits (said, not blocking);
+* a warm pool: a scale-out takes its prepared instances first (said); a group being deleted
+  (``Status``) is not ready.
 """
 
 from __future__ import annotations
@@ -26,9 +39,10 @@ from orchestrator.actions.base import (
     StepContext,
     typed_params,
 )
-from orchestrator.actions.errors import aws_errors
+from orchestrator.actions.errors import aws_errors, transient_as_pending
 from orchestrator.actions.render import fill_for_iam, iam_regions
 from orchestrator.actions.wait import poll_until
+from orchestrator.partitions import partition_of
 from orchestrator.policy.actions import AutoscalingSetCapacity
 from orchestrator.telemetry import get_logger
 
@@ -57,6 +71,64 @@ def _bound_problems(p: AutoscalingSetCapacity, group: dict[str, Any]) -> list[st
     return problems
 
 
+REFRESH_UNDER_WAY = frozenset(
+    {"Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"}
+)
+
+
+def _suspended(group: dict[str, Any]) -> set[str]:
+    return {str(p.get("ProcessName")) for p in group.get("SuspendedProcesses") or []}
+
+
+def _blockers(p: AutoscalingSetCapacity, group: dict[str, Any]) -> list[str]:
+    """What makes the step impossible as asked (not ready; execute refuses)."""
+    problems = _bound_problems(p, group)
+    if group.get("Status"):  # only set while the group is being deleted
+        problems.append(f"ASG {p.auto_scaling_group} is {group['Status']}")
+    launches = p.desired > int(group["DesiredCapacity"]) or (
+        p.wait_in_service and p.desired > _in_service(group)
+    )
+    if "Launch" in _suspended(group) and launches:
+        problems.append(
+            f"the Launch process of ASG {p.auto_scaling_group} is suspended: no instance would"
+            " start (resume it first)"
+        )
+    return problems
+
+
+def _notes(
+    p: AutoscalingSetCapacity, group: dict[str, Any], refreshes: list[dict[str, Any]]
+) -> list[str]:
+    """What readiness should know but does not stop the step."""
+    notes: list[str] = []
+    if "Terminate" in _suspended(group) and p.desired < int(group["DesiredCapacity"]):
+        notes.append(
+            f"the Terminate process of ASG {p.auto_scaling_group} is suspended: scaling in"
+            " keeps its instances"
+        )
+    for refresh in refreshes:
+        if refresh.get("Status") in REFRESH_UNDER_WAY:
+            notes.append(
+                f"instance refresh {refresh.get('InstanceRefreshId')} is {refresh.get('Status')}:"
+                " instances are being replaced, InService may dip while the step waits"
+            )
+    warm = group.get("WarmPoolConfiguration")
+    if warm:
+        notes.append(
+            f"warm pool ({warm.get('PoolState', 'Stopped')}, min {warm.get('MinSize', 0)}):"
+            " a scale-out takes its prepared instances first"
+        )
+    return notes
+
+
+async def _refreshes(client: Any, name: str) -> list[dict[str, Any]]:
+    async with aws_errors():
+        response = await client.describe_instance_refreshes(
+            AutoScalingGroupName=name, MaxRecords=10
+        )
+    return list(response.get("InstanceRefreshes") or [])
+
+
 def _in_service(group: dict[str, Any]) -> int:
     return sum(
         1
@@ -77,6 +149,7 @@ class SetCapacity(Action):
         try:
             async with ctx.aws.client(SERVICE, region) as client:
                 group = await _describe(client, p.auto_scaling_group)
+                refreshes = [] if group is None else await _refreshes(client, p.auto_scaling_group)
         except ActionFailed as exc:
             # Access denied and the like: what a readiness report is for. Transient errors
             # (RetryableError) propagate: they say nothing about readiness.
@@ -84,9 +157,11 @@ class SetCapacity(Action):
         if group is None:
             finding = f"ASG {p.auto_scaling_group} not found in {region}"
             return CheckReport(ready=False, findings=(finding,), control_plane_region=region)
-        problems = _bound_problems(p, group)
+        problems = _blockers(p, group)
         return CheckReport(
-            ready=not problems, findings=tuple(problems), control_plane_region=region
+            ready=not problems,
+            findings=tuple(problems + _notes(p, group, refreshes)),
+            control_plane_region=region,
         )
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
@@ -96,7 +171,7 @@ class SetCapacity(Action):
             group = await _describe(client, p.auto_scaling_group)
             if group is None:
                 raise ActionFailed(f"ASG {p.auto_scaling_group} not found in {region}")
-            problems = _bound_problems(p, group)
+            problems = _blockers(p, group)
             if problems:
                 raise ActionFailed("; ".join(problems))
             update: dict[str, int] = {}
@@ -157,7 +232,9 @@ class SetCapacity(Action):
                 return in_service >= p.desired, f"{in_service} of {p.desired} InService"
 
             await poll_until(
-                ctx, probe, what=f"ASG {p.auto_scaling_group} in {region} at {p.desired}"
+                ctx,
+                transient_as_pending(probe),
+                what=f"ASG {p.auto_scaling_group} in {region} at {p.desired}",
             )
 
     def iam_statements(
@@ -166,14 +243,24 @@ class SetCapacity(Action):
         p = typed_params(params, AutoscalingSetCapacity)
         arns = sorted(
             {
-                f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:*:"
-                f"autoScalingGroupName/{fill_for_iam(p.auto_scaling_group, region, p)}"
+                partition_of(regions[0] if region == "*" else region).arn(
+                    "autoscaling",
+                    region,
+                    account,
+                    "autoScalingGroup:*:autoScalingGroupName/"
+                    + fill_for_iam(p.auto_scaling_group, region, p),
+                )
                 for region in iam_regions(p, regions)
             }
         )
         return [
             # Describe* calls do not support resource-level permissions in Auto Scaling.
-            IamStatement(actions=("autoscaling:DescribeAutoScalingGroups",)),
+            IamStatement(
+                actions=(
+                    "autoscaling:DescribeAutoScalingGroups",
+                    "autoscaling:DescribeInstanceRefreshes",
+                )
+            ),
             IamStatement(
                 actions=("autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup"),
                 resources=tuple(arns),

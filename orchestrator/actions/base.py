@@ -20,7 +20,7 @@ timeouts), and every wait honours ``ctx.deadline`` on ``ctx.clock``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from orchestrator.clock import Clock
 from orchestrator.policy.actions import Regional
 from orchestrator.signals.aws_clients import AwsClients
+from orchestrator.store.base import ApprovalRecord
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -50,9 +51,19 @@ class ActionFailed(ActionError):
 
 
 class Approvals(Protocol):
-    """What the ``approval`` action needs from the store (see :mod:`orchestrator.store`)."""
+    """What the actions that wait for operators need from the store (see
+    :mod:`orchestrator.store`): whether a run's step was approved, and by whom and why."""
 
     async def approved(self, service: str, run_id: str, step: str) -> bool: ...
+
+    async def approval(self, service: str, run_id: str, step: str) -> ApprovalRecord | None: ...
+
+
+ProgressSink = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+def _no_reason() -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -73,9 +84,21 @@ class StepContext:
     clock: Clock
     deadline: float  # on clock.monotonic(): verify and every wait end by then
     approvals: Approvals | None = None
-    # Facts from the decision the action may use to choose a mode (e.g. Aurora switchover
-    # only when both regions are healthy and lag is zero): "source_healthy", "lag_seconds".
+    # The run's facts (orchestrator.actions.moves: kind, drill, the source's verdict, the
+    # target's lag), e.g. for the graceful-or-not choice of move_style().
     facts: Mapping[str, Any] = field(default_factory=dict)
+    # Journals one progress note of this step (a JSON object; the keys the API and the status
+    # page read are in orchestrator.runbook.journal); durable when it returns, and raises the
+    # store's errors. None where nothing is journaled (readiness, drills' dry runs).
+    progress: ProgressSink | None = None
+    # The notes this step journaled in its earlier attempts, oldest first: a step re-entered
+    # after a crash finds there what it had started (e.g. a Region switch execution's id).
+    history: tuple[Mapping[str, Any], ...] = ()
+    # Why the executor is cancelling this attempt *for good*, read when the action sees the
+    # cancellation: the step's last attempt timed out (the run gives up on it), so whatever
+    # the action left running in AWS should be stopped. None when the attempt is cut short by
+    # a shutdown or a lost lease: the run resumes, and the work must go on.
+    cancel_reason: Callable[[], str | None] = _no_reason
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - self.clock.monotonic())
@@ -123,6 +146,9 @@ class ExecuteOutcome:
 class IamStatement:
     actions: tuple[str, ...]
     resources: tuple[str, ...] = ("*",)
+    # An IAM Condition block, as (operator, key, values) triples, e.g.
+    # (("StringEquals", "kms:ViaService", ("sns.eu-west-1.amazonaws.com",)),).
+    conditions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
 
 class Action(ABC):

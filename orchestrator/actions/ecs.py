@@ -2,11 +2,23 @@
 (its ``region`` parameter, e.g. ``{source_region}`` to fence the old writers; by default the
 run's target region).
 
+Service Auto Scaling. An ECS service registered with Application Auto Scaling has a
+scalable target (``ecs:service:DesiredCount``) whose MinCapacity and MaxCapacity bound the
+desired count: registering or updating the target moves the count inside the bounds at once,
+and its scaling policies never leave them (Application Auto Scaling API reference,
+``RegisterScalableTarget``). A fence to 0 under a MinCapacity of 2 is undone; a scale-up past
+MaxCapacity is clamped. So ``check`` reads the scalable target and reports such a step as not
+ready; ``execute`` refuses it (``scalable_target: refuse``, the default) or first moves the
+bounds to include the wanted count (``adjust``; for a fence, both to 0, so that no policy or
+scheduled action starts the writers again), and says so in the journal.
+
 Idempotent: ``UpdateService`` is called only when the service's desired count differs.
-``verify`` waits until the service has settled at (at least) the wanted size: its running
-count equals its desired count, and that desired count was not lowered below ours (Service
-Auto Scaling raising it is fine). A deployment the circuit breaker marked FAILED fails the
-step at once instead of waiting out the deadline.
+``verify`` waits until the service has settled: its running count equals its desired count,
+and that desired count is exactly the wanted one when it is 0 (a fence) or at least the
+wanted one otherwise (Service Auto Scaling raising it is fine). A deployment the circuit
+breaker marked FAILED fails the step at once instead of waiting out the deadline. Throttles
+and other transient errors while polling count as "not yet" (the shared
+:func:`~orchestrator.actions.errors.transient_as_pending`).
 """
 
 from __future__ import annotations
@@ -26,15 +38,18 @@ from orchestrator.actions.base import (
     StepContext,
     typed_params,
 )
-from orchestrator.actions.errors import aws_errors
+from orchestrator.actions.errors import aws_errors, transient_as_pending
 from orchestrator.actions.render import fill_for_iam, iam_regions
 from orchestrator.actions.wait import poll_until
+from orchestrator.partitions import partition_of
 from orchestrator.policy.actions import EcsSetDesiredCount
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.actions.ecs")
 
 SERVICE = "ecs"
+AUTOSCALING = "application-autoscaling"
+DIMENSION = "ecs:service:DesiredCount"
 
 
 class _Missing(ActionFailed):
@@ -58,6 +73,57 @@ async def _describe(client: Any, p: EcsSetDesiredCount, region: str) -> dict[str
     return active[0]
 
 
+def resource_id(p: EcsSetDesiredCount) -> str:
+    """Application Auto Scaling's id of the service: ``service/<cluster>/<service>`` (names,
+    also when the step gives ARNs)."""
+
+    def name(value: str) -> str:
+        return value.rsplit("/", 1)[-1] if value.startswith("arn:") else value
+
+    return f"service/{name(p.cluster)}/{name(p.service)}"
+
+
+async def scalable_target(client: Any, p: EcsSetDesiredCount) -> dict[str, Any] | None:
+    """The service's scalable target (desired count), or None when it has none."""
+    async with aws_errors():
+        response = await client.describe_scalable_targets(
+            ServiceNamespace="ecs", ResourceIds=[resource_id(p)], ScalableDimension=DIMENSION
+        )
+    targets = response.get("ScalableTargets") or []
+    return dict(targets[0]) if targets else None
+
+
+def bounds_problem(p: EcsSetDesiredCount, target: dict[str, Any] | None) -> str | None:
+    """How the scalable target would undo ``desired`` (None: it would not)."""
+    if target is None:
+        return None
+    low, high = int(target.get("MinCapacity", 0)), int(target.get("MaxCapacity", 0))
+    where = f"scalable target {resource_id(p)}"
+    if p.desired < low:
+        what = "a fence to 0" if p.desired == 0 else f"desired {p.desired}"
+        return (
+            f"{where} has MinCapacity {low}: Application Auto Scaling would undo {what}"
+            " (scalable_target: adjust lowers it first)"
+        )
+    if p.desired > high:
+        return (
+            f"{where} has MaxCapacity {high}: Application Auto Scaling would clamp desired"
+            f" {p.desired} to {high} (scalable_target: adjust raises it first)"
+        )
+    return None
+
+
+def adjusted_bounds(p: EcsSetDesiredCount, target: dict[str, Any]) -> tuple[int, int]:
+    """The bounds ``adjust`` sets: [0, 0] for a fence (nothing may scale it out again), else
+    the old ones widened just enough to include ``desired``."""
+    if p.desired == 0:
+        return 0, 0
+    return (
+        min(int(target.get("MinCapacity", 0)), p.desired),
+        max(int(target.get("MaxCapacity", 0)), p.desired),
+    )
+
+
 def _failed_rollout(service: dict[str, Any]) -> str | None:
     for deployment in service.get("deployments", []):
         if deployment.get("status") == "PRIMARY" and deployment.get("rolloutState") == "FAILED":
@@ -74,33 +140,69 @@ class SetDesiredCount(Action):
     async def check(self, ctx: StepContext) -> CheckReport:
         p = typed_params(ctx, EcsSetDesiredCount)
         region = ctx.region
-        async with ctx.aws.client(SERVICE, region) as client:
-            try:
+        try:
+            async with ctx.aws.client(SERVICE, region) as client:
                 service = await _describe(client, p, region)
-            except ActionFailed as exc:
-                # Missing, access denied...: what a readiness report is for. Transient
-                # errors (RetryableError) propagate: they say nothing about readiness.
-                return CheckReport(ready=False, findings=(str(exc),), control_plane_region=region)
+            async with ctx.aws.client(AUTOSCALING, region) as autoscaling:
+                target = await scalable_target(autoscaling, p)
+        except ActionFailed as exc:
+            # Missing, access denied...: what a readiness report is for. Transient errors
+            # (RetryableError) propagate: they say nothing about readiness.
+            return CheckReport(ready=False, findings=(str(exc),), control_plane_region=region)
         findings: list[str] = []
+        notes: list[str] = []
         if service.get("status") != "ACTIVE":
             findings.append(f"ECS service {p.service} is {service.get('status')}, not ACTIVE")
+        problem = bounds_problem(p, target)
+        if problem is not None and target is not None:
+            if p.scalable_target == "refuse":
+                findings.append(problem)
+            else:
+                low, high = adjusted_bounds(p, target)
+                notes.append(
+                    f"will set scalable target {resource_id(p)} to [{low}, {high}] (was"
+                    f" [{target.get('MinCapacity')}, {target.get('MaxCapacity')}])"
+                )
         return CheckReport(
-            ready=not findings, findings=tuple(findings), control_plane_region=region
+            ready=not findings, findings=tuple(findings + notes), control_plane_region=region
         )
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
         p = typed_params(ctx, EcsSetDesiredCount)
         region = ctx.region
+        details: list[str] = []
+        async with ctx.aws.client(AUTOSCALING, region) as autoscaling:
+            target = await scalable_target(autoscaling, p)
+            problem = bounds_problem(p, target)
+            if problem is not None and target is not None:
+                if p.scalable_target == "refuse":
+                    raise ActionFailed(problem)
+                low, high = adjusted_bounds(p, target)
+                async with aws_errors():
+                    # Only the bounds: the rest of the target (role, suspended state) is kept.
+                    await autoscaling.register_scalable_target(
+                        ServiceNamespace="ecs",
+                        ResourceId=resource_id(p),
+                        ScalableDimension=DIMENSION,
+                        MinCapacity=low,
+                        MaxCapacity=high,
+                    )
+                details.append(
+                    f"scalable target [{target.get('MinCapacity')}, {target.get('MaxCapacity')}]"
+                    f" -> [{low}, {high}]"
+                )
         async with ctx.aws.client(SERVICE, region) as client:
             service = await _describe(client, p, region)
             current = int(service.get("desiredCount", 0))
-            if current == p.desired:
-                return ExecuteOutcome(changed=False, detail=f"already at desired {p.desired}")
-            async with aws_errors():
-                await client.update_service(
-                    cluster=p.cluster, service=p.service, desiredCount=p.desired
-                )
-        detail = f"desired {current} -> {p.desired}"
+            if current != p.desired:
+                async with aws_errors():
+                    await client.update_service(
+                        cluster=p.cluster, service=p.service, desiredCount=p.desired
+                    )
+                details.insert(0, f"desired {current} -> {p.desired}")
+        if not details:
+            return ExecuteOutcome(changed=False, detail=f"already at desired {p.desired}")
+        detail = "; ".join(details)
         log.info(
             "ecs_desired_count_set",
             service=ctx.service,
@@ -126,10 +228,14 @@ class SetDesiredCount(Action):
                 desired = int(service.get("desiredCount", 0))
                 running = int(service.get("runningCount", 0))
                 seen = f"{running} running, desired {desired}"
-                return desired >= p.desired and running == desired, seen
+                # A fence holds only at exactly 0; a scale-up may be raised by scaling.
+                enough = desired == 0 if p.desired == 0 else desired >= p.desired
+                return enough and running == desired, seen
 
             await poll_until(
-                ctx, probe, what=f"ECS service {p.service} in {region} running {p.desired}"
+                ctx,
+                transient_as_pending(probe),
+                what=f"ECS service {p.service} in {region} running {p.desired}",
             )
 
     def iam_statements(
@@ -137,8 +243,26 @@ class SetDesiredCount(Action):
     ) -> list[IamStatement]:
         p = typed_params(params, EcsSetDesiredCount)
         arns = set()
+        targets = set()
         for region in iam_regions(p, regions):
+            partition = partition_of(regions[0] if region == "*" else region)
             cluster, service = (fill_for_iam(v, region, p) for v in (p.cluster, p.service))
-            arns.add(f"arn:aws:ecs:{region}:{account}:service/{cluster}/{service}")
-        actions = ("ecs:DescribeServices", "ecs:UpdateService")
-        return [IamStatement(actions=actions, resources=tuple(sorted(arns)))]
+            arns.add(partition.arn("ecs", region, account, f"service/{cluster}/{service}"))
+            targets.add(
+                partition.arn("application-autoscaling", region, account, "scalable-target/*")
+            )
+        statements = [
+            IamStatement(
+                actions=("ecs:DescribeServices", "ecs:UpdateService"), resources=tuple(sorted(arns))
+            ),
+            # DescribeScalableTargets supports no resource-level permissions.
+            IamStatement(actions=("application-autoscaling:DescribeScalableTargets",)),
+        ]
+        if p.scalable_target == "adjust":
+            statements.append(
+                IamStatement(
+                    actions=("application-autoscaling:RegisterScalableTarget",),
+                    resources=tuple(sorted(targets)),
+                )
+            )
+        return statements

@@ -38,8 +38,21 @@ from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 from orchestrator.actions.base import ActionError, ActionFailed, RetryableError
 from orchestrator.signals.aws_clients import THROTTLING_ERROR_CODES
 
-# Codes that say "try again shortly" without being throttling (botocore's transient set).
-TRANSIENT_ERROR_CODES = frozenset({"RequestTimeout", "RequestTimeoutException"})
+# Codes that say "try again shortly" without being throttling: botocore's transient set, and
+# the services' own "busy right now" answers (from their botocore service models: Auto
+# Scaling's ScalingActivityInProgressFault and ResourceContentionFault on SetDesiredCapacity
+# and UpdateAutoScalingGroup; Application Auto Scaling's ConcurrentUpdateException; SNS's
+# KMSThrottlingException when the topic's KMS key is throttled).
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ScalingActivityInProgress",
+        "ResourceContention",
+        "ConcurrentUpdateException",
+        "KMSThrottling",
+    }
+)
 RETRYABLE_ERROR_CODES = THROTTLING_ERROR_CODES | TRANSIENT_ERROR_CODES
 
 # No usable answer arrived: the next attempt may get one.

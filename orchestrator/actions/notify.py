@@ -8,6 +8,15 @@ deduplicate: every SNS message carries the run id and the step in its message at
 (``failoverd.run_id``, ``failoverd.step``), and a FIFO topic gets a deduplication id derived
 from them, so SNS itself drops the repeat within its five-minute window.
 
+A KMS-encrypted topic (its ``KmsMasterKeyId`` attribute) needs the publisher to hold
+``kms:GenerateDataKey*`` and ``kms:Decrypt`` on the key (SNS developer guide, "Encryption at
+rest": "the publisher must have ... permissions for the AWS KMS key"), and the key to be
+enabled: otherwise Publish answers ``KMSAccessDenied``, ``KMSDisabled``, ``KMSNotFound`` or
+``KMSInvalidState`` at failover time. ``check`` reads the attribute and the key's state
+(``DescribeKey``), and ``failoverd iam-policy`` grants the KMS permissions: on the step's
+``kms_key`` when it names one, else on any key but only through SNS in the topic's region
+(``kms:ViaService``).
+
 MQTT goes through an :class:`MqttPublisher`, which the daemon installs once with
 :func:`set_mqtt_publisher` (it owns the broker settings); a step may bring its own in
 ``ctx.facts["mqtt_publisher"]`` (tests, or a daemon with several brokers).
@@ -36,6 +45,8 @@ from orchestrator.actions.base import (
 )
 from orchestrator.actions.errors import aws_errors
 from orchestrator.actions.render import fill_for_iam
+from orchestrator.partitions import partition_of
+from orchestrator.policy.actions import DEFAULT_SNS_MESSAGE_BYTES
 from orchestrator.policy.actions import MqttPublish as MqttPublishParams
 from orchestrator.policy.actions import SnsPublish as SnsPublishParams
 from orchestrator.signals.mqtt_agents import BrokerConfig
@@ -53,8 +64,8 @@ _MQTT_TOPIC_MAX_BYTES = 65535
 
 
 def topic_region(topic_arn: str) -> str:
-    """The region of an SNS topic ARN (``arn:aws:sns:REGION:ACCOUNT:NAME``); ValueError
-    saying what is wrong otherwise."""
+    """The region of an SNS topic ARN (``arn:<partition>:sns:REGION:ACCOUNT:NAME``);
+    ValueError saying what is wrong otherwise."""
     parts = topic_arn.split(":")
     if len(parts) != 6 or parts[0] != "arn" or parts[2] != "sns" or not all(parts[3:]):
         raise ValueError(
@@ -95,13 +106,61 @@ class SnsPublish(Action):
             return CheckReport(ready=False, findings=(str(exc),))
         try:
             async with aws_errors(), ctx.aws.client("sns", region) as client:
-                await client.get_topic_attributes(TopicArn=p.topic_arn)
+                response = await client.get_topic_attributes(TopicArn=p.topic_arn)
         except ActionFailed as exc:
             # NotFound, AuthorizationError...: what a readiness report is for. Transient
             # errors (RetryableError) propagate: they say nothing about readiness.
             finding = f"SNS topic {p.topic_arn} cannot be used: {exc}"
             return CheckReport(ready=False, findings=(finding,), control_plane_region=region)
-        return CheckReport(ready=True, control_plane_region=region)
+        attributes: dict[str, str] = response.get("Attributes") or {}
+        findings: list[str] = []
+        notes: list[str] = []
+        limit = int(attributes.get("MaximumMessageSize") or DEFAULT_SNS_MESSAGE_BYTES)
+        size = len(p.message.encode("utf-8"))
+        if size > limit:
+            findings.append(
+                f"the message is {size} bytes; topic {p.topic_arn} takes at most {limit}"
+            )
+        key = attributes.get("KmsMasterKeyId")
+        if key:
+            problems, seen = await self._key_problems(ctx, region, key, p.kms_key)
+            findings.extend(problems)
+            if not problems:
+                notes.append(
+                    f"topic encrypted with KMS key {key} ({seen}): publishing needs"
+                    " kms:GenerateDataKey* and kms:Decrypt on it (failoverd iam-policy grants"
+                    + (
+                        " them)"
+                        if p.kms_key
+                        else " them through SNS; name it in kms_key to narrow)"
+                    )
+                )
+        elif p.kms_key:
+            findings.append(f"topic {p.topic_arn} is not encrypted, but kms_key names {p.kms_key}")
+        return CheckReport(
+            ready=not findings, findings=tuple(findings + notes), control_plane_region=region
+        )
+
+    async def _key_problems(
+        self, ctx: StepContext, region: str, key: str, named: str | None
+    ) -> tuple[list[str], str]:
+        """Why publishing with the topic's ``key`` would fail (DescribeKey), and its state."""
+        try:
+            async with aws_errors(), ctx.aws.client("kms", region) as kms:
+                meta = (await kms.describe_key(KeyId=key))["KeyMetadata"]
+        except ActionFailed as exc:
+            return [f"KMS key {key} of the topic cannot be read: {exc}"], ""
+        state = str(meta.get("KeyState", ""))
+        problems: list[str] = []
+        if state != "Enabled":
+            problems.append(
+                f"KMS key {key} of the topic is {state}: SNS would refuse to publish"
+                " (KMSDisabled/KMSInvalidState)"
+            )
+        arn = str(meta.get("Arn", ""))
+        if named and named not in (key, arn, meta.get("KeyId")):
+            problems.append(f"the topic is encrypted with {arn or key}, not the kms_key {named}")
+        return problems, state
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
         p = typed_params(ctx, SnsPublishParams)
@@ -146,9 +205,40 @@ class SnsPublish(Action):
     ) -> list[IamStatement]:
         p = typed_params(params, SnsPublishParams)
         arns = sorted({fill_for_iam(p.topic_arn, r, p) for r in regions})
-        return [
+        statements = [
             IamStatement(actions=("sns:GetTopicAttributes", "sns:Publish"), resources=tuple(arns))
         ]
+        kms_actions = ("kms:Decrypt", "kms:GenerateDataKey*")
+        if p.kms_key:
+            statements.append(IamStatement(actions=kms_actions, resources=(p.kms_key,)))
+            # Readiness reads the key's state itself (not through SNS).
+            statements.append(IamStatement(actions=("kms:DescribeKey",), resources=(p.kms_key,)))
+            return statements
+        # The key is the topic's, not known before readiness reads it: any key in the topic's
+        # region, usable through SNS there only.
+        for arn in arns:
+            try:
+                region = topic_region(arn)
+            except ValueError:
+                continue
+            partition = partition_of(regions[0] if "*" in region else region)
+            scope = "*" if "*" in region else region
+            any_key = partition.arn("kms", scope, account, "key/*")
+            statements.append(IamStatement(actions=("kms:DescribeKey",), resources=(any_key,)))
+            statements.append(
+                IamStatement(
+                    actions=kms_actions,
+                    resources=(any_key,),
+                    conditions=(
+                        (
+                            "StringEquals",
+                            "kms:ViaService",
+                            (f"sns.{scope}.{partition.dns_suffix}",),
+                        ),
+                    ),
+                )
+            )
+        return statements
 
 
 # ---------------------------------------------------------------------------------------

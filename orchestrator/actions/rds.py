@@ -3,6 +3,14 @@
 Everything runs against the replica's own region (the target region), which is the one that
 is up during the outage; nothing here touches the source region.
 
+A replica must be ``available`` to be promoted (the API reference: "a read replica cannot
+be promoted to a standalone instance when it is in the backing-up status"; RDS answers
+``InvalidDBInstanceState``). Statuses that end by themselves (:data:`PASSING_STATUSES`: a
+backup, a modification, storage optimisation, a reboot...) are waited out within the step's
+timeout: ``check`` reports them without calling the replica unready, and ``execute`` polls
+until it is ``available`` before promoting. Statuses that do not end by themselves (failed,
+storage full, incompatible parameters...) are not ready, and fail the step.
+
 Resume after a crash. Once promoted, an instance no longer says which source it was a
 replica of, so a re-entered step could not tell "we promoted it" from "it was never a
 replica" (which readiness must flag). Just before promoting, ``execute`` therefore tags the
@@ -31,6 +39,7 @@ from orchestrator.actions.base import (
 )
 from orchestrator.actions.errors import aws_errors, classify, transient_as_pending
 from orchestrator.actions.wait import poll_until
+from orchestrator.partitions import partition_of
 from orchestrator.policy.actions import RdsPromoteReadReplica
 from orchestrator.signals.aws_clients import error_code
 from orchestrator.telemetry import get_logger
@@ -43,6 +52,28 @@ PROMOTED_BY_TAG = "failoverd:promoted-by"
 _RDS_ARN = re.compile(r"^arn:[a-z-]+:rds:([a-z0-9-]+):(\d{12}):(db|cluster):([A-Za-z0-9-]+)$")
 # Codes that mean "the instance is busy with something else right now", not "never".
 _BUSY_CODES = frozenset({"InvalidDBInstanceState", "InvalidDBInstanceStateFault"})
+# DB instance statuses that end by themselves (RDS User Guide, "Viewing Amazon RDS DB instance
+# status"): a promotion waits for them instead of failing the run.
+PASSING_STATUSES = frozenset(
+    {
+        "backing-up",
+        "configuring-enhanced-monitoring",
+        "configuring-iam-database-auth",
+        "configuring-log-exports",
+        "converting-to-vpc",
+        "maintenance",
+        "modifying",
+        "moving-to-vpc",
+        "rebooting",
+        "renaming",
+        "resetting-master-credentials",
+        "starting",
+        "storage-config-upgrade",
+        "storage-initialization",
+        "storage-optimization",
+        "upgrading",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -133,10 +164,15 @@ class PromoteReadReplica(Action):
             findings.append(f"{identifier} in {region} is not a read replica (standalone)")
         elif p.expected_source and not same_source(source, p.expected_source):
             findings.append(f"{identifier} is a replica of {source}, not of {p.expected_source}")
-        if status != "available":
+        notes: list[str] = []
+        if status in PASSING_STATUSES:
+            notes.append(
+                f"{identifier} is {status} for now: the promotion waits for it to be available"
+            )
+        elif status != "available":
             findings.append(f"{identifier} is {status}, not available")
         return CheckReport(
-            ready=not findings, findings=tuple(findings), control_plane_region=region
+            ready=not findings, findings=tuple(findings + notes), control_plane_region=region
         )
 
     async def execute(self, ctx: StepContext) -> ExecuteOutcome:
@@ -154,6 +190,8 @@ class PromoteReadReplica(Action):
                     f"refusing to promote a replica of {source}: {identifier} in {region} "
                     f"was expected to replicate {p.expected_source}"
                 )
+            if instance.get("DBInstanceStatus") != "available":
+                instance = await self._until_available(ctx, client, identifier, instance)
             async with aws_errors():
                 await client.add_tags_to_resource(
                     ResourceName=instance["DBInstanceArn"],
@@ -179,6 +217,29 @@ class PromoteReadReplica(Action):
         return ExecuteOutcome(
             changed=True, detail=f"promoted {identifier} (was a replica of {source})"
         )
+
+    async def _until_available(
+        self, ctx: StepContext, client: Any, identifier: str, instance: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Wait (within the step's deadline) for a replica in a passing status to become
+        ``available``; ActionFailed at once for a status that will not pass by itself."""
+        seen = {"instance": instance}
+
+        async def available() -> tuple[bool, str]:
+            current = seen["instance"] = await describe_instance(client, identifier)
+            status = current.get("DBInstanceStatus")
+            if status != "available" and status not in PASSING_STATUSES:
+                raise ActionFailed(f"{identifier} is {status}: it cannot be promoted")
+            return status == "available", _state(current)
+
+        await poll_until(
+            ctx,
+            transient_as_pending(available),
+            what=f"{identifier} available to be promoted",
+            first_delay=2.0,
+            max_delay=30.0,
+        )
+        return seen["instance"]
 
     async def verify(self, ctx: StepContext) -> None:
         p = typed_params(ctx, RdsPromoteReadReplica)
@@ -210,7 +271,10 @@ class PromoteReadReplica(Action):
             resources: tuple[str, ...] = (p.db_instance.strip(),)
         else:
             resources = tuple(
-                sorted(f"arn:aws:rds:{r}:{account}:db:{p.db_instance.strip()}" for r in regions)
+                sorted(
+                    partition_of(r).arn("rds", r, account, f"db:{p.db_instance.strip()}")
+                    for r in regions
+                )
             )
         return [
             IamStatement(

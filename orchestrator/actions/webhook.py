@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel
 
+from orchestrator import netguard
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
@@ -41,6 +42,7 @@ from orchestrator.actions.base import (
     typed_params,
 )
 from orchestrator.policy.actions import Webhook as WebhookParams
+from orchestrator.settings import SettingsError, read_secret_file
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.actions.webhook")
@@ -68,17 +70,13 @@ def endpoint(url: str) -> str:
 
 
 def read_secret(path: str) -> bytes:
-    """The signing key: the first line of ``path``. ActionFailed naming the file (never its
-    content) when it cannot be read or is empty."""
+    """The signing key: the first line of ``path``, under the rules of every secret file
+    (:func:`orchestrator.settings.read_secret_file`: the owner's alone, CRLF handled).
+    ActionFailed naming the file (never its content) when it cannot be used."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise ActionFailed(f"webhook secret file {path}: {reason}") from None
-    lines = text.splitlines()
-    if not lines or not lines[0]:
-        raise ActionFailed(f"webhook secret file {path} is empty")
-    return lines[0].encode()
+        return read_secret_file(Path(path), "webhook secret file").encode()
+    except SettingsError as exc:
+        raise ActionFailed(str(exc)) from None
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -117,6 +115,8 @@ class Webhook(Action):
             endpoint(p.url)
         except ValueError as exc:
             findings.append(str(exc))
+        if problem := netguard.refused_url(p.url):
+            findings.append(f"webhook URL: {problem}")
         if p.secret_file is not None:
             try:
                 read_secret(p.secret_file)
@@ -130,6 +130,8 @@ class Webhook(Action):
             where = endpoint(p.url)
         except ValueError as exc:
             raise ActionFailed(str(exc)) from None
+        if problem := netguard.refused_url(p.url):
+            raise ActionFailed(f"webhook to {where}: {problem}")
         # Read at every attempt, so a rotated secret is picked up without a restart.
         secret = read_secret(p.secret_file) if p.secret_file is not None else None
         body, sent_at = build_body(ctx, p.body)
@@ -147,8 +149,10 @@ class Webhook(Action):
             raise RetryableError(f"webhook to {where}: no time left in the step")
         timeout = aiohttp.ClientTimeout(total=remaining)
         try:
+            # Names are checked as they resolve: what is refused is what would be reached.
+            connector = aiohttp.TCPConnector(resolver=netguard.GuardedResolver())
             async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
+                aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
                 session.post(p.url, data=body, headers=headers, allow_redirects=False) as reply,
             ):
                 status, reason = reply.status, reply.reason or ""
@@ -160,6 +164,8 @@ class Webhook(Action):
             # A certificate the receiver does not fix by itself between attempts.
             raise ActionFailed(f"webhook to {where}: TLS certificate rejected") from exc
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, netguard.RefusedAddress):
+                raise ActionFailed(f"webhook to {where}: {exc.os_error}") from exc
             reason = exc.os_error.strerror or type(exc.os_error).__name__
             raise RetryableError(f"webhook to {where}: cannot connect: {reason}") from exc
         except aiohttp.ClientError as exc:

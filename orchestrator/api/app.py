@@ -11,10 +11,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import time
-from collections.abc import Awaitable, Callable
+import traceback
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 
@@ -28,7 +35,13 @@ from orchestrator.daemon.control import Control, NotLeaderError, ServiceSnapshot
 from orchestrator.engine.state import Command, OperatorCommand
 from orchestrator.incident_report import report_markdown
 from orchestrator.store.base import StoreError
-from orchestrator.telemetry import API_COMMANDS, API_REQUEST_DURATION, API_REQUESTS, get_logger
+from orchestrator.telemetry import (
+    API_COMMANDS,
+    API_REQUEST_DURATION,
+    API_REQUESTS,
+    exception_place,
+    get_logger,
+)
 
 log = get_logger("failoverd.api")
 
@@ -55,6 +68,55 @@ _ALLOWED: dict[Command, frozenset[str]] = {
 }
 SERVICE_COMMANDS = tuple(_ALLOWED)
 
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_REALM = 'Bearer realm="failoverd"'
+
+
+@dataclass(frozen=True)
+class HostRule:
+    """Which ``Host`` headers the API answers: IP addresses (any, when it listens on every
+    address; else the one it listens on, or any loopback one on loopback), ``localhost`` on
+    loopback or every address, and the names operators list. A name not listed is what DNS
+    rebinding looks like: a browser that resolved the attacker's name to this address."""
+
+    bind: ipaddress.IPv4Address | ipaddress.IPv6Address
+    names: frozenset[str]
+
+    @classmethod
+    def of(cls, bind: str, names: Iterable[str] = ()) -> HostRule:
+        return cls(ipaddress.ip_address(bind), frozenset(n.lower().rstrip(".") for n in names))
+
+    def allows(self, host: str) -> bool:
+        name = _host_name(host)
+        if name is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            if name in self.names:
+                return True
+            return name == "localhost" and (self.bind.is_loopback or self.bind.is_unspecified)
+        if self.bind.is_unspecified or ip == self.bind:
+            return True
+        return self.bind.is_loopback and ip.is_loopback
+
+
+def _host_name(host: str) -> str | None:
+    """The name or address in a ``Host`` header (``[v6]:port``, ``v4:port``, ``name``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0 or (host[end + 1 :] and not _PORT.fullmatch(host[end + 1 :])):
+            return None
+        return host[1:end]
+    name, _, port = host.partition(":")
+    if (port and not port.isdigit()) or not name:
+        return None
+    return name.rstrip(".")
+
+
+_PORT = re.compile(r":\d{1,5}")
+_HOSTS = web.AppKey("hosts", HostRule)
 _CONTROL = web.AppKey("control", Control)
 _AUTH = web.AppKey("auth", TokenAuth)
 _REGISTRY = web.AppKey("registry", CollectorRegistry)
@@ -92,14 +154,65 @@ def _validation_details(exc: ValidationError) -> list[str]:
     return out
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            # json.loads keeps the last: two readers of one body could disagree on it.
+            raise _BodyError(f"the key {key[:40]!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise _BodyError(f"{name} is not JSON")
+
+
+class _BodyError(ValueError):
+    """A body that parsed as JSON only by Python's leniency: said as it is."""
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """The JSON in ``raw``; :class:`ApiError` 400 saying what is wrong in the client's terms
+    (position, not the parser's internals)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "the body is not valid JSON: not UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except _BodyError as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        message = f"the body is not valid JSON: {exc.msg.lower()} at {where}"
+        raise ApiError(400, "malformed_json", message) from None
+    except RecursionError:
+        raise ApiError(
+            400, "malformed_json", "the body is not valid JSON: nested too deeply"
+        ) from None
+    except ValueError:  # an integer beyond sys.get_int_max_str_digits()
+        raise ApiError(
+            400, "malformed_json", "the body is not valid JSON: a number is too long"
+        ) from None
+
+
 async def _read_command(request: web.Request) -> s.CommandRequest:
-    raw = await request.read()  # bounded by client_max_size: 413 beyond it
+    if request.content_type != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send the command as JSON with 'Content-Type: application/json'",
+        )
+    try:
+        raw = await request.read()  # bounded by client_max_size: 413 beyond it
+    except (ConnectionError, HttpProcessingError):
+        # The client hung up (or broke the framing) mid-body: its fault, and nobody is left
+        # to read an answer; not a 500.
+        raise ApiError(400, "incomplete_body", "the request body ended early") from None
     if not raw.strip():
         raise ApiError(400, "empty_body", "send a JSON object with a non-empty 'reason'")
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    data = parse_json_body(raw)
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
     try:
@@ -138,14 +251,56 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
         headers.pop("Content-Length", None)
         return _error_response(ApiError(exc.status, code, exc.reason, headers=headers))
-    except Exception:
-        log.exception("api_unhandled_error", method=request.method, route=route)
+    except ConnectionError:
+        # The client went away while we answered: nothing to log as our error.
+        status = 400
+        log.info("api_client_disconnected", method=request.method, route=route)
+        return _error_response(ApiError(400, "client_disconnected", "the client hung up"))
+    except Exception as exc:
+        # The exception's type and its stack (code only), never its text: some quote request
+        # data (headers included) in their message.
+        log.error(
+            "api_unhandled_error",
+            method=request.method,
+            route=route,
+            error=type(exc).__name__,
+            where=exception_place(exc),
+            stack="".join(traceback.format_tb(exc.__traceback__)),
+        )
         return _error_response(
             ApiError(500, "internal_error", "an unexpected error occurred; it has been logged")
         )
     finally:
         API_REQUESTS.labels(request.method, route, str(status)).inc()
         API_REQUEST_DURATION.labels(route).observe(time.monotonic() - started)
+
+
+@web.middleware
+async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuses what no handler should see: a ``Host`` this API does not answer for (DNS
+    rebinding: a browser sent here by an attacker's name carries that name) and, on calls
+    that need the token, an ``Authorization`` header that is not ASCII (no token is)."""
+    hosts = request.app[_HOSTS]
+    host = request.headers.get(hdrs.HOST)
+    if host is not None and not hosts.allows(host):
+        raise ApiError(
+            421,
+            "misdirected_request",
+            "this API does not answer for that Host; use its address, or add the name to"
+            " http.allowed_hosts",
+        )
+    if request.method not in _READ_METHODS:
+        authorization = request.headers.get(hdrs.AUTHORIZATION)
+        if authorization is not None and not (
+            authorization.isascii() and authorization.isprintable()
+        ):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the Authorization header must be 'Bearer <token>' in printable ASCII",
+                headers={"WWW-Authenticate": f'{_REALM}, error="invalid_request"'},
+            )
+    return await handler(request)
 
 
 # --- read handlers ------------------------------------------------------------------------
@@ -221,8 +376,17 @@ def _bad_param(name: str, message: str) -> ApiError:
     return ApiError(400, "invalid_parameter", f"{name}: {message}", details=[f"{name}: {message}"])
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\":,]+/)+([^\s/'\":,]+)")
+
+
+def public_text(text: str) -> str:
+    """``text`` with absolute paths cut to their last part: how the daemon's files are laid
+    out is for its log, not for every client."""
+    return _ABSOLUTE_PATH.sub(r"\1", text)
+
+
 def _store_unavailable(exc: Exception) -> ApiError:
-    detail = str(exc) or type(exc).__name__
+    detail = public_text(str(exc)) or type(exc).__name__
     return ApiError(503, "store_unavailable", f"the state store did not answer: {detail}")
 
 
@@ -530,11 +694,17 @@ def make_app(
     metrics_registry: CollectorRegistry = REGISTRY,
     token_label: str = DEFAULT_TOKEN_LABEL,
     command_timeout: float = COMMAND_TIMEOUT,
+    bind: str = "127.0.0.1",
+    allowed_hosts: Iterable[str] = (),
 ) -> web.Application:
-    """The API over ``control``. ``token`` None disables mutating calls (403)."""
+    """The API over ``control``. ``token`` None disables mutating calls (403). ``bind`` (the
+    address served) and ``allowed_hosts`` decide which ``Host`` headers are answered."""
     if command_timeout <= 0:
         raise ValueError(f"command_timeout must be positive, got {command_timeout}")
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[error_middleware, guard_middleware], client_max_size=MAX_BODY
+    )
+    app[_HOSTS] = HostRule.of(bind, allowed_hosts)
     app[_CONTROL] = control
     app[_AUTH] = TokenAuth(token)
     app[_REGISTRY] = metrics_registry
@@ -549,6 +719,45 @@ def make_app(
 
 
 # --- serving ------------------------------------------------------------------------------
+class _Protocol(RequestHandler):
+    """aiohttp's connection handler, answering a request it cannot parse with the API's JSON
+    error: aiohttp's own answer quotes the bytes it choked on (a header and its token, say)
+    and points at them, which is parser detail no client needs."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        response = super().handle_error(request, status, exc, None)
+        if isinstance(response, web.Response):
+            if status < 500:
+                body = s.ErrorBody(error="bad_request", message="malformed HTTP request")
+            else:
+                body = s.ErrorBody(error="internal_error", message="an unexpected error occurred")
+            response.body = body.model_dump_json().encode()
+            response.content_type = "application/json"
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _Protocol  # the same object, one method different
+        return handler
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server
+        return server
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -578,7 +787,7 @@ async def serve(
         )
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"the API port must be an integer in 0..65535, got {port!r}")
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = _Runner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -21,6 +21,7 @@ from orchestrator.engine.state import Decision, LagReading
 from orchestrator.engine.vocabulary import REASON_TEXT, Reason
 from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.rto import RunProgress
+from orchestrator.telemetry import redact_text
 
 MAX_REASON = 500
 MAX_NAME = 64
@@ -160,6 +161,18 @@ class AttemptBody(_Out):
     retryable: bool
 
 
+class SubstepBody(_Out):
+    """A step of the step (an ARC Region switch plan's step), from its progress notes."""
+
+    name: str
+    kind: str
+    status: str
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None
+    error: str
+
+
 class StepBody(_Out):
     name: str
     action: str
@@ -171,6 +184,14 @@ class StepBody(_Out):
     duration: float | None
     error: str
     detail: str
+    substeps: list[SubstepBody] = Field(
+        default_factory=list, description="The step's own steps (a Region switch plan's)."
+    )
+    awaiting_approval: list[str] = Field(
+        default_factory=list,
+        description="Sub-steps waiting for `failoverd approve` (recorded as <step>/<sub-step>).",
+    )
+    note: str = Field(default="", description="The step's latest progress note.")
 
 
 class CorruptRecordBody(_Out):
@@ -306,8 +327,8 @@ def _signal(s: SignalView) -> SignalBody:
         signal=s.signal,
         vantage=s.vantage,
         view=str(s.view),
-        detail=str(s.detail),
-        target=s.target,
+        detail=redact_text(str(s.detail)),
+        target=redact_text(s.target),  # agents send theirs: redacted here whatever they did
         last_at=s.last_at,
         last_ok=s.last_ok,
         consecutive_failures=s.consecutive_failures,
@@ -393,6 +414,20 @@ def run_body(p: RunProgress) -> RunBody:
                 duration=s.duration,
                 error=s.error,
                 detail=s.detail,
+                substeps=[
+                    SubstepBody(
+                        name=x.name,
+                        kind=x.kind,
+                        status=x.status,
+                        started_at=x.started_at,
+                        finished_at=x.finished_at,
+                        duration=x.duration,
+                        error=x.error,
+                    )
+                    for x in s.substeps
+                ],
+                awaiting_approval=list(s.awaiting_approval),
+                note=s.note,
             )
             for s in p.steps
         ],

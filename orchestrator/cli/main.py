@@ -11,11 +11,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator import __version__
 from orchestrator.policy.durations import DurationError, parse_duration
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
+
+if TYPE_CHECKING:
+    from orchestrator.signals.aws_clients import AwsClients
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -90,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         help="policy file or folder; repeatable (default: policies)",
     )
     r.add_argument("--endpoint-url", help="send every AWS call here (an emulator)")
+    r.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the daemon's settings file: its `aws` section (timeouts, attempts, endpoint) is"
+        " used, as FAILOVERD_AWS__* variables are (default: $FAILOVERD_CONFIG, else"
+        " /etc/failoverd/failoverd.yaml when it exists)",
+    )
     r.add_argument("--json", action="store_true", help="machine-readable output")
 
     i = sub.add_parser(
@@ -97,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         help="print the least-privilege IAM policy for the configured signals and actions",
         description="Print an IAM policy document (JSON) covering exactly the API calls the"
         " policies' signals and runbook actions make, with resource ARNs where AWS supports"
-        " them.",
+        " them. When policies name IAM roles to act as (aws.role_arn), print both halves:"
+        ' {"tooling_identity": ..., "roles": {ARN: {"policy": ...}}}.',
     )
     i.add_argument(
         "--policy",
@@ -105,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="policies",
         metavar="PATH",
         help="policy file or folder; repeatable (default: policies)",
+    )
+    i.add_argument(
+        "--principal",
+        metavar="ARN",
+        help="the tooling identity's ARN (the role or user failoverd runs as): with roles in"
+        " the policies, each role's trust policy is printed for it",
     )
 
     from orchestrator.agent import add_agent_parser
@@ -141,9 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "explain":
             return cmd_explain(args.scenario, args.at)
         if args.command == "readiness":
-            return cmd_readiness(args.policies or ["policies"], args.endpoint_url, args.json)
+            return cmd_readiness(
+                args.policies or ["policies"], args.endpoint_url, args.json, args.config
+            )
         if args.command == "iam-policy":
-            return cmd_iam_policy(args.policies or ["policies"])
+            return cmd_iam_policy(args.policies or ["policies"], args.principal)
         if args.command == "sandbox":
             from orchestrator.sandbox.runner import run_sandbox
 
@@ -279,18 +299,41 @@ def _load_policies(paths: list[str]) -> list[Policy] | None:
         return None
 
 
-def cmd_readiness(paths: list[str], endpoint_url: str | None, as_json: bool) -> int:
+def cli_aws_clients(config: str | None, endpoint_url: str | None) -> AwsClients | None:
+    """The AWS clients a CLI command uses: built from the daemon's settings (``config``, else
+    $FAILOVERD_CONFIG, else the default file when it exists) like the daemon's own, with
+    ``--endpoint-url`` winning; None (the errors printed) when the settings are unusable."""
+    import os
+
+    from orchestrator.signals.aws_clients import AwsClients
+
+    try:
+        return AwsClients.from_config_file(
+            config or os.environ.get("FAILOVERD_CONFIG"), os.environ, endpoint_url=endpoint_url
+        )
+    except SourceErrors as exc:
+        for error in exc.errors:
+            _err(str(error))
+    except ValueError as exc:  # an endpoint URL the client factory refuses
+        _err(f"failoverd: {exc}")
+    return None
+
+
+def cmd_readiness(
+    paths: list[str], endpoint_url: str | None, as_json: bool, config: str | None = None
+) -> int:
     import asyncio
     import dataclasses
     import json
 
     from orchestrator.readiness import format_report, readiness
-    from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 
     policies = _load_policies(paths)
     if policies is None:
         return EXIT_UNUSABLE
-    clients = AwsClients(AwsClientConfig(endpoint_url=endpoint_url))
+    clients = cli_aws_clients(config, endpoint_url)
+    if clients is None:
+        return EXIT_UNUSABLE
     report = asyncio.run(readiness(policies, clients))
     if as_json:
         print(json.dumps([dataclasses.asdict(s) for s in report.steps], indent=2))
@@ -299,11 +342,11 @@ def cmd_readiness(paths: list[str], endpoint_url: str | None, as_json: bool) -> 
     return EXIT_OK if report.ready else EXIT_FAILED
 
 
-def cmd_iam_policy(paths: list[str]) -> int:
+def cmd_iam_policy(paths: list[str], principal: str | None = None) -> int:
     from orchestrator.iam import iam_policy_text
 
     policies = _load_policies(paths)
     if policies is None:
         return EXIT_UNUSABLE
-    sys.stdout.write(iam_policy_text(policies))
+    sys.stdout.write(iam_policy_text(policies, principal))
     return EXIT_OK

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from orchestrator.actions.moves import run_facts
 from orchestrator.actions.registry import get_action
 from orchestrator.audit import AuditEntry, decision_detail, decision_record, entries
 from orchestrator.clock import SYSTEM_CLOCK, Clock
@@ -56,7 +57,7 @@ from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
 from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.executor import ActionLookup, Executor, RunRejected, new_run_id
-from orchestrator.runbook.journal import JournalError, StepStatus
+from orchestrator.runbook.journal import JournalError, StepStatus, approval_key
 from orchestrator.runbook.rto import RunProgress
 from orchestrator.signals.aws_clients import AwsClients
 from orchestrator.store.base import (
@@ -453,7 +454,8 @@ class Controller:
         self._record(svc, d, run_id)
         if starting and self._tg is not None:
             svc.state = apply_decision(state, d, run_id)
-            svc.run_task = self._tg.create_task(self._drive(svc, d, state, run_id))
+            facts = self._run_facts(svc, d, state, now)
+            svc.run_task = self._tg.create_task(self._drive(svc, d, state, run_id, facts))
             return d
         if d.starts_run:
             return d  # a run is being driven or resumed; the executor owns the state
@@ -563,11 +565,33 @@ class Controller:
         except (StoreError, JournalError) as exc:
             log.warning("run_refresh_failed", service=svc.policy.service, error=str(exc))
 
-    async def _drive(self, svc: _Service, d: Decision, before: ServiceState, run_id: str) -> None:
+    def _run_facts(
+        self, svc: _Service, d: Decision, state: ServiceState, now: float
+    ) -> dict[str, Any]:
+        """What the run's steps know about the move (orchestrator.actions.moves): the source
+        region's verdict at decision time and the target's last lag reading."""
+        verdict = svc.verdicts.get(state.active_region)
+        lag = svc.lag.get(d.target) if d.target is not None else None
+        return run_facts(
+            d.action.value,
+            source_region=state.active_region,
+            source_verdict=None if verdict is None else verdict.verdict.value,
+            target_lag_seconds=None if lag is None else lag.seconds,
+            target_lag_age_seconds=None if lag is None else round(now - lag.observed_at, 3),
+        )
+
+    async def _drive(
+        self,
+        svc: _Service,
+        d: Decision,
+        before: ServiceState,
+        run_id: str,
+        facts: Mapping[str, Any] | None = None,
+    ) -> None:
         service = svc.policy.service
         await self._await_start_audit(svc)
         try:
-            await self.executor.start_run(svc.policy, d, before, run_id=run_id)
+            await self.executor.start_run(svc.policy, d, before, run_id=run_id, facts=facts)
         except StoreError as exc:  # fenced out, not leader, store down: resumed later
             log.warning("run_interrupted", service=service, run_id=run_id, error=str(exc))
         except RunRejected as exc:
@@ -786,12 +810,17 @@ class Controller:
         return self._result(svc, d)
 
     async def _waiting_approval_step(self, run_id: str) -> str | None:
+        """The approval key of what the run waits for: an ``approval`` step's name, or
+        ``<step>/<sub-step>`` for a step's own step waiting for approval (e.g. a manual
+        approval step of an ARC Region switch plan the step drives)."""
         progress = await self.executor.progress(run_id)
         if progress is None:
             return None
         for step in progress.steps:
             if step.action == APPROVAL_ACTION and step.status in _WAITING:
                 return step.name
+            if step.status in _WAITING and step.awaiting_approval:
+                return approval_key(step.name, step.awaiting_approval[0])
         return None
 
     def _result(self, svc: _Service, d: Decision) -> CommandResult:

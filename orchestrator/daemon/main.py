@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import os
 import random
@@ -48,18 +49,26 @@ from orchestrator.daemon.support import (
     reload_policies,
     supervise,
     try_load,
+    tune_process,
 )
+from orchestrator.netguard import configure_webhooks
 from orchestrator.policy.loader import PolicySet
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport, readiness
-from orchestrator.settings import AgentKeySettings, SettingsError, StateSettings
+from orchestrator.settings import (
+    AgentKeySettings,
+    AwsSettings,
+    SettingsError,
+    StateSettings,
+    read_secret_file,
+)
 from orchestrator.signals.agent_auth import NO_KEYS, Keyring, ReplayGuard
-from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
-from orchestrator.signals.aws_health import AwsHealthSource, HealthClientSettings
+from orchestrator.signals.aws_clients import AwsClients
+from orchestrator.signals.aws_health import health_sources
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
 from orchestrator.signals.lag import ReplicationLagSource
-from orchestrator.signals.mqtt_agents import BrokerConfig, MqttAgentSource
+from orchestrator.signals.mqtt_agents import BrokerConfig, BrokerConfigError, MqttAgentSource
 from orchestrator.signals.probes import ProbeContext
 from orchestrator.signals.scheduler import ProbeScheduler
 from orchestrator.store.base import StoreError
@@ -84,10 +93,7 @@ class DaemonSettings:
     store_timeout: float = 2.0
     lease_ttl: float = 15.0
     tick: float = 1.0
-    aws_endpoint_url: str | None = None
-    health_endpoint_url: str | None = None
-    aws_connect_timeout: float = 3.0
-    aws_read_timeout: float = 10.0
+    aws: AwsSettings = field(default_factory=AwsSettings)  # every AWS client is built from it
     probes_max_concurrency: int = 256
     mqtt_url: str | None = None
     mqtt_broker: BrokerConfig | None = None  # TLS/credentials; None: built from mqtt_url
@@ -98,7 +104,12 @@ class DaemonSettings:
     http_bind: str = "127.0.0.1"
     http_port: int | None = None  # None: no HTTP API
     http_token_file: str | None = None
+    http_allow_remote: bool = False
+    http_allowed_hosts: tuple[str, ...] = ()
+    probes_trust_ca_file: str | None = None
+    webhook_allow_link_local: bool = False
     log_level: str = "info"
+    log_json: bool | None = None  # None: JSON unless stderr is a terminal
     policy_poll_interval: float = 3.0
     state: StateSettings | None = None  # the store; None: SQLite at state_path
     extra: dict[str, Any] = field(default_factory=dict)
@@ -123,10 +134,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         state=s.state,
         lease_ttl=s.leader.ttl,
         tick=s.engine.tick,
-        aws_endpoint_url=s.aws.endpoint_url,
-        health_endpoint_url=s.aws.health_endpoint_url,
-        aws_connect_timeout=s.aws.connect_timeout,
-        aws_read_timeout=s.aws.read_timeout,
+        aws=s.aws,
         probes_max_concurrency=s.probes.max_concurrency,
         mqtt_url=s.mqtt.broker,
         mqtt_broker=s.mqtt.broker_config(),
@@ -135,7 +143,12 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         http_bind=s.http.bind,
         http_port=s.http.port,
         http_token_file=str(s.http.token_file) if s.http.token_file else None,
+        http_allow_remote=s.http.allow_remote,
+        http_allowed_hosts=tuple(s.http.allowed_hosts),
+        probes_trust_ca_file=str(s.probes.trust_ca_file) if s.probes.trust_ca_file else None,
+        webhook_allow_link_local=s.webhook.allow_link_local,
         log_level=s.log.level,
+        log_json=s.log.json_output,
     )
 
 
@@ -151,13 +164,7 @@ class Daemon:
         self.settings = settings
         self.clock = clock
         self.notifier = notifier or Notifier.from_env()
-        self.aws = AwsClients(
-            AwsClientConfig(
-                endpoint_url=settings.aws_endpoint_url,
-                connect_timeout=settings.aws_connect_timeout,
-                read_timeout=settings.aws_read_timeout,
-            )
-        )
+        self.aws = AwsClients.from_settings(settings.aws, clock=clock)
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._ready_sent = False
@@ -169,6 +176,29 @@ class Daemon:
 
     async def _readiness(self, policies: Sequence[Policy]) -> ReadinessReport:
         return await readiness(policies, self.aws, self.clock)
+
+    def preflight(self) -> str | None:
+        """Read every secret and TLS file the daemon will use, so that an unusable one
+        (missing, empty, readable by others) is a clear error at start, not the crash of a
+        task once running. The files are read again where used (a rotated one is picked
+        up)."""
+        s = self.settings
+        try:
+            if s.http_port is not None and s.http_token_file:
+                read_secret_file(Path(s.http_token_file), "http.token_file")
+            broker = self.broker()
+            if broker is not None:
+                broker.check()
+            self._keyring = self._read_agent_keys()
+        except (SettingsError, BrokerConfigError) as exc:
+            return str(exc)
+        if s.http_port is not None and s.http_allow_remote and not s.http_token_file:
+            log.warning(
+                "api_remote_without_token",
+                bind=s.http_bind,
+                why="reads are open to the network and mutating calls are disabled",
+            )
+        return None
 
     def broker(self) -> BrokerConfig | None:
         s = self.settings
@@ -184,14 +214,13 @@ class Daemon:
 
     async def run(self) -> int:
         s = self.settings
-        policies = try_load(s.policies)
+        problem = self.preflight()
+        if problem is not None:
+            log.error("daemon_not_started", why=problem)
+            return 2
+        policies = await try_load(s.policies)
         if policies is None:
             log.error("daemon_not_started", why="the policies have errors")
-            return 2
-        try:
-            self._keyring = self._read_agent_keys()
-        except SettingsError as exc:
-            log.error("daemon_not_started", why=str(exc))
             return 2
         state = s.state_settings()
         try:
@@ -314,12 +343,20 @@ class Daemon:
             log.warning("http_api_unavailable", why="orchestrator.api.app is not installed")
             return None
         app_module: Any = importlib.import_module("orchestrator.api.app")
-        token = Path(s.http_token_file).read_text().strip() if s.http_token_file else None
-        app = app_module.make_app(controller, token=token)
+        token = (
+            read_secret_file(Path(s.http_token_file), "http.token_file")
+            if s.http_token_file
+            else None
+        )
+        app = app_module.make_app(
+            controller, token=token, bind=s.http_bind, allowed_hosts=s.http_allowed_hosts
+        )
 
         async def api() -> None:
             # serve() starts the site and returns its runner; this task owns its cleanup.
-            runner = await app_module.serve(app, s.http_bind, s.http_port)
+            runner = await app_module.serve(
+                app, s.http_bind, s.http_port, allow_remote=s.http_allow_remote
+            )
             try:
                 await asyncio.Event().wait()
             finally:
@@ -374,7 +411,11 @@ class Daemon:
         """Every signal source for ``policies``, each supervised, until cancelled."""
         s = self.settings
         items = list(policies)
-        async with ProbeContext(clock=self.clock) as ctx, asyncio.TaskGroup() as tg:
+        trust = s.probes_trust_ca_file
+        async with (
+            ProbeContext(trust_ca_file=trust, clock=self.clock) as ctx,
+            asyncio.TaskGroup() as tg,
+        ):
             runs: list[tuple[str, Callable[[], Awaitable[None]]]] = []
             probes = ProbeScheduler(
                 items,
@@ -384,17 +425,8 @@ class Daemon:
                 max_concurrency=s.probes_max_concurrency,
             )
             runs.append((probes.name, lambda: probes.run(controller)))
-            if any(sig.type == "aws_health" for p in items for sig in p.signals):
-                health = AwsHealthSource(
-                    items,
-                    settings=HealthClientSettings(
-                        endpoint_url=s.health_endpoint_url or s.aws_endpoint_url,
-                        connect_timeout=s.aws_connect_timeout,
-                        read_timeout=s.aws_read_timeout,
-                    ),
-                    clock=self.clock,
-                )
-                runs.append((health.name, lambda: health.run(controller)))
+            for health in health_sources(items, self.aws, s.aws, clock=self.clock):
+                runs.append((health.name, functools.partial(health.run, controller)))
             alarms = CloudWatchAlarmSource(items, self.aws, self.clock)
             if alarms.watches:
                 runs.append((alarms.name, lambda: alarms.run(controller)))
@@ -438,8 +470,16 @@ def run_daemon(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"failoverd run: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    return asyncio.run(Daemon(settings, clock=SteadyClock(on_step=wall_clock_stepped)).run())
+    configure_logging(settings.log_level, json=settings.log_json)
+    configure_webhooks(allow_link_local=settings.webhook_allow_link_local)
+    tune_process()  # the process's own: not in Daemon.run, which tests run in theirs
+    try:
+        return asyncio.run(Daemon(settings, clock=SteadyClock(on_step=wall_clock_stepped)).run())
+    except Exception:
+        # A bug, not bad input: one event (its traceback inside, redacted), not a dump of
+        # lines that breaks the JSON log; exit 1 so that systemd restarts it.
+        log.exception("daemon_crashed")
+        return 1
 
 
 def wall_clock_stepped(offset: float) -> None:

@@ -33,7 +33,7 @@ from orchestrator.daemon.controller import Controller
 from orchestrator.engine.state import Decision, RunStatus
 from orchestrator.engine.vocabulary import Phase, Reason, Verdict
 from orchestrator.policy.actions import APPROVAL_ACTION
-from orchestrator.runbook.journal import StepStatus
+from orchestrator.runbook.journal import SUBSTEP_STATUSES, StepStatus
 from orchestrator.runbook.rto import RunProgress, rto_remaining
 from orchestrator.telemetry import (
     ACTIVE_REGION,
@@ -56,6 +56,8 @@ from orchestrator.telemetry import (
     RUN_IN_PROGRESS,
     RUN_RTO_BUDGET_REMAINING,
     RUN_STEP_STATE,
+    RUN_SUBSTEP_DURATION,
+    RUN_SUBSTEP_STATE,
     SERVICE_PHASE,
     STORE_UP,
     VANTAGE_UP,
@@ -71,6 +73,7 @@ SERIES_PER_SERVICE = 36  # measured by bench/metrics.py; shown in docs/metrics.m
 VERDICTS = tuple(v.value for v in Verdict)
 PHASES = tuple(p.value for p in Phase)
 STEP_STATES = ("pending", "running", "succeeded", "failed", "skipped")
+SUBSTEP_STATES = SUBSTEP_STATUSES
 # A step waiting for its next attempt is still the step in progress.
 _STEP_STATE = {s: ("running" if s is StepStatus.RETRYING else s.value) for s in StepStatus}
 _WAITING = frozenset({StepStatus.RUNNING, StepStatus.RETRYING})
@@ -93,6 +96,8 @@ _PER_SERVICE: tuple[MetricWrapperBase, ...] = (
     RUN_AWAITING_APPROVAL,
     RUN_RTO_BUDGET_REMAINING,
     RUN_STEP_STATE,
+    RUN_SUBSTEP_STATE,
+    RUN_SUBSTEP_DURATION,
 )
 
 
@@ -113,6 +118,7 @@ class _Series:
     awaiting: float | None = None
     budget: bool = False  # the RTO budget series exists
     steps: dict[str, str] = field(default_factory=dict)
+    substeps: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 class MetricsExporter:
@@ -316,6 +322,7 @@ class MetricsExporter:
         elif series.budget:
             RUN_RTO_BUDGET_REMAINING.remove(name)
             series.budget = False
+        self._substeps(name, series, run)
         steps = {} if run is None else {s.name: _STEP_STATE[s.status] for s in run.steps}
         if steps == series.steps:
             return
@@ -328,6 +335,23 @@ class MetricsExporter:
                     RUN_STEP_STATE.labels(name, step, s).set(1 if s == state else 0)
         series.steps = steps
 
+    def _substeps(self, name: str, series: _Series, run: RunProgress | None) -> None:
+        """A step's own steps (a Region switch plan's): state and duration per sub-step."""
+        subs = {} if run is None else {(s.name, x.name): x for s in run.steps for x in s.substeps}
+        for step, sub in series.substeps.keys() - subs.keys():
+            for state in SUBSTEP_STATES:
+                RUN_SUBSTEP_STATE.remove(name, step, sub, state)
+            RUN_SUBSTEP_DURATION.remove(name, step, sub)
+        for (step, sub), x in subs.items():
+            if series.substeps.get((step, sub)) != x.status:
+                for state in SUBSTEP_STATES:
+                    RUN_SUBSTEP_STATE.labels(name, step, sub, state).set(
+                        1 if state == x.status else 0
+                    )
+            if x.duration is not None:
+                RUN_SUBSTEP_DURATION.labels(name, step, sub).set(x.duration)
+        series.substeps = {key: x.status for key, x in subs.items()}
+
     def _remove_service(self, name: str) -> None:
         self._series.pop(name, None)
         # By label match rather than from the cache: also right after a failed pass
@@ -337,7 +361,10 @@ class MetricsExporter:
 
 
 def _waiting_for_approval(run: RunProgress) -> bool:
-    return any(s.action == APPROVAL_ACTION and s.status in _WAITING for s in run.steps)
+    return any(
+        s.status in _WAITING and (s.action == APPROVAL_ACTION or bool(s.awaiting_approval))
+        for s in run.steps
+    )
 
 
 async def watch_loop_lag(clock: Clock, interval: float = LOOP_LAG_INTERVAL) -> None:

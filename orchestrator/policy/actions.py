@@ -10,12 +10,22 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from orchestrator.policy.durations import Duration
-from orchestrator.policy.regions import StepRegion
+from orchestrator.policy.regions import (
+    POLICY_REGIONS,
+    REGION_PATTERN,
+    REGION_PLACEHOLDERS,
+    StepRegion,
+)
+
+Region = Annotated[str, Field(pattern=REGION_PATTERN)]
 
 PLACEHOLDERS = ("target_region", "source_region", "primary_region", "service")
+# SNS Publish (botocore's service model): a topic's MaximumMessageSize is at most 1 MiB.
+MAX_SNS_MESSAGE_BYTES = 1_048_576
+DEFAULT_SNS_MESSAGE_BYTES = 262_144
 
 
 class _Params(BaseModel):
@@ -34,7 +44,105 @@ class Regional(_Params):
     )
 
 
-class Route53SetRecord(_Params):
+class _HealthCheckRef(_Params):
+    """Which Route 53 health check: by its id, by region from a map of ids, or by its
+    ``Name`` tag. Route 53 generates health-check ids (``abcdef11-2222-...``); a name is
+    never an id, so a template such as ``catalog-{source_region}`` belongs in
+    ``health_check_name`` (resolved through the tag, the portable way) or a per-region map
+    in ``health_check_ids``."""
+
+    health_check_id: str | None = Field(
+        default=None, max_length=64, description="A health check id, as Route 53 generated it."
+    )
+    health_check_ids: dict[Region, str] | None = Field(
+        default=None,
+        description="Health check ids by region; `health_check_region` picks the entry.",
+    )
+    health_check_region: StepRegion | None = Field(
+        default=None,
+        description="Which entry of `health_check_ids`: a policy region or {source_region},"
+        " {target_region}, {primary_region}.",
+    )
+    health_check_name: str | None = Field(
+        default=None,
+        max_length=255,
+        description="The health check's `Name` tag (placeholders allowed, e.g."
+        " catalog-{source_region}); exactly one health check must carry it.",
+    )
+
+    @model_validator(mode="after")
+    def _one_reference(self, info: ValidationInfo) -> _HealthCheckRef:
+        given = [
+            name
+            for name in ("health_check_id", "health_check_ids", "health_check_name")
+            if getattr(self, name) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give one of {', '.join(given)}, not several")
+        if self.health_check_id is not None and "{" in self.health_check_id:
+            raise ValueError(
+                f"health_check_id {self.health_check_id!r} holds a placeholder, but Route 53"
+                " generates health-check ids: name the check with health_check_name (its Name"
+                " tag) or list the ids per region in health_check_ids"
+            )
+        if (self.health_check_ids is None) != (self.health_check_region is None):
+            raise ValueError("health_check_ids and health_check_region go together")
+        regions = (info.context or {}).get(POLICY_REGIONS)
+        if self.health_check_ids is not None and regions is not None:
+            wanted = (
+                list(regions)
+                if self.health_check_region in REGION_PLACEHOLDERS
+                else [self.health_check_region]
+            )
+            missing = [r for r in wanted if r not in self.health_check_ids]
+            if missing:
+                raise ValueError(
+                    f"health_check_ids has no id for {', '.join(str(r) for r in missing)}"
+                    f" (health_check_region {self.health_check_region} may name it)"
+                )
+        return self
+
+    @property
+    def names_health_check(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.health_check_id, self.health_check_ids, self.health_check_name)
+        )
+
+
+class AliasTarget(_Params):
+    """An alias record's target: an AWS resource (a load balancer, CloudFront, API Gateway)
+    or another record of the zone. Aliases may sit at the zone apex, where a CNAME may not."""
+
+    dns_name: str = Field(
+        description="The target's DNS name, e.g. my-lb-123.{target_region}.elb.amazonaws.com."
+    )
+    hosted_zone_id: str | dict[Region, str] = Field(
+        description="The target's hosted zone id (a load balancer's CanonicalHostedZoneId),"
+        " or one per target region."
+    )
+    evaluate_target_health: bool = Field(
+        default=False, description="Answer only while the target is healthy."
+    )
+
+    @model_validator(mode="after")
+    def _zone_for_every_region(self, info: ValidationInfo) -> AliasTarget:
+        regions = (info.context or {}).get(POLICY_REGIONS)
+        if isinstance(self.hosted_zone_id, dict) and regions is not None:
+            missing = [r for r in regions if r not in self.hosted_zone_id]
+            if missing:
+                raise ValueError(f"hosted_zone_id has no entry for {', '.join(missing)}")
+        return self
+
+    def zone_for(self, region: str) -> str:
+        if isinstance(self.hosted_zone_id, str):
+            return self.hosted_zone_id
+        if region not in self.hosted_zone_id:
+            raise ValueError(f"alias hosted_zone_id has no entry for {region}")
+        return self.hosted_zone_id[region]
+
+
+class Route53SetRecord(_HealthCheckRef):
     """UPSERT a record set and wait until Route 53 reports the change INSYNC."""
 
     no_region: ClassVar[str] = "Route 53 is global (its control plane is in us-east-1)"
@@ -42,12 +150,18 @@ class Route53SetRecord(_Params):
     hosted_zone_id: str
     name: str
     type: Literal["A", "AAAA", "CNAME", "TXT"] = "CNAME"
-    value: str = Field(description="Record value, e.g. the target region's endpoint.")
-    ttl: int = Field(default=60, ge=0, le=86400)
-    set_identifier: str | None = None
+    value: str | None = Field(
+        default=None, description="Record value, e.g. the target region's endpoint."
+    )
+    alias: AliasTarget | None = Field(
+        default=None,
+        description="Instead of `value`: an alias (type A or AAAA), e.g. a load balancer at"
+        " the zone apex.",
+    )
+    ttl: int = Field(default=60, ge=0, le=2147483647)
+    set_identifier: str | None = Field(default=None, min_length=1, max_length=128)
     weight: int | None = Field(default=None, ge=0, le=255)
     failover: Literal["PRIMARY", "SECONDARY"] | None = None
-    health_check_id: str | None = None
 
     @model_validator(mode="after")
     def _routing_policy(self) -> Route53SetRecord:
@@ -58,16 +172,28 @@ class Route53SetRecord(_Params):
             raise ValueError("weighted and failover records need a set_identifier")
         if self.set_identifier is not None and not routed:
             raise ValueError("set_identifier is only for weighted or failover records")
+        if (self.value is None) == (self.alias is None):
+            raise ValueError("give the record a value or an alias (one of them)")
+        if self.alias is not None and self.type not in ("A", "AAAA"):
+            raise ValueError("an alias record here is of type A or AAAA")
         return self
 
 
-class Route53SetHealthCheckInverted(_Params):
+class Route53SetHealthCheckInverted(_HealthCheckRef):
     """Move traffic through pre-created failover records by inverting a health check."""
 
     no_region: ClassVar[str] = "Route 53 is global (its control plane is in us-east-1)"
 
-    health_check_id: str
     inverted: bool = True
+
+    @model_validator(mode="after")
+    def _names_a_check(self) -> Route53SetHealthCheckInverted:
+        if not self.names_health_check:
+            raise ValueError(
+                "name the health check: health_check_id, health_check_ids with"
+                " health_check_region, or health_check_name"
+            )
+        return self
 
 
 class RdsPromoteReadReplica(_Params):
@@ -93,7 +219,10 @@ class AuroraGlobal(_Params):
     target_cluster_arn: str
     mode: Literal["auto", "switchover", "failover", "detach_and_promote"] = Field(
         default="auto",
-        description="auto: switchover when both regions are healthy, else failover.",
+        description="auto: a switchover, failback or drill switches over (no data loss); a"
+        " failover with the source region down or unknown fails over with AllowDataLoss, one"
+        " away from a region that still answers switches over. failover in a planned move"
+        " switches over too.",
     )
 
 
@@ -113,6 +242,13 @@ class EcsSetDesiredCount(Regional):
     cluster: str
     service: str
     desired: int = Field(ge=0)
+    scalable_target: Literal["refuse", "adjust"] = Field(
+        default="refuse",
+        description="When Service Auto Scaling's scalable target would undo `desired` (its"
+        " MinCapacity above it, or MaxCapacity below): `refuse` (readiness says so, the step"
+        " fails before changing anything) or `adjust` (its bounds are moved to include"
+        " `desired` first; a fence to 0 sets both to 0, so nothing scales the service out).",
+    )
 
 
 class SnsPublish(_Params):
@@ -124,8 +260,36 @@ class SnsPublish(_Params):
     )
 
     topic_arn: str
-    subject: str | None = None
-    message: str
+    subject: str | None = Field(
+        default=None,
+        max_length=99,
+        description="E-mail subject line: UTF-8, no line breaks or control characters, under"
+        " 100 characters (SNS Publish).",
+    )
+    message: str = Field(
+        description="UTF-8 text; at most the topic's MaximumMessageSize (256 KiB unless the"
+        " topic raises it, at most 1 MiB)."
+    )
+    kms_key: str | None = Field(
+        default=None,
+        description="The KMS key (ARN) the topic is encrypted with, if it is: iam-policy grants"
+        " kms:GenerateDataKey* and kms:Decrypt on exactly it (without: on any key, through"
+        " SNS only); readiness checks it is the topic's and enabled.",
+    )
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("a subject has no line breaks or control characters (SNS Publish)")
+        return value
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, value: str) -> str:
+        if len(value.encode("utf-8")) > MAX_SNS_MESSAGE_BYTES:
+            raise ValueError(f"an SNS message is at most {MAX_SNS_MESSAGE_BYTES} bytes")
+        return value
 
 
 class MqttPublish(_Params):
@@ -141,6 +305,48 @@ class Webhook(_Params):
     url: str
     secret_file: str | None = None
     body: dict[str, str] = Field(default_factory=dict)
+
+
+REGION_SWITCH_PLAN_ARN = (
+    r"^arn:aws[a-zA-Z-]*:arc-region-switch::[0-9]{12}:plan/"
+    r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,30}[a-zA-Z0-9])?:[a-z0-9]{6}$"
+)
+
+
+class ArcRegionSwitch(_Params):
+    """Execute an ARC Region switch plan and follow it to its end: its steps show as the
+    step's progress, its manual approvals wait for `failoverd approve`."""
+
+    no_region: ClassVar[str] = (
+        "the calls go to Region switch in the run's target region (the one recovered into),"
+        " with the plan's other region as the fallback; the plan's own target is target_region"
+    )
+
+    plan_arn: str = Field(
+        pattern=REGION_SWITCH_PLAN_ARN,
+        description="arn:aws:arc-region-switch::<account>:plan/<name>:<6 characters>",
+    )
+    action: Literal["activate", "deactivate"] = Field(
+        default="activate",
+        description="activate the target region, or deactivate the region being left"
+        " (active/active plans).",
+    )
+    target_region: StepRegion | None = Field(
+        default=None,
+        description="The execution's targetRegion. Default: {target_region} to activate,"
+        " {source_region} to deactivate.",
+    )
+    mode: Literal["auto", "graceful", "ungraceful"] = Field(
+        default="auto",
+        description="auto: ungraceful for a failover away from a region that is down,"
+        " graceful for switchovers, failbacks and drills.",
+    )
+    comment: str = Field(
+        default="", max_length=500, description="Added to the execution's comment."
+    )
+    poll_interval: Annotated[
+        Duration, Field(gt=0, description="How often the execution is read while it runs.")
+    ] = 5.0
 
 
 class Approval(_Params):
@@ -165,6 +371,7 @@ ACTION_PARAMS: dict[str, type[_Params]] = {
     "webhook": Webhook,
     "approval": Approval,
     "wait": Wait,
+    "arc.region_switch": ArcRegionSwitch,
 }
 ACTION_NAMES = frozenset(ACTION_PARAMS)
 APPROVAL_ACTION = "approval"

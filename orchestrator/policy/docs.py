@@ -16,6 +16,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from orchestrator.policy import actions, models
+from orchestrator.policy.access import AwsRole
 from orchestrator.policy.durations import format_duration
 
 _DURATION_HINT = "duration"
@@ -114,6 +115,7 @@ SECTIONS: list[tuple[str, list[type[BaseModel]]]] = [
         ],
     ),
     ("Runbooks (`runbooks:`)", [models.Runbooks, models.Step]),
+    ("AWS identity (`aws:` of the policy, a step or a signal)", [AwsRole]),
 ]
 
 

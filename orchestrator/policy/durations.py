@@ -6,6 +6,7 @@ the engine's hot path); on the way out it is formatted back into the same notati
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -17,6 +18,10 @@ DURATION_PATTERN = r"^(?=\d)(\d+d)?(\d+h)?(\d+m(?!s))?(\d+s)?(\d+ms)?$"
 _WHOLE = re.compile(DURATION_PATTERN)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DURATION_HINT = "a duration such as 500ms, 30s, 5m, 1h or 1m30s"
+# No setting or policy field means more than a year; beyond it a typo (`30000000d`) would
+# become a timer that never fires, or a number too large to convert.
+MAX_DURATION = 366 * 86400.0
+MAX_DURATION_TEXT = "366d"
 
 
 class DurationError(ValueError):
@@ -28,9 +33,19 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, str):
         raise DurationError(f"expected {DURATION_HINT} (a string with a unit), got {value!r}")
     text = value
-    if not _WHOLE.match(text):
-        raise DurationError(f"expected {DURATION_HINT}, got {value!r}")
-    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(text))
+    if len(text) > 64 or not _WHOLE.match(text):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise DurationError(f"expected {DURATION_HINT}, got {shown!r}")
+    parts = _PART.findall(text)
+    if any(len(n) > 12 for n, _ in parts):
+        raise DurationError(f"{text[:40]!r} is longer than {MAX_DURATION_TEXT}")
+    return _bounded(sum(int(n) * _UNIT_SECONDS[unit] for n, unit in parts), text)
+
+
+def _bounded(seconds: float, shown: object) -> float:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise DurationError(f"{shown!r} is longer than {MAX_DURATION_TEXT}, the longest allowed")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -56,7 +71,7 @@ def _validate(value: Any, info: ValidationInfo) -> float:
         and not context.get(FROM_FILE)
     ):
         # Models built in Python (defaults, tests) pass seconds; files must name a unit.
-        return float(value)
+        return _bounded(float(value), value)
     return parse_duration(value)
 
 

@@ -21,12 +21,16 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.policy.checks import check_policy
 from orchestrator.policy.durations import FROM_FILE
 from orchestrator.policy.models import Policy
+from orchestrator.policy.salvage import salvage
 from orchestrator.policy.yamlsource import (
+    Limits,
     LoadedYaml,
     SourceError,
     SourceErrors,
+    capped,
     load_yaml_file,
     load_yaml_text,
+    short,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -77,15 +81,38 @@ def sort_errors(errors: list[SourceError]) -> list[SourceError]:
 
 
 def parse_policy(loaded: LoadedYaml) -> Policy:
+    """The policy in ``loaded``, or :class:`SourceErrors` with every field and cross-field
+    error (the cross-field checks run on what did parse, see :mod:`.salvage`). Nothing else
+    escapes: an error this module did not foresee is reported as one, at the file's top."""
     if not isinstance(loaded.data, dict):
         raise SourceErrors(
             [loaded.error((), "expected a mapping with a `service:` key at the top")]
         )
-    policy = validate_model(Policy, loaded)
-    problems = check_policy(policy)
+    try:
+        try:
+            policy = validate_model(Policy, loaded)
+        except SourceErrors as exc:
+            found = [*exc.errors, *_salvaged_problems(loaded)]
+            raise SourceErrors(capped(sort_errors(found), Limits().max_errors)) from None
+        problems = check_policy(policy)
+    except SourceErrors:
+        raise
+    except Exception as exc:  # a bug of ours; the file still gets a located answer
+        message = f"could not be checked ({type(exc).__name__}); please report this file"
+        raise SourceErrors([loaded.error((), message)]) from None
     if problems:
-        raise SourceErrors(sort_errors([loaded.error(path, msg) for path, msg in problems]))
+        errors = sort_errors([loaded.error(path, msg) for path, msg in problems])
+        raise SourceErrors(capped(errors, Limits().max_errors))
     return policy
+
+
+def _salvaged_problems(loaded: LoadedYaml) -> list[SourceError]:
+    """Cross-field problems of the part of an invalid policy that did parse."""
+    found = salvage(loaded.data)
+    if found is None:
+        return []
+    policy, damage = found
+    return [loaded.error(damage.to_file(path), msg) for path, msg in check_policy(policy, damage)]
 
 
 def load_policy_file(path: str | Path) -> Policy:
@@ -115,7 +142,13 @@ def policy_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_policy_set(paths: Iterable[str | Path]) -> PolicySet:
     """Load every policy under ``paths``; raise :class:`SourceErrors` listing every error."""
-    files = policy_files(paths)
+    paths = list(paths)
+    try:
+        files = policy_files(paths)
+    except OSError as exc:
+        where = str(exc.filename or ", ".join(str(p) for p in paths))
+        reason = exc.strerror or type(exc).__name__
+        raise SourceErrors([SourceError(where, 0, 0, "", f"cannot list: {reason}")]) from None
     errors: list[SourceError] = []
     policies: dict[str, Policy] = {}
     origin: dict[str, str] = {}
@@ -188,7 +221,7 @@ def _message(model: type[BaseModel], err: Any) -> str:
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
-        return f"unknown key {loc[-1]!r}{hint}"
+        return f"unknown key {short(loc[-1])}{hint}"
     if kind == "missing":
         return "missing required key"
     if kind == "union_tag_not_found":
@@ -197,14 +230,14 @@ def _message(model: type[BaseModel], err: Any) -> str:
     if kind == "union_tag_invalid":
         return f"unknown type {err['ctx'].get('tag')!r}; expected one of: {_tags(err)}"
     if kind == "string_pattern_mismatch":
-        return f"{err['input']!r} does not match {err['ctx']['pattern']}"
+        return f"{short(err['input'])} does not match {err['ctx']['pattern']}"
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if kind not in ("value_error", "union_tag_invalid", "union_tag_not_found"):
         value = err.get("input")
         if not isinstance(value, dict | list):
-            msg = f"{msg} (got {value!r})"
+            msg = f"{msg} (got {short(value)})"
     return msg
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator.policy.access import AwsRole
 from orchestrator.policy.actions import ACTION_NAMES
 from orchestrator.policy.durations import Duration
 from orchestrator.policy.regions import REGION_PATTERN as REGION_PATTERN  # re-exported
@@ -151,6 +152,10 @@ class AwsHealthSignal(_SignalBase):
         default_factory=list, description="Affected entity ARNs/ids to match (empty: any)."
     )
     poll_interval: Duration = Field(default=60.0, gt=0, description="How often the API is polled.")
+    aws: AwsRole | None = Field(
+        default=None,
+        description="The IAM role this signal reads as (default: the policy's `aws`).",
+    )
 
 
 class CloudWatchAlarmSignal(_SignalBase):
@@ -159,6 +164,10 @@ class CloudWatchAlarmSignal(_SignalBase):
 
     type: Literal["cloudwatch_alarm"]
     alarms: dict[Region, list[str]] = Field(description="Alarm names in each region.")
+    aws: AwsRole | None = Field(
+        default=None,
+        description="The IAM role this signal reads as (default: the policy's `aws`).",
+    )
 
 
 Signal = Annotated[
@@ -210,21 +219,40 @@ class Detection(Strict):
         return self.recovery_successes or self.consecutive_failures
 
 
-class RdsReplicaLag(Strict):
+METRIC_PERIOD = 60.0  # RDS and Aurora publish their lag metrics once a minute
+DELAY_HELP = (
+    "How late the metric's datapoints arrive in CloudWatch after their period (default 1m;"
+    " AWS-published metrics commonly arrive a minute or two late)."
+)
+
+
+class _CloudWatchLag(Strict):
+    """A lag read from CloudWatch: a datapoint is stamped with the START of its period and
+    arrives ``delay`` after the period ENDS, so a fresh reading is up to two periods plus
+    the delay old (``replication.max_age`` must allow that; validate checks it)."""
+
+    delay: Duration = Field(default=60.0, ge=0, description=DELAY_HELP)
+
+    @property
+    def period(self) -> float:
+        return METRIC_PERIOD
+
+
+class RdsReplicaLag(_CloudWatchLag):
     """RDS `ReplicaLag` (CloudWatch, AWS/RDS) of a cross-region read replica."""
 
     type: Literal["rds_replica_lag"]
     db_instance: str = Field(description="The read replica's DB instance identifier.")
 
 
-class AuroraGlobalLag(Strict):
+class AuroraGlobalLag(_CloudWatchLag):
     """Aurora `AuroraGlobalDBRPOLag` of a secondary cluster in a global database."""
 
     type: Literal["aurora_global_rpo_lag"]
     db_cluster: str = Field(description="The secondary DB cluster identifier.")
 
 
-class CloudWatchMetricLag(Strict):
+class CloudWatchMetricLag(_CloudWatchLag):
     """Any CloudWatch metric that measures replication lag."""
 
     type: Literal["cloudwatch_metric"]
@@ -233,6 +261,23 @@ class CloudWatchMetricLag(Strict):
     dimensions: dict[str, str] = Field(default_factory=dict)
     statistic: Literal["Average", "Maximum", "Minimum", "Sum"] = "Maximum"
     unit_seconds: float = Field(default=1.0, gt=0, description="Seconds per unit of the metric.")
+    metric_period: Duration = Field(
+        default=METRIC_PERIOD,
+        alias="period",
+        description="The period the metric is read at: 1s, 5s, 10s, 20s, 30s (high-resolution"
+        " metrics) or a multiple of 1m (what GetMetricData accepts).",
+    )
+
+    @field_validator("metric_period")
+    @classmethod
+    def _get_metric_data_period(cls, value: float) -> float:
+        if not (value in (1, 5, 10, 20, 30) or (value >= 60 and value % 60 == 0)):
+            raise ValueError("a GetMetricData period is 1s, 5s, 10s, 20s, 30s or a multiple of 1m")
+        return value
+
+    @property
+    def period(self) -> float:
+        return float(self.metric_period)
 
 
 LagSource = Annotated[
@@ -247,9 +292,17 @@ class Replication(Strict):
         description="The lag source of the replica in each standby region."
     )
     max_age: Duration = Field(
-        default=300.0, gt=0, description="A reading older than this is unknown lag."
+        default=300.0,
+        gt=0,
+        description="A reading older than this is unknown lag. At least two of the metric's"
+        " periods plus its delay (a datapoint is stamped at the start of its period and"
+        " arrives late); add the interval to never read unknown between reads.",
     )
     interval: Duration = Field(default=60.0, gt=0, description="How often lag is read.")
+    aws: AwsRole | None = Field(
+        default=None,
+        description="The IAM role lag metrics are read as (default: the policy's `aws`).",
+    )
 
 
 class MaxFailovers(Strict):
@@ -319,6 +372,10 @@ class Step(Strict):
     on_failure: OnFailure = Field(
         default=OnFailure.ABORT,
         description="abort: the run fails (phase failed); continue: dependents still run.",
+    )
+    aws: AwsRole | None = Field(
+        default=None,
+        description="The IAM role this step acts as (default: the policy's `aws`).",
     )
 
     @field_validator("action")
@@ -422,6 +479,11 @@ class Policy(Strict):
     replication: Replication | None = Field(
         default=None, description="Replication lag sources, held against the RPO."
     )
+    aws: AwsRole | None = Field(
+        default=None,
+        description="The IAM role (in the workload account) every AWS call of this policy is"
+        " made as, unless a step or signal names its own; default: the daemon's identity.",
+    )
     guards: Guards = Field(default=Guards(), description="What may stop or delay a move.")
     runbooks: Runbooks = Field(description="The steps of a failover, failback, switchover.")
     drills: list[DrillSpec] = Field(
@@ -433,3 +495,7 @@ class Policy(Strict):
     @property
     def primary(self) -> str:
         return self.regions[0]
+
+    def role(self, own: AwsRole | None = None) -> AwsRole | None:
+        """The role a step or signal acts as: its own ``aws``, else the policy's."""
+        return own or self.aws

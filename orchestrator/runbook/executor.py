@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from orchestrator.actions.base import Action, ActionFailed, ExecuteOutcome, StepContext
+from orchestrator.actions.moves import KIND, run_facts
 from orchestrator.actions.registry import get_action
 from orchestrator.actions.render import render_params
 from orchestrator.clock import Clock
@@ -168,8 +169,10 @@ class Executor:
         """Journal ``run_started`` for ``decision`` (a failover, switchover or failback of
         ``policy``'s service away from ``state.active_region``), record the run in the
         service state, and drive the run to its end. Returns the run id; the outcome is in
-        :meth:`progress` and the service state. ``facts`` (JSON values) reach every step's
-        context, e.g. ``source_healthy`` and ``lag_seconds`` for Aurora's mode choice."""
+        :meth:`progress` and the service state. ``facts`` (JSON values, see
+        :func:`orchestrator.actions.moves.run_facts`: drill, the source's verdict, the
+        target's lag) reach every step's context with the run's kind, e.g. for Aurora's
+        choice between a switchover and a failover."""
         header = self._plan(policy, decision, state, run_id or new_run_id(policy.service), facts)
         if state.run is None or state.run.id != header.run_id:
             state = apply_decision(state, decision, header.run_id)
@@ -254,11 +257,22 @@ class Executor:
             raise RunRejected(f"{decision.target!r} is already {policy.service}'s active region")
         if state.running and state.run is not None and state.run.id != run_id:
             raise RunRejected(f"{policy.service} already has run {state.run.id} in progress")
+        # Every run has its kind and the drill flag among its facts, whoever started it (see
+        # orchestrator.actions.moves); the caller's facts add to them (verdict, lag).
+        given = {**run_facts(kind, source_region=state.active_region), **dict(facts or {})}
+        given[KIND] = kind
         try:
-            facts_json = json.loads(json.dumps(dict(facts or {})))
+            facts_json = json.loads(json.dumps(given))
         except (TypeError, ValueError) as exc:
             raise RunRejected(f"run facts must be JSON values: {exc}") from exc
-        steps = tuple(policy.runbooks.for_kind(kind))
+        # Each step carries the role it acts as (its own, or the policy's), so that the plan
+        # in the journal says who did what, and a reload cannot change it mid-run.
+        steps = tuple(
+            s
+            if s.aws is not None or policy.aws is None
+            else s.model_copy(update={"aws": policy.aws})
+            for s in policy.runbooks.for_kind(kind)
+        )
         _check_dag(policy.service, kind, steps)
         return RunHeader(
             run_id=run_id,
@@ -377,9 +391,33 @@ class Executor:
         started = self._clock.monotonic()
         outcome: ExecuteOutcome | None = None
         failure: Failure | None = None
+        # If this attempt fails, the step has failed for good.
+        last = history.failed_attempts >= step.retries
+        # Whether the service state says "waiting for an approval": an approval step, or a
+        # step whose earlier attempt left a sub-step waiting (a resume after a crash).
+        waiting = [approval or bool(history.awaiting_approval)]
+        if waiting[0] and not approval:
+            await self._set_waiting_approval(header, True)
         try:
             async with clock_timeout(self._clock, step.timeout) as expiry:
-                outcome = await self._run_action(run, step, attempt, started + step.timeout)
+
+                def cancel_reason() -> str | None:
+                    if expiry.expired and last:
+                        return (
+                            f"step {step.name} timed out after {format_duration(step.timeout)}"
+                            " on its last attempt"
+                        )
+                    return None
+
+                outcome = await self._run_action(
+                    run,
+                    step,
+                    attempt,
+                    started + step.timeout,
+                    history,
+                    cancel_reason,
+                    waiting,
+                )
         except StoreError:
             raise  # the approvals read failed: no journal, no further step
         except Exception as exc:
@@ -389,7 +427,7 @@ class Executor:
                 failure = classify(exc)
         elapsed = self._clock.monotonic() - started
         RUNBOOK_STEP_DURATION.labels(step.action).observe(elapsed)
-        if approval:
+        if waiting[0]:
             await self._set_waiting_approval(header, False)
         if failure is None and outcome is not None:
             changed = "changed" if outcome.changed else "unchanged"
@@ -431,9 +469,33 @@ class Executor:
         )
 
     async def _run_action(
-        self, run: _Run, step: Step, attempt: int, deadline: float
+        self,
+        run: _Run,
+        step: Step,
+        attempt: int,
+        deadline: float,
+        history: StepHistory,
+        cancel_reason: Callable[[], str | None],
+        waiting: list[bool],
     ) -> ExecuteOutcome:
         header = run.header
+        earlier = tuple(note.detail for note in history.progress)
+
+        async def progress(detail: Mapping[str, Any]) -> None:
+            try:
+                text = json.dumps(dict(detail), sort_keys=True, separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise ActionFailed(f"step {step.name}: progress note is not JSON: {exc}") from exc
+            record = await self._append(
+                header, JournalStatus.STEP_PROGRESS, step=step.name, attempt=attempt, detail=text
+            )
+            history.apply(record, step)
+            if {"awaiting_approval", "approved", "substep"} & detail.keys():
+                now_waiting = bool(history.awaiting_approval)
+                if now_waiting != waiting[0]:
+                    await self._set_waiting_approval(header, now_waiting)
+                    waiting[0] = now_waiting
+
         try:
             action = self._actions(step.action)
         except KeyError as exc:
@@ -458,11 +520,14 @@ class Executor:
             target_region=header.target,
             primary_region=header.primary,
             params=params,
-            aws=self._aws,
+            aws=self._aws.with_role(step.aws),
             clock=self._clock,
             deadline=deadline,
             approvals=self._store,
             facts=header.facts,
+            progress=progress,
+            history=earlier,
+            cancel_reason=cancel_reason,
         )
         report = await action.check(ctx)
         if not report.ready and attempt == 1:

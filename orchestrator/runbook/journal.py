@@ -17,6 +17,19 @@ Folding a run's records (in append order) gives each step's state:
 Only failed attempts count against a step's ``retries``: an attempt cut short by a crash or
 a leader change was not the step's fault, and is re-entered through the idempotent action.
 
+``step_progress`` records leave a step's state alone: they are notes an action journals while
+it works (:attr:`~orchestrator.actions.base.StepContext.progress`), kept in the step's
+``progress`` in order. Their ``detail`` is a JSON object; these keys mean something to the
+executor, the API, the status page, the metrics and the report (an action may add its own):
+
+* ``note``: a line for humans (``execution 4f2a… in us-west-2, ungraceful``);
+* ``substep``: ``{"name", "status", "at", "kind"?, "error"?}``, a step of the step's own
+  changed status (the steps of an ARC Region switch plan); ``status`` is one of
+  :data:`SUBSTEP_STATUSES`, ``at`` epoch seconds of the change as the source reports it;
+* ``awaiting_approval``: the name of a sub-step that waits for an operator's approval
+  (``failoverd approve``; recorded under the key ``<step>/<sub-step>``, see
+  :func:`approval_key`); ``approved`` (with ``by`` and ``reason``): that approval was passed on.
+
 A record the store could not decode (status ``corrupt``) is set aside (``RunJournal.corrupt``)
 and the rest folded without it: a lost ``step_succeeded`` leaves its step running, so a
 resume re-enters it through the idempotent action; a lost ``step_started`` or
@@ -39,6 +52,7 @@ from orchestrator.policy.models import Step
 from orchestrator.store.base import JournalRecord, JournalStatus
 
 HEADER_VERSION = 1
+SUBSTEP_STATUSES = ("running", "waiting_approval", "succeeded", "failed", "skipped", "cancelled")
 
 
 class JournalError(Exception):
@@ -138,6 +152,29 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def approval_key(step: str, substep: str) -> str:
+    """The approval store's key for an operator's approval of ``substep`` of ``step``."""
+    return f"{step}/{substep}"
+
+
+def _progress_detail(text: str) -> dict[str, Any]:
+    """A progress record's detail as a JSON object; anything else is kept as a note."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"note": text}
+    return value if isinstance(value, dict) else {"note": text}
+
+
+@dataclass(frozen=True)
+class ProgressNote:
+    """One ``step_progress`` record of a step: when, in which attempt, and its detail."""
+
+    at: float
+    attempt: int
+    detail: Mapping[str, Any]
+
+
 @dataclass(frozen=True)
 class AttemptRecord:
     attempt: int
@@ -166,6 +203,7 @@ class StepHistory:
     retryable: bool = False
     detail: str = ""
     skipped_at: float | None = None
+    progress: list[ProgressNote] = field(default_factory=list)
 
     @property
     def last_attempt(self) -> int:
@@ -183,8 +221,33 @@ class StepHistory:
             return self.attempts[-1].ended_at
         return None
 
+    @property
+    def awaiting_approval(self) -> tuple[str, ...]:
+        """The sub-steps waiting for an operator's approval now, in the order they began to."""
+        if self.status in FINAL_STEP_STATUSES:
+            return ()
+        waiting: dict[str, None] = {}
+        for note in self.progress:
+            name = note.detail.get("awaiting_approval")
+            if isinstance(name, str):
+                waiting[name] = None
+            for key in ("approved",):
+                done = note.detail.get(key)
+                if isinstance(done, str):
+                    waiting.pop(done, None)
+            sub = note.detail.get("substep")
+            if isinstance(sub, dict) and sub.get("status") != "waiting_approval":
+                name = sub.get("name")
+                if isinstance(name, str):
+                    waiting.pop(name, None)
+        return tuple(waiting)
+
     def apply(self, record: JournalRecord, step: Step | UnknownStep) -> None:
         status = record.status
+        if status is JournalStatus.STEP_PROGRESS:
+            note = ProgressNote(record.at, record.attempt, _progress_detail(record.detail))
+            self.progress.append(note)
+            return
         if status is JournalStatus.STEP_STARTED:
             self.attempts.append(AttemptRecord(record.attempt, record.at))
             self.status = StepStatus.RUNNING
@@ -223,6 +286,7 @@ class RunJournal:
 
 _STEP_STATUSES = frozenset(
     {
+        JournalStatus.STEP_PROGRESS,
         JournalStatus.STEP_STARTED,
         JournalStatus.STEP_SUCCEEDED,
         JournalStatus.STEP_FAILED,

@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.engine.state import RunStatus
-from orchestrator.runbook.journal import RunJournal, StepHistory, StepStatus, UnknownStep, fold
+from orchestrator.runbook.journal import (
+    SUBSTEP_STATUSES,
+    ProgressNote,
+    RunJournal,
+    StepHistory,
+    StepStatus,
+    UnknownStep,
+    fold,
+)
 from orchestrator.store.base import JournalRecord, JournalStatus
 
 
@@ -29,6 +37,74 @@ class AttemptProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class SubstepProgress:
+    """A step of a step (an ARC Region switch plan's step), from the step's progress notes."""
+
+    name: str
+    kind: str  # e.g. the plan step's execution block type
+    status: str  # one of journal.SUBSTEP_STATUSES
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None  # start to end (or to now while it runs)
+    error: str = ""
+
+
+_SUBSTEP_ENDED = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+
+
+def substeps(notes: Sequence[ProgressNote], end: float) -> tuple[SubstepProgress, ...]:
+    """The sub-steps the notes speak of, in the order they first appeared, each with its
+    latest status; a sub-step still going is measured up to ``end``."""
+    seen: dict[str, dict[str, object]] = {}
+    for note in notes:
+        sub = note.detail.get("substep")
+        if not isinstance(sub, dict):
+            continue
+        name, status = sub.get("name"), sub.get("status")
+        if not isinstance(name, str) or status not in SUBSTEP_STATUSES:
+            continue
+        at = sub.get("at")
+        when = float(at) if isinstance(at, int | float) and not isinstance(at, bool) else note.at
+        entry = seen.setdefault(name, {"kind": "", "start": None, "end": None, "error": ""})
+        entry["status"] = status
+        if isinstance(sub.get("kind"), str) and sub["kind"]:
+            entry["kind"] = sub["kind"]
+        if entry["start"] is None:
+            entry["start"] = when
+        if status in _SUBSTEP_ENDED:
+            entry["end"] = when
+            if isinstance(sub.get("error"), str):
+                entry["error"] = sub["error"]
+        else:
+            entry["end"] = None
+    out = []
+    for name, e in seen.items():
+        start = e["start"] if isinstance(e["start"], float) else None
+        stop = e["end"] if isinstance(e["end"], float) else None
+        duration = None if start is None else (stop if stop is not None else end) - start
+        out.append(
+            SubstepProgress(
+                name=name,
+                kind=str(e["kind"]),
+                status=str(e["status"]),
+                started_at=start,
+                finished_at=stop,
+                duration=None if duration is None else max(duration, 0.0),
+                error=str(e["error"]),
+            )
+        )
+    return tuple(out)
+
+
+def latest_note(notes: Sequence[ProgressNote]) -> str:
+    for note in reversed(notes):
+        text = note.detail.get("note")
+        if isinstance(text, str) and text:
+            return text
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
 class StepProgress:
     name: str
     action: str
@@ -40,6 +116,11 @@ class StepProgress:
     duration: float | None  # first start to end (or to now while running), backoffs included
     error: str = ""
     detail: str = ""
+    # What the step's progress notes say: its own steps (an ARC Region switch plan's), the
+    # sub-steps waiting for an operator's approval, and the latest note.
+    substeps: tuple[SubstepProgress, ...] = ()
+    awaiting_approval: tuple[str, ...] = ()
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +158,6 @@ class RunProgress:
         raise KeyError(name)
 
 
-_STEP_RECORDS = frozenset(
-    {
-        JournalStatus.STEP_STARTED,
-        JournalStatus.STEP_SUCCEEDED,
-        JournalStatus.STEP_FAILED,
-        JournalStatus.STEP_SKIPPED,
-    }
-)
-
-
 def rto_clock_start(detected_at: float | None, decided_at: float) -> float:
     return decided_at if detected_at is None else detected_at
 
@@ -94,6 +165,17 @@ def rto_clock_start(detected_at: float | None, decided_at: float) -> float:
 def rto_remaining(rto: float, detected_at: float | None, decided_at: float, now: float) -> float:
     """``rto - (now - detection)``: the budget left at ``now``."""
     return rto - (now - rto_clock_start(detected_at, decided_at))
+
+
+_STEP_RECORDS = frozenset(
+    {
+        JournalStatus.STEP_STARTED,
+        JournalStatus.STEP_SUCCEEDED,
+        JournalStatus.STEP_FAILED,
+        JournalStatus.STEP_SKIPPED,
+        JournalStatus.STEP_PROGRESS,
+    }
+)
 
 
 def progress_from_records(records: Sequence[JournalRecord], now: float) -> RunProgress:
@@ -175,6 +257,9 @@ def _step(history: StepHistory, action: str, after: tuple[str, ...], end: float)
         duration=duration,
         error=history.error,
         detail=history.detail,
+        substeps=substeps(history.progress, end),
+        awaiting_approval=history.awaiting_approval,
+        note=latest_note(history.progress),
     )
 
 

@@ -26,6 +26,7 @@ from orchestrator.sandbox.aws_faults import AwsFaultError, parse_error_rate, par
 from orchestrator.sandbox.fault_proxy import FaultProxy, ThrottleSpecError, parse_throttle
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints, local_down_supported
+from orchestrator.sandbox.region_switch_api import RegionSwitchEmulator
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.control")
@@ -61,6 +62,13 @@ class Faults:
     lag_seconds: float = 5.0
     health_events: dict[str, list[str]] = field(default_factory=dict)
     proxy: FaultProxy | None = None  # between the daemon and moto; None: no throttling
+    # Told when a region goes down (False) or comes back (True): the emulated world beyond
+    # the endpoints (Aurora replication stops shipping from a region that is down).
+    on_region: Callable[[str, bool], None] | None = None
+    # More of the world's state for GET /state (e.g. Aurora positions and lost writes).
+    world_state: Callable[[], dict[str, Any]] | None = None
+    # ARC Region switch: region-down/up take the region's Region switch endpoint with it.
+    region_switch: RegionSwitchEmulator | None = None
 
     async def apply(self, fault: str, arg: str) -> str:
         if fault in ("aws-errors", "blackhole"):
@@ -69,6 +77,10 @@ class Faults:
             self.endpoints.get(arg)  # a clear error for an unknown region
         if fault == "region-down":
             self.endpoints.set_mode(arg, "down")
+            if self.on_region is not None:
+                self.on_region(arg, False)
+            if self.region_switch is not None:
+                self.region_switch.set_region_down(arg)
             return f"{arg}: the endpoint answers 503"
         if fault == "slow":
             self.endpoints.set_mode(arg, "slow")
@@ -83,6 +95,10 @@ class Faults:
             return f"{arg}: the endpoint answers 503 to the daemon's own probes, 200 to agents"
         if fault == "region-up":
             self.endpoints.set_mode(arg, "up")
+            if self.on_region is not None:
+                self.on_region(arg, True)
+            if self.region_switch is not None:
+                self.region_switch.set_region_down(arg, down=False)
             for arn in self.health_events.pop(arg, []):
                 self.health.close_event(arn)
             return f"{arg}: the endpoint is healthy, its Health events closed"
@@ -129,6 +145,7 @@ class Faults:
             "lag_seconds": self.lag_seconds,
             "health_events": self.health_events,
             "throttled": None if self.proxy is None else self.proxy.throttled.service,
+            **(self.world_state() if self.world_state is not None else {}),
         }
 
 

@@ -64,22 +64,20 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import ipaddress
 import json
 import re
 import secrets
-import socket
 import threading
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final
 
 from aiohttp import web
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.sandbox.loopback import LoopbackServer
 from orchestrator.telemetry import get_logger
 
 TARGET_PREFIX: Final = "AWSHealth_20160804"
@@ -291,7 +289,7 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-class HealthApiEmulator:
+class HealthApiEmulator(LoopbackServer):
     """The AWS Health API of one emulated account, served on a loopback port.
 
     Control methods are thread-safe and take effect for the next request. ``start``/``stop``
@@ -309,17 +307,11 @@ class HealthApiEmulator:
         supported_locales: Iterable[str] = ("en",),
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        if not _is_loopback(host):
-            # The emulator has no authentication: it must never be reachable from elsewhere.
-            raise ValueError(f"host must be a loopback address, got {host!r}")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be 0..65535, got {port}")
+        super().__init__(host, port)
         if not 1 <= default_page_size <= MAX_PAGE:
             raise ValueError(f"default_page_size must be 1..{MAX_PAGE}, got {default_page_size}")
         if not re.fullmatch(r"\d{12}", account_id):
             raise ValueError(f"account_id must be 12 digits, got {account_id!r}")
-        self.host = host
-        self._requested_port = port
         self.account_id = account_id
         self.default_page_size = default_page_size
         self.supported_locales = frozenset(supported_locales)
@@ -334,29 +326,12 @@ class HealthApiEmulator:
         self._requests: deque[dict[str, Any]] = deque(maxlen=1000)
         # Tokens carry this so that a token from another emulator instance is rejected.
         self._nonce = secrets.token_hex(4)
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_loop: asyncio.AbstractEventLoop | None = None
 
-    # --- lifecycle -------------------------------------------------------------------------
+    # --- lifecycle (LoopbackServer: start/stop, start_background/stop_background) ----------
+    what = "the Health API emulator"
+    event = "health_emulator"
 
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the Health API emulator is not running")
-        return self._port
-
-    @property
-    def endpoint_url(self) -> str:
-        """The URL to give an AWS SDK as ``endpoint_url``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    async def start(self) -> None:
-        """Serve on the running loop. Raises OSError when the port is taken."""
-        if self._runner is not None:
-            raise RuntimeError("the Health API emulator is already running")
+    def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/", self._api)
         app.router.add_post("/_emulator/open", self._ctl_open)
@@ -366,98 +341,7 @@ class HealthApiEmulator:
         app.router.add_post("/_emulator/delay", self._ctl_delay)
         app.router.add_post("/_emulator/reset", self._ctl_reset)
         app.router.add_get("/_emulator/state", self._ctl_state)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self._requested_port))
-            site = web.SockSite(runner, sock)
-            await site.start()
-        except BaseException:
-            sock.close()
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(sock.getsockname()[1])
-        log.info("health_emulator_started", url=self.endpoint_url)
-
-    async def stop(self) -> None:
-        """Stop serving (idempotent)."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-            log.info("health_emulator_stopped", port=self._port)
-        self._port = None
-
-    async def __aenter__(self) -> HealthApiEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    def start_background(self, timeout: float = 10.0) -> None:
-        """Serve from a daemon thread with a loop of its own; returns once it listens."""
-        if self._thread is not None:
-            raise RuntimeError("the Health API emulator is already running")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            self._thread_loop = loop
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self.stop())
-                loop.close()
-
-        thread = threading.Thread(target=main, name="health-api-emulator", daemon=True)
-        thread.start()
-        if not ready.wait(timeout):
-            raise TimeoutError(f"the Health API emulator did not start within {timeout}s")
-        if failure:
-            thread.join(timeout)
-            raise failure[0]
-        self._thread = thread
-
-    def stop_background(self, timeout: float = 10.0) -> None:
-        """Stop the thread started by :meth:`start_background` (idempotent)."""
-        thread, loop = self._thread, self._thread_loop
-        self._thread = self._thread_loop = None
-        if thread is None or loop is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-        if thread.is_alive():
-            raise TimeoutError(f"the Health API emulator did not stop within {timeout}s")
-
-    def __enter__(self) -> HealthApiEmulator:
-        self.start_background()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop_background()
+        return app
 
     # --- control API -----------------------------------------------------------------------
 
@@ -986,15 +870,6 @@ class HealthApiEmulator:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_choice(what: str, value: object, allowed: Sequence[str]) -> None:

@@ -43,13 +43,21 @@ from typing import Any, TextIO
 import aiohttp
 import yaml
 
+from orchestrator.sandbox import region_switch_world
+from orchestrator.sandbox.aurora_global import EMULATOR, aurora_region
 from orchestrator.sandbox.broker import available as embedded_broker_available
 from orchestrator.sandbox.control import FAULTS, ControlServer, FaultError, Faults, send_fault
 from orchestrator.sandbox.etcd_cluster import EtcdCluster, EtcdClusterError, etcd_binary
 from orchestrator.sandbox.fault_proxy import FaultProxy
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints
-from orchestrator.sandbox.seed import ALL_REGIONS, seed_world, write_sandbox_policies
+from orchestrator.sandbox.region_switch_api import RegionSwitchEmulator
+from orchestrator.sandbox.seed import (
+    ALL_REGIONS,
+    feed_ledger_writes,
+    seed_world,
+    write_sandbox_policies,
+)
 from orchestrator.sandbox.world import (
     DEFAULT_LAG,
     PRIMARY,
@@ -298,7 +306,14 @@ class Sandbox:
         self.health = HealthApiEmulator()
         await self.health.start()
         stack.push_async_callback(self.health.stop)
-        self.endpoints = RegionEndpoints(list(ALL_REGIONS))
+        # ARC Region switch (the orders example's plan), emulated on its own port.
+        self.region_switch = RegionSwitchEmulator()
+        await self.region_switch.start()
+        stack.push_async_callback(self.region_switch.stop)
+        region_switch_world.seed_plan(self.region_switch)
+        await asyncio.to_thread(region_switch_world.seed_moto, self.moto)
+        regions = dict.fromkeys([*ALL_REGIONS, *region_switch_world.REGIONS])
+        self.endpoints = RegionEndpoints(list(regions))
         stack.push_async_callback(self.endpoints.stop)
         await self.endpoints.start()
 
@@ -306,7 +321,14 @@ class Sandbox:
             publish_lag(self.moto, seconds)
 
         self.faults = Faults(
-            self.endpoints, self.health, lag, lag_seconds=DEFAULT_LAG, proxy=self.proxy
+            self.endpoints,
+            self.health,
+            lag,
+            lag_seconds=DEFAULT_LAG,
+            proxy=self.proxy,
+            on_region=aurora_region,
+            world_state=lambda: {"aurora": EMULATOR.states()},
+            region_switch=self.region_switch,
         )
         control = ControlServer(self.faults)
         stack.push_async_callback(control.stop)
@@ -319,6 +341,7 @@ class Sandbox:
         policies.mkdir()
         ports = {r: e.port for r, e in self.endpoints.endpoints.items()}
         write_sandbox_policies(policies, self.zones, ports, vantages)
+        region_switch_world.write_policy(policies, ports, vantages)
         if self.extra_policies is not None:
             self.extra_policies(policies, ports, vantages)
         if broker:
@@ -471,6 +494,7 @@ class Sandbox:
             "aws": {
                 "endpoint_url": self.proxy.endpoint_url,
                 "health_endpoint_url": self.health.endpoint_url,
+                "service_endpoints": {"arc-region-switch": self.region_switch.endpoint_url},
                 "read_timeout": "5s",
             },
             "http": {"bind": "127.0.0.1", "port": port, "token_file": str(self.token_file)},
@@ -500,6 +524,7 @@ class Sandbox:
             "instances": self.apis,
             "etcd": list(self.etcd.endpoints) if self.etcd else [],
             "token_file": str(self.token_file),
+            "region_switch": self.region_switch.endpoint_url,
             "workdir": str(self.workdir),
             "pids": self.pids,
         }
@@ -567,6 +592,7 @@ async def _main(args: argparse.Namespace) -> int:
         sandbox.announce()
         async with asyncio.TaskGroup() as tasks:
             feed = tasks.create_task(feed_lag(sandbox.moto, lambda: sandbox.faults.lag_seconds))
+            writes = tasks.create_task(feed_ledger_writes())
             try:
                 if args.demo:
                     return int(await _first(run_demo(sandbox, args.deadline), stop, default=1))
@@ -574,6 +600,7 @@ async def _main(args: argparse.Namespace) -> int:
                 return EXIT_OK
             finally:
                 feed.cancel()
+                writes.cancel()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -5,10 +5,14 @@ The webapp stays in :mod:`orchestrator.sandbox.world` (the demo depends on it); 
 adds, per example:
 
 * ledger (eu-west-1 → eu-central-1): Aurora global database ``ledger-global`` with member
-  clusters ``ledger-<region>``, ECS ``ledger-<region>``/``ledger-writer``, CloudWatch alarms
-  ``ledger-<region>-unhealthy`` in OK, SNS ``ledger-oncall``, zone ``payments.example.com``;
+  clusters ``ledger-<region>`` (one instance each; writes committed by
+  :func:`feed_ledger_writes`, replicated by the emulator of
+  :mod:`orchestrator.sandbox.aurora_global`), ECS ``ledger-<region>``/``ledger-writer``,
+  CloudWatch alarms ``ledger-<region>-unhealthy`` in OK, SNS ``ledger-oncall``, zone
+  ``payments.example.com``; the primary's writers under a scalable target [2, 12];
 * catalog (us-east-1 → us-west-2 → eu-west-1): ECS ``catalog-<region>``/``catalog-api``,
-  Route 53 health checks ``catalog-<region>``, SNS ``catalog-oncall`` per region;
+  Route 53 health checks tagged ``Name=catalog-<region>`` (ids generated), SNS
+  ``catalog-oncall`` per region;
 * reports (us-west-2 → us-east-1, advisory): ASG ``reports-web-<region>``, zone
   ``example.com``.
 
@@ -28,10 +32,12 @@ from orchestrator.policy.loader import load_policy_text
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.sandbox.world import (
     ACCOUNT,
+    BACKFILL,
     EXAMPLE_ZONE_ID,
     MotoWorld,
     SandboxError,
     sandbox_policy,
+    sandbox_replication,
     seed_webapp,
 )
 from orchestrator.telemetry import get_logger
@@ -66,6 +72,7 @@ def seed_world(world: MotoWorld) -> SeededWorld:
     zones["ledger"] = _seed_ledger(world)
     _seed_catalog(world)
     zones["reports"] = _seed_reports(world)
+    publish_example_lag(world, age=BACKFILL)  # readable at once despite the metric delay
     publish_example_lag(world)
     return SeededWorld(zones=zones)
 
@@ -113,8 +120,26 @@ def _seed_ledger(world: MotoWorld) -> str:
         Engine="aurora-postgresql",
         GlobalClusterIdentifier="ledger-global",
     )
+    for region in (primary, standby):
+        # An instance in each cluster: a headless secondary could not serve as the writer.
+        world.client("rds", region).create_db_instance(
+            DBInstanceIdentifier=f"ledger-{region}-1",
+            DBClusterIdentifier=f"ledger-{region}",
+            Engine="aurora-postgresql",
+            DBInstanceClass="db.r6g.large",
+        )
     for region, desired in ((primary, 6), (standby, 0)):
         _ecs(world, region, f"ledger-{region}", "ledger-writer", desired)
+        if desired:
+            # Service Auto Scaling keeps the writers between 2 and 12 (the standby's, at 0,
+            # has no target yet): a fence must move these bounds (scalable_target: adjust).
+            world.client("application-autoscaling", region).register_scalable_target(
+                ServiceNamespace="ecs",
+                ResourceId=f"service/ledger-{region}/ledger-writer",
+                ScalableDimension="ecs:service:DesiredCount",
+                MinCapacity=2,
+                MaxCapacity=12,
+            )
         cw = world.client("cloudwatch", region)
         name = f"ledger-{region}-unhealthy"
         cw.put_metric_alarm(
@@ -140,13 +165,11 @@ def _seed_ledger(world: MotoWorld) -> str:
 
 
 def _seed_catalog(world: MotoWorld) -> None:
-    from moto.route53.models import route53_backends
-
-    backend = route53_backends[ACCOUNT]["aws"]
+    r53 = world.client("route53", "us-east-1")
     for i, region in enumerate(REGIONS_OF["catalog"]):
         _ecs(world, region, f"catalog-{region}", "catalog-api", 24 if i == 0 else 4)
         world.client("sns", region).create_topic(Name="catalog-oncall")
-        created = world.client("route53", "us-east-1").create_health_check(
+        created = r53.create_health_check(
             CallerReference=f"catalog-{region}",
             HealthCheckConfig={
                 "Type": "HTTPS",
@@ -154,11 +177,12 @@ def _seed_catalog(world: MotoWorld) -> None:
                 "ResourcePath": "/healthz",
             },
         )["HealthCheck"]["Id"]
-        # The policy names its checks catalog-<region>; AWS ids are generated. moto runs in
-        # this process, so the check is re-keyed to the name the runbook renders.
-        check = backend.health_checks.pop(created)
-        check.id = f"catalog-{region}"
-        backend.health_checks[check.id] = check
+        # Route 53 generates the id; the policy finds the check by its Name tag, as in AWS.
+        r53.change_tags_for_resource(
+            ResourceType="healthcheck",
+            ResourceId=created,
+            AddTags=[{"Key": "Name", "Value": f"catalog-{region}"}],
+        )
     log.info("sandbox_world_seeded", service="catalog")
 
 
@@ -184,28 +208,57 @@ def _seed_reports(world: MotoWorld) -> str:
     return zone
 
 
-def _datapoint(name: str, dims: dict[str, str], value: float, unit: str) -> dict[str, Any]:
+def _datapoint(
+    name: str, dims: dict[str, str], value: float, unit: str, age: float = 0.0
+) -> dict[str, Any]:
     return {
         "MetricName": name,
         # Sorted by name, as the daemon queries them: moto matches dimension lists in order.
         "Dimensions": [{"Name": k, "Value": v} for k, v in sorted(dims.items())],
-        "Timestamp": datetime.now(UTC),
+        "Timestamp": datetime.fromtimestamp(datetime.now(UTC).timestamp() - age, UTC),
         "Value": value,
         "Unit": unit,
     }
 
 
-def publish_example_lag(world: MotoWorld) -> None:
-    """One fresh datapoint for every replication source of ledger, catalog and reports (the
-    webapp's lag is :func:`~orchestrator.sandbox.world.publish_lag`'s). Blocking."""
+def commit_ledger_writes(n: int = 1) -> int:
+    """The ledger application's writes: ``n`` committed on ledger-global's writer (nothing
+    while the writer's region is down, or during a switchover). The emulator ships them to
+    the secondary after its lag, so a failover with AllowDataLoss loses the newest ones."""
+    from orchestrator.sandbox.aurora_global import EMULATOR, find_global_cluster
+
+    try:
+        return EMULATOR.write(find_global_cluster("ledger-global", ACCOUNT), n)
+    except KeyError:
+        return 0
+
+
+async def feed_ledger_writes(every: float = 0.5) -> None:
+    """Commit a ledger write every ``every`` seconds until cancelled (the sandbox's
+    "application"), so a failover's lost writes show in the control endpoint's state."""
+    import asyncio
+
+    while True:
+        try:
+            await asyncio.to_thread(commit_ledger_writes)
+        except Exception as exc:  # moto restarting: the next round tries again
+            log.warning("sandbox_ledger_write_failed", error=repr(exc))
+        await asyncio.sleep(every)
+
+
+def publish_example_lag(world: MotoWorld, *, age: float = 0.0) -> None:
+    """One datapoint (stamped ``age`` seconds ago) for every replication source of ledger,
+    catalog and reports (the webapp's lag is :func:`~orchestrator.sandbox.world.publish_lag`'s).
+    Blocking."""
     world.client("cloudwatch", "eu-central-1").put_metric_data(
         Namespace="AWS/RDS",
         MetricData=[
             _datapoint(
                 "AuroraGlobalDBRPOLag",
-                {"DBClusterIdentifier": "ledger-euc1"},
+                {"DBClusterIdentifier": "ledger-eu-central-1"},
                 AURORA_RPO_LAG_MS,
                 "Milliseconds",
+                age,
             )
         ],
     )
@@ -218,6 +271,7 @@ def publish_example_lag(world: MotoWorld) -> None:
                     {"TableName": "catalog-items", "ReceivingRegion": region},
                     DYNAMODB_LATENCY_MS,
                     "Milliseconds",
+                    age,
                 )
             ],
         )
@@ -228,7 +282,7 @@ def publish_example_lag(world: MotoWorld) -> None:
     }
     world.client("cloudwatch", "us-east-1").put_metric_data(
         Namespace="AWS/S3",
-        MetricData=[_datapoint("ReplicationLatency", dims, S3_REPLICATION_S, "Seconds")],
+        MetricData=[_datapoint("ReplicationLatency", dims, S3_REPLICATION_S, "Seconds", age)],
     )
 
 
@@ -252,8 +306,8 @@ def example_policy(
     """The sandbox copy of ``policies/<service>/<service>.yaml`` (not webapp: see
     :func:`~orchestrator.sandbox.world.sandbox_policy`): seeded zone id, every probe on the
     loopback endpoint of its region (``targets``: region → port), the given vantage points,
-    fast detection and replication reads. Runbooks and guards unchanged but for ledger's
-    Aurora mode."""
+    fast detection and replication reads. Runbooks and guards unchanged (ledger's Aurora steps
+    run against the emulated FailoverGlobalCluster/SwitchoverGlobalCluster)."""
     source = POLICIES / service / f"{service}.yaml"
     text = source.read_text(encoding="utf-8")
     placeholder = PLACEHOLDER_ZONES.get(service)
@@ -278,15 +332,7 @@ def example_policy(
             signal["body_contains"] = '"status":"ok"'
         elif signal["type"] == "tcp":
             signal["targets"] = {r: f"127.0.0.1:{targets[r]}" for r in regions}
-    policy["replication"]["interval"] = "5s"
-    policy["replication"]["max_age"] = "1m"
-    if service == "ledger":
-        # moto implements neither FailoverGlobalCluster nor SwitchoverGlobalCluster: in the
-        # sandbox the Aurora steps detach the target from the global database and promote it.
-        for steps in policy["runbooks"].values():
-            for step in steps:
-                if step["action"] == "aurora.global_failover":
-                    step["params"]["mode"] = "detach_and_promote"
+    sandbox_replication(policy["replication"])
     return yaml.safe_dump(policy, sort_keys=False)
 
 

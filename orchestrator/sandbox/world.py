@@ -49,6 +49,23 @@ DESIRED = 6
 FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 START_DEADLINE = 20.0  # seconds for moto to bind and answer
 DEFAULT_LAG = 5.0  # seconds; well within the example's 1 m RPO
+# CloudWatch datapoints reach GetMetricData this late in the sandbox (the
+# cloudwatch_datapoints_arrive_late fix-up); the sandbox's policies declare the same delay,
+# and their max_age follows from it (2 periods + the delay + the read interval).
+METRIC_DELAY = 30.0
+LAG_INTERVAL = 5.0
+BACKFILL = 120.0  # seconds back the seeded lag datapoints are stamped: readable at once
+
+
+def sandbox_replication(replication: dict[str, Any]) -> None:
+    """A policy's ``replication`` section as the sandbox runs it: read every few seconds,
+    every source declaring the sandbox's metric delay, max_age what validate asks for."""
+    from orchestrator.policy.durations import format_duration
+
+    replication["interval"] = format_duration(LAG_INTERVAL)
+    for source in replication["sources"].values():
+        source["delay"] = format_duration(METRIC_DELAY)
+    replication["max_age"] = format_duration(2 * 60 + METRIC_DELAY + LAG_INTERVAL)
 
 
 def endpoint_name(region: str) -> str:
@@ -106,6 +123,9 @@ class MotoWorld:
             raise SandboxError(f"moto did not start: {failure[0]!r}" if failure else "moto hung")
         self._server = server
         apply_moto_fixups()
+        from orchestrator.sandbox.moto_fixups import CLOUDWATCH_DELAY
+
+        CLOUDWATCH_DELAY.seconds = METRIC_DELAY
         host, port = server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
         deadline = time.monotonic() + START_DEADLINE
@@ -181,21 +201,24 @@ def seed_webapp(world: MotoWorld) -> Seeded:
         AvailabilityZones=zones[:2],
     )
     world.client("sns", STANDBY).create_topic(Name="webapp-oncall")
+    # Backdated first, so that a reading is there at once despite the metric delay.
+    publish_lag(world, DEFAULT_LAG, age=BACKFILL)
     publish_lag(world, DEFAULT_LAG)
     bare = zone_id.rsplit("/", 1)[-1]
     log.info("sandbox_world_seeded", service=SERVICE, zone_id=bare)
     return Seeded(zone_id=bare)
 
 
-def publish_lag(world: MotoWorld, seconds: float) -> None:
-    """Put one ``ReplicaLag`` datapoint for the standby replica, stamped now. Blocking."""
+def publish_lag(world: MotoWorld, seconds: float, *, age: float = 0.0) -> None:
+    """Put one ``ReplicaLag`` datapoint for the standby replica, stamped ``age`` seconds
+    ago. Blocking."""
     world.client("cloudwatch", STANDBY).put_metric_data(
         Namespace="AWS/RDS",
         MetricData=[
             {
                 "MetricName": "ReplicaLag",
                 "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": REPLICA_DB}],
-                "Timestamp": datetime.now(UTC),
+                "Timestamp": datetime.fromtimestamp(time.time() - age, UTC),
                 "Value": seconds,
                 "Unit": "Seconds",
             }
@@ -237,9 +260,8 @@ def sandbox_policy(
             signal["targets"] = {r: f"http://127.0.0.1:{p}/healthz" for r, p in targets.items()}
         elif signal["type"] == "tcp":
             signal["targets"] = {r: f"127.0.0.1:{p}" for r, p in targets.items()}
-    # Readings arrive every few seconds in the sandbox; the daemon should not wait 30 s.
-    policy["replication"]["interval"] = "5s"
-    policy["replication"]["max_age"] = "1m"
+    # Readings are read every few seconds in the sandbox; the daemon should not wait 30 s.
+    sandbox_replication(policy["replication"])
     return yaml.safe_dump(policy, sort_keys=False)
 
 
@@ -280,12 +302,14 @@ async def feed_lag(world: MotoWorld, current: Callable[[], float], every: float 
     so the daemon's reading stays fresh. A failed put is logged and retried next time: the
     feed never ends on its own. The other examples' lag is re-published at its steady value."""
     # seed.py builds on this module: imported here, not at the top, to avoid a cycle.
+    from orchestrator.sandbox import region_switch_world
     from orchestrator.sandbox.seed import publish_example_lag
 
     while True:
         try:
             await asyncio.to_thread(publish_lag, world, current())
             await asyncio.to_thread(publish_example_lag, world)
+            await asyncio.to_thread(region_switch_world.publish_lag, world)
         except Exception as exc:  # moto restarting or slow: the next round tries again
             log.warning("sandbox_lag_publish_failed", error=repr(exc))
         await asyncio.sleep(every)

@@ -46,7 +46,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import aiohttp
 import dns.asyncresolver
@@ -62,8 +62,9 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.observation import FailureKind, Observation
+from orchestrator.policy.access import AwsRole
 from orchestrator.policy.models import AWS_HEALTH_VANTAGE, AwsHealthSignal, Policy
-from orchestrator.signals.aws_clients import counted_client
+from orchestrator.signals.aws_clients import AwsClients, RoleKey, counted_client, role_key
 from orchestrator.signals.base import ObservationSink
 from orchestrator.telemetry import (
     HEALTH_API_AVAILABLE,
@@ -72,6 +73,9 @@ from orchestrator.telemetry import (
     HEALTH_SIGNAL_DISABLED,
     get_logger,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.settings import AwsSettings
 
 SOURCE: Final = "aws_health"
 GLOBAL_ENDPOINT: Final = "global.health.amazonaws.com"
@@ -341,6 +345,54 @@ def aiobotocore_client_factory(settings: HealthClientSettings) -> HealthClientFa
     return make
 
 
+def clients_factory(clients: AwsClients) -> HealthClientFactory:
+    """Health clients from the daemon's one client factory (its timeouts, credentials or
+    role), each signed for its endpoint's region, without botocore's own retries (the
+    source has its own budget, and moves to the other endpoint on failure)."""
+
+    def make(endpoint: HealthEndpoint) -> AbstractAsyncContextManager[Any]:
+        return clients.client("health", endpoint.region, endpoint_url=endpoint.url, max_attempts=1)
+
+    return make
+
+
+def health_sources(
+    policies: Sequence[Policy],
+    clients: AwsClients,
+    aws: AwsSettings,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+) -> list[AwsHealthSource]:
+    """One source per identity the ``aws_health`` signals read as (AWS Health events are an
+    account's own: a signal with a role in a workload account polls that account), built
+    from the ``aws`` settings and ``clients`` (the daemon's one factory)."""
+    groups: dict[RoleKey | None, tuple[AwsRole | None, list[HealthWatch]]] = {}
+    for policy in policies:
+        for signal in policy.signals:
+            if isinstance(signal, AwsHealthSignal):
+                role = policy.role(signal.aws)
+                key = None if role is None else role_key(role)
+                groups.setdefault(key, (role, []))[1].append(HealthWatch.of(policy, signal))
+    settings = HealthClientSettings(
+        endpoint_url=aws.health_endpoint_url or aws.endpoint_url,
+        connect_timeout=aws.connect_timeout,
+        read_timeout=aws.read_timeout,
+    )
+    out = []
+    for role, watches in groups.values():
+        out.append(
+            AwsHealthSource(
+                policies,
+                settings=settings,
+                client_factory=clients_factory(clients.with_role(role)),
+                clock=clock,
+                watches=watches,
+                name=SOURCE if role is None else f"{SOURCE}:{role.role_arn}",
+            )
+        )
+    return out
+
+
 # --- options and watches -------------------------------------------------------------------
 
 
@@ -510,10 +562,14 @@ class AwsHealthSource:
         options: AwsHealthOptions | None = None,
         resolver: CnameResolver | None = None,
         rng: random.Random | None = None,
+        watches: Sequence[HealthWatch] | None = None,
+        name: str = SOURCE,
     ) -> None:
         self.settings = settings or HealthClientSettings()
         self.options = options or AwsHealthOptions()
-        self.watches = watches_of(policies)
+        # ``watches``: a subset of the policies' (those read as one account's role).
+        self.watches = watches_of(policies) if watches is None else list(watches)
+        self.name = name
         self._clock = clock
         self._factory = client_factory or aiobotocore_client_factory(self.settings)
         override = self.settings.override()

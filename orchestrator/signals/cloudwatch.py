@@ -24,6 +24,7 @@ from typing import Any
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.observation import FailureKind, Observation
+from orchestrator.policy.access import AwsRole
 from orchestrator.policy.models import CLOUDWATCH_VANTAGE, CloudWatchAlarmSignal, Policy
 from orchestrator.signals.aws_clients import AwsClients, error_code, run_regional_loops
 from orchestrator.signals.base import ObservationSink
@@ -52,6 +53,7 @@ class AlarmWatch:
     signal: str
     alarms: tuple[str, ...]
     interval: float
+    role: AwsRole | None = None  # read as this role (the signal's or the policy's aws)
 
 
 def alarm_watches(policies: Iterable[Policy]) -> list[AlarmWatch]:
@@ -70,6 +72,7 @@ def alarm_watches(policies: Iterable[Policy]) -> list[AlarmWatch]:
                             signal.name,
                             tuple(dict.fromkeys(names)),
                             float(policy.detection.interval),
+                            policy.role(signal.aws),
                         )
                     )
     return out

@@ -30,6 +30,7 @@ from typing import Any
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.state import LagReading
+from orchestrator.policy.access import AwsRole
 from orchestrator.policy.models import (
     AuroraGlobalLag,
     CloudWatchMetricLag,
@@ -45,7 +46,7 @@ SOURCE = "replication_lag"
 RDS_NAMESPACE = "AWS/RDS"
 MILLISECONDS = 0.001  # seconds per unit of the Aurora global database lag metrics
 DEFAULT_WINDOW = 600.0  # how far back to look for the newest datapoint
-DEFAULT_PERIOD = 60  # RDS publishes these metrics every minute
+DEFAULT_PERIOD = 60  # RDS publishes these metrics every minute (a source may name another)
 
 log = get_logger()
 
@@ -71,6 +72,8 @@ class LagWatch:
     queries: tuple[MetricQuery, ...]
     interval: float
     max_age: float
+    role: AwsRole | None = None  # read as this role (replication's aws, or the policy's)
+    period: int = DEFAULT_PERIOD  # the metric's period (GetMetricData Period)
 
 
 def lag_queries(source: LagSource) -> tuple[MetricQuery, ...]:
@@ -114,6 +117,8 @@ def lag_watches(policies: Iterable[Policy]) -> list[LagWatch]:
                     lag_queries(source),
                     float(replication.interval),
                     float(replication.max_age),
+                    policy.role(replication.aws),
+                    int(source.period),
                 )
             )
     return out
@@ -206,6 +211,36 @@ async def get_metric_results(
         params["NextToken"] = token
 
 
+async def listed_query(client: Any, queries: Sequence[MetricQuery]) -> MetricQuery | None:
+    """The first of ``queries`` whose metric ListMetrics knows with exactly these dimensions
+    (None: none is listed — a wrong dimension value, or a metric not published at all).
+    ListMetrics shows metrics with data in the last two weeks; a brand-new one can take up
+    to 15 minutes to be listed (CloudWatch API reference, PutMetricData)."""
+    for query in queries:
+        kwargs: dict[str, Any] = {
+            "Namespace": query.namespace,
+            "MetricName": query.metric_name,
+            "Dimensions": [{"Name": k, "Value": v} for k, v in query.dimensions],
+        }
+        while True:
+            page = await client.list_metrics(**kwargs)
+            wanted = dict(query.dimensions)
+            for metric in page.get("Metrics", []):
+                dims = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
+                if dims == wanted:
+                    return query
+            token = page.get("NextToken")
+            if not token:
+                break
+            kwargs["NextToken"] = token
+    return None
+
+
+def describe_query(query: MetricQuery) -> str:
+    dims = ", ".join(f"{k}={v}" for k, v in query.dimensions) or "no dimensions"
+    return f"{query.namespace} {query.metric_name} ({dims})"
+
+
 def record_reading(service: str, region: str, reading: LagReading) -> None:
     """Export a reading. Unknown lag is NaN; the timestamp gauge keeps the time of the last
     KNOWN value, so ``time() - failoverd_replication_lag_timestamp_seconds`` keeps growing
@@ -236,10 +271,10 @@ class ReplicationLagSource:
         clock: Clock = SYSTEM_CLOCK,
         *,
         window: float = DEFAULT_WINDOW,
-        period: int = DEFAULT_PERIOD,
+        period: int | None = None,
         call_timeout: float | None = None,
     ) -> None:
-        if not (
+        if period is not None and not (
             isinstance(period, int)
             and (period in (1, 5, 10, 20, 30) or (period >= 60 and period % 60 == 0))
         ):
@@ -262,12 +297,13 @@ class ReplicationLagSource:
     async def read(self, client: Any, watch: LagWatch) -> LagReading | None:
         """One reading for ``watch``; None when the call failed (nothing to report)."""
         now = self.clock.now()
-        window = max(self.window, watch.max_age + self.period)
+        period = self.period if self.period is not None else watch.period
+        window = max(self.window, watch.max_age + period)
         timeout = self.call_timeout if self.call_timeout is not None else min(watch.interval, 30)
         try:
             async with asyncio.timeout(timeout):
                 results = await get_metric_results(
-                    client, watch.queries, now, window=window, period=self.period
+                    client, watch.queries, now, window=window, period=period
                 )
         except Exception as exc:  # a failed read is no news, never a crash
             self._report(watch, "read_failed", error=error_code(exc))

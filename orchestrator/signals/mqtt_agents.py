@@ -133,17 +133,12 @@ class BrokerConfig:
         file is picked up at the next connection."""
         if self.password_file is None:
             return None
-        try:
-            text = self.password_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise BrokerConfigError(
-                f"password file {self.password_file}: {exc.strerror or exc}"
-            ) from None
-        lines = text.splitlines()
-        secret = lines[0] if lines else ""
-        if not secret:
-            raise BrokerConfigError(f"password file {self.password_file} is empty")
-        return secret
+        from orchestrator.settings import SettingsError, read_secret_file
+
+        try:  # the rules of every secret file: the owner's alone, CRLF handled
+            return read_secret_file(self.password_file, "password file")
+        except SettingsError as exc:
+            raise BrokerConfigError(str(exc)) from None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:

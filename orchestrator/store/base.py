@@ -97,6 +97,9 @@ class JournalStatus(StrEnum):
     STEP_SKIPPED = "step_skipped"  # a dependency failed with on_failure: abort
     RUN_SUCCEEDED = "run_succeeded"
     RUN_FAILED = "run_failed"
+    # A note of a step in progress (JSON in `detail`): e.g. each event of an ARC Region switch
+    # execution the step follows; see orchestrator.runbook.journal for its keys.
+    STEP_PROGRESS = "step_progress"
     # An operator's command (who, what, why in `detail`), journaled before it takes effect;
     # run_id is "" unless it approves a run's step.
     OPERATOR_COMMAND = "operator_command"
@@ -251,6 +254,10 @@ class Store(Protocol):
         """Whether an approval for that run's step was recorded. Approvals of a pending
         decision (run_id "") are one-shot operator commands handed to ``decide()`` by the
         daemon, not looked up here: an old one must never approve a later decision."""
+        ...
+
+    async def approval(self, service: str, run_id: str, step: str) -> ApprovalRecord | None:
+        """The first approval recorded for that run's step (who and why), or None."""
         ...
 
     async def close(self) -> None: ...

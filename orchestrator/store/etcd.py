@@ -90,6 +90,7 @@ from orchestrator.store.base import (
     in_window,
 )
 from orchestrator.store.codec import (
+    decode_approval,
     decode_state,
     encode_approval,
     encode_journal,
@@ -728,6 +729,25 @@ class EtcdStore:
             return as_int(answer, "count") > 0
 
         return await self._op("approved", approved)
+
+    async def approval(self, service: str, run_id: str, step: str) -> ApprovalRecord | None:
+        prefix = self._approval_prefix(service, run_id, step)
+
+        async def first(deadline: float) -> _KV | None:
+            kvs, _ = await self._range(
+                prefix,
+                deadline,
+                limit=1,
+                sort_order="ASCEND",
+                sort_target="CREATE",
+                **self._prefix_options(prefix),
+            )
+            return kvs[0] if kvs else None
+
+        kv = await self._op("approval", first)
+        if kv is None:
+            return None
+        return decode_approval(kv.value, f"approval of {run_id}/{step} in etcd")
 
     # -- quarantine -----------------------------------------------------------------------
     def _quarantine_key(self, found: Found) -> str:

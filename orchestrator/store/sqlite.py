@@ -24,6 +24,7 @@ committing* may have landed: its outcome is unknown, never reordered after a lat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import sqlite3
@@ -56,6 +57,7 @@ from orchestrator.store.base import (
     in_window,
 )
 from orchestrator.store.codec import (
+    decode_approval,
     decode_state,
     encode_approval,
     encode_journal,
@@ -285,6 +287,7 @@ class SqliteStore:
         """Connect, set the durability pragmas, create or check the schema; True if created."""
         conn: sqlite3.Connection | None = None
         try:
+            _create_private(self.path)
             # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE.
             conn = sqlite3.connect(self.path, timeout=self.timeout * 0.9, isolation_level=None)
             # Give up on a locked file a little before the call's deadline, so the worker is
@@ -706,6 +709,18 @@ class SqliteStore:
             for kind, key, error, found_at, body in rows
         ]
 
+    async def approval(self, service: str, run_id: str, step: str) -> ApprovalRecord | None:
+        def first(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT body FROM approvals WHERE service = ? AND run_id = ? AND step = ?"
+                " ORDER BY seq LIMIT 1",
+                (service, run_id, step),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        body = await self._call("approval", first)
+        return None if body is None else decode_approval(body, f"approval of {run_id}/{step}")
+
     # -- diagnostics and lifecycle --------------------------------------------------------
     async def settings(self) -> SqliteSettings:
         """The connection's effective settings, for readiness reports and tests."""
@@ -742,3 +757,12 @@ class SqliteStore:
             _log.warning("store_close_failed", path=str(self.path), error=repr(exc))
         finally:
             self._executor.shutdown(wait=False)
+
+
+def _create_private(path: str | os.PathLike[str]) -> None:
+    """Create the database file readable and writable by its owner only, whatever the umask
+    (the journal names operators and their reasons; SQLite gives the -wal and -shm files the
+    database's mode). An existing file is left as it is; any other failure is SQLite's to
+    report when it opens the path."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))

@@ -27,6 +27,7 @@ from orchestrator.settings import StateSettings
 from orchestrator.store.base import JournalRecord, JournalStatus
 from orchestrator.store.open import open_store
 from tests.fixtures.moto_server import MotoServer
+from tests.fixtures.secrets import write_secret
 from tests.integration.test_daemon_e2e import TOKEN, DaemonProcess, running_daemon
 
 TTL = 3.0  # the lease in these tests: takeover must come within TTL + 2 s
@@ -175,8 +176,7 @@ def write_configs(
     policies = tmp_path / "policies"
     policies.mkdir(exist_ok=True)
     (policies / "webapp.yaml").write_text(policy)
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file = write_secret(tmp_path / "token", TOKEN + "\n")
     out = []
     for name in names:
         config = tmp_path / f"{name}.yaml"

@@ -5,9 +5,9 @@ to the world is applied again.
 Same setup as tests/integration/test_daemon_e2e.py (its fixtures and helpers are imported;
 only the body of its ``daemon`` fixture, which cannot be imported as a function that starts
 two daemons, is restated in :func:`write_config` and :func:`running_daemon`), with one
-change to the webapp runbook: a 4 s ``hold`` wait after promote-db that flip-dns waits for,
-so that there is a window in which promote-db has changed the world and the run is still in
-flight. The daemon is killed in that window.
+change to the webapp runbook: a 4 s ``hold`` wait after promote-db (and the steps beside
+it) that flip-dns waits for, so that there is a window in which promote-db has changed the
+world and the run is still in flight. The daemon is killed in that window.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from tests.fixtures.moto_server import MotoServer
+from tests.fixtures.secrets import write_secret
 
 # The integration test's helpers are private to that module; imported here on purpose so
 # both tests build the very same daemon setup.
@@ -62,16 +63,25 @@ RESUME_DEADLINE = 30.0
 
 
 def kill_window_policy(zone_id: str, targets: dict[str, Target]) -> str:
-    """The e2e policy with a 4 s ``hold`` after promote-db that flip-dns also waits for."""
+    """The e2e policy with a 4 s ``hold`` after promote-db, scale-up and notify-start that
+    flip-dns also waits for."""
     policy = yaml.safe_load(e2e_policy(zone_id, targets))
     steps: list[dict[str, Any]] = policy["runbooks"]["failover"]
     names = [s["name"] for s in steps]
-    assert {"promote-db", "scale-up", "flip-dns"} <= set(names), names
+    assert {"notify-start", "promote-db", "scale-up", "flip-dns"} <= set(names), names
     flip = steps[names.index("flip-dns")]
     flip["after"] = ["promote-db", "scale-up", HOLD]
     steps.insert(
         names.index("flip-dns"),
-        {"name": HOLD, "action": "wait", "params": {"duration": "4s"}, "after": ["promote-db"]},
+        # After the steps that run beside promote-db too: a call of theirs still in flight
+        # at the kill would reach moto after the count below is taken (and a notification
+        # is, by design, published again by the resumed run: at least once).
+        {
+            "name": HOLD,
+            "action": "wait",
+            "params": {"duration": "4s"},
+            "after": ["promote-db", "scale-up", "notify-start"],
+        },
     )
     return yaml.safe_dump(policy, sort_keys=False)
 
@@ -81,8 +91,7 @@ def write_config(tmp_path: Path, moto: MotoServer, policy: str) -> Path:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "webapp.yaml").write_text(policy)
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file = write_secret(tmp_path / "token", TOKEN + "\n")
     config = tmp_path / "failoverd.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -158,6 +167,7 @@ async def test_a_killed_daemon_resumes_the_run_and_applies_nothing_twice(
     assert steps_by_name(mid_flight)["flip-dns"]["status"] == "pending", mid_flight
     before_kill = Counter(mutations)
     assert before_kill["PromoteReadReplica"] == 1, before_kill
+    assert before_kill["SetDesiredCapacity"] == before_kill["Publish"] == 1, before_kill
     assert before_kill["ChangeResourceRecordSets"] == 0, before_kill
 
     async with launch() as second:

@@ -1,4 +1,4 @@
-"""The sandbox seeds every example policy: webapp, ledger, catalog and reports all come up
+"""The sandbox seeds every example policy: webapp, ledger, catalog, reports and orders come up
 steady in their primary with every region healthy and their lag known, and the seeded world
 passes `failoverd readiness` for webapp. Everything listens on 127.0.0.1."""
 
@@ -28,13 +28,14 @@ PRIMARIES = {
     "ledger": "eu-west-1",
     "catalog": "us-east-1",
     "reports": "us-west-2",
+    "orders": "us-east-2",
 }
 STEADY_DEADLINE = 60.0
 READINESS_DEADLINE = 60.0
 
 
 def _steady(api: str) -> dict[str, str]:
-    """Service -> why it is not steady yet (empty: all four are)."""
+    """Service -> why it is not steady yet (empty: all of them are)."""
     listed = {s["name"] for s in get_json(f"{api}/v1/status")["services"]}
     waiting = {name: "not listed" for name in PRIMARIES if name not in listed}
     for name in set(PRIMARIES) & listed:
@@ -95,6 +96,17 @@ def test_every_example_comes_up_steady_and_webapp_is_ready() -> None:
         webapp = [s for s in steps if s["service"] == "webapp"]
         assert webapp, done.stdout[-2000:]
         assert not [line for line in not_ready if line.startswith("webapp ")], not_ready
+        # ledger and catalog, as they ship, pass the sandbox's AWS-true checks (catalog's
+        # health checks found by Name tag, ledger's fences adjusting the writers' scalable
+        # target, its Aurora target with an instance); only a failback before any failover
+        # finds ledger's primary already the writer.
+        others = [
+            line
+            for line in not_ready
+            if line.startswith(("ledger ", "catalog "))
+            and not (line.startswith("ledger failback promote-db") and "already the writer" in line)
+        ]
+        assert not others, others
     finally:
         rc = stop(proc)
     assert rc == 0

@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +30,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.moto_server import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, MotoServer
+from tests.fixtures.secrets import write_secret
 from tests.integration.runbook.webapp_world import (
     EXAMPLE_ZONE_ID,
     POLICY_FILE,
@@ -65,13 +66,13 @@ class Target:
         return f"http://127.0.0.1:{self.port}/healthz"
 
 
-@pytest.fixture
-async def targets() -> AsyncIterator[dict[str, Target]]:
-    """One target per region; a test sets ``status`` to make a region fail."""
+@asynccontextmanager
+async def serve_targets(regions: Sequence[str]) -> AsyncIterator[dict[str, Target]]:
+    """One loopback target per region; a test sets ``status`` to make a region fail."""
     out: dict[str, Target] = {}
     runners: list[web.AppRunner] = []
     try:
-        for region in (SOURCE, TARGET):
+        for region in regions:
             target = Target()
 
             async def health(request: web.Request, target: Target = target) -> web.Response:
@@ -90,6 +91,13 @@ async def targets() -> AsyncIterator[dict[str, Target]]:
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+@pytest.fixture
+async def targets() -> AsyncIterator[dict[str, Target]]:
+    """One target per region of the webapp (see :func:`serve_targets`)."""
+    async with serve_targets((SOURCE, TARGET)) as out:
+        yield out
 
 
 # -- the world and the files ---------------------------------------------------------------
@@ -196,8 +204,7 @@ async def daemon(
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "webapp.yaml").write_text(e2e_policy(seeded.zone_id, targets))
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file = write_secret(tmp_path / "token", TOKEN + "\n")
     config = tmp_path / "failoverd.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -352,7 +359,8 @@ async def test_an_operator_fails_over_through_the_api(
         assert response.status == 401
 
     # Malformed bodies: a 400 that says what is wrong.
-    async with http.post(url, data=b"{not json", headers=auth) as response:
+    as_json = {**auth, "Content-Type": "application/json"}
+    async with http.post(url, data=b"{not json", headers=as_json) as response:
         assert response.status == 400
         bad = await response.json()
     assert bad["error"] == "malformed_json" and "JSON" in bad["message"], bad

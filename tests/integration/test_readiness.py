@@ -12,7 +12,7 @@ import pytest
 from orchestrator.cli.main import main
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.policy.loader import load_policy_text
-from orchestrator.readiness import check_step, moves, readiness
+from orchestrator.readiness import check_step, format_report, moves, readiness
 from orchestrator.sandbox.seed import ALL_REGIONS, example_policy, seed_world
 from orchestrator.sandbox.world import MotoWorld
 from orchestrator.signals.aws_clients import AwsClients
@@ -105,7 +105,7 @@ def put_lag(moto: MotoServer, value: float, age_s: float) -> None:
 @pytest.mark.parametrize(
     ("lag", "age", "ready", "words"),
     [
-        (None, 0, False, "no lag data"),
+        (None, 0, False, "no metric AWS/RDS ReplicaLag (DBInstanceIdentifier=shop-db-usw2)"),
         (5.0, 30, True, "lag 5s within the RPO 1m"),
         (120.0, 30, False, "lag 2m above the RPO 1m"),
     ],
@@ -164,8 +164,86 @@ async def test_example_steps_for_the_region_being_left_are_checked_there(
     # ledger: failover, switchover and failback; catalog: failback from each standby.
     assert len(checked) == 5, checked
     for s in checked:
-        assert (s.ready, s.checked, s.findings) == (True, True, ()), s
+        assert (s.ready, s.checked) == (True, True), s
+        assert all(f.startswith("will set scalable target") for f in s.findings), s
         # The ECS service of the region being left, read through that region's API (and so
         # flagged as leaning on the control plane of the region being evacuated).
         assert s.control_plane_region == s.move.source
         assert s.control_plane_in_source
+
+
+async def test_a_lag_metric_under_other_dimensions_is_not_taken_for_the_replicas(
+    moto: MotoServer,
+) -> None:
+    # The metric is published, but for another instance: ListMetrics finds nothing for the
+    # dimensions the policy names (a typo, or an identifier that changed).
+    zone = seed(moto)
+    put_lag(moto, 1.0, 30)
+    policy = load_policy_text(LAG_POLICY.replace("shop-db-usw2", "shop-db-west").format(zone=zone))
+    report = await readiness([policy], AwsClients(moto.client_config()))
+    (replica,) = report.lag
+    assert not replica.ready
+    assert replica.finding == (
+        "no metric AWS/RDS ReplicaLag (DBInstanceIdentifier=shop-db-west) in us-west-2"
+        " (ListMetrics): check the dimensions (a new metric can take 15 minutes to be listed)"
+    )
+
+
+def _sandbox_ledger(moto: MotoServer, **changes: Any) -> tuple[Any, Any]:
+    """The sandbox's seeded world and its ledger copy, with ``changes`` to the failover's
+    steps (step name -> params to update)."""
+    import yaml
+
+    seeded = seed_world(cast(MotoWorld, _SeedInto(moto)))
+    text = example_policy("ledger", seeded.zones, dict.fromkeys(ALL_REGIONS, 9), ["local"])
+    data = yaml.safe_load(text)
+    for step in data["runbooks"]["failover"]:
+        step["params"].update(changes.get(step["name"].replace("-", "_"), {}))
+    return seeded, load_policy_text(yaml.safe_dump(data, sort_keys=False), "ledger.yaml")
+
+
+async def test_readiness_against_the_sandbox_says_no_where_aws_would(moto: MotoServer) -> None:
+    # A CNAME flip at the zone apex, and a fence the writers' scalable target (MinCapacity 2)
+    # would undo: AWS would refuse the first at failover time and silently undo the second.
+    _, policy = _sandbox_ledger(
+        moto,
+        flip_dns={"name": "payments.example.com"},
+        fence_old_writers={"scalable_target": "refuse"},
+    )
+    report = await readiness([policy], AwsClients(moto.client_config()))
+    steps = by_step(report)
+    assert not report.ready
+    dns = steps[("failover", "eu-central-1", "flip-dns")]
+    assert not dns.ready
+    assert (
+        "a CNAME is not permitted at the zone apex (payments.example.com.): use an alias record"
+        " (type A or AAAA) instead"
+    ) in dns.findings
+    fence = steps[("failover", "eu-central-1", "fence-old-writers")]
+    assert not fence.ready
+    assert fence.findings == (
+        "scalable target service/ledger-eu-west-1/ledger-writer has MinCapacity 2: Application"
+        " Auto Scaling would undo a fence to 0 (scalable_target: adjust lowers it first)",
+    )
+    text = format_report(report)
+    assert "NOT READY  flip-dns (route53.set_record)" in text
+    assert "NOT READY  fence-old-writers (ecs.set_desired_count)" in text
+
+
+async def test_the_sandbox_ledger_as_shipped_is_ready(moto: MotoServer) -> None:
+    # The example as it is: the fence adjusts the scalable target, the record is no apex.
+    _, policy = _sandbox_ledger(moto)
+    report = await readiness([policy], AwsClients(moto.client_config()))
+    # (A failback from the steady state finds the primary already the writer: that one is
+    # expected not to be ready until a failover happened.)
+    not_ready = [
+        (s.move.runbook, s.step, s.findings)
+        for s in report.steps
+        if not s.ready and s.move.runbook != "failback"
+    ]
+    assert not_ready == [], not_ready
+    assert all(x.ready for x in report.lag), report.lag
+    fence = by_step(report)[("failover", "eu-central-1", "fence-old-writers")]
+    assert fence.findings == (
+        "will set scalable target service/ledger-eu-west-1/ledger-writer to [0, 0] (was [2, 12])",
+    )

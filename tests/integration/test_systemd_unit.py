@@ -74,6 +74,35 @@ def test_unit_is_what_operators_expect() -> None:
     assert s["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
 
 
+def _seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1, "min": 60, "m": 60, "h": 3600}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?", value)
+    assert match, value
+    return float(match[1]) * units[match[2] or "s"]
+
+
+def test_a_crash_loop_reaches_the_start_limit() -> None:
+    s = unit_settings()
+    burst = int(s["StartLimitBurst"][0])
+    interval = _seconds(s["StartLimitIntervalSec"][0])
+    restart = _seconds(s["RestartSec"][0])
+    # A daemon that crashes at once is restarted every RestartSec: `burst` starts must fit in
+    # the interval (with a generous 5 s per start), or the limit never trips.
+    assert 2 <= burst <= 10
+    assert burst * (restart + 5) < interval, (burst, restart, interval)
+    # Bad configuration (exit 2) is not restarted at all: it would fail the same way.
+    assert s["RestartPreventExitStatus"] == ["2"]
+    text = UNIT.read_text(encoding="utf-8")
+    unit_section = text.split("[Service]")[0]
+    assert "StartLimitIntervalSec=" in unit_section and "StartLimitBurst=" in unit_section
+
+
+def test_memory_and_tasks_are_bounded() -> None:
+    s = unit_settings()
+    assert s["MemoryMax"] == ["1G"] and s["MemoryHigh"] == ["768M"]
+    assert 64 <= int(s["TasksMax"][0]) <= 512
+
+
 def test_the_daemons_stack_runs_without_writable_executable_memory() -> None:
     """MemoryDenyWriteExecute=yes kills a process that maps W+X memory (a JIT, some FFI).
     Linux >= 6.3's PR_SET_MDWE enforces the same rule on one process, so the stack the

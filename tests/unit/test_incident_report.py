@@ -196,3 +196,56 @@ def test_pipes_and_newlines_in_errors_do_not_break_the_tables() -> None:
     text = report(run=run)
     row = next(line for line in text.splitlines() if line.startswith("| flip-dns"))
     assert row.endswith("| bad \\| value second line |")
+
+
+def test_a_steps_own_steps_show_in_the_timeline_and_the_durations() -> None:
+    """A step that follows an ARC Region switch plan journals the plan's events: the report
+    shows them in the timeline and the plan's steps, timed by the plan, under the step."""
+    import json
+
+    from orchestrator.audit import summarize
+    from orchestrator.store.base import JournalStatus
+
+    def note(at: float, detail: dict[str, object]) -> object:
+        return ar._run(
+            JournalStatus.STEP_PROGRESS, at, step="flip-dns", attempt=1, detail=json.dumps(detail)
+        )
+
+    run = ar.run_records()
+    notes = [
+        note(
+            ar.T0 + 38.2,
+            {
+                "note": "stepStarted scale",
+                "substep": {
+                    "name": "scale",
+                    "status": "running",
+                    "at": ar.T0 + 38.1,
+                    "kind": "EC2AutoScaling",
+                },
+            },
+        ),
+        note(
+            ar.T0 + 39.5,
+            {
+                "note": "stepSucceeded scale",
+                "substep": {"name": "scale", "status": "succeeded", "at": ar.T0 + 39.6},
+            },
+        ),
+        note(
+            ar.T0 + 39.7,
+            {
+                "note": "plan step gate approved by alice: go",
+                "approved": "gate",
+                "by": "alice",
+                "reason": "go",
+            },
+        ),
+    ]
+    run = [*run[:6], *notes, *run[6:]]  # after flip-dns started, before it ended
+    text = report(run=run)
+    rows = section(text, "Step durations")
+    assert "| flip-dns / scale | EC2AutoScaling | succeeded |   | T+38.1s | 1.5 s |   |" in rows
+    timeline = section(text, "Timeline")
+    assert any("step flip-dns: plan step gate approved by alice: go" in r for r in timeline)
+    assert summarize(notes[2]) == "step flip-dns: plan step gate approved by alice: go"  # type: ignore[arg-type]

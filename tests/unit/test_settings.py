@@ -16,6 +16,7 @@ from orchestrator.settings import (
     load_settings,
     settings_reference,
 )
+from tests.fixtures.secrets import write_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +84,8 @@ def test_file_errors_name_file_line_and_key(tmp_path: Path) -> None:
         load_settings(path, {})
     assert messages(exc) == [
         f"{path}:2:3: http.port: Input should be less than or equal to 65535 (got 70000)",
-        f"{path}:3:3: http.prot: unknown key 'prot'; expected one of: bind, port, token_file",
+        f"{path}:3:3: http.prot: unknown key 'prot'; expected one of: bind, port,"
+        " allow_remote, allowed_hosts, token_file",
         f"{path}:5:3: engine.tick: expected a duration such as 500ms, 30s, 5m, 1h or 1m30s "
         "(a string with a unit), got 1",
         f"{path}:7:3: aws.endpoint_url: expected an http:// or https:// URL with a host, "
@@ -175,8 +177,7 @@ def test_bad_mqtt_settings_fail_at_load(tmp_path: Path, text: str, message: str)
 
 
 def test_the_token_is_read_at_use_and_never_held(tmp_path: Path) -> None:
-    token_file = tmp_path / "token"
-    token_file.write_text("s3cr3t-token\n", encoding="utf-8")
+    token_file = write_secret(tmp_path / "token", "s3cr3t-token\n")
     s = load_settings(write(tmp_path, f"http:\n  token_file: {token_file}\n"), {})
     assert s.http.token() == "s3cr3t-token"
     token_file.write_text("rotated\n", encoding="utf-8")
@@ -185,8 +186,7 @@ def test_the_token_is_read_at_use_and_never_held(tmp_path: Path) -> None:
 
 
 def test_an_unusable_token_file_is_a_clear_error(tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.write_text("\n", encoding="utf-8")
+    empty = write_secret(tmp_path / "empty", "\n")
     s = load_settings(write(tmp_path, f"http:\n  token_file: {empty}\n"), {})
     with pytest.raises(SettingsError, match=r"http.token_file .*empty is empty"):
         s.http.token()
@@ -240,6 +240,24 @@ def test_aws_client_config_points_health_at_its_own_endpoint(tmp_path: Path) -> 
     assert (health.endpoint_url, health.read_timeout) == ("http://127.0.0.1:5001", 2.0)
 
 
+def test_service_endpoints_reach_the_client_config(tmp_path: Path) -> None:
+    s = load_settings(
+        write(
+            tmp_path,
+            "aws:\n  endpoint_url: http://127.0.0.1:5000\n"
+            "  service_endpoints: {arc-region-switch: 'http://127.0.0.1:5002'}\n",
+        ),
+        {},
+    )
+    assert s.aws.client_config().service_endpoints == {"arc-region-switch": "http://127.0.0.1:5002"}
+    for bad, message in (
+        ("{Bad_Name: 'http://127.0.0.1:1'}", "not a botocore service name"),
+        ("{s3: 'ftp://x'}", "expected an http:// or https:// URL"),
+    ):
+        with pytest.raises(SourceErrors, match=message):
+            load_settings(write(tmp_path, f"aws:\n  service_endpoints: {bad}\n"), {})
+
+
 def test_log_format_maps_to_configure_logging(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, "{}\n"), {}).log.json_output is None
     s = load_settings(write(tmp_path, "log:\n  format: json\n"), {})
@@ -284,22 +302,21 @@ def test_reference_documents_every_key_with_its_variable() -> None:
 
 # -- the etcd state store ---------------------------------------------------------------------
 def test_etcd_settings_are_read_from_file_and_environment(tmp_path: Path) -> None:
-    password = tmp_path / "etcd-password"
-    password.write_text("hunter2-etcd\n", encoding="utf-8")
+    password = write_secret(tmp_path / "etcd-password", "hunter2-etcd\n")
     path = write(
         tmp_path,
-        "state:\n  backend: etcd\n  etcd:\n    endpoints:\n      - http://10.0.1.5:2379\n"
+        "state:\n  backend: etcd\n  etcd:\n    endpoints:\n      - https://10.0.1.5:2379\n"
         f"    username: failoverd\n    password_file: {password}\n",
     )
     s = load_settings(
         path,
         {
-            "FAILOVERD_STATE__ETCD__ENDPOINTS": '["http://10.0.1.5:2379", "http://10.1.1.5:2379"]',
+            "FAILOVERD_STATE__ETCD__ENDPOINTS": '["https://10.0.1.5:2379", "https://10.1.1.5:2379"]',
             "FAILOVERD_STATE__ETCD__PREFIX": "/failoverd/prod",
         },
     )
     assert s.state.backend == "etcd"
-    assert s.state.etcd.endpoints == ["http://10.0.1.5:2379", "http://10.1.1.5:2379"]
+    assert s.state.etcd.endpoints == ["https://10.0.1.5:2379", "https://10.1.1.5:2379"]
     assert s.state.etcd.prefix == "/failoverd/prod"
     assert s.state.etcd.password() == "hunter2-etcd"
     assert "hunter2" not in repr(s) and "hunter2" not in s.model_dump_json()
@@ -381,19 +398,18 @@ async def test_the_state_settings_open_the_store_they_name(tmp_path: Path) -> No
     finally:
         await store.close()
 
-    password = tmp_path / "pw"
-    password.write_text("etcd-secret\n", encoding="utf-8")
+    password = write_secret(tmp_path / "pw", "etcd-secret\n")
     state = load_settings(
         write(
             tmp_path,
             "state:\n  backend: etcd\n  timeout: 3s\n  etcd:\n"
-            "    endpoints: [http://127.0.0.1:1, http://127.0.0.1:2]\n    prefix: /fo/test\n"
+            "    endpoints: [https://127.0.0.1:1, https://127.0.0.1:2]\n    prefix: /fo/test\n"
             f"    username: fo\n    password_file: {password}\n",
         ),
         {},
     ).state
     config = etcd_config(state.etcd, state.timeout)
-    assert config.endpoints == ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    assert config.endpoints == ("https://127.0.0.1:1", "https://127.0.0.1:2")
     assert (config.prefix, config.timeout, config.username) == ("/fo/test", 3.0, "fo")
     assert config.password == "etcd-secret" and "etcd-secret" not in repr(config)
     # Nothing listens there: opening does not need etcd up (the daemon waits for it).

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from functools import lru_cache
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+from orchestrator.telemetry import redact_text
 
 
 @lru_cache(maxsize=65536)
@@ -49,6 +48,7 @@ def parse_resolver(address: str) -> tuple[str, int]:
 
 
 def redact(text: str) -> str:
-    """``text`` with any URL credentials (``scheme://user:secret@``) replaced by ``***@``:
-    targets and error details go to logs, evidence and the API, secrets must not."""
-    return _USERINFO.sub("***@", text) if "@" in text else text
+    """``text`` with any URL credentials (``scheme://user:secret@``) replaced by ``***@`` and
+    URL query values (``?token=...``) by ``***``: targets and error details go to logs,
+    evidence and the API, secrets must not."""
+    return redact_text(text)

@@ -35,13 +35,14 @@ def make_ctx(
     run_id: str = "run-1",
     step: str = "step",
     facts: Mapping[str, Any] | None = None,
+    kind: str = "failover",
 ) -> StepContext:
     return StepContext(
         service="web",
         run_id=run_id,
         step=step,
         attempt=1,
-        kind="failover",
+        kind=kind,
         source_region=SOURCE,
         target_region=TARGET,
         primary_region=SOURCE,
@@ -129,3 +130,21 @@ class StubbedAws(AwsClients):
             with stubber:
                 yield client
             stubber.assert_no_pending_responses()
+
+
+async def verify_through_a_throttle(
+    action: Action, params: BaseModel, operation: str, settled: dict[str, Any], code: str
+) -> None:
+    """Run ``action.verify`` with its first look (``operation``) throttled with ``code`` and
+    its second seeing ``settled``: a throttle while polling is "not yet", so verify must end
+    well (on virtual time), having used both answers."""
+    from tests.fixtures.clock import VirtualClock
+
+    def script(stubber: AioStubber) -> None:
+        stubber.add_client_error(operation, code, "Rate exceeded", http_status_code=400)
+        stubber.add_response(operation, settled)
+
+    clock = VirtualClock()
+    aws = StubbedAws(script)
+    await on_virtual_time(clock, action.verify(make_ctx(aws, params, clock=clock, within=60.0)))
+    assert not aws.scripts

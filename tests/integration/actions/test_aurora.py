@@ -6,16 +6,18 @@ model and the exact parameters we expect."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiobotocore.stub import AioStubber
 
-from orchestrator.actions.aurora import FAILOVER, SWITCHOVER, GlobalFailover, choose_mode
+from orchestrator.actions.aurora import GlobalFailover
 from orchestrator.actions.base import ActionError, ActionFailed, RetryableError
 from orchestrator.actions.rds import PROMOTED_BY_TAG
 from orchestrator.actions.registry import get_action
 from orchestrator.policy.actions import AuroraGlobal
+from orchestrator.sandbox.aurora_global import EMULATOR, emulator_settings, find_global_cluster
 from orchestrator.signals.aws_clients import AwsClients
 from tests.fixtures.clock import VirtualClock
 from tests.fixtures.moto_fixups import apply_moto_fixups
@@ -57,6 +59,14 @@ class World:
         self.target.create_db_cluster(
             DBClusterIdentifier="sec", Engine="aurora-postgresql", GlobalClusterIdentifier=GLOBAL
         )
+        # Each cluster has an instance: a headless secondary is no target (readiness says so).
+        for client, cluster in ((self.source, "prim"), (self.target, "sec")):
+            client.create_db_instance(
+                DBInstanceIdentifier=f"{cluster}-1",
+                DBClusterIdentifier=cluster,
+                Engine="aurora-postgresql",
+                DBInstanceClass="db.r6g.large",
+            )
 
     def aws(self) -> AwsClients:
         return AwsClients(self.moto.client_config())
@@ -159,6 +169,89 @@ async def test_verify_without_a_failover_ends_at_the_deadline(world: World) -> N
     assert 90.0 <= clock.monotonic() < 110.0
 
 
+# --- Switchover and failover in the emulated world (the fix-up), with replicated positions ---
+
+
+@pytest.fixture
+def emulated(world: World) -> Iterator[VirtualClock]:
+    """The Aurora emulator on virtual time, writes reaching the secondary 5 s after commit."""
+    clock = VirtualClock()
+    with emulator_settings(clock=clock, lag=5.0):
+        yield clock
+
+
+def _commit_with_a_tail(clock: VirtualClock) -> Any:
+    """10 writes long replicated, then 3 the secondary has not seen yet."""
+    gc = find_global_cluster(GLOBAL)
+    EMULATOR.write(gc, 10)
+    clock.advance(10.0)
+    EMULATOR.write(gc, 3)
+    assert EMULATOR.state(gc)["replicated"] == 10
+    return gc
+
+
+async def test_a_switchover_run_waits_for_the_secondary_and_loses_no_write(
+    world: World, emulated: VirtualClock
+) -> None:
+    gc = _commit_with_a_tail(emulated)
+    # mode auto, no facts at all: the run's kind alone says "planned".
+    params = AuroraGlobal(global_cluster=GLOBAL, target_cluster_arn=SECONDARY)
+    ctx = make_ctx(world.aws(), params, clock=emulated, kind="switchover", within=600.0)
+    outcome = await GlobalFailover().execute(ctx)
+    started = emulated.monotonic()
+    await on_virtual_time(emulated, GlobalFailover().verify(ctx), step=1.0)
+    state = EMULATOR.state(gc)
+    assert (state["writer"], state["position"], state["lost_writes"]) == (SECONDARY, 13, 0)
+    # It waited for the 3 writes to arrive, then for the swap.
+    assert emulated.monotonic() - started >= 5.0
+    assert world.members() == {PRIMARY: False, SECONDARY: True}
+    # The journal says which call was made, and why.
+    assert outcome.detail.startswith(f"SwitchoverGlobalCluster of {GLOBAL} to {SECONDARY}")
+    assert "a switchover is a planned move: no data may be lost" in outcome.detail
+
+
+async def test_a_failover_with_the_source_down_loses_what_was_not_replicated(
+    world: World, emulated: VirtualClock
+) -> None:
+    gc = _commit_with_a_tail(emulated)
+    EMULATOR.region_down(SOURCE)
+    params = AuroraGlobal(global_cluster=GLOBAL, target_cluster_arn=SECONDARY)
+    ctx = make_ctx(world.aws(), params, clock=emulated, facts=DOWN, within=600.0)
+    outcome = await GlobalFailover().execute(ctx)
+    assert outcome.detail.startswith("FailoverGlobalCluster(AllowDataLoss)")
+    assert f"failover with {SOURCE} down: writes not yet replicated may be lost" in (outcome.detail)
+    await on_virtual_time(emulated, GlobalFailover().verify(ctx), step=1.0)
+    state = EMULATOR.state(gc)
+    assert (state["writer"], state["position"], state["lost_writes"]) == (SECONDARY, 10, 3)
+
+
+async def test_a_switchover_cannot_hand_over_from_a_region_that_is_down(
+    world: World, emulated: VirtualClock
+) -> None:
+    _commit_with_a_tail(emulated)
+    EMULATOR.region_down(SOURCE)
+    params = AuroraGlobal(global_cluster=GLOBAL, target_cluster_arn=SECONDARY, mode="switchover")
+    ctx = make_ctx(world.aws(), params, clock=emulated, facts=DOWN)
+    with pytest.raises(ActionFailed, match="InvalidGlobalClusterStateFault"):
+        await GlobalFailover().execute(ctx)
+
+
+async def test_check_says_which_call_a_move_would_make_and_flags_a_headless_target(
+    world: World,
+) -> None:
+    params = AuroraGlobal(global_cluster=GLOBAL, target_cluster_arn=SECONDARY)
+    report = await GlobalFailover().check(make_ctx(world.aws(), params, kind="failback"))
+    assert report.ready
+    assert report.findings == (
+        "a failback would call SwitchoverGlobalCluster: a failback is a"
+        " planned move: no data may be lost",
+    )
+    world.target.delete_db_instance(DBInstanceIdentifier="sec-1")
+    report = await GlobalFailover().check(make_ctx(world.aws(), params))
+    assert not report.ready
+    assert any("has no DB instances" in f for f in report.findings), report.findings
+
+
 # --- FailoverGlobalCluster / SwitchoverGlobalCluster: not in moto, checked with Stubber ---
 
 
@@ -221,27 +314,37 @@ SWITCHOVER_CALL = (
 )
 
 
+DOWN = {"source_region": SOURCE, "source_verdict": "down", "target_lag_seconds": 0.4}
+HEALTHY = {"source_region": SOURCE, "source_verdict": "healthy", "target_lag_seconds": 0.4}
+
+
 @pytest.mark.parametrize(
-    ("mode", "facts", "call"),
+    ("mode", "kind", "facts", "call"),
     [
-        ("failover", {"source_healthy": True, "lag_seconds": 0}, FAILOVER_CALL),
-        ("switchover", {}, SWITCHOVER_CALL),
-        ("auto", {"source_healthy": True, "lag_seconds": 0}, SWITCHOVER_CALL),
-        ("auto", {"source_healthy": True, "lag_seconds": 2.5}, FAILOVER_CALL),
-        ("auto", {"source_healthy": False, "lag_seconds": 0}, FAILOVER_CALL),
-        ("auto", {}, FAILOVER_CALL),
+        ("failover", "failover", DOWN, FAILOVER_CALL),
+        ("switchover", "failover", DOWN, SWITCHOVER_CALL),
+        ("auto", "failover", DOWN, FAILOVER_CALL),
+        ("auto", "failover", {}, FAILOVER_CALL),  # nothing known: the source may be gone
+        ("auto", "failover", HEALTHY, SWITCHOVER_CALL),  # moving away from a healthy region
+        ("auto", "switchover", {}, SWITCHOVER_CALL),
+        ("auto", "failback", {}, SWITCHOVER_CALL),
+        ("auto", "failover", {**DOWN, "drill": True}, SWITCHOVER_CALL),
+        # A failover runbook reused for a planned move never loses data.
+        ("failover", "switchover", {}, SWITCHOVER_CALL),
+        ("failover", "failback", {}, SWITCHOVER_CALL),
     ],
 )
 async def test_the_writer_moves_with_the_request_aws_expects(
-    mode: str, facts: dict[str, Any], call: tuple[str, dict[str, Any]]
+    mode: str, kind: str, facts: dict[str, Any], call: tuple[str, dict[str, Any]]
 ) -> None:
     clock = VirtualClock()
     aws = StubbedAws(execute_script(*call), verify_script)
     params = AuroraGlobal(global_cluster=GLOBAL, target_cluster_arn=SECONDARY, mode=mode)  # type: ignore[arg-type]
-    ctx = make_ctx(aws, params, clock=clock, facts=facts, within=300.0)
+    ctx = make_ctx(aws, params, clock=clock, facts=facts, kind=kind, within=300.0)
     outcome = await GlobalFailover().execute(ctx)
     assert outcome.changed
-    assert outcome.detail.startswith(call[0].split("_")[0])
+    expected = "FailoverGlobalCluster(AllowDataLoss)" if call is FAILOVER_CALL else "Switchover"
+    assert outcome.detail.startswith(expected), outcome.detail
     await on_virtual_time(clock, GlobalFailover().verify(ctx))
     assert aws.opened == [("rds", TARGET), ("rds", TARGET)]
     assert not aws.scripts
@@ -280,16 +383,6 @@ async def test_throttling_is_retryable_and_access_denied_is_not() -> None:
         await GlobalFailover().execute(make_ctx(StubbedAws(throttled), params))
     with pytest.raises(ActionFailed, match="FailoverGlobalCluster failed: AccessDenied"):
         await GlobalFailover().execute(make_ctx(StubbedAws(denied), params))
-
-
-def test_auto_mode_switches_over_only_when_known_healthy_and_caught_up() -> None:
-    assert choose_mode("auto", {"source_healthy": True, "lag_seconds": 0}) == SWITCHOVER
-    assert choose_mode("auto", {"source_healthy": True, "lag_seconds": 0.0}) == SWITCHOVER
-    assert choose_mode("auto", {"source_healthy": True, "lag_seconds": 1}) == FAILOVER
-    assert choose_mode("auto", {"source_healthy": True}) == FAILOVER
-    assert choose_mode("auto", {"source_healthy": "yes", "lag_seconds": 0}) == FAILOVER
-    assert choose_mode("auto", {"source_healthy": True, "lag_seconds": False}) == FAILOVER
-    assert choose_mode("switchover", {}) == SWITCHOVER
 
 
 def test_iam_statements_cover_the_global_cluster_and_the_target() -> None:

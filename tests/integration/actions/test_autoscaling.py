@@ -20,7 +20,11 @@ from orchestrator.policy.actions import AutoscalingSetCapacity
 from orchestrator.signals.aws_clients import AwsClients
 from tests.fixtures.clock import eventually
 from tests.fixtures.moto_server import MotoServer
-from tests.integration.actions.step_support import rendered, run_in_source
+from tests.integration.actions.step_support import (
+    rendered,
+    run_in_source,
+    verify_through_a_throttle,
+)
 
 SOURCE, TARGET = "us-east-1", "us-west-2"
 ACCOUNT = "123456789012"  # moto's default account
@@ -248,7 +252,10 @@ async def test_verify_gives_up_at_the_deadline_with_what_it_saw(world: MotoServe
 def test_iam_statements_scope_writes_to_the_group_in_each_region() -> None:
     params = AutoscalingSetCapacity(auto_scaling_group="web-{target_region}", desired=1)
     describe, write = ACTION.iam_statements(params, [SOURCE, TARGET], account=ACCOUNT)
-    assert describe.actions == ("autoscaling:DescribeAutoScalingGroups",)
+    assert describe.actions == (
+        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeInstanceRefreshes",
+    )
     assert describe.resources == ("*",)
     assert set(write.actions) == {
         "autoscaling:SetDesiredCapacity",
@@ -267,4 +274,69 @@ def test_iam_statements_of_a_source_region_step_name_the_source() -> None:
     _, write = ACTION.iam_statements(params, [TARGET], account=ACCOUNT)
     assert write.resources == (
         f"arn:aws:autoscaling:{SOURCE}:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/web-{SOURCE}",
+    )
+
+
+# --- what else keeps a group from the capacity asked for --------------------------------------
+
+
+async def test_a_suspended_launch_process_makes_a_scale_up_not_ready(world: MotoServer) -> None:
+    boto3_for(world, "autoscaling", TARGET).suspend_processes(
+        AutoScalingGroupName=ASG, ScalingProcesses=["Launch"]
+    )
+    params = AutoscalingSetCapacity(auto_scaling_group=ASG, desired=2)
+    report = await ACTION.check(make_ctx(world, params))
+    assert not report.ready
+    assert report.findings == (
+        f"the Launch process of ASG {ASG} is suspended: no instance would start (resume it first)",
+    )
+    with pytest.raises(ActionFailed, match="Launch process"):
+        await ACTION.execute(make_ctx(world, params))
+    assert group(world)["DesiredCapacity"] == 0
+
+
+async def test_a_refresh_under_way_and_a_warm_pool_are_said_not_blocking(world: MotoServer) -> None:
+    client = boto3_for(world, "autoscaling", TARGET)
+    client.put_warm_pool(AutoScalingGroupName=ASG, MinSize=1)
+    refresh = client.start_instance_refresh(AutoScalingGroupName=ASG)["InstanceRefreshId"]
+    report = await ACTION.check(
+        make_ctx(world, AutoscalingSetCapacity(auto_scaling_group=ASG, desired=2))
+    )
+    assert report.ready
+    assert report.findings == (
+        f"instance refresh {refresh} is InProgress: instances are being replaced, InService"
+        " may dip while the step waits",
+        "warm pool (Stopped, min 1): a scale-out takes its prepared instances first",
+    )
+
+
+async def test_a_throttled_look_while_verifying_is_not_a_failure() -> None:
+    # One throttle in the middle of verify's polling is "not yet", as for Route 53 and RDS.
+    ok = {
+        "AutoScalingGroups": [
+            {
+                "AutoScalingGroupName": ASG,
+                "MinSize": 0,
+                "MaxSize": 2,
+                "DesiredCapacity": 1,
+                "DefaultCooldown": 300,
+                "AvailabilityZones": ["us-west-2a"],
+                "HealthCheckType": "EC2",
+                "CreatedTime": "2024-01-01T00:00:00Z",
+                "Instances": [
+                    {
+                        "InstanceId": "i-1",
+                        "AvailabilityZone": "us-west-2a",
+                        "LifecycleState": "InService",
+                        "HealthStatus": "Healthy",
+                        "ProtectedFromScaleIn": False,
+                    }
+                ],
+            }
+        ]
+    }
+
+    params = AutoscalingSetCapacity(auto_scaling_group=ASG, desired=1)
+    await verify_through_a_throttle(
+        ACTION, params, "describe_auto_scaling_groups", ok, "Throttling"
     )

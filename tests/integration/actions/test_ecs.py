@@ -17,13 +17,15 @@ from orchestrator.actions.base import ActionFailed, RetryableError, StepContext
 from orchestrator.actions.ecs import SetDesiredCount
 from orchestrator.actions.registry import get_action
 from orchestrator.clock import SYSTEM_CLOCK
-from orchestrator.iam import iam_policy
 from orchestrator.policy.actions import EcsSetDesiredCount
-from orchestrator.policy.loader import load_policy_set
 from orchestrator.signals.aws_clients import AwsClients
 from tests.fixtures.clock import eventually
 from tests.fixtures.moto_server import MotoServer
-from tests.integration.actions.step_support import rendered, run_in_source
+from tests.integration.actions.step_support import (
+    rendered,
+    run_in_source,
+    verify_through_a_throttle,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 SOURCE, TARGET = "us-east-1", "us-west-2"
@@ -224,26 +226,105 @@ async def test_verify_fails_at_once_on_a_failed_rollout(world: MotoServer) -> No
 
 def test_iam_statements_name_the_service_in_each_region() -> None:
     params = EcsSetDesiredCount(cluster="c-{target_region}", service="{service}", desired=1)
-    (statement,) = ACTION.iam_statements(params, [SOURCE, TARGET], account=ACCOUNT)
+    statement, targets = ACTION.iam_statements(params, [SOURCE, TARGET], account=ACCOUNT)
     assert statement.actions == ("ecs:DescribeServices", "ecs:UpdateService")
     assert statement.resources == tuple(
         f"arn:aws:ecs:{r}:{ACCOUNT}:service/c-{r}/*" for r in (SOURCE, TARGET)
+    )
+    assert targets.actions == ("application-autoscaling:DescribeScalableTargets",)
+    adjust = EcsSetDesiredCount(cluster="c", service="s", desired=0, scalable_target="adjust")
+    *_, register = ACTION.iam_statements(adjust, [TARGET], account=ACCOUNT)
+    assert register.actions == ("application-autoscaling:RegisterScalableTarget",)
+    assert register.resources == (
+        f"arn:aws:application-autoscaling:{TARGET}:{ACCOUNT}:scalable-target/*",
     )
 
 
 def test_iam_statements_of_a_source_region_step_name_the_source() -> None:
     params = rendered("ecs.set_desired_count", {**FENCE, "cluster": "c-{source_region}"})
     # As iam-policy asks: the move's target; the step names its own region.
-    (statement,) = ACTION.iam_statements(params, [TARGET], account=ACCOUNT)
+    statement, _ = ACTION.iam_statements(params, [TARGET], account=ACCOUNT)
     assert statement.resources == (f"arn:aws:ecs:{SOURCE}:{ACCOUNT}:service/c-{SOURCE}/{SERVICE}",)
 
 
-def test_iam_policy_grants_each_ledger_writer_fence_in_its_own_region() -> None:
-    # ledger fences the old region's writers (`region: "{source_region}"`) and starts the
-    # new region's: each service is granted in its own region, never in the other.
-    doc = iam_policy(load_policy_set([ROOT / "policies" / "ledger"]))
-    (statement,) = [s for s in doc["Statement"] if "ecs:UpdateService" in s["Action"]]
-    assert statement["Resource"] == [
-        f"arn:aws:ecs:{region}:*:service/ledger-{region}/ledger-writer"
-        for region in ("eu-central-1", "eu-west-1")
-    ]
+# --- Service Auto Scaling: a scalable target's bounds undo what a step asks ------------------
+
+
+def _scalable_target(moto: MotoServer, region: str, low: int, high: int) -> None:
+    boto3_for(moto, "application-autoscaling", region).register_scalable_target(
+        ServiceNamespace="ecs",
+        ResourceId=f"service/{CLUSTER}/{SERVICE}",
+        ScalableDimension="ecs:service:DesiredCount",
+        MinCapacity=low,
+        MaxCapacity=high,
+    )
+
+
+async def test_a_fence_a_scalable_target_would_undo_is_not_ready_and_refused(
+    both_regions: MotoServer,
+) -> None:
+    _scalable_target(both_regions, SOURCE, 2, 10)
+    ctx = make_ctx(both_regions, rendered("ecs.set_desired_count", FENCE))
+    report = await ACTION.check(ctx)
+    assert not report.ready
+    assert report.findings == (
+        f"scalable target service/{CLUSTER}/{SERVICE} has MinCapacity 2: Application Auto"
+        " Scaling would undo a fence to 0 (scalable_target: adjust lowers it first)",
+    )
+    before = calls("UpdateService")
+    with pytest.raises(ActionFailed, match="MinCapacity 2"):
+        await ACTION.execute(ctx)
+    assert calls("UpdateService") == before
+    assert service(both_regions, SOURCE)["desiredCount"] == 2
+
+
+async def test_adjust_moves_the_bounds_so_that_the_fence_holds(both_regions: MotoServer) -> None:
+    _scalable_target(both_regions, SOURCE, 2, 10)
+    ctx = make_ctx(
+        both_regions, rendered("ecs.set_desired_count", {**FENCE, "scalable_target": "adjust"})
+    )
+    report = await ACTION.check(ctx)
+    assert report.ready
+    assert report.findings == (
+        f"will set scalable target service/{CLUSTER}/{SERVICE} to [0, 0] (was [2, 10])",
+    )
+    outcome = await run_in_source(ACTION, ctx)
+    assert outcome.detail == "scalable target [2, 10] -> [0, 0]"
+    source = service(both_regions, SOURCE)
+    assert (source["desiredCount"], source["runningCount"]) == (0, 0)
+    [target] = boto3_for(both_regions, "application-autoscaling", SOURCE).describe_scalable_targets(
+        ServiceNamespace="ecs"
+    )["ScalableTargets"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (0, 0)
+
+
+async def test_adjust_raises_a_max_capacity_below_a_scale_up(world: MotoServer) -> None:
+    _scalable_target(world, TARGET, 0, 2)
+    params = EcsSetDesiredCount(
+        cluster=CLUSTER, service=SERVICE, desired=6, scalable_target="adjust"
+    )
+    ctx = make_ctx(world, params)
+    outcome = await ACTION.execute(ctx)
+    await ACTION.verify(ctx)
+    assert outcome.detail == "desired 0 -> 6; scalable target [0, 2] -> [0, 6]"
+    assert service(world)["desiredCount"] == 6
+
+
+async def test_verify_of_a_fence_wants_exactly_zero(both_regions: MotoServer) -> None:
+    # The fence was "done", and Service Auto Scaling brought the writers back (MinCapacity
+    # 2): desired 2 is not "at least 0", it is a fence that did not hold.
+    _scalable_target(both_regions, SOURCE, 2, 10)
+    ctx = make_ctx(both_regions, rendered("ecs.set_desired_count", FENCE), within=0.5)
+    boto3_for(both_regions, "ecs", SOURCE).update_service(
+        cluster=CLUSTER, service=SERVICE, desiredCount=0
+    )  # clamped back to 2 by the scalable target, as in AWS
+    assert service(both_regions, SOURCE)["desiredCount"] == 2
+    with pytest.raises(RetryableError, match="2 running, desired 2"):
+        await ACTION.verify(ctx)
+
+
+async def test_a_throttled_look_while_verifying_is_not_a_failure() -> None:
+    # One throttle in the middle of verify's polling is "not yet", as for Route 53 and RDS.
+    ok = {"services": [{"status": "ACTIVE", "desiredCount": 3, "runningCount": 3}]}
+    params = EcsSetDesiredCount(cluster=CLUSTER, service=SERVICE, desired=3)
+    await verify_through_a_throttle(ACTION, params, "describe_services", ok, "ThrottlingException")

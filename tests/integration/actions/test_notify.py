@@ -208,9 +208,90 @@ async def test_sns_publish_with_aws_unreachable_is_retryable() -> None:
 
 def test_sns_iam_statement_names_the_topic_per_region() -> None:
     params = SnsParams(topic_arn=f"arn:aws:sns:{{target_region}}:{ACCOUNT}:ops", message="m")
-    (statement,) = SNS.iam_statements(params, [SOURCE, TARGET])
+    statement, *kms = SNS.iam_statements(params, [SOURCE, TARGET])
     assert statement.actions == ("sns:GetTopicAttributes", "sns:Publish")
     assert statement.resources == tuple(f"arn:aws:sns:{r}:{ACCOUNT}:ops" for r in (SOURCE, TARGET))
+    # An encrypted topic's key is not known before readiness reads it: any key in the topic's
+    # region, and only through SNS there.
+    assert [(k.actions, k.resources, k.conditions) for k in kms] == [
+        statement
+        for r in (SOURCE, TARGET)
+        for statement in (
+            (("kms:DescribeKey",), (f"arn:aws:kms:{r}:*:key/*",), ()),
+            (
+                ("kms:Decrypt", "kms:GenerateDataKey*"),
+                (f"arn:aws:kms:{r}:*:key/*",),
+                (("StringEquals", "kms:ViaService", (f"sns.{r}.amazonaws.com",)),),
+            ),
+        )
+    ]
+    key = f"arn:aws:kms:{TARGET}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    named = SnsParams(topic_arn=f"arn:aws:sns:{TARGET}:{ACCOUNT}:ops", message="m", kms_key=key)
+    _, use, describe = SNS.iam_statements(named, [TARGET])
+    assert (use.actions, use.resources, use.conditions) == (
+        ("kms:Decrypt", "kms:GenerateDataKey*"),
+        (key,),
+        (),
+    )
+    assert describe.resources == (key,)
+
+
+# --- KMS-encrypted topics and subjects ------------------------------------------------------
+
+
+def _encrypted(topic: Topic, state: str = "Enabled") -> str:
+    kms = boto3_for(topic.moto, "kms", TARGET)
+    meta = kms.create_key(Description="ops topic")["KeyMetadata"]
+    key = meta["Arn"]
+    if state == "Disabled":
+        kms.disable_key(KeyId=meta["KeyId"])
+    boto3_for(topic.moto, "sns", TARGET).set_topic_attributes(
+        TopicArn=topic.arn, AttributeName="KmsMasterKeyId", AttributeValue=key
+    )
+    return str(key)
+
+
+async def test_sns_check_reads_the_topics_kms_key(topic: Topic) -> None:
+    key = _encrypted(topic)
+    params = SnsParams(topic_arn=topic.arn, message="m")
+    report = await SNS.check(make_ctx(params, aws=clients_for(topic.moto)))
+    assert report.ready
+    assert report.findings == (
+        f"topic encrypted with KMS key {key} (Enabled): publishing needs kms:GenerateDataKey*"
+        " and kms:Decrypt on it (failoverd iam-policy grants them through SNS; name it in"
+        " kms_key to narrow)",
+    )
+    other = SnsParams(topic_arn=topic.arn, message="m", kms_key="arn:aws:kms:x:1:key/other")
+    report = await SNS.check(make_ctx(other, aws=clients_for(topic.moto)))
+    assert not report.ready
+    assert report.findings == (
+        f"the topic is encrypted with {key}, not the kms_key {other.kms_key}",
+    )
+
+
+async def test_sns_with_a_disabled_key_is_not_ready_and_cannot_publish(topic: Topic) -> None:
+    key = _encrypted(topic, "Disabled")
+    params = SnsParams(topic_arn=topic.arn, message="m")
+    ctx = make_ctx(params, aws=clients_for(topic.moto))
+    report = await SNS.check(ctx)
+    assert not report.ready
+    assert report.findings == (
+        f"KMS key {key} of the topic is Disabled: SNS would refuse to publish"
+        " (KMSDisabled/KMSInvalidState)",
+    )
+    with pytest.raises(ActionFailed, match="KMSDisabled"):
+        await SNS.execute(ctx)
+
+
+@pytest.mark.parametrize(
+    "subject", ["line one\nline two", "tab\there", "x" * 100], ids=["newline", "tab", "100"]
+)
+def test_sns_subjects_follow_the_publish_rules(subject: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="subject"):
+        SnsParams(topic_arn=f"arn:aws:sns:{TARGET}:{ACCOUNT}:ops", message="m", subject=subject)
+    SnsParams(topic_arn=f"arn:aws:sns:{TARGET}:{ACCOUNT}:ops", message="m", subject="x" * 99)
 
 
 # ---------------------------------------------------------------------------------------

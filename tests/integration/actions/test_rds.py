@@ -3,6 +3,7 @@ cross-region read replica in us-west-2 (created from the primary's ARN)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from orchestrator.actions.rds import PROMOTED_BY_TAG, PromoteReadReplica, same_s
 from orchestrator.actions.registry import get_action
 from orchestrator.policy.actions import RdsPromoteReadReplica
 from orchestrator.signals.aws_clients import AwsClients
-from tests.fixtures.clock import VirtualClock
+from tests.fixtures.clock import VirtualClock, eventually
 from tests.fixtures.moto_fixups import apply_moto_fixups
 from tests.fixtures.moto_server import MotoServer
 from tests.integration.actions.step_support import (
@@ -180,3 +181,44 @@ def test_iam_statements_name_the_instance_in_each_region() -> None:
         RdsPromoteReadReplica(db_instance=REPLICA_ARN), [SOURCE]
     )
     assert by_arn.resources == (REPLICA_ARN,)
+
+
+def _status(name: str, status: str) -> None:
+    """A replica's status in moto's backend (a backup window, a modification...)."""
+    from moto.rds.models import rds_backends
+
+    rds_backends[ACCOUNT][TARGET].databases[name].status = status
+
+
+async def test_a_replica_busy_backing_up_is_waited_for_then_promoted(world: World) -> None:
+    _status("replica", "backing-up")
+    action = PromoteReadReplica()
+    params = RdsPromoteReadReplica(db_instance="replica", expected_source="primary")
+    report = await action.check(make_ctx(world.aws(), params))
+    # Ready: the backup ends by itself; the executor must not fail the run over it.
+    assert report.ready, report.findings
+    assert report.findings == (
+        "replica is backing-up for now: the promotion waits for it to be available",
+    )
+    clock = VirtualClock()
+    ctx = make_ctx(world.aws(), params, clock=clock, within=600.0)
+    looks = calls("rds", "DescribeDBInstances")
+    execute = asyncio.ensure_future(on_virtual_time(clock, action.execute(ctx), step=2.0))
+    await eventually(lambda: calls("rds", "DescribeDBInstances") - looks >= 3, "a few looks")
+    assert not execute.done()  # still backing up: nothing promoted yet
+    assert world.instance("replica").get("ReadReplicaSourceDBInstanceIdentifier")
+    _status("replica", "available")
+    outcome = await execute
+    assert outcome.changed
+    await on_virtual_time(clock, action.verify(ctx))
+    assert not world.instance("replica").get("ReadReplicaSourceDBInstanceIdentifier")
+
+
+async def test_a_replica_in_a_status_that_will_not_pass_is_not_ready(world: World) -> None:
+    _status("replica", "storage-full")
+    action = PromoteReadReplica()
+    ctx = make_ctx(world.aws(), RdsPromoteReadReplica(db_instance="replica"))
+    report = await action.check(ctx)
+    assert not report.ready and report.findings == ("replica is storage-full, not available",)
+    with pytest.raises(ActionFailed, match="replica is storage-full: it cannot be promoted"):
+        await action.execute(ctx)

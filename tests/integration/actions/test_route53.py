@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -9,15 +10,29 @@ from pydantic import ValidationError
 
 from orchestrator.actions.base import ActionError, ActionFailed
 from orchestrator.actions.registry import get_action
-from orchestrator.actions.route53 import SetHealthCheckInverted, SetRecord
+from orchestrator.actions.route53 import SetHealthCheckInverted, SetRecord, wanted_record_set
 from orchestrator.policy.actions import Route53SetHealthCheckInverted, Route53SetRecord
 from orchestrator.signals.aws_clients import AwsClients
 from tests.fixtures.clock import VirtualClock
 from tests.fixtures.moto_server import MotoServer
-from tests.integration.actions.step_support import calls, make_ctx, on_virtual_time
+from tests.integration.actions.step_support import (
+    StubbedAws,
+    calls,
+    make_ctx,
+    on_virtual_time,
+    rendered,
+)
 
 ZONE = "example.com"
 APP = "app.example.com"
+IP = {"Value": "192.0.2.10"}
+WEIGHTED = {
+    "Type": "CNAME",
+    "TTL": 60,
+    "SetIdentifier": "a",
+    "Weight": 100,
+    "ResourceRecords": [{"Value": "a.example.net"}],
+}
 
 
 class World:
@@ -270,3 +285,175 @@ def test_iam_statements_name_the_zone_and_the_health_check() -> None:
     )
     assert inverted[0].actions == ("route53:GetHealthCheck", "route53:UpdateHealthCheck")
     assert inverted[0].resources == ("arn:aws:route53:::healthcheck/hc-1",)
+
+
+# --- what Route 53 refuses (InvalidChangeBatch), found by check before failover time -------
+
+
+@pytest.mark.parametrize(
+    ("seed", "params", "why"),
+    [
+        (  # a CNAME at the zone apex
+            None,
+            {"name": ZONE, "value": "lb.us-west-2.example.net"},
+            "a CNAME is not permitted at the zone apex",
+        ),
+        (  # a CNAME next to an A record of the same name
+            {"Name": "www.example.com", "Type": "A", "TTL": 60, "ResourceRecords": [IP]},
+            {"name": "www.example.com", "value": "www.us-west-2.example.net"},
+            "a CNAME at www.example.com. would conflict with the A record(s) there",
+        ),
+        (  # an A record where a CNAME is
+            None,
+            {"name": APP, "type": "A", "value": "192.0.2.20"},
+            "a A record at app.example.com. would conflict with the CNAME there",
+        ),
+        (  # a simple record beside weighted ones of the same name and type
+            {**WEIGHTED, "Name": "api.example.com"},
+            {"name": "api.example.com", "value": "api.us-west-2.example.net"},
+            "a simple CNAME record at api.example.com. cannot join the weighted/failover sets",
+        ),
+        (  # a weighted record beside a simple one
+            None,
+            {"name": APP, "value": "b.example.net", "set_identifier": "b", "weight": 10},
+            "set_identifier 'b' cannot join the simple (non-routed) CNAME record",
+        ),
+    ],
+)
+async def test_changes_route53_refuses_are_not_ready_and_never_sent(
+    world: World, seed: dict[str, Any] | None, params: dict[str, Any], why: str
+) -> None:
+    if seed is not None:
+        world.upsert(seed)
+    wanted = Route53SetRecord(hosted_zone_id=world.zone_id, **params)
+    ctx = make_ctx(world.aws(), wanted)
+    report = await SetRecord().check(ctx)
+    assert not report.ready
+    assert any(why in f for f in report.findings), report.findings
+    before = calls("route53", "ChangeResourceRecordSets")
+    with pytest.raises(ActionFailed, match="Route 53 would refuse the change"):
+        await SetRecord().execute(ctx)
+    assert calls("route53", "ChangeResourceRecordSets") == before
+    # And the sandbox's Route 53 refuses it like AWS would, had it been sent.
+    with pytest.raises(world.r53.exceptions.InvalidChangeBatch):
+        world.upsert(wanted_record_set(wanted, "us-west-2"))
+
+
+async def test_an_alias_at_the_apex_points_at_the_target_regions_load_balancer(
+    world: World,
+) -> None:
+    alias = {
+        "dns_name": "web-lb-1.us-west-2.elb.amazonaws.com",
+        "hosted_zone_id": {"us-east-1": "Z35SXDOTRQ7X7K", "us-west-2": "Z1H1FL5HABSF5"},
+        "evaluate_target_health": True,
+    }
+    params = Route53SetRecord(hosted_zone_id=world.zone_id, name=ZONE, type="A", alias=alias)
+    ctx = make_ctx(world.aws(), params)  # the run's target region is us-west-2
+    report = await SetRecord().check(ctx)
+    assert report.ready, report.findings
+    assert (await SetRecord().execute(ctx)).changed
+    await SetRecord().verify(ctx)
+    [apex] = [r for r in world.records(ZONE) if r["Type"] == "A"]
+    assert apex["AliasTarget"]["HostedZoneId"] == "Z1H1FL5HABSF5"
+    assert apex["AliasTarget"]["DNSName"] == "web-lb-1.us-west-2.elb.amazonaws.com."
+    assert not (await SetRecord().execute(ctx)).changed  # idempotent
+
+
+# --- health checks by id, by region from a map, by Name tag ------------------------------
+
+
+def _tagged_check(world: World, reference: str, name: str) -> str:
+    check_id: str = world.r53.create_health_check(
+        CallerReference=reference,
+        HealthCheckConfig={"Type": "HTTPS", "FullyQualifiedDomainName": f"{reference}.example.net"},
+    )["HealthCheck"]["Id"]
+    world.r53.change_tags_for_resource(
+        ResourceType="healthcheck", ResourceId=check_id, AddTags=[{"Key": "Name", "Value": name}]
+    )
+    return check_id
+
+
+async def test_a_health_check_is_found_by_its_name_tag(world: World) -> None:
+    east = _tagged_check(world, "east", "shop-us-east-1")
+    west = _tagged_check(world, "west", "shop-us-west-2")
+    params = rendered(
+        "route53.set_health_check_inverted", {"health_check_name": "shop-{source_region}"}
+    )
+    ctx = make_ctx(world.aws(), params)  # source us-east-1
+    assert (await SetHealthCheckInverted().check(ctx)).ready
+    outcome = await SetHealthCheckInverted().execute(ctx)
+    await SetHealthCheckInverted().verify(ctx)
+    assert outcome.detail == f"health check {east} inverted=True"
+    flags = {
+        i: world.r53.get_health_check(HealthCheckId=i)["HealthCheck"]["HealthCheckConfig"].get(
+            "Inverted"
+        )
+        for i in (east, west)
+    }
+    assert flags == {east: True, west: False}
+
+
+async def test_a_name_no_check_or_several_checks_carry_is_not_ready(world: World) -> None:
+    _tagged_check(world, "a", "twin")
+    _tagged_check(world, "b", "twin")
+    for name, why in (
+        ("nobody", "no Route 53 health check is tagged Name=nobody"),
+        ("twin", "2 Route 53 health checks are tagged Name=twin"),
+    ):
+        ctx = make_ctx(world.aws(), Route53SetHealthCheckInverted(health_check_name=name))
+        report = await SetHealthCheckInverted().check(ctx)
+        assert not report.ready and why in report.findings[0]
+        with pytest.raises(ActionFailed, match=why):
+            await SetHealthCheckInverted().execute(ctx)
+
+
+async def test_health_check_ids_by_region(world: World) -> None:
+    ids = {"us-east-1": world.health_check, "us-west-2": _tagged_check(world, "w", "w")}
+    params = rendered(
+        "route53.set_health_check_inverted",
+        {"health_check_ids": ids, "health_check_region": "{source_region}", "inverted": True},
+    )
+    ctx = make_ctx(world.aws(), params)
+    assert (await SetHealthCheckInverted().check(ctx)).ready
+    await SetHealthCheckInverted().execute(ctx)
+    assert world.inverted()  # us-east-1's, the source's
+
+
+def test_a_name_is_never_taken_for_an_id() -> None:
+    with pytest.raises(ValidationError, match="Route 53 generates health-check ids"):
+        Route53SetHealthCheckInverted(health_check_id="catalog-{source_region}")
+    with pytest.raises(ValidationError, match="health_check_ids has no id for us-west-2"):
+        Route53SetHealthCheckInverted.model_validate(
+            {"health_check_ids": {"us-east-1": "a"}, "health_check_region": "{source_region}"},
+            context={"policy_regions": ("us-east-1", "us-west-2")},
+        )
+    with pytest.raises(ValidationError, match="name the health check"):
+        Route53SetHealthCheckInverted()
+
+
+@pytest.mark.parametrize(
+    ("target", "control"),
+    [
+        ("cn-north-1", "cn-northwest-1"),
+        ("us-gov-east-1", "us-gov-west-1"),
+        ("eu-west-1", "us-east-1"),
+    ],
+)
+async def test_route53_calls_go_to_the_control_plane_of_the_partition(
+    target: str, control: str
+) -> None:
+    # Route 53's control plane is one region per partition: never us-east-1 for aws-cn.
+    def script(stubber: Any) -> None:
+        zone = {"Id": "/hostedzone/Z0SHOP", "Name": "example.com.", "CallerReference": "z"}
+        stubber.add_response("get_hosted_zone", {"HostedZone": zone}, {"Id": "Z0SHOP"})
+        stubber.add_response(
+            "list_resource_record_sets",
+            {"ResourceRecordSets": [], "IsTruncated": False, "MaxItems": "100"},
+        )
+
+    aws = StubbedAws(script)
+    params = Route53SetRecord(hosted_zone_id="Z0SHOP", name="api.example.com", value="x.example")
+    ctx = replace(make_ctx(aws, params), target_region=target)
+    report = await SetRecord().check(ctx)
+    assert report.ready, report.findings
+    assert (aws.opened, report.control_plane_region) == ([("route53", control)], control)

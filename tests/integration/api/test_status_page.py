@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator.api import bound_port, make_app, serve
 from orchestrator.engine.vocabulary import REASON_TEXT, Reason
+from orchestrator.runbook.journal import StepStatus
+from orchestrator.runbook.rto import AttemptProgress, StepProgress, SubstepProgress
 from tests.fixtures.binaries import require_binary
 from tests.unit.api.fakes import FakeControl
 
@@ -208,3 +211,56 @@ async def test_screenshot_of_the_page(chromium: str, page_url: str, tmp_path: Pa
     assert (width, height) == (1280, 900)
     # A blank or unstyled page compresses to a few kB; the rendered cards are far larger.
     assert len(data) > 50_000, f"suspiciously small screenshot ({len(data)} bytes): {png}"
+
+
+class RegionSwitchRun(FakeControl):
+    """webapp's run is one arc.region_switch step whose plan waits at its approval step."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        snap = self.snapshots["webapp"]
+        run = snap.run
+        assert run is not None
+        start = run.started_at
+        plan = StepProgress(
+            name="region-switch",
+            action="arc.region_switch",
+            after=(),
+            status=StepStatus.RUNNING,
+            attempts=(AttemptProgress(1, start, None, 95.0),),
+            started_at=start,
+            finished_at=None,
+            duration=95.0,
+            substeps=(
+                SubstepProgress(
+                    "scale-standby", "EC2AutoScaling", "succeeded", start, start + 41, 41
+                ),
+                SubstepProgress(
+                    "approve-promotion", "ManualApproval", "waiting_approval", start + 41, None, 54
+                ),
+            ),
+            awaiting_approval=("approve-promotion",),
+            note="stepPendingApproval approve-promotion",
+        )
+        self.snapshots["webapp"] = replace(snap, run=replace(run, steps=(plan,)))
+
+
+async def test_a_region_switch_step_shows_the_plans_steps_and_the_approval_it_waits_for(
+    chromium: str, tmp_path: Path
+) -> None:
+    async for url in _serve(RegionSwitchRun()):
+        dom = await run_chromium(
+            chromium,
+            tmp_path,
+            url,
+            f"--virtual-time-budget={FIRST_REFRESH_BUDGET_MS}",
+            "--dump-dom",
+        )
+    webapp = card(dom, "webapp")
+    assert re.search(r"region-switch\narc\.region_switch\nRUNNING\n95 s\n", webapp), webapp
+    assert "waiting for approval of approve-promotion" in webapp
+    assert re.search(r"↳ scale-standby\nEC2AutoScaling\nSUCCEEDED\n41 s\n", webapp), webapp
+    assert re.search(
+        r"↳ approve-promotion\nManualApproval\nWAITING APPROVAL\n54 s\nfailoverd approve webapp",
+        webapp,
+    ), webapp

@@ -44,6 +44,7 @@ from orchestrator.signals.mqtt_agents import (
     parse_broker_url,
 )
 from tests.fixtures.mosquitto import Mosquitto
+from tests.fixtures.secrets import write_secret
 
 REPO = Path(__file__).resolve().parents[3]
 AGENT = "agent-a"
@@ -414,8 +415,7 @@ async def test_password_from_a_file_and_never_in_the_logs(mosquitto: Mosquitto) 
         async with running(source.run(sink), agent.run()):
             await eventually(lambda: len(sink.from_agent()) >= 2, "observations over the auth port")
 
-        wrong = mosquitto.workdir / "wrong-password"
-        wrong.write_text("not-the-password\n", encoding="utf-8")
+        wrong = write_secret(mosquitto.workdir / "wrong-password", "not-the-password\n")
         backoff = fast_backoff()
         refused = MqttAgentSource(
             BrokerConfig.from_url(url, username=mosquitto.username, password_file=wrong),
@@ -516,8 +516,7 @@ def test_broker_options_that_cannot_work(tmp_path: Path) -> None:
     missing = BrokerConfig.from_url("mqtt://127.0.0.1", username="u", password_file=tmp_path / "p")
     with pytest.raises(BrokerConfigError, match=r"password file .*/p"):
         missing.check()
-    empty = tmp_path / "empty"
-    empty.write_text("\n")
+    empty = write_secret(tmp_path / "empty", "\n")
     with pytest.raises(BrokerConfigError, match="is empty"):
         BrokerConfig.from_url("mqtt://127.0.0.1", username="u", password_file=empty).check()
     with pytest.raises(BrokerConfigError, match="TLS files"):

@@ -28,6 +28,7 @@ from tests.unit.api.fakes import NOW, RUN_ID, FakeControl
 
 TOKEN = "s3cret-token-value"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH_JSON = {**AUTH, "Content-Type": "application/json"}
 
 
 @asynccontextmanager
@@ -454,7 +455,7 @@ async def test_bad_input_gets_a_4xx_naming_the_problem(
 ) -> None:
     control = FakeControl()
     async with api(control) as client:
-        resp = await client.post(path, data=data, headers=AUTH)
+        resp = await client.post(path, data=data, headers=AUTH_JSON)
         assert resp.status == status
         body = await resp.json()
     assert body["error"] == code
@@ -552,7 +553,7 @@ def test_junk_bodies_never_get_a_500(
     loop, client = fuzz_client
 
     async def post() -> tuple[int, Any]:
-        resp = await client.post(path, data=body, headers=AUTH)
+        resp = await client.post(path, data=body, headers=AUTH_JSON)
         return resp.status, await resp.json()
 
     status, payload = loop.run_until_complete(post())
@@ -584,7 +585,7 @@ async def test_serve_listens_on_loopback_until_cleaned_up() -> None:
     try:
         port = bound_port(runner)
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = await asyncio.wait_for(reader.read(), 5)
         writer.close()
         assert answer.startswith(b"HTTP/1.1 200")

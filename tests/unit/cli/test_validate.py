@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.cli.main import EXIT_FAILED, EXIT_OK, EXIT_UNUSABLE, main
 from orchestrator.policy.schema import policy_schema_text
+from tests.fixtures.daemon import failoverd
 
 ROOT = Path(__file__).resolve().parents[3]
 ERROR_LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<path>\S+): (?P<msg>.+)$")
@@ -169,3 +170,52 @@ def test_schema_written_by_the_cli_matches_the_committed_file(tmp_path: Path) ->
     main(["schema", "--output", str(target)])
     committed = (ROOT / "policies" / "schema.json").read_text(encoding="utf-8")
     assert target.read_text(encoding="utf-8") == committed, "run `make schema`"
+
+
+def test_field_and_cross_field_errors_of_one_file_in_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _policy(
+        tmp_path,
+        typo=("      action: rds.promote_read_replica", "      acton: rds.promote_read_replica"),
+        quorum=("  quorum: 2", "  quorum: 3"),
+    )
+    assert main(["validate", str(path)]) == EXIT_FAILED
+    out = capsys.readouterr().out.splitlines()
+    paths = [m["path"] for m in map(ERROR_LINE.match, out[:-1]) if m]
+    assert paths == [
+        "detection.quorum",
+        "runbooks.failover[0].action",
+        "runbooks.failover[0].acton",
+    ]
+
+
+HOSTILE = {
+    "digits.yaml": "service: shop\nrto: " + "9" * 5000 + "\n",
+    "recursive.yaml": "service: &s [*s]\n",
+    "bomb.yaml": "a: &a [x,x,x,x,x,x,x,x,x]\n"
+    + "".join(
+        f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n"
+        for p, n in zip("abcdef", "bcdefg", strict=True)
+    ),
+    "deep.yaml": "service: " + "[" * 500 + "]" * 500 + "\n",
+    "tags.yaml": "service: !!python/object/apply:os.system [id]\nrto: !!binary aGk=\n",
+    "nan.yaml": POLICY.replace("rpo: 1m", "rpo: .nan"),
+    "duration.yaml": POLICY.replace("rto: 15m", "rto: 99999999999999999999d"),
+    "control.yaml": "service: shop\x00\n",
+    "latin1.yaml": "service: caf\xe9\n",
+}
+
+
+def test_validate_answers_hostile_files_with_located_errors_never_a_traceback(
+    tmp_path: Path,
+) -> None:
+    for name, text in HOSTILE.items():
+        data = text.encode("latin-1") if name == "latin1.yaml" else text.encode()
+        (tmp_path / name).write_bytes(data)
+    result = failoverd("validate", str(tmp_path))
+    assert result.returncode == EXIT_FAILED, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    located = re.compile(r"^(?P<file>\S+?):(?P<line>\d+):(?P<col>\d+): ")
+    files = {Path(m["file"]).name for m in map(located.match, result.stdout.splitlines()) if m}
+    assert files == set(HOSTILE), result.stdout

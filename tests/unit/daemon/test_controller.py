@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.actions.moves import move_style
 from orchestrator.daemon.control import NotLeaderError
 from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.support import POLICY_RELOADS, reload_policies
-from orchestrator.engine.state import Command, OperatorCommand, ServiceState
+from orchestrator.engine.state import Command, LagReading, OperatorCommand, ServiceState
 from orchestrator.engine.vocabulary import Action, Phase, Reason
+from orchestrator.runbook.journal import RunHeader
 from orchestrator.store.base import JournalStatus
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
@@ -151,3 +153,30 @@ async def test_a_broken_reload_keeps_the_old_set_and_a_good_one_keeps_state(
     assert controller.policy_version != old
     snap = controller.snapshot("shop")
     assert snap is not None and snap.rto == 600.0 and snap.active_region == "us-east-1"
+
+
+async def test_every_run_gets_the_facts_of_its_decision(
+    controller: Controller, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
+) -> None:
+    # What the steps (Aurora's switchover-or-failover choice among them) know about the move:
+    # its kind, whether it is a drill, the source's verdict, the target's lag reading.
+    async with running(controller):
+        await eventually(controller.is_leader, "the lease")
+        controller.put_lag("shop", "us-west-2", LagReading(0.8, clock.now()))
+        region_down(controller, clock)
+        await eventually(lambda: action.calls != [], "the failover step")
+        facts = dict(action.calls[0].ctx.facts)
+        assert facts == {
+            "kind": "failover",
+            "drill": False,
+            "source_region": "us-east-1",
+            "source_verdict": "down",
+            "source_down": True,
+            "target_lag_seconds": 0.8,
+            "target_lag_age_seconds": 3.0,
+        }
+        assert not move_style("failover", facts).graceful
+        # The facts are in the journaled plan: a resumed run sees the same ones.
+        run_id = action.calls[0].ctx.run_id
+        header = RunHeader.from_record((await store.read_run(run_id))[0])
+        assert header.facts == facts

@@ -6,6 +6,7 @@ pass timer, the event-loop lag monitor, and the generated reference being curren
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -349,6 +350,8 @@ CONTRACT = (
     "failoverd_run_awaiting_approval",
     "failoverd_run_rto_budget_remaining_seconds",
     "failoverd_run_step_state",
+    "failoverd_run_substep_state",
+    "failoverd_run_substep_duration_seconds",
     "failoverd_runbook_step_duration_seconds",
     "failoverd_is_leader",
     "failoverd_fencing_token",
@@ -363,3 +366,88 @@ CONTRACT = (
     "failoverd_event_loop_lag_seconds",
     "failoverd_aws_api_calls_total",
 )
+
+
+async def test_a_steps_own_steps_reach_the_metrics_and_wait_for_failoverd_approve(
+    policy_dir: Path, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
+) -> None:
+    """A step that journals its own steps (as arc.region_switch does with a Region switch
+    plan's): their state and duration are metrics, a sub-step waiting for approval makes the
+    run await approval, and `approve` reaches the step under <step>/<sub-step>."""
+    from orchestrator.actions.base import StepContext
+    from orchestrator.engine.state import Command, OperatorCommand
+    from orchestrator.runbook.journal import SUBSTEP_STATUSES
+
+    svc = "metrics-plan"
+    write(policy_dir, svc)
+    seen: list[object] = []
+
+    async def plan(ctx: StepContext) -> None:
+        assert ctx.progress is not None and ctx.approvals is not None
+        t0 = clock.now()
+        await ctx.progress({"substep": {"name": "scale", "status": "running", "at": t0}})
+        await ctx.progress({"substep": {"name": "scale", "status": "succeeded", "at": t0 + 4}})
+        await ctx.progress(
+            {
+                "substep": {"name": "gate", "status": "waiting_approval", "at": t0 + 4},
+                "awaiting_approval": "gate",
+            }
+        )
+        while (record := await ctx.approvals.approval(svc, ctx.run_id, "move/gate")) is None:
+            await clock.sleep(1.0)
+        seen.append(record)
+        await ctx.progress({"approved": "gate", "by": record.by, "reason": record.reason})
+        await ctx.progress({"substep": {"name": "gate", "status": "succeeded", "at": clock.now()}})
+
+    action.hooks["move"] = plan
+    c = await make_controller(policy_dir, store, clock, action)
+    MetricsExporter(c, clock, backend="sqlite").install()
+
+    def sub(step: str, on: str) -> bool:
+        return one_hot(
+            "failoverd_run_substep_state",
+            "state",
+            SUBSTEP_STATUSES,
+            on,
+            service=svc,
+            step="move",
+            substep=step,
+        )
+
+    async def advance_until(done: Callable[[], bool], what: str) -> None:
+        """Move virtual time on by half a second whenever everything sleeps, until done."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20.0
+        while not done():
+            if loop.time() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            if clock.sleepers >= 2:
+                clock.advance(0.5)
+            await asyncio.sleep(0.005)
+
+    async with running(c):
+        await eventually(c.is_leader, "the lease")
+        await idle(clock)
+        observe(c, clock, svc, east_ok=False)
+        await advance_until(
+            lambda: sub("gate", "waiting_approval") and sub("scale", "succeeded"),
+            "the plan's steps in the metrics",
+        )
+        labels = {"service": svc, "step": "move", "substep": "scale"}
+        assert value("failoverd_run_substep_duration_seconds", **labels) == 4.0
+        assert value("failoverd_run_awaiting_approval", service=svc) == 1
+        state = await store.load_state(svc)
+        assert state is not None and state.run is not None and state.run.waiting_approval
+
+        result = await c.command(svc, OperatorCommand(Command.APPROVE, by="alice", reason="go"))
+        assert result.accepted and "move/gate" in result.message
+        await advance_until(lambda: bool(seen), "the step to read the approval")
+        assert [(r.by, r.reason) for r in seen] == [("alice", "go")]  # type: ignore[attr-defined]
+        await advance_until(
+            lambda: value("failoverd_active_region", service=svc, region="us-west-2") == 1,
+            "the run to finish",
+        )
+        await advance_until(lambda: sub("gate", "succeeded"), "the approved step succeeded")
+        assert value("failoverd_run_awaiting_approval", service=svc) == 0
+        state = await store.load_state(svc)
+        assert state is not None and state.run is None and state.active_region == "us-west-2"

@@ -23,6 +23,7 @@ from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.main import Daemon, DaemonSettings
 from orchestrator.daemon.sdnotify import Notifier
 from orchestrator.engine.state import Decision, OperatorCommand
+from orchestrator.settings import AwsSettings
 from orchestrator.store.base import StoreUnavailable
 from tests.fixtures.clock import eventually
 from tests.fixtures.controller import policy_text
@@ -156,7 +157,7 @@ async def start_daemon(tmp_path: Path, target: ProbeTarget, wedge: Wedge) -> Asy
         tick=TICK,
         lease_ttl=3.0,
         # Never contacted: the policy has no AWS signal and its runbook only waits.
-        aws_endpoint_url="http://127.0.0.1:9",
+        aws=AwsSettings(endpoint_url="http://127.0.0.1:9"),
         policy_poll_interval=60.0,
     )
     notifier = RecordingNotifier()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from orchestrator.policy.actions import PLACEHOLDERS, Route53SetRecord
 from orchestrator.policy.checks import check_policy, region_vantages
 from orchestrator.policy.loader import load_policy_text
@@ -499,6 +501,47 @@ def test_unknown_placeholder_nested_in_params(baseline: dict[str, Any], reject: 
         "runbooks.failover[2].params.body",
         "unknown placeholder {rg}",
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "brace"),
+    [
+        ("api.{target_region.example.com", "{"),
+        ("api.target_region}.example.com", "}"),
+        ("{service}-{target_region", "{"),
+    ],
+)
+def test_a_brace_without_its_partner_in_params(
+    baseline: dict[str, Any], reject: Any, value: str, brace: str
+) -> None:
+    # Filled in by plain replacement, `{target_region` would reach AWS as written.
+    baseline["runbooks"]["failover"][1]["params"]["value"] = value
+    rejected = reject(baseline)
+    assert_error(
+        rejected.only(),
+        FILE,
+        rejected.where(r"^      (value): "),
+        "runbooks.failover[1].params.value",
+        f"a {brace} without its partner",
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "words"),
+    [
+        ("https://api.{regoin}.example.com/healthz", "unknown placeholder {regoin}"),
+        ("https://api.{region.example.com/healthz", "a { without its partner"),
+        ("https://api.{target_region}.example.com/", "unknown placeholder {target_region}"),
+    ],
+)
+def test_placeholders_in_a_target_template(
+    baseline: dict[str, Any], reject: Any, target: str, words: str
+) -> None:
+    baseline["signals"][0]["target"] = target
+    rejected = reject(baseline)
+    error = rejected.at("signals[0].target")
+    assert_error(error, FILE, rejected.where(r"^  (target): https"), "signals[0].target", words)
+    assert "{region}" in error.message
 
 
 def test_known_placeholders_are_accepted(baseline: dict[str, Any]) -> None:

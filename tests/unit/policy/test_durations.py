@@ -12,6 +12,8 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.policy.durations import (
     DURATION_PATTERN,
     FROM_FILE,
+    MAX_DURATION,
+    MAX_DURATION_TEXT,
     Duration,
     DurationError,
     format_duration,
@@ -60,6 +62,29 @@ def test_rejects_non_strings_asking_for_a_unit(value: object) -> None:
     assert "a string with a unit" in message
     assert "30s" in message
     assert repr(value) in message
+
+
+@pytest.mark.parametrize("value", ["367d", "8800h", "99999999999999d", "1" * 5000 + "s", "1d" * 40])
+def test_durations_longer_than_a_year_or_absurdly_written_are_refused(value: str) -> None:
+    # Unbounded, `99999999999999d` made a timer that never fires, and 5,000 digits an
+    # exception that was not a DurationError.
+    with pytest.raises(DurationError) as info:
+        parse_duration(value)
+    assert len(str(info.value)) < 200
+
+
+def test_a_year_is_the_longest_duration() -> None:
+    assert parse_duration(MAX_DURATION_TEXT) == MAX_DURATION == parse_duration("366d")
+
+
+def test_seconds_given_in_python_are_bounded_too() -> None:
+    class Model(BaseModel):
+        d: Duration
+
+    assert Model(d=60).d == 60.0
+    for bad in (MAX_DURATION + 1, float("inf"), float("nan")):
+        with pytest.raises(ValidationError):
+            Model(d=bad)
 
 
 def test_duration_error_is_a_value_error() -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from orchestrator.policy.yamlsource import (
+    Limits,
     LoadedYaml,
     SourceError,
     SourceErrors,
@@ -15,7 +19,7 @@ from orchestrator.policy.yamlsource import (
     load_yaml_text,
 )
 
-from .conftest import where
+from .conftest import ROOT, where
 
 NESTED = """\
 # a comment line
@@ -272,3 +276,144 @@ def _errors_of_file(path: Path) -> list[SourceError]:
     with pytest.raises(SourceErrors) as info:
         load_yaml_file(path)
     return info.value.errors
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile input: whatever a file holds, the answer is data or located errors, quickly.
+
+
+def _bomb(levels: int) -> str:
+    """A billion-laughs file: each level lists the one above nine times (9**levels values)."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_integer_of_5000_digits_is_a_located_error() -> None:
+    text = "service: shop\nrto: " + "1" * 5000 + "\n"
+    (error,) = _errors(text)
+    assert (error.line, error.column, error.path) == (2, 6, "rto")
+    assert "too many digits" in error.message
+
+
+def test_a_hexadecimal_integer_beyond_64_bits_is_a_located_error() -> None:
+    # Python converts any hex length, but repr() of it fails past 4300 digits.
+    (error,) = _errors("retries: 0x" + "f" * 20 + "\n")
+    assert (error.line, error.path) == (1, "retries")
+    assert "64-bit" in error.message
+
+
+def test_a_recursive_alias_is_a_located_error() -> None:
+    (error,) = _errors("service: &s [*s]\n")
+    assert (error.line, error.column) == (1, 14)
+    assert error.message == "recursive alias: *s is inside &s"
+
+
+def test_an_alias_bomb_is_refused_by_the_value_budget() -> None:
+    text = _bomb(6)  # 333 bytes, 531,441 values once expanded
+    assert len(text) < 400
+    (error,) = _errors(text)
+    assert error.line == 5  # where the budget ran out, not at the end of the expansion
+    assert "more than 20000 values" in error.message
+
+
+def test_aliases_within_the_budget_still_work() -> None:
+    loaded = load_yaml_text(_bomb(3), "p.yaml")  # 9**3 = 729 values
+    assert len(loaded.data["l2"]) == 9 and loaded.data["l2"][0][0] == ["x"] * 9
+
+
+def test_an_alias_to_an_unknown_anchor_and_a_reused_anchor_are_errors() -> None:
+    (error,) = _errors("a: *nowhere\n")
+    assert (error.line, error.column, error.path) == (1, 4, "a")
+    assert "names no anchor" in error.message
+    (error,) = _errors("a: &x 1\nb: &x 2\n")
+    assert (error.line, error.path) == (2, "b")
+    assert "duplicate anchor &x" in error.message
+
+
+def test_deep_nesting_is_refused_at_the_depth_limit() -> None:
+    text = "a: " + "[" * 200 + "]" * 200 + "\n"
+    (error,) = _errors(text)
+    assert error.line == 1
+    assert "nested deeper than 64 levels" in error.message
+
+
+def test_a_limit_may_be_lowered_per_load() -> None:
+    with pytest.raises(SourceErrors) as info:
+        load_yaml_text("a: [1, 2, 3, 4]\n", "p.yaml", Limits(max_nodes=4))
+    assert "more than 4 values" in info.value.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("!!python/object/apply:os.system [id]", "unsupported YAML tag 'python/object"),
+        ("!!binary aGVsbG8=", "unsupported YAML tag 'binary'"),
+        ("!custom x", "unsupported YAML tag '!custom'"),
+        ("!!float abc", "cannot read 'abc' as float"),
+        ("!!int abc", "cannot read 'abc' as int"),
+        ("!!bool maybe", "cannot read 'maybe' as bool"),
+        (".nan", "not a finite number"),
+        ("-.inf", "not a finite number"),
+    ],
+)
+def test_values_that_are_not_plain_data_are_located_errors(value: str, words: str) -> None:
+    (error,) = _errors(f"service: shop\ndescription: {value}\n")
+    assert (error.line, error.column, error.path) == (2, 14, "description")
+    assert words in error.message
+
+
+def test_dates_stay_the_text_written() -> None:
+    # No field takes a date; a timestamp must not become a datetime that no field accepts
+    # (nor an invalid one, `2001-13-45`, an exception).
+    loaded = load_yaml_text("a: 2001-12-14\nb: !!timestamp 2001-13-45\n", "p.yaml")
+    assert loaded.data == {"a": "2001-12-14", "b": "2001-13-45"}
+
+
+def test_invalid_characters_are_located() -> None:
+    (error,) = _errors("service: shop\nrto: 5m\x07\n")
+    assert (error.line, error.column) == (2, 8)
+    assert error.message == "invalid YAML: control characters are not allowed"
+
+
+def test_a_file_over_the_size_limit_is_refused_without_parsing(tmp_path: Path) -> None:
+    f = tmp_path / "huge.yaml"
+    f.write_bytes(b"# " + b"x" * Limits().max_bytes + b"\n")
+    (error,) = _errors_of_file(f)
+    assert error.file == str(f)
+    assert "too large" in error.message and str(Limits().max_bytes) in error.message
+
+
+def test_a_fifo_is_not_read(tmp_path: Path) -> None:
+    # Opening a FIFO for reading blocks until a writer comes: the loader must not open it.
+    fifo = tmp_path / "policy.yaml"
+    os.mkfifo(fifo)
+    (error,) = _errors_of_file(fifo)
+    assert error.message == "not a regular file"
+
+
+def test_a_flood_of_errors_is_capped_with_a_count() -> None:
+    text = "a: 1\n" + "a: 2\n" * 500
+    errors = _errors(text)
+    assert len(errors) == Limits().max_errors + 1
+    assert errors[-1].message == f"... and {500 - Limits().max_errors} more error(s)"
+
+
+def test_loading_keeps_nothing_alive_between_loads() -> None:
+    # PyYAML's constructor remembers every node it built; one shared across loads kept every
+    # scalar of every reload (+13.5 MB over 200 reloads of the example policies).
+    text = (ROOT / "policies" / "ledger" / "ledger.yaml").read_text(encoding="utf-8")
+    load_yaml_text(text, "p.yaml")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(50):
+            load_yaml_text(text, "p.yaml")
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename") if s.size_diff > 0)
+    assert grown < 256 * 1024, f"{grown} bytes kept after 50 loads"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
@@ -17,10 +18,13 @@ from orchestrator.actions.base import StepContext
 from orchestrator.engine.state import Decision, RunStatus, ServiceState
 from orchestrator.engine.vocabulary import Action as Kind
 from orchestrator.engine.vocabulary import Phase
+from orchestrator.policy.access import AwsRole
 from orchestrator.policy.actions import Wait
 from orchestrator.policy.loader import load_policy_file
 from orchestrator.policy.models import OnFailure, Policy, Runbooks, Step
 from orchestrator.runbook import Backoff, Executor, NotLeader, RunRejected, StepStatus
+from orchestrator.runbook.journal import ProgressNote, RunHeader, fold
+from orchestrator.runbook.rto import build_progress, substeps
 from orchestrator.signals.aws_clients import AwsClientConfig, AwsClients
 from orchestrator.store.base import FencedOut, JournalRecord, JournalStatus, Lease
 from orchestrator.store.sqlite import SqliteStore
@@ -261,7 +265,18 @@ async def test_params_are_rendered_for_the_run(
         "us-west-2",
         "us-east-1",
     )
-    assert ctx.kind == "failover" and ctx.facts == {"lag_seconds": 0.5}
+    # The caller's facts, with the ones every run has (orchestrator.actions.moves).
+    assert ctx.kind == "failover"
+    assert ctx.facts == {
+        "kind": "failover",
+        "drill": False,
+        "source_region": "us-east-1",
+        "source_verdict": None,
+        "source_down": False,
+        "target_lag_seconds": None,
+        "target_lag_age_seconds": None,
+        "lag_seconds": 0.5,
+    }
     assert ctx.approvals is store
 
 
@@ -570,3 +585,203 @@ async def test_progress_accounts_time_against_the_rto(
     later = await ex.progress("run-1")
     assert later is not None and later.elapsed == end.elapsed
     assert await ex.progress("no-such-run") is None
+
+
+async def test_each_step_acts_as_its_role_and_the_plan_says_which(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    # The policy's role for every step, a step's own role where it names one; journaled
+    # with the plan, so a resumed run acts as the same roles after a reload.
+    workload = AwsRole(role_arn="arn:aws:iam::111111111111:role/failoverd", external_id="x1")
+    dns = AwsRole(role_arn="arn:aws:iam::222222222222:role/failoverd-dns")
+    fake = ScriptedAction(clock)
+    steps = [step("a"), step("b").model_copy(update={"aws": dns})]
+    policy = policy_with(steps).model_copy(update={"aws": workload})
+    run_id = await drive(clock, start(executor(store, aws, clock, lease, fake), policy, clock))
+    roles = {
+        c.step: c.ctx.aws.role.role_arn
+        for c in fake.calls
+        if c.ctx is not None and c.ctx.aws.role is not None
+    }
+    assert roles == {"a": workload.role_arn, "b": dns.role_arn}
+    header = RunHeader.from_record((await store.read_run(run_id))[0])
+    assert [s.aws for s in header.steps] == [workload, dns]
+
+
+# -- progress notes (a step following a Region switch execution) and giving a step up ------
+
+
+async def test_notes_are_journaled_shown_and_handed_back_to_a_reentered_step(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    histories: list[tuple[int, tuple[Any, ...]]] = []
+
+    async def plan(ctx: StepContext) -> None:
+        assert ctx.progress is not None
+        histories.append((ctx.attempt, ctx.history))
+        if ctx.attempt == 1:
+            t = clock.now()
+            await ctx.progress({"execution": "started", "execution_id": "x1", "note": "x1 started"})
+            await ctx.progress({"substep": {"name": "scale", "status": "running", "at": t}})
+            await ctx.progress({"substep": {"name": "scale", "status": "succeeded", "at": t + 3}})
+        await ctx.progress({"note": f"attempt {ctx.attempt} following x1"})
+
+    fake = ScriptedAction(clock, script={"switch": ["retry", "ok"]}, hooks={"switch": plan})
+    policy = policy_with([step("switch", retries=1)])
+    await drive(clock, start(executor(store, aws, clock, lease, fake), policy, clock))
+
+    records = await store.read_run("run-1")
+    notes = [r for r in records if r.status is JournalStatus.STEP_PROGRESS]
+    assert [(r.step, r.attempt) for r in notes] == [("switch", 1)] * 4 + [("switch", 2)]
+    assert json.loads(notes[0].detail)["execution_id"] == "x1"
+    # The re-entered attempt got the first attempt's notes, oldest first.
+    assert histories[0] == (1, ())
+    attempt, earlier = histories[1]
+    assert attempt == 2 and [n.get("execution_id") for n in earlier][:1] == ["x1"]
+    assert len(earlier) == 4
+    progress = build_progress(fold(records), clock.now())
+    switch = progress.step("switch")
+    assert switch.status is StepStatus.SUCCEEDED and len(switch.attempts) == 2
+    assert [(x.name, x.status, x.duration) for x in switch.substeps] == [
+        ("scale", "succeeded", 3.0)
+    ]
+    assert switch.note == "attempt 2 following x1"
+
+
+async def test_a_substep_awaiting_approval_shows_in_the_service_state_until_approved(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    flags: list[bool] = []
+
+    async def look() -> None:
+        state = await store.load_state("webapp")
+        flags.append(bool(state and state.run and state.run.waiting_approval))
+
+    async def plan(ctx: StepContext) -> None:
+        assert ctx.progress is not None
+        await look()
+        await ctx.progress(
+            {"awaiting_approval": "gate", "substep": {"name": "gate", "status": "waiting_approval"}}
+        )
+        await look()
+        await ctx.progress({"approved": "gate", "by": "alice", "reason": "go"})
+        await look()
+
+    fake = ScriptedAction(clock, hooks={"switch": plan})
+    await drive(
+        clock, start(executor(store, aws, clock, lease, fake), policy_with([step("switch")]), clock)
+    )
+    assert flags == [False, True, False]
+
+
+async def test_a_note_that_is_not_json_fails_the_step_not_the_run_loop(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    async def plan(ctx: StepContext) -> None:
+        assert ctx.progress is not None
+        await ctx.progress({"when": object()})
+
+    fake = ScriptedAction(clock, hooks={"switch": plan})
+    await drive(
+        clock, start(executor(store, aws, clock, lease, fake), policy_with([step("switch")]), clock)
+    )
+    records = await store.read_run("run-1")
+    failed = [r for r in records if r.status is JournalStatus.STEP_FAILED]
+    assert "progress note is not JSON" in failed[0].error
+    assert records[-1].status is JournalStatus.RUN_FAILED
+
+
+async def test_only_the_last_attempt_timing_out_gives_the_step_up(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    reasons: list[tuple[int, str | None]] = []
+
+    async def hang(ctx: StepContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            reasons.append((ctx.attempt, ctx.cancel_reason()))
+            raise
+
+    fake = ScriptedAction(clock, hooks={"switch": hang})
+    policy = policy_with([step("switch", retries=1, timeout=5.0)])
+    await drive(clock, start(executor(store, aws, clock, lease, fake), policy, clock), tick=1.0)
+    assert reasons == [
+        (1, None),  # a retry follows: whatever the step started goes on
+        (2, "step switch timed out after 5s on its last attempt"),
+    ]
+
+
+async def test_a_shutdown_is_no_reason_to_give_the_step_up(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    reasons: list[str | None] = []
+
+    async def hang(ctx: StepContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            reasons.append(ctx.cancel_reason())
+            raise
+
+    fake = ScriptedAction(clock, hooks={"switch": hang})
+    policy = policy_with([step("switch", timeout=60.0)])
+    task = asyncio.ensure_future(start(executor(store, aws, clock, lease, fake), policy, clock))
+    await eventually(lambda: fake.active == {"switch"}, "the step to run")
+    task.cancel()  # the daemon stops (or its TaskGroup goes): the run resumes later
+    await asyncio.gather(task, return_exceptions=True)
+    assert reasons == [None]
+
+
+def test_junk_notes_never_break_the_view() -> None:
+    junk = [
+        {"substep": "scale"},
+        {"substep": {"name": 3, "status": "running"}},
+        {"substep": {"name": "scale", "status": "exploded"}},
+        {"substep": {"name": "scale", "status": "running", "at": "yesterday"}},
+        {"awaiting_approval": ["a"]},
+    ]
+    notes = [ProgressNote(10.0 + i, 1, d) for i, d in enumerate(junk)]
+    [scale] = substeps(notes, end=20.0)
+    assert (scale.status, scale.started_at, scale.duration) == ("running", 13.0, 7.0)
+
+
+async def test_a_resumed_step_clears_the_approval_wait_it_inherited_once_approved(
+    store: SqliteStore, lease: Lease, aws: AwsClients, clock: TracingClock
+) -> None:
+    """Killed while a sub-step waited for approval: the resumed attempt shows the wait, and
+    the approval (or the sub-step moving on) clears it at once, not at the step's end."""
+
+    async def wait_then_hang(ctx: StepContext) -> None:
+        assert ctx.progress is not None
+        await ctx.progress({"awaiting_approval": "gate"})
+        await asyncio.Event().wait()
+
+    first = ScriptedAction(clock, hooks={"switch": wait_then_hang})
+    policy = policy_with([step("switch")])
+    crashed = asyncio.ensure_future(start(executor(store, aws, clock, lease, first), policy, clock))
+
+    async def waiting() -> bool:
+        state = await store.load_state("webapp")
+        return bool(state and state.run and state.run.waiting_approval)
+
+    flags: list[bool] = []
+
+    async def approved_by_the_console(ctx: StepContext) -> None:
+        assert ctx.progress is not None
+        flags.append(await waiting())
+        await ctx.progress({"substep": {"name": "gate", "status": "succeeded"}})
+        flags.append(await waiting())
+
+    await eventually(lambda: "switch" in first.active, "the step running")
+    for _ in range(200):
+        if await waiting():
+            break
+        await asyncio.sleep(0.005)
+    crashed.cancel()  # the process dies mid-step, the service state still says "waiting"
+    await asyncio.gather(crashed, return_exceptions=True)
+    assert await waiting()
+
+    second = ScriptedAction(clock, hooks={"switch": approved_by_the_console})
+    await drive(clock, executor(store, aws, clock, lease, second).resume_unfinished())
+    assert flags == [True, False]

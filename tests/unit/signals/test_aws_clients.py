@@ -6,6 +6,8 @@ shapes against the service model; the "no response at all" case uses a closed lo
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from orchestrator.signals.aws_clients import (
 from tests.fixtures.binaries import free_port
 
 FAKE: dict[str, Any] = {"access_key_id": "testing", "secret_access_key": "testing"}
+FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 def calls(operation: str, outcome: str, service: str = "cloudwatch") -> float:
@@ -91,34 +94,18 @@ async def test_no_response_at_all_is_an_error() -> None:
     assert delta("DescribeAlarms", before) == {"ok": 0, "throttled": 0, "error": 1}
 
 
-async def test_a_transient_failure_is_retried_up_to_max_attempts_and_counted_once() -> None:
+async def test_a_transient_failure_is_retried_up_to_max_attempts_and_counted_once(
+    unavailable_endpoint: tuple[str, list[int]],
+) -> None:
     # A loopback server that is always unavailable: the standard retry mode tries again
     # (after a jittered backoff), and the call is counted once, with its final outcome.
-    hits = 0
-
-    async def unavailable(_: web.Request) -> web.Response:
-        nonlocal hits
-        hits += 1
-        return web.Response(status=503)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", unavailable)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        config = AwsClientConfig(
-            endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2, read_timeout=2.0, **FAKE
-        )
-        before = snapshot("DescribeAlarms")
-        async with AwsClients(config).client("cloudwatch", "us-east-1") as client:
-            with pytest.raises(client.exceptions.ClientError):
-                await client.describe_alarms()
-    finally:
-        await runner.cleanup()
-    assert hits == 2
+    url, hits = unavailable_endpoint
+    config = AwsClientConfig(endpoint_url=url, max_attempts=2, read_timeout=2.0, **FAKE)
+    before = snapshot("DescribeAlarms")
+    async with AwsClients(config).client("cloudwatch", "us-east-1") as client:
+        with pytest.raises(client.exceptions.ClientError):
+            await client.describe_alarms()
+    assert hits[0] == 2
     assert delta("DescribeAlarms", before) == {"ok": 0, "throttled": 0, "error": 1}
 
 
@@ -140,6 +127,18 @@ async def test_clients_carry_the_configured_timeouts_retries_and_endpoint() -> N
         assert client.meta.endpoint_url == "http://127.0.0.1:4566"
 
 
+async def test_a_service_endpoint_wins_over_the_shared_one_for_that_service_only() -> None:
+    config = AwsClientConfig(
+        endpoint_url="http://127.0.0.1:4566",
+        service_endpoints={"arc-region-switch": "http://127.0.0.1:4999"},
+        **FAKE,
+    )
+    async with AwsClients(config).client("arc-region-switch", "us-west-2") as client:
+        assert client.meta.endpoint_url == "http://127.0.0.1:4999"
+    async with AwsClients(config).client("rds", "us-west-2") as client:
+        assert client.meta.endpoint_url == "http://127.0.0.1:4566"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -150,6 +149,10 @@ async def test_clients_carry_the_configured_timeouts_retries_and_endpoint() -> N
         ({"secret_access_key": "s"}, "needs both access_key_id and secret_access_key"),
         ({"session_token": "t"}, "session_token needs access_key_id"),
         ({"endpoint_url": "127.0.0.1:5000"}, "endpoint_url must start with http://"),
+        (
+            {"service_endpoints": {"arc-region-switch": "127.0.0.1:1"}},
+            "service_endpoints\\['arc-region-switch'\\] must start with http://",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_the_field_named(
@@ -187,3 +190,70 @@ def test_secrets_stay_out_of_the_config_repr() -> None:
 )
 def test_outcome_classification(status: int, code: str | None, outcome: str) -> None:
     assert classify_outcome(status, code) == outcome
+
+
+@pytest.fixture
+async def unavailable_endpoint() -> AsyncIterator[tuple[str, list[int]]]:
+    """A loopback AWS endpoint that answers every request 503; yields (url, [hits])."""
+    hits = [0]
+
+    async def unavailable(_: web.Request) -> web.Response:
+        hits[0] += 1
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", unavailable)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", hits
+    finally:
+        await runner.cleanup()
+
+
+def _settings_file(tmp_path: Path, endpoint: str, attempts: int) -> Path:
+    path = tmp_path / "failoverd.yaml"
+    path.write_text(
+        f"aws:\n  endpoint_url: {endpoint}\n  max_attempts: {attempts}\n"
+        "  connect_timeout: 1s\n  read_timeout: 2s\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _daemon_clients(path: Path) -> AwsClients:
+    from orchestrator.daemon.main import Daemon, load_settings
+
+    return Daemon(load_settings(str(path), {})).aws
+
+
+def _cli_clients(path: Path) -> AwsClients:
+    from orchestrator.cli.main import cli_aws_clients
+
+    clients = cli_aws_clients(str(path), None)
+    assert clients is not None
+    return clients
+
+
+@pytest.mark.parametrize("attempts", [1, 4])
+@pytest.mark.parametrize("build", [_daemon_clients, _cli_clients], ids=["daemon", "cli"])
+async def test_aws_max_attempts_setting_reaches_the_clients(
+    tmp_path: Path,
+    unavailable_endpoint: tuple[str, list[int]],
+    attempts: int,
+    build: Callable[[Path], AwsClients],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in FAKE_ENV.items():  # the standard chain, as in production
+        monkeypatch.setenv(name, value)
+    # aws.max_attempts in the settings file: the daemon's clients and the CLI's (readiness,
+    # drill) make exactly that many attempts at a call that keeps failing with a 503.
+    url, hits = unavailable_endpoint
+    clients = build(_settings_file(tmp_path, url, attempts))
+    async with clients.client("cloudwatch", "us-east-1") as client:
+        assert client.meta.config.retries["total_max_attempts"] == attempts
+        assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (1, 2)
+        with pytest.raises(client.exceptions.ClientError):
+            await client.describe_alarms()
+    assert hits[0] == attempts

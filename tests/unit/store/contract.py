@@ -527,6 +527,15 @@ class StoreContract:
         assert not await store.approved("api", "r1", "gate")
         assert not await store.approved("api", "", "")
 
+    async def test_an_approval_reads_back_who_and_why_first_one_wins(self, store: Store) -> None:
+        assert await store.approval("web", "r1", "switch/approve-db") is None
+        first = ApprovalRecord("web", "r1", "switch/approve-db", "alice", "replica caught up", T0)
+        await store.record_approval(first)
+        await store.record_approval(ApprovalRecord("web", "r1", "switch/approve-db", "bob", "", T0))
+        await store.record_approval(ApprovalRecord("web", "r1", "switch/other", "carol", "x", T0))
+        assert await store.approval("web", "r1", "switch/approve-db") == first
+        assert await store.approval("web", "r2", "switch/approve-db") is None
+
     async def test_approving_twice_is_harmless(self, store: Store) -> None:
         approval = ApprovalRecord("web", "r1", "gate", "alice", "go", T0)
         await store.record_approval(approval)

@@ -209,6 +209,11 @@ async def test_url_credentials_become_basic_auth(
         ),
         ("db.test:5432", "db.test:5432"),
         ("mail me at ops@example.com", "mail me at ops@example.com"),
+        (
+            "https://api.test/health?token=abc&sig=x#top",
+            "https://api.test/health?token=***&sig=***#top",
+        ),
+        ("status 302 to http://h/login?next=/x", "status 302 to http://h/login?next=***"),
     ],
 )
 def test_redact_hides_url_credentials(text: str, shown: str) -> None:
