@@ -1,7 +1,7 @@
 """Soak: the sandbox with 100 services under a fault every few minutes, for a set time.
 
 ``failoverd sandbox``'s world (moto, the Health emulator, one endpoint per region,
-mosquitto with two signing agents, the real daemon) runs the four example policies plus
+mosquitto with two signing agents, the real daemon) runs the example policies plus
 enough small ones (http probes of the region endpoints from the daemon and both agents,
 quorum 2, automatic failback after 30 s, a one-step runbook) to make ``--services``. Every
 ``--fault-every`` seconds one fault from a fixed cycle is applied for ``--fault-hold``
@@ -48,7 +48,6 @@ from orchestrator.store.sqlite import SqliteStore  # noqa: E402
 from orchestrator.telemetry import configure_logging  # noqa: E402
 
 REGIONS = ("us-east-1", "us-west-2")
-EXAMPLES = 4  # the sandbox's own services
 # (fault, argument, is the region failing for the services' probes)
 CYCLE: tuple[tuple[str, str, bool], ...] = (
     ("region-down", "us-east-1", True),
@@ -120,7 +119,7 @@ class Sample:
 @dataclass
 class Soak:
     sandbox: Sandbox
-    small: int
+    services: int  # how many the daemon must show (the sandbox's examples and the small ones)
     cycle: tuple[tuple[str, str, bool], ...] = CYCLE
     faults: list[Fault] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
@@ -147,7 +146,7 @@ class Soak:
                 last = [
                     s for s in services if s["phase"] != "steady" or s["run_status"] == "running"
                 ]
-                if len(services) == EXAMPLES + self.small and not last:
+                if len(services) == self.services and not last:
                     return {s["name"]: s["active_region"] for s in services}
             except (aiohttp.ClientError, TimeoutError, SoakError, ValueError) as exc:
                 last = repr(exc)
@@ -230,10 +229,13 @@ def say(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
 
-def small_policies(count: int) -> Any:
+def small_policies(total: int) -> Any:
+    """The hook that tops the sandbox's examples up to ``total`` services."""
+
     def write(folder: Path, ports: dict[str, int], vantages: list[str]) -> None:
         quorum = 2 if len(vantages) > 1 else 1
-        for i in range(count):
+        examples = len(list(folder.glob("*.yaml")))
+        for i in range(max(0, total - examples)):
             text = SMALL_POLICY.format(
                 index=i,
                 vantages="[" + ", ".join(vantages) + "]",
@@ -249,20 +251,20 @@ def small_policies(count: int) -> Any:
 async def run(args: argparse.Namespace) -> int:
     duration = args.hours * 3600 if args.hours else args.minutes * 60
     workdir = Path(tempfile.mkdtemp(prefix="failoverd-soak-"))
-    small = max(0, args.services - EXAMPLES)
     sandbox = Sandbox(port=0, agents=True, workdir=workdir, out=sys.stderr)
-    sandbox.extra_policies = small_policies(small)
+    sandbox.extra_policies = small_policies(args.services)
     cycle = CYCLE
     if args.faults:
         names = args.faults.split(",")
         cycle = tuple(c for c in CYCLE if c[0] in names)
         if not cycle:
             raise SystemExit(f"--faults: none of {names} is in the cycle")
-    soak = Soak(sandbox, small, cycle)
+    soak = Soak(sandbox, 0, cycle)
     started = time.monotonic()
     try:
-        say(f"starting the sandbox with {EXAMPLES + small} services in {workdir}")
+        say(f"starting the sandbox with {args.services} services in {workdir}")
         await sandbox.start()
+        soak.services = len(list((workdir / "policies").glob("*.yaml")))
         async with aiohttp.ClientSession(timeout=HTTP) as http:
             await soak.settled(http, SETTLE_S)
             say("settled; warm-up: the first fault")
@@ -326,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args(argv)
-    if args.services < EXAMPLES:
-        parser.error(f"--services must be at least {EXAMPLES} (the examples)")
+    if args.services < 1:
+        parser.error("--services must be at least 1 (the sandbox's examples count)")
     configure_logging("warning")
     return asyncio.run(run(args))
 
