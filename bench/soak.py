@@ -216,12 +216,13 @@ class Soak:
                 for f in causes
             )
             kind = r.kind
+            at = time.strftime("%H:%M:%S", time.localtime(r.at))
             if kind == "failover" and not away_ok:
-                wrong.append(
-                    f"{r.service} {r.run_id}: failover away from healthy {r.source_region}"
-                )
+                why = f"failover away from healthy {r.source_region} at {at}"
+                wrong.append(f"{r.service} {r.run_id}: {why}")
             if into_bad:
-                wrong.append(f"{r.service} {r.run_id}: {kind} into failing {r.target_region}")
+                why = f"{kind} into failing {r.target_region} at {at}"
+                wrong.append(f"{r.service} {r.run_id}: {why}")
         return wrong
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,13 +49,59 @@ def _socket_inode(peer: tuple[str, int], server_port: int) -> str | None:
     want_remote = f"0100007F:{server_port:04X}"
     try:
         with open(f"{PROC}/net/tcp", encoding="ascii") as table:
-            for line in table:
-                fields = line.split()
-                if len(fields) > 9 and fields[1] == want_local and fields[2] == want_remote:
-                    return fields[9]
+            text = table.read()
     except OSError:
         return None
-    return None
+    # One search in C over the whole table, not a split of each of its (thousands of)
+    # lines: at a hundred services the per-line parse, run for every request, made this
+    # endpoint too slow for everyone (the agents' probes timed out: not an observer
+    # partition any more).
+    at = text.find(f" {want_local} {want_remote} ")
+    if at < 0:
+        return None
+    fields = text[at : text.find("\n", at)].split()
+    return fields[8] if len(fields) > 8 else None
+
+
+class _DaemonPids:
+    """The pids of this process's children running the daemon, looked up at most once per
+    ``ttl`` seconds (listing /proc and reading every process's stat is the slow part)."""
+
+    def __init__(self, ttl: float = 1.0) -> None:
+        self._ttl = ttl
+        self._at = -ttl
+        self._pids: list[str] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> list[str]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at >= self._ttl:
+                self._pids = _daemon_children()
+                self._at = now
+            return list(self._pids)
+
+
+def _daemon_children() -> list[str]:
+    me = str(os.getpid())
+    try:
+        pids = [p for p in os.listdir(PROC) if p.isdigit()]
+    except OSError:
+        return []
+    found = []
+    for pid in pids:
+        try:
+            with open(f"{PROC}/{pid}/stat", encoding="ascii", errors="replace") as f:
+                # The command name may hold spaces: the parent pid follows its closing ')'.
+                parent = f.read().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            continue  # the process ended, or is not ours to look at
+        if parent == me and _is_daemon(pid):
+            found.append(pid)
+    return found
+
+
+_DAEMONS = _DaemonPids()
 
 
 def _is_daemon(pid: str) -> bool:
@@ -76,23 +124,13 @@ def from_daemon(peer: tuple[str, int], server_port: int) -> bool:
     if inode is None:
         return False
     socket_link = f"socket:[{inode}]"
-    me = str(os.getpid())
-    try:
-        pids = [p for p in os.listdir(PROC) if p.isdigit()]
-    except OSError:
-        return False
-    for pid in pids:
+    for pid in _DAEMONS.get():
         try:
-            with open(f"{PROC}/{pid}/stat", encoding="ascii", errors="replace") as f:
-                # The command name may hold spaces: the parent pid follows its closing ')'.
-                parent = f.read().rsplit(")", 1)[1].split()[1]
-            if parent != me or not _is_daemon(pid):
-                continue
             for fd in os.listdir(f"{PROC}/{pid}/fd"):
                 if os.readlink(f"{PROC}/{pid}/fd/{fd}") == socket_link:
                     return True
-        except (OSError, IndexError):
-            continue  # the process ended, or is not ours to look at
+        except OSError:
+            continue  # the process ended (a restarted daemon is found within a second)
     return False
 
 
