@@ -3,9 +3,9 @@
 1. **Detection and failover in the sandbox** (1 s probe interval, 3 consecutive failures, the
    sandbox's defaults): ``failoverd sandbox --demo --port 0`` is run ``--runs`` times (a
    fresh sandbox each time: the reset between outages), and its last line is parsed:
-   ``detect_s`` is fault -> the run's detection, ``failover_s`` is decision -> the Route 53
-   record moved, both from the daemon's own run record. Targets: detection within
-   interval x failures + 0.5 s = 3.5 s; failover under 2 s.
+   ``detect_s`` is fault -> the run's detection (the daemon's run record), ``failover_s`` is
+   decision -> traffic moved, as a DNS query for the service's name first answers the
+   standby. Targets: detection within interval x failures + 0.5 s = 3.5 s; failover under 2 s.
 2. **Memory with 1,000 services**: that many small policies (one TCP probe per region to a
    loopback listener this script runs, vantage point local, quorum 1) are loaded by
    ``failoverd run`` (state in a temp dir, API on port 0, engine tick 1 s). Once the daemon
@@ -16,7 +16,20 @@ Everything listens on 127.0.0.1 and is stopped before exit; the whole run is bou
 (about 90 s on 2 cores). The last two lines are ``rss_mb_1000_services=<n>`` and
 ``detect_s=<median> failover_s=<median>``.
 
+``--control-plane-down`` measures the data-plane path instead (issue 14):
+``failoverd sandbox --demo --control-plane-down`` — us-east-1 down with its control planes
+(every us-east-1 API and Route 53's API failing, its ARC endpoint blackholed), the storefront
+failing over by ARC routing controls — ``--runs`` times, then the same with 4 of the 5 ARC
+cluster endpoints blackholed (``--arc-endpoints-down 4``). From each demo: ``detect_s`` (fault
+-> decision), ``failover_s`` (decision -> routing controls set, as the ARC cluster emulator
+saw the standby's control turn On) and ``dns_s`` (decision -> the DNS answer changed). The
+4-endpoints-down series is reported as a ratio to the first (the baseline, same run).
+Targets: failover_s < 2, and < 6 with 4 endpoints down. Last line:
+``detect_s=<median> failover_s=<median> dns_s=<median>`` (the baseline series); the line
+before it, the same for 4 endpoints down.
+
     python bench/e2e.py [--runs N] [--services N]
+    python bench/e2e.py --control-plane-down [--runs N]
 """
 
 from __future__ import annotations
@@ -51,8 +64,14 @@ STOP_DEADLINE_S = 15.0
 PROBE_INTERVAL = "5s"  # per service: 1,000 services x 2 regions / 5 s = 400 probes/s
 LAST_LINE = re.compile(
     r"demo: failover to \S+ complete, detect_s=(?P<detect>[\d.]+)"
-    r" failover_s=(?P<failover>[\d.]+) rto_budget_s=\d+"
+    r" failover_s=(?P<failover>[\d.]+) rto_budget_s=\d+( path=\S+)?"
 )
+NUMBERS = re.compile(
+    r"demo: numbers detect_s=(?P<detect>[\d.]+) flip_s=(?P<flip>[\d.]+) dns_s=(?P<dns>[\d.]+)"
+    r" flip_step_s=(?P<step>[\d.]+)"
+)
+DATA_PLANE_TARGET_S = 2.0
+DATA_PLANE_4_DOWN_TARGET_S = 6.0
 
 POLICY = """\
 service: svc{index:04d}
@@ -85,11 +104,20 @@ class DemoRun:
     failover_s: float
 
 
-def demo_once() -> DemoRun:
-    """One ``sandbox --demo``: a fresh world, one outage of us-east-1, its numbers."""
+def _demo(extra: list[str]) -> tuple[list[str], re.Match[str]]:
+    """One ``sandbox --demo`` with ``extra`` options: its output lines and last-line match."""
     try:
         done = subprocess.run(
-            [*FAILOVERD, "sandbox", "--demo", "--port", "0", "--deadline", str(DEMO_DEADLINE_S)],
+            [
+                *FAILOVERD,
+                "sandbox",
+                "--demo",
+                "--port",
+                "0",
+                "--deadline",
+                str(DEMO_DEADLINE_S),
+                *extra,
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -102,7 +130,85 @@ def demo_once() -> DemoRun:
     if done.returncode != 0 or match is None:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
         raise BenchError(f"the demo failed (exit {done.returncode}):\n{tail}")
+    return lines, match
+
+
+def demo_once() -> DemoRun:
+    """One ``sandbox --demo``: a fresh world, one outage of us-east-1, its numbers."""
+    _, match = _demo([])
     return DemoRun(float(match["detect"]), float(match["failover"]))
+
+
+@dataclass(frozen=True)
+class DataPlaneRun:
+    detect_s: float
+    failover_s: float  # decision -> routing controls set
+    dns_s: float  # decision -> DNS answered the standby
+    flip_step_s: float  # of failover_s: the flip step's start -> routing controls set
+
+
+def data_plane_once(arc_endpoints_down: int = 0) -> DataPlaneRun:
+    """One ``sandbox --demo --control-plane-down`` (optionally with more ARC endpoints
+    blackholed, N of 5 in all): its numbers from the demo's ``numbers`` line."""
+    extra = ["--control-plane-down"]
+    if arc_endpoints_down:
+        extra += ["--arc-endpoints-down", str(arc_endpoints_down)]
+    lines, _ = _demo(extra)
+    found = [m for m in map(NUMBERS.fullmatch, lines) if m]
+    if not found:
+        raise BenchError("the data-plane demo printed no `demo: numbers` line")
+    m = found[-1]
+    return DataPlaneRun(float(m["detect"]), float(m["flip"]), float(m["dns"]), float(m["step"]))
+
+
+def data_plane_series(runs: int, arc_endpoints_down: int, label: str) -> DataPlaneRun:
+    results: list[DataPlaneRun] = []
+    for i in range(runs):
+        run = data_plane_once(arc_endpoints_down)
+        results.append(run)
+        print(
+            f"{label} run {i + 1}: detect_s={run.detect_s:.2f} failover_s={run.failover_s:.2f}"
+            f" dns_s={run.dns_s:.2f} (the flip step itself: {run.flip_step_s:.2f}s)",
+            flush=True,
+        )
+    return DataPlaneRun(
+        statistics.median(r.detect_s for r in results),
+        statistics.median(r.failover_s for r in results),
+        statistics.median(r.dns_s for r in results),
+        statistics.median(r.flip_step_s for r in results),
+    )
+
+
+def control_plane_down(runs: int) -> int:
+    """The data-plane path with us-east-1's control planes down (see the docstring)."""
+    try:
+        base = data_plane_series(runs, 0, "control planes down")
+        down = data_plane_series(runs, 4, "4 of 5 ARC endpoints down too")
+    except BenchError as exc:
+        print(f"e2e: {exc}", file=sys.stderr)
+        return 1
+    met = "met" if base.failover_s < DATA_PLANE_TARGET_S else "MISSED"
+    met4 = "met" if down.failover_s < DATA_PLANE_4_DOWN_TARGET_S else "MISSED"
+    ratio = down.failover_s / base.failover_s if base.failover_s > 0 else float("inf")
+    print(
+        f"median, control planes down: failover_s={base.failover_s:.2f}"
+        f" (target < {DATA_PLANE_TARGET_S:g}: {met}) dns_s={base.dns_s:.2f};"
+        f" the flip step itself {base.flip_step_s:.2f}s, the steps before it the rest"
+    )
+    print(
+        f"median, 4 of 5 ARC endpoints down too: failover_s={down.failover_s:.2f}"
+        f" (target < {DATA_PLANE_4_DOWN_TARGET_S:g}: {met4}) dns_s={down.dns_s:.2f};"
+        f" the flip step itself {down.flip_step_s:.2f}s; {ratio:.2f}x the baseline"
+    )
+    print(
+        f"arc_endpoints_down=4 detect_s={down.detect_s:.2f} failover_s={down.failover_s:.2f}"
+        f" dns_s={down.dns_s:.2f}"
+    )
+    print(
+        f"detect_s={base.detect_s:.2f} failover_s={base.failover_s:.2f} dns_s={base.dns_s:.2f}",
+        flush=True,
+    )
+    return 0
 
 
 # -- 2. memory with many services ----------------------------------------------------------
@@ -236,11 +342,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="sandbox outages (default 5)")
     parser.add_argument("--services", type=int, default=1000, help="policies for the RSS run")
+    parser.add_argument(
+        "--control-plane-down",
+        action="store_true",
+        help="measure the data-plane failover with us-east-1's control planes down instead",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.runs <= 20:
         parser.error(f"--runs must be 1..20, got {args.runs}")
     if not 1 <= args.services <= 5000:
         parser.error(f"--services must be 1..5000, got {args.services}")
+    if args.control_plane_down:
+        return control_plane_down(args.runs)
     try:
         runs: list[DemoRun] = []
         for i in range(args.runs):

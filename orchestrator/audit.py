@@ -16,18 +16,20 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.engine.healthbook import RegionVerdict, VantageView
-from orchestrator.engine.state import Decision, LagReading
+from orchestrator.engine.state import CommandSource, Decision, LagReading, OperatorCommand
 from orchestrator.engine.vocabulary import View
 from orchestrator.policy.durations import DURATION_PATTERN, parse_duration
 from orchestrator.store.base import JournalRecord, JournalStatus
 
 DECISION_DETAIL_VERSION = 1
+COMMAND_DETAIL_VERSION = 1
 MAX_DETAIL = 16 * 1024  # bytes of JSON; a typical decision record is 1-3 KiB
 MAX_LISTED = 16  # vantage point names per list (failing/passing/unknown)
 MAX_SIGNALS = 8  # non-passing signal views per region
@@ -52,6 +54,9 @@ class AuditEntry:
     reasons: tuple[str, ...]  # reason codes (decisions, failed runs' engine reasons)
     summary: str  # one line for humans
     detail: Mapping[str, Any]  # the record's detail as JSON ({"text": ...} when not JSON)
+    # An operator command's outcome, from the decision record that answered it (found in
+    # the same read): "accepted: ..." or "refused: ..."; "" when not known.
+    outcome: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,34 @@ class DecisionInfo:
     regions: tuple[Mapping[str, Any], ...]  # per region: verdict, vantage lists, signals
     lag: tuple[Mapping[str, Any], ...]  # per region: seconds, observed_at, age, within_rpo
     truncated: bool
+    # The operator command this decision answered (its id, command, by, source, and whether
+    # it was accepted, with the message the operator got); None for the engine's own.
+    command: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CommandInfo:
+    """An ``operator_command`` record read back: who asked what, why, and from where."""
+
+    at: float
+    service: str
+    id: str
+    command: str  # approve, pause, resume, failover, switchover, failback, drill
+    by: str  # the authenticated principal: the API token's label, "scheduler"...
+    user: str  # the name the client gave besides (the CLI's OS user); "" when none
+    source: str  # api, cli, mqtt, scheduler ("" in records older than the field)
+    reason: str
+    to: str | None
+    force: bool
+    run_id: str  # an approval of a run's step: the run ("" otherwise)
+    step: str  # ... and the step
+    extra: Mapping[str, Any]  # anything else the record holds (a drill's mode)
+
+    def who(self) -> str:
+        """``alice via cli`` (``alice (as bob) via cli`` when the client named a user)."""
+        user = f" (as {self.user})" if self.user and self.user != self.by else ""
+        via = f" via {self.source}" if self.source else ""
+        return f"{self.by or 'unknown'}{user}{via}"
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -131,8 +164,10 @@ def decision_detail(
     rto: float,
     rpo: float,
     run_id: str | None,
+    command: Mapping[str, Any] | None = None,
 ) -> str:
-    """The ``detail`` of a decision record: compact JSON, at most :data:`MAX_DETAIL` bytes."""
+    """The ``detail`` of a decision record: compact JSON, at most :data:`MAX_DETAIL` bytes.
+    ``command``: the operator command this decision answers (:func:`command_answer`)."""
 
     listed = [r for r in regions if r in verdicts]
 
@@ -165,6 +200,8 @@ def decision_detail(
             ],
             "truncated": not signals,
         }
+        if command is not None:
+            body["command"] = dict(command)
         return json.dumps(body, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
     # Past the bound, leave out the per-signal evidence first, then the last regions.
@@ -191,6 +228,113 @@ def decision_record(d: Decision, *, token: int, detail: str) -> JournalRecord:
         target_region=d.target or "",
         detail=detail,
     )
+
+
+def new_command_id() -> str:
+    """A fresh id for an operator command (links its record to the decision answering it)."""
+    return "cmd-" + uuid.uuid4().hex[:16]
+
+
+def with_command_id(command: OperatorCommand) -> OperatorCommand:
+    """``command`` with an id (its own, or a new one)."""
+    return command if command.id else replace(command, id=new_command_id())
+
+
+def command_record(
+    service: str,
+    command: str,
+    *,
+    by: str,
+    reason: str,
+    source: CommandSource | str,
+    command_id: str,
+    at: float,
+    token: int,
+    policy_version: str,
+    user: str = "",
+    to: str | None = None,
+    force: bool = False,
+    run_id: str = "",
+    step: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> JournalRecord:
+    """The ``operator_command`` journal record of a command (written before it takes effect):
+    who (``by``, and the ``user`` the client named), why, from where (``source``), what
+    (``command``, ``to``, ``force``; an approval of a run's step names ``run_id`` and
+    ``step``). run_id of the record itself is "": commands are not part of a run."""
+    body: dict[str, Any] = {
+        **dict(extra or {}),
+        "v": COMMAND_DETAIL_VERSION,
+        "id": command_id,
+        "command": command,
+        "by": by,
+        "user": user or None,
+        "source": str(source),
+        "reason": reason,
+        "to": to,
+        "force": force,
+    }
+    if run_id:
+        body["run_id"], body["step"] = run_id, step
+    return JournalRecord(
+        run_id="",
+        service=service,
+        status=JournalStatus.OPERATOR_COMMAND,
+        at=at,
+        token=token,
+        policy_version=policy_version,
+        step=f"operator.{command}",
+        kind=command,
+        target_region=to or "",
+        detail=json.dumps(body, sort_keys=True, separators=(",", ":")),
+    )
+
+
+def operator_command_record(
+    service: str,
+    command: OperatorCommand,
+    *,
+    at: float,
+    token: int,
+    policy_version: str,
+    run_id: str = "",
+    step: str = "",
+) -> JournalRecord:
+    """:func:`command_record` for an :class:`OperatorCommand` (it must have an id)."""
+    if not command.id:
+        raise ValueError("an operator command is journaled with its id (with_command_id)")
+    return command_record(
+        service,
+        command.command.value,
+        by=command.by,
+        reason=command.reason,
+        source=command.source,
+        command_id=command.id,
+        at=at,
+        token=token,
+        policy_version=policy_version,
+        user=command.user,
+        to=command.to,
+        force=command.force,
+        run_id=run_id,
+        step=step,
+    )
+
+
+def command_answer(
+    command: OperatorCommand, *, accepted: bool, message: str, run_id: str | None = None
+) -> dict[str, Any]:
+    """What a decision record says about the command it answered (``decision_detail``'s
+    ``command``)."""
+    return {
+        "id": command.id,
+        "command": command.command.value,
+        "by": command.by,
+        "source": command.source.value,
+        "accepted": accepted,
+        "message": _clip(message),
+        "run_id": run_id,
+    }
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -244,7 +388,40 @@ def decision_info(record: JournalRecord) -> DecisionInfo | None:
         regions=_dicts(data.get("regions")),
         lag=_dicts(data.get("lag")),
         truncated=bool(data.get("truncated", False)),
+        command=data["command"] if isinstance(data.get("command"), dict) else None,
     )
+
+
+def command_info(record: JournalRecord) -> CommandInfo | None:
+    """An operator_command record's content; None for another status. Tolerant of records
+    written before ``id``/``source``/``user`` existed."""
+    if record.status is not JournalStatus.OPERATOR_COMMAND:
+        return None
+    data = _json_detail(record.detail)
+    known = {"v", "id", "command", "by", "user", "source", "reason", "to", "force", "run_id"}
+    to = data.get("to") or record.target_region or None
+    return CommandInfo(
+        at=record.at,
+        service=record.service,
+        id=str(data.get("id") or ""),
+        command=str(data.get("command") or record.kind),
+        by=str(data.get("by") or ""),
+        user=str(data.get("user") or ""),
+        source=str(data.get("source") or ""),
+        reason=str(data.get("reason") or ""),
+        to=None if to is None else str(to),
+        force=data.get("force") is True,
+        run_id=str(data.get("run_id") or ""),
+        step=str(data.get("step") or ""),
+        extra={k: v for k, v in data.items() if k not in known | {"step"}},
+    )
+
+
+def answer_text(answer: Mapping[str, Any]) -> str:
+    """``accepted: failover to us-west-2 started`` from a decision's ``command``."""
+    word = "accepted" if answer.get("accepted") else "refused"
+    message = str(answer.get("message") or "").strip()
+    return f"{word}: {message}" if message else word
 
 
 def _decision_summary(info: DecisionInfo) -> str:
@@ -252,7 +429,11 @@ def _decision_summary(info: DecisionInfo) -> str:
     if info.target:
         move = f" {info.active_region} -> {info.target}"
     run = f" (run {info.run_id})" if info.run_id else ""
-    return f"{info.phase}: {info.action}{move}{run}"
+    answered = ""
+    if info.command is not None:
+        c = info.command
+        answered = f"; answers {c.get('command')} by {c.get('by')}: {answer_text(c)}"
+    return f"{info.phase}: {info.action}{move}{run}{answered}"
 
 
 def summarize(record: JournalRecord) -> str:
@@ -265,11 +446,13 @@ def summarize(record: JournalRecord) -> str:
         assert info is not None
         return _decision_summary(info)
     if status is JournalStatus.OPERATOR_COMMAND:
-        to = f" to {record.target_region}" if record.target_region else ""
-        force = " (forced)" if detail.get("force") else ""
-        by = detail.get("by") or "unknown"
-        why = detail.get("reason") or ""
-        return f"{record.kind}{to}{force} by {by}: {why}".rstrip(": ")
+        cmd = command_info(record)
+        assert cmd is not None
+        to = f" to {cmd.to}" if cmd.to else ""
+        force = " (forced)" if cmd.force else ""
+        mode = f" {cmd.extra['mode']}" if isinstance(cmd.extra.get("mode"), str) else ""
+        gate = f" (step {cmd.step} of run {cmd.run_id})" if cmd.run_id and cmd.step else ""
+        return f"{cmd.command}{mode}{to}{force}{gate} by {cmd.who()}: {cmd.reason}".rstrip(": ")
     if status is JournalStatus.RUN_STARTED:
         steps = detail.get("steps")
         count = f", {len(steps)} steps" if isinstance(steps, list) else ""
@@ -323,7 +506,23 @@ def entry(record: JournalRecord) -> AuditEntry:
 
 
 def entries(records: Sequence[JournalRecord]) -> list[AuditEntry]:
-    return [entry(r) for r in records]
+    """The audit view of ``records``; an operator command whose answer (the decision record
+    naming its id) is among them gets that answer as its ``outcome``."""
+    answers: dict[str, str] = {}
+    for r in records:
+        if r.status is JournalStatus.DECISION:
+            info = decision_info(r)
+            if info is not None and info.command is not None and info.command.get("id"):
+                answers[str(info.command["id"])] = answer_text(info.command)
+    out = []
+    for r in records:
+        e = entry(r)
+        if r.status is JournalStatus.OPERATOR_COMMAND:
+            command_id = e.detail.get("id")
+            if isinstance(command_id, str) and command_id in answers:
+                e = replace(e, outcome=answers[command_id])
+        out.append(e)
+    return out
 
 
 # --- time filters -------------------------------------------------------------------------

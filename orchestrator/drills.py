@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +34,10 @@ from pydantic import ValidationError
 
 from orchestrator.actions.moves import run_facts
 from orchestrator.actions.render import render_params
+from orchestrator.audit import command_record, new_command_id
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.control import ServiceSnapshot
-from orchestrator.engine.state import Decision, Initiator, RunStatus, ServiceState
+from orchestrator.engine.state import CommandSource, Decision, Initiator, RunStatus, ServiceState
 from orchestrator.engine.vocabulary import Action, Phase, Verdict
 from orchestrator.policy.durations import DurationError, parse_duration
 from orchestrator.policy.models import DrillMode, DrillSpec, Policy, Step
@@ -42,7 +45,7 @@ from orchestrator.readiness import Move, StepReadiness, check_step, readiness
 from orchestrator.runbook.executor import Executor
 from orchestrator.runbook.rto import RunProgress
 from orchestrator.signals.aws_clients import AwsClients
-from orchestrator.store.base import Store
+from orchestrator.store.base import JournalRecord, JournalStatus, Store
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.drills")
@@ -431,9 +434,12 @@ def add_drill_parser(
         action="append",
         dest="policies",
         metavar="PATH",
-        help="policy file or folder; repeatable (default: policies)",
+        help="policy file or folder; repeatable (default: $FAILOVERD_POLICIES, else policies)",
     )
-    p.add_argument("--endpoint-url", help="send every AWS call here (an emulator)")
+    p.add_argument(
+        "--endpoint-url",
+        help="send every AWS call here (an emulator; default: $AWS_ENDPOINT_URL, else AWS)",
+    )
     p.add_argument("--hold", default="5m", help="switchover: time on the standby (default 5m)")
     p.add_argument("--state", help="switchover: the daemon's SQLite state file (or use --config)")
     p.add_argument(
@@ -444,14 +450,22 @@ def add_drill_parser(
     )
     p.add_argument("--report", help="switchover: write the report here (.json: JSON, else MD)")
     p.add_argument("--node-id", default="drill", help="lease holder name (default: drill)")
+    p.add_argument(
+        "--reason",
+        default=None,
+        help="switchover: why (required; journaled with who and from where before the drill"
+        " moves anything)",
+    )
+    p.add_argument("--by", default=None, help="switchover: who (default: your user name)")
     return p
 
 
 def run_drill(args: argparse.Namespace) -> int:
     from orchestrator.policy.loader import load_policy_set
     from orchestrator.policy.yamlsource import SourceErrors
+    from orchestrator.settings import policy_paths_from_env
 
-    paths = args.policies or ["policies"]
+    paths = args.policies or policy_paths_from_env(os.environ)
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         return _usage(f"no such file or folder: {', '.join(missing)}")
@@ -484,6 +498,8 @@ def run_drill(args: argparse.Namespace) -> int:
             "--mode switchover needs the daemon's state store: --config (its settings file)"
             " or --state (a SQLite file)"
         )
+    if not (args.reason or "").strip():
+        return _usage("--mode switchover needs --reason (journaled with who asked)")
     result = asyncio.run(_switchover(args, policy, policies.version, aws, hold))
     if isinstance(result, int):
         return result
@@ -526,6 +542,21 @@ async def _switchover(
                 " policy)"
             )
         try:
+            command_id = new_command_id()
+            await store.append_journal(
+                command_record(
+                    policy.service,
+                    "drill",
+                    by=args.by or _user(),
+                    reason=args.reason.strip(),
+                    source=CommandSource.CLI,
+                    command_id=command_id,
+                    at=time.time(),
+                    token=lease.token,
+                    policy_version=version,
+                    extra={"mode": "switchover", "hold": hold},
+                )
+            )
             report = await switchover_drill(
                 policy,
                 store,
@@ -534,11 +565,39 @@ async def _switchover(
                 policy_version=version,
                 hold=hold,
             )
+            await store.append_journal(
+                JournalRecord(
+                    run_id="",
+                    service=policy.service,
+                    status=JournalStatus.DRILL_FINISHED,
+                    at=time.time(),
+                    token=lease.token,
+                    policy_version=version,
+                    step="drill.switchover",
+                    kind="switchover",
+                    detail=json.dumps(
+                        {
+                            "ok": report.ok,
+                            "command_id": command_id,
+                            "runs": [r.run_id for r in report.runs],
+                            "problems": report.problems,
+                        },
+                        sort_keys=True,
+                    ),
+                )
+            )
         finally:
             await store.release_lease(lease)
     finally:
         await store.close()
     return report
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
 
 
 def _usage(message: str) -> int:

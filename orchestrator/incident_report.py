@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.audit import DecisionInfo, decision_info
+from orchestrator.audit import CommandInfo, DecisionInfo, command_info, decision_info
 from orchestrator.engine.vocabulary import REASON_TEXT, Reason
 from orchestrator.runbook.journal import JournalError, RunHeader, fold
 from orchestrator.runbook.rto import RunProgress, build_progress
@@ -84,14 +84,31 @@ def _commands(
     header: RunHeader, around: Sequence[JournalRecord], begin: float, end: float
 ) -> tuple[JournalRecord, ...]:
     # A minute of slack before: the command that asked for the run precedes its decision.
-    return tuple(
-        r
-        for r in around
-        if r.status is JournalStatus.OPERATOR_COMMAND
-        and r.service == header.service
-        and begin - 60.0 <= r.at <= end
-        and r.run_id in ("", header.run_id)
-    )
+    # An approval of another run's step is that run's, not this one's.
+    out = []
+    for r in around:
+        info = command_info(r)
+        if (
+            info is not None
+            and r.service == header.service
+            and begin - 60.0 <= r.at <= end
+            and r.run_id in ("", header.run_id)
+            and info.run_id in ("", header.run_id)
+        ):
+            out.append(r)
+    return tuple(out)
+
+
+def _answers(around: Sequence[JournalRecord]) -> dict[str, str]:
+    """What each operator command led to, by command id (the decisions naming them)."""
+    out: dict[str, str] = {}
+    for r in around:
+        info = decision_info(r)
+        if info is not None and info.command is not None and info.command.get("id"):
+            word = "accepted" if info.command.get("accepted") else "refused"
+            message = str(info.command.get("message") or "")
+            out[str(info.command["id"])] = f"{word}: {message}" if message else word
+    return out
 
 
 # --- formatting ---------------------------------------------------------------------------
@@ -187,12 +204,14 @@ def _summary(
     detected: float | None,
 ) -> list[str]:
     decision = ctx.decision
+    commands = [c for r in ctx.commands if (c := command_info(r)) is not None]
     if decision is not None and decision.initiated_by == "operator":
-        asked = [c for c in ctx.commands if c.kind == header.kind and c.at <= decision.at]
+        asked = [c for c in commands if c.command == header.kind and c.at <= decision.at]
         who = ""
         if asked:
-            detail = _detail(asked[-1])
-            who = f': {detail.get("by") or "unknown"} ("{detail.get("reason") or ""}")'
+            c = asked[-1]
+            forced = " (forced)" if c.force else ""
+            who = f': {c.who()}{forced} ("{c.reason}")'
         initiated = f"operator{who}"
     elif decision is not None:
         initiated = "policy (the engine's own decision)"
@@ -211,6 +230,7 @@ def _summary(
         ("Kind", header.kind),
         ("Source → target", f"{header.source} → {header.target}"),
         ("Initiated by", initiated),
+        ("Approved by", _approvers(commands, header)),
         ("Outcome", outcome),
         ("Policy version", f"`{header.policy_version}`"),
         ("Detection", detection),
@@ -220,6 +240,22 @@ def _summary(
         ("Run finished", _utc(data.run[-1].at) if status != "running" else "-"),
     ]
     return _table(("", ""), rows)
+
+
+def _approvers(commands: Sequence[CommandInfo], header: RunHeader) -> str:
+    """Who approved (this run's approval steps, or the decision that started it), why."""
+    approvals = [
+        c
+        for c in commands
+        if c.command == "approve" and (c.run_id == header.run_id or c.at <= header.started_at)
+    ]
+    if not approvals:
+        return "-"
+    parts = []
+    for c in approvals:
+        gate = f" step {c.step}" if c.step else " the move"
+        parts.append(f'{c.who()} at {_utc(c.at)},{gate} ("{c.reason}")')
+    return "; ".join(parts)
 
 
 def _first_sign(ctx: Context, detected: float | None) -> str:
@@ -296,16 +332,22 @@ def _timeline(
         d = ctx.decision
         target = f" → {d.target}" if d.target else ""
         events.append((d.at, 1, f"decision: {d.phase}, {d.action}{target}", _codes(d)))
-    for c in ctx.commands:
-        detail = _detail(c)
-        events.append(
-            (
-                c.at,
-                1,
-                f"operator command: {c.kind} by {detail.get('by') or 'unknown'}",
-                str(detail.get("reason") or ""),
-            )
-        )
+    answers = _answers(data.around)
+    for record in ctx.commands:
+        c = command_info(record)
+        assert c is not None
+        what = c.command
+        if isinstance(c.extra.get("mode"), str):
+            what += f" {c.extra['mode']}"
+        if c.to:
+            what += f" to {c.to}"
+        if c.force:
+            what += " (forced)"
+        if c.step:
+            what += f" of step {c.step}"
+        answer = answers.get(c.id, "")
+        why = f'"{c.reason}"' + (f" -> {answer}" if answer else "")
+        events.append((c.at, 1, f"operator command: {what} by {c.who()}", why))
     for r in data.run:
         events.append(_run_event(r))
     events.sort(key=lambda e: (e[0], e[1]))

@@ -30,6 +30,11 @@ class Partition:
     dns_suffix: str  # amazonaws.com, amazonaws.com.cn, ...
     route53_region: str  # the region that signs (and serves) Route 53's control plane
     health_region: str | None  # the AWS Health API's home region, when the partition has one
+    # The Health API's partition-wide name (a CNAME to the active regional endpoint) and
+    # the regions serving it, active first: botocore lists them as the ``health`` service's
+    # endpoints (``aws``: global.health.amazonaws.com, us-east-1 then us-east-2).
+    health_hostname: str | None = None
+    health_regions: tuple[str, ...] = ()
 
     def arn(self, service: str, region: str, account: str, resource: str) -> str:
         """``arn:<partition>:<service>:<region>:<account>:<resource>`` (region and account
@@ -48,14 +53,31 @@ def _endpoint_data() -> dict[str, Any]:
     return data
 
 
-def _global_region(part: dict[str, Any], service: str) -> str | None:
-    """The credential-scope region of a service's partition-wide endpoint, if it has one."""
+def _global_endpoint(part: dict[str, Any], service: str) -> dict[str, Any]:
     svc = part.get("services", {}).get(service, {})
     endpoints: dict[str, Any] = svc.get("endpoints", {})
     key = svc.get("partitionEndpoint") or f"{part['partition']}-global"
-    scope = endpoints.get(key, {}).get("credentialScope", {})
-    region = scope.get("region")
+    found: dict[str, Any] = endpoints.get(key, {})
+    return found
+
+
+def _global_region(part: dict[str, Any], service: str) -> str | None:
+    """The credential-scope region of a service's partition-wide endpoint, if it has one."""
+    region = _global_endpoint(part, service).get("credentialScope", {}).get("region")
     return str(region) if region else None
+
+
+def _health(part: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+    """The Health API's partition-wide host name and its regions, home region first, then
+    the other regions botocore lists a regional Health endpoint for (FIPS aliases aside)."""
+    home = _global_region(part, "health")
+    if home is None:
+        return None, ()
+    hostname = _global_endpoint(part, "health").get("hostname")
+    listed = part.get("services", {}).get("health", {}).get("endpoints", {})
+    pattern = part.get("regionRegex") or "$^"
+    others = [r for r in listed if r != home and re.match(pattern, r)]
+    return (str(hostname) if hostname else None), (home, *others)
 
 
 @cache
@@ -65,12 +87,15 @@ def partitions() -> tuple[Partition, ...]:
     for part in _endpoint_data()["partitions"]:
         regions = sorted(part.get("regions", {}))
         route53 = _global_region(part, "route53") or (regions[0] if regions else "")
+        health_hostname, health_regions = _health(part)
         out.append(
             Partition(
                 name=part["partition"],
                 dns_suffix=part["dnsSuffix"],
                 route53_region=route53,
                 health_region=_global_region(part, "health"),
+                health_hostname=health_hostname,
+                health_regions=health_regions,
             )
         )
     return tuple(out)

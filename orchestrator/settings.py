@@ -49,8 +49,9 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = Path("/etc/failoverd/failoverd.yaml")
 ENV_PREFIX = "FAILOVERD_"
 ENV_NESTED = "__"
-# Variables with the prefix that are not settings: where the settings file is.
-RESERVED_ENV = frozenset({"FAILOVERD_CONFIG"})
+# Variables with the prefix that are not settings: where the settings file is, and the
+# operator CLI's API address and token file (an operator's shell may run the daemon too).
+RESERVED_ENV = frozenset({"FAILOVERD_CONFIG", "FAILOVERD_API", "FAILOVERD_TOKEN_FILE"})
 
 
 class SettingsError(ValueError):
@@ -331,6 +332,28 @@ class AwsSettings(Section):
         )
 
 
+class ArcSettings(Section):
+    """Application Recovery Controller: the routing-control cluster that
+    `arc.set_routing_controls` steps use when they name no `cluster_endpoints` of their own."""
+
+    cluster_endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="The cluster's five endpoints by region, as DescribeCluster lists them"
+        " (region: https://host.../v1).",
+    )
+
+    @field_validator("cluster_endpoints")
+    @classmethod
+    def _endpoints(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for region, url in value.items():
+            if not re.match(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$", region):
+                raise ValueError(f"{region!r} is not an AWS region name")
+            _http_url(url)
+        return value
+
+
 class ProbeSettings(Section):
     """The synthetic probe scheduler."""
 
@@ -503,11 +526,25 @@ class HttpSettings(Section):
         " scrapes), besides IP addresses and, on loopback, `localhost`. Any other name is"
         " refused (421): a browser tricked by DNS rebinding sends the attacker's name.",
     )
-    token_file: Path | None = Field(
+    token_file: list[Path] | None = Field(
         None,
-        description="File whose first line is the bearer token for mutating calls; without"
-        " it mutating calls are disabled.",
+        description="Token file, or a list of them, for mutating calls: lines `label:token`"
+        " (the label is who the audit log names), or a single bare token labelled with the"
+        " file's name; without one, mutating calls are disabled. Revoke a token by deleting"
+        " its line and sending SIGHUP.",
     )
+    advertise_url: str | None = Field(
+        None,
+        description="This instance's API address as clients and the other instances reach it"
+        " (announced with the leader lease: a follower's 409 names it, and the CLI follows"
+        " it). Default: `http://<bind>:<port>`, with the host name when bound to all"
+        " addresses.",
+    )
+
+    _token_files = field_validator("token_file", mode="before")(
+        lambda v: [v] if isinstance(v, str | Path) else v
+    )
+    _advertise = field_validator("advertise_url")(_http_url)
 
     @field_validator("bind")
     @classmethod
@@ -536,11 +573,34 @@ class HttpSettings(Section):
             )
         return self
 
-    def token(self) -> str | None:
-        """The bearer token, read from ``token_file`` now; None when none is configured."""
-        if self.token_file is None:
+    def tokens(self) -> dict[str, str] | None:
+        """The named bearer tokens (label -> token), read from the token files now; None
+        when none is configured. :class:`SettingsError` names the file (and line) that
+        cannot be used: missing, unreadable, empty, malformed, or a label or token twice."""
+        from orchestrator.api.auth import TokenFileError, merge_tokens, parse_tokens
+
+        if not self.token_file:
             return None
-        return read_secret_file(self.token_file, "http.token_file")
+        try:
+            return merge_tokens(
+                (path, parse_tokens(read_secret_text(path, "http.token_file"), path))
+                for path in self.token_file
+            )
+        except TokenFileError as exc:
+            raise SettingsError(f"http.token_file {exc}") from None
+
+    def api_url(self, port: int | None = None) -> str:
+        """Where clients reach this API: ``advertise_url``, else built from ``bind`` and
+        ``port`` (the port really bound, when given: 0 means any)."""
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        host = self.bind
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified:
+            host = socket.getfqdn()
+        elif address.version == 6:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port if port is None else port}"
 
 
 class LogSettings(Section):
@@ -584,6 +644,7 @@ class Settings(BaseSettings):
     leader: LeaderSettings = Field(default_factory=LeaderSettings, description="Leader lease.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Decision loop.")
     aws: AwsSettings = Field(default_factory=AwsSettings, description="AWS clients.")
+    arc: ArcSettings = Field(default_factory=ArcSettings, description="ARC routing controls.")
     probes: ProbeSettings = Field(default_factory=ProbeSettings, description="Probe scheduler.")
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT broker.")
     http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP API.")
@@ -706,6 +767,19 @@ def _blame_env(error: SourceError, origins: Mapping[str, str]) -> SourceError:
     return error
 
 
+def policy_paths_from_env(env: Mapping[str, str], default: str = "policies") -> list[str]:
+    """The policy files or folders the CLI's deployment commands (readiness, iam-policy,
+    drill) use without ``--policy``: ``FAILOVERD_POLICIES`` as the daemon reads it (a path,
+    or a JSON list of them), else ``default``."""
+    raw = env.get(ENV_PREFIX + "POLICIES", "").strip()
+    if not raw:
+        return [default]
+    value = _env_value(raw)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    return [raw]
+
+
 def env_path(path: Path_) -> str:
     """The environment variable that sets the key at ``path``: ``("http", "port")`` ->
     ``FAILOVERD_HTTP__PORT``."""
@@ -721,6 +795,7 @@ _SECTIONS: tuple[type[BaseModel], ...] = (
     LeaderSettings,
     EngineSettings,
     AwsSettings,
+    ArcSettings,
     ProbeSettings,
     MqttSettings,
     HttpSettings,

@@ -334,6 +334,11 @@ INFO_LABELS: dict[str, tuple[str, ...]] = {
     "failoverd_policy": ("version",),
     "failoverd_build": ("version", "python"),
 }
+POLICY_DIFFERS_FROM_LEADER = Gauge(
+    "failoverd_policy_differs_from_leader",
+    "1 when this instance's policy set differs from the one the leader announced it acts on"
+    " (0 on the leader, and while no leader is known).",
+)
 POLICY_LAST_RELOAD_SUCCESSFUL = Gauge(
     "failoverd_policy_last_reload_successful",
     "1 when the last policy reload (or the load at start) succeeded, 0 when it failed.",

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -83,6 +84,11 @@ class Approval(Action):
 
     async def verify(self, ctx: StepContext) -> None:
         return None
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        return ()  # the state store and an operator
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

@@ -37,6 +37,7 @@ from pydantic import BaseModel
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -335,6 +336,14 @@ class GlobalFailover(Action):
             await poll_until(
                 ctx, transient_as_pending(probe), what=what, first_delay=1.0, max_delay=15.0
             )
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        p = typed_params(params, AuroraGlobal)
+        arn = parse_rds_arn(p.target_cluster_arn)
+        region = arn.region if arn is not None else target_region
+        return (ApiDependency(SERVICE, "FailoverGlobalCluster", region, "control"),)
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -236,6 +237,13 @@ class SetCapacity(Action):
                 transient_as_pending(probe),
                 what=f"ASG {p.auto_scaling_group} in {region} at {p.desired}",
             )
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        p = typed_params(params, AutoscalingSetCapacity)
+        return (ApiDependency(SERVICE, "UpdateAutoScalingGroup", p.region or target_region,
+                              "control"),)  # fmt: skip
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -99,6 +99,10 @@ class StepContext:
     # the action left running in AWS should be stopped. None when the attempt is cut short by
     # a shutdown or a lost lease: the run resumes, and the work must go on.
     cancel_reason: Callable[[], str | None] = _no_reason
+    # True when ``check`` runs for the readiness report (or a dry-run drill), not as a run's
+    # precondition: an action may then hold the world to the standard a future failover
+    # needs (e.g. 3 of an ARC cluster's 5 endpoints answering) instead of what this one does.
+    readiness: bool = False
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - self.clock.monotonic())
@@ -134,6 +138,33 @@ class CheckReport:
     # us-east-1); the readiness report flags a step whose control plane is the region being
     # evacuated (DESIGN principle 5, static stability).
     control_plane_region: str | None = None
+
+
+Plane = Literal["control", "data"]
+
+# AWS's global services whose control plane lives in one region of each partition (us-east-1
+# in the aws partition; orchestrator.partitions knows each): Route 53's API (records and
+# health checks alike), IAM, STS's global endpoint, CloudFront, Organizations. DESIGN
+# principle 5 keeps failovers off them.
+GLOBAL_CONTROL_PLANES = frozenset({"route53", "iam", "sts-global", "cloudfront", "organizations"})
+
+
+@dataclass(frozen=True)
+class ApiDependency:
+    """One AWS API a step calls, as the static-stability check sees it: the service, an
+    operation that stands for the step's calls, the region serving it (None: no one region,
+    e.g. an ARC cluster's five endpoints, any of which will do) and its plane: ``control``
+    (creating, changing or describing resources: EC2, RDS, Route 53 record and health-check
+    edits...) or ``data`` (a path built to keep answering while control planes fail)."""
+
+    service: str
+    operation: str
+    region: str | None
+    plane: Plane
+
+    @property
+    def global_control_plane(self) -> bool:
+        return self.plane == "control" and self.service in GLOBAL_CONTROL_PLANES
 
 
 @dataclass(frozen=True)
@@ -175,3 +206,13 @@ class Action(ABC):
         the step may run against; a step that names its own ``region`` acts there instead
         (see :func:`orchestrator.actions.render.iam_regions`). ``params`` may still hold
         placeholders (see :func:`orchestrator.actions.render.fill_for_iam`)."""
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        """The AWS APIs this step calls for a move from ``source_region`` to
+        ``target_region`` (``params`` rendered for that move), for the static-stability
+        check of ``failoverd validate`` and ``readiness``: pure, no I/O. Empty when the step
+        calls no AWS API (a webhook, a wait). Every registered action overrides it (a test
+        holds them to it); the default serves test doubles."""
+        return ()

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -237,6 +238,12 @@ class SetDesiredCount(Action):
                 transient_as_pending(probe),
                 what=f"ECS service {p.service} in {region} running {p.desired}",
             )
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        p = typed_params(params, EcsSetDesiredCount)
+        return (ApiDependency(SERVICE, "UpdateService", p.region or target_region, "control"),)
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

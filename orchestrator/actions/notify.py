@@ -36,6 +36,7 @@ from orchestrator import mqtt_calls
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -200,6 +201,17 @@ class SnsPublish(Action):
         # it is beyond what this step can observe.
         return None
 
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        p = typed_params(params, SnsPublishParams)
+        try:
+            region: str | None = topic_region(p.topic_arn)
+        except ValueError:
+            region = target_region
+        # Publish is SNS's data plane, but it is served by the topic's region alone.
+        return (ApiDependency("sns", "Publish", region, "data"),)
+
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
@@ -360,6 +372,11 @@ class MqttPublish(Action):
 
     async def verify(self, ctx: StepContext) -> None:
         return None
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        return ()  # the broker, not AWS
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

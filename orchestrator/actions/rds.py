@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -261,6 +262,14 @@ class PromoteReadReplica(Action):
                 first_delay=1.0,
                 max_delay=15.0,
             )
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        p = typed_params(params, RdsPromoteReadReplica)
+        arn = parse_rds_arn(p.db_instance)
+        region = arn.region if arn is not None else target_region
+        return (ApiDependency(SERVICE, "PromoteReadReplica", region, "control"),)
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

@@ -62,6 +62,7 @@ from pydantic import BaseModel
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -572,6 +573,13 @@ class RegionSwitch(Action):
         raise RetryableError("this step's Region switch execution could not be read back")
 
     # -- IAM ---------------------------------------------------------------------------------
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        # Region switch's regional data plane in the region recovered into (the other region
+        # of the plan only as a fallback): neither the region left nor us-east-1 is needed.
+        return (ApiDependency(SERVICE, "StartPlanExecution", target_region, "data"),)
+
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:

@@ -21,6 +21,7 @@ _IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "webhook": ("orchestrator.actions.webhook", "Webhook"),
     "approval": ("orchestrator.actions.approval", "Approval"),
     "wait": ("orchestrator.actions.wait", "Wait"),
+    "arc.set_routing_controls": ("orchestrator.actions.arc", "SetRoutingControls"),
     "arc.region_switch": ("orchestrator.actions.region_switch", "RegionSwitch"),
 }
 assert set(_IMPLEMENTATIONS) == ACTION_NAMES, "every policy action needs an implementation"

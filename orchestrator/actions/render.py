@@ -18,14 +18,15 @@ _PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
 
 
 def fill(value: Any, values: Mapping[str, str]) -> Any:
-    """Replace ``{target_region}`` and friends in every string of ``value``. Only the known
-    placeholders are replaced (validation already rejected unknown ones)."""
+    """Replace ``{target_region}`` and friends in every string of ``value``, mapping keys
+    included (``arc.set_routing_controls`` names routing controls by ``{target_region}``).
+    Only the known placeholders are replaced (validation already rejected unknown ones)."""
     if isinstance(value, str):
         for key, replacement in values.items():
             value = value.replace("{" + key + "}", replacement)
         return value
     if isinstance(value, dict):
-        return {k: fill(v, values) for k, v in value.items()}
+        return {fill(k, values): fill(v, values) for k, v in value.items()}
     if isinstance(value, list):
         return [fill(v, values) for v in value]
     return value

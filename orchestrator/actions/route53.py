@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -458,6 +459,13 @@ class SetRecord(Action):
             )
         self._changes.pop(_key(ctx), None)
 
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        # Route 53's API, records included, is one control plane (us-east-1 in aws).
+        home = control_plane_region(target_region)
+        return (ApiDependency(SERVICE, "ChangeResourceRecordSets", home, "control"),)
+
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"
     ) -> list[IamStatement]:
@@ -568,6 +576,13 @@ class SetHealthCheckInverted(Action):
                 transient_as_pending(flag),
                 what=f"health check {check_id} inverted={p.inverted}",
             )
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        # Inverting a health check is a Route 53 API call too: not a data-plane switch.
+        home = control_plane_region(target_region)
+        return (ApiDependency(SERVICE, "UpdateHealthCheck", home, "control"),)
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

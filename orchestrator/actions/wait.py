@@ -16,6 +16,7 @@ from orchestrator.actions.base import (
     Action,
     ActionError,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -91,6 +92,11 @@ class Wait(Action):
 
     async def verify(self, ctx: StepContext) -> None:
         return None
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        return ()
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

@@ -34,6 +34,7 @@ from orchestrator import netguard
 from orchestrator.actions.base import (
     Action,
     ActionFailed,
+    ApiDependency,
     CheckReport,
     ExecuteOutcome,
     IamStatement,
@@ -188,6 +189,11 @@ class Webhook(Action):
 
     async def verify(self, ctx: StepContext) -> None:
         return None  # the 2xx answer was the verification
+
+    def dependencies(
+        self, params: BaseModel, *, source_region: str, target_region: str
+    ) -> tuple[ApiDependency, ...]:
+        return ()  # an HTTP endpoint of the user's, not AWS
 
     def iam_statements(
         self, params: BaseModel, regions: Sequence[str], account: str = "*"

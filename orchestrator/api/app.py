@@ -14,7 +14,7 @@ import json
 import re
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from orchestrator.api.openapi import QueryParam, RouteDoc, build_openapi
 from orchestrator.api.status_page import load_page, status_page
 from orchestrator.audit import TIME_HINT, parse_time
 from orchestrator.daemon.control import Control, NotLeaderError, ServiceSnapshot
-from orchestrator.engine.state import Command, OperatorCommand
+from orchestrator.engine.state import Command, CommandSource, OperatorCommand
 from orchestrator.incident_report import report_markdown
 from orchestrator.store.base import StoreError
 from orchestrator.telemetry import (
@@ -120,7 +120,6 @@ _HOSTS = web.AppKey("hosts", HostRule)
 _CONTROL = web.AppKey("control", Control)
 _AUTH = web.AppKey("auth", TokenAuth)
 _REGISTRY = web.AppKey("registry", CollectorRegistry)
-_LABEL = web.AppKey("token_label", str)
 _OPENAPI = web.AppKey("openapi", bytes)
 _COMMAND_TIMEOUT = web.AppKey("command_timeout", float)
 
@@ -334,6 +333,8 @@ async def status(request: web.Request) -> web.Response:
             leader=control.leader(),
             is_leader=control.is_leader(),
             policy_version=control.policy_version,
+            leader_api=control.leader_api(),
+            leader_policy_version=control.leader_policy_version(),
             services=services,
         )
     )
@@ -459,19 +460,35 @@ async def openapi(request: web.Request) -> web.Response:
 
 # --- mutating handlers --------------------------------------------------------------------
 def _not_leader(exc: NotLeaderError) -> ApiError:
+    where = f" at {exc.leader_api}" if exc.leader_api else ""
     return ApiError(
         409,
         "not_leader",
-        f"this instance does not lead; send the command to {exc.leader or 'the leader'}",
+        f"this instance does not lead; send the command to {exc.leader or 'the leader'}{where}",
         leader=exc.leader,
+        leader_api=exc.leader_api,
     )
+
+
+CLI_AGENT = "failoverd-cli/"  # the User-Agent prefix of the `failoverd` command's requests
+
+
+def _source(request: web.Request) -> CommandSource:
+    """Where a command came from, for the audit: the CLI names itself in its User-Agent."""
+    agent = request.headers.get("User-Agent", "")
+    return CommandSource.CLI if agent.startswith(CLI_AGENT) else CommandSource.API
+
+
+def _principal(request: web.Request) -> str:
+    """The label of the request's token (who the audit names); raises 401/403."""
+    return request.app[_AUTH].check(request.headers.get("Authorization"))
 
 
 def _command_handler(command: Command) -> Handler:
     allowed = _ALLOWED[command]
 
     async def handle(request: web.Request) -> web.Response:
-        request.app[_AUTH].check(request.headers.get("Authorization"))
+        principal = _principal(request)
         control = _control(request)
         name = request.match_info["name"]
         snap = _snapshot(control, name)
@@ -493,8 +510,10 @@ def _command_handler(command: Command) -> Handler:
             command,
             to=body.to,
             force=body.force,
-            by=body.by or request.app[_LABEL],
+            by=principal,
             reason=body.reason,
+            source=_source(request),
+            user=body.by or "",
         )
         ctx = {"service": name, "command": command.value, "to": op.to, "force": op.force}
         try:
@@ -502,7 +521,9 @@ def _command_handler(command: Command) -> Handler:
                 result = await control.command(name, op)
         except NotLeaderError as exc:
             API_COMMANDS.labels(command.value, "not_leader").inc()
-            log.info("api_command_not_leader", **ctx, by=op.by, leader=exc.leader)
+            log.info(
+                "api_command_not_leader", **ctx, by=op.by, leader=exc.leader, api=exc.leader_api
+            )
             raise _not_leader(exc) from None
         except TimeoutError:
             raise ApiError(
@@ -513,7 +534,14 @@ def _command_handler(command: Command) -> Handler:
         outcome = "accepted" if result.accepted else "refused"
         API_COMMANDS.labels(command.value, outcome).inc()
         log.info(
-            "api_command", **ctx, by=op.by, reason=op.reason, outcome=outcome, run_id=result.run_id
+            "api_command",
+            **ctx,
+            by=op.by,
+            user=op.user or None,
+            source=op.source.value,
+            reason=op.reason,
+            outcome=outcome,
+            run_id=result.run_id,
         )
         payload = s.command_result_body(result)
         if not result.accepted:
@@ -525,17 +553,17 @@ def _command_handler(command: Command) -> Handler:
 
 
 async def pause_all(request: web.Request) -> web.Response:
-    request.app[_AUTH].check(request.headers.get("Authorization"))
+    principal = _principal(request)
     body = await _read_command(request)
     extra = sorted(body.model_fields_set & {"to", "force"})
     if extra:
         raise ApiError(
             400, "field_not_allowed", f"pause does not take {', '.join(repr(f) for f in extra)}"
         )
-    by = body.by or request.app[_LABEL]
+    by, source, user = principal, _source(request), body.by or ""
     try:
         async with asyncio.timeout(request.app[_COMMAND_TIMEOUT]):
-            await _control(request).pause_all(by, body.reason)
+            await _control(request).pause_all(by, body.reason, source=source, user=user)
     except NotLeaderError as exc:
         API_COMMANDS.labels("pause_all", "not_leader").inc()
         raise _not_leader(exc) from None
@@ -544,7 +572,7 @@ async def pause_all(request: web.Request) -> web.Response:
             504, "timeout", "the daemon did not answer in time; check the status"
         ) from None
     API_COMMANDS.labels("pause_all", "accepted").inc()
-    log.info("api_pause_all", by=by, reason=body.reason)
+    log.info("api_pause_all", by=by, user=user or None, source=source.value, reason=body.reason)
     return _json(s.CommandResultBody(accepted=True, message="every service is paused"), 202)
 
 
@@ -690,15 +718,18 @@ def routes() -> list[tuple[RouteDoc, Handler]]:
 def make_app(
     control: Control,
     *,
-    token: str | None,
+    token: str | None = None,
+    tokens: Mapping[str, str] | None = None,
     metrics_registry: CollectorRegistry = REGISTRY,
     token_label: str = DEFAULT_TOKEN_LABEL,
     command_timeout: float = COMMAND_TIMEOUT,
     bind: str = "127.0.0.1",
     allowed_hosts: Iterable[str] = (),
 ) -> web.Application:
-    """The API over ``control``. ``token`` None disables mutating calls (403). ``bind`` (the
-    address served) and ``allowed_hosts`` decide which ``Host`` headers are answered."""
+    """The API over ``control``. ``tokens`` (label -> token: the label is who the audit
+    names), or one ``token`` labelled ``token_label``; neither disables mutating calls
+    (403); :func:`replace_tokens` swaps them later (a reload). ``bind`` (the address
+    served) and ``allowed_hosts`` decide which ``Host`` headers are answered."""
     if command_timeout <= 0:
         raise ValueError(f"command_timeout must be positive, got {command_timeout}")
     app = web.Application(
@@ -706,9 +737,10 @@ def make_app(
     )
     app[_HOSTS] = HostRule.of(bind, allowed_hosts)
     app[_CONTROL] = control
-    app[_AUTH] = TokenAuth(token)
+    if tokens is None and token is not None:
+        tokens = {token_label: token}
+    app[_AUTH] = TokenAuth(tokens)
     app[_REGISTRY] = metrics_registry
-    app[_LABEL] = token_label
     app[_COMMAND_TIMEOUT] = float(command_timeout)
     load_page()  # a wheel built without its package data fails here, not on first view
     table = routes()
@@ -716,6 +748,11 @@ def make_app(
     for doc, handler in table:
         app.router.add_route(doc.method, doc.path, handler, name=doc.operation_id)
     return app
+
+
+def replace_tokens(app: web.Application, tokens: Mapping[str, str] | None) -> None:
+    """Use ``tokens`` for every later request (revoking the ones left out)."""
+    app[_AUTH].replace(tokens)
 
 
 # --- serving ------------------------------------------------------------------------------
@@ -813,6 +850,7 @@ __all__: list[str] = [
     "error_middleware",
     "is_loopback",
     "make_app",
+    "replace_tokens",
     "routes",
     "serve",
 ]

@@ -19,11 +19,15 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from orchestrator import __version__
+
 DEFAULT_API = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
 READ_ATTEMPTS = 3
 READ_BUDGET = 5.0  # seconds spent retrying reads, at most
 BACKOFF_BASE = 0.2
+# The API tells the CLI's commands from other clients' by this prefix (the audit's source).
+USER_AGENT = f"failoverd-cli/{__version__}"
 
 T = TypeVar("T")
 
@@ -68,20 +72,32 @@ class ApiClient:
         *,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        user_agent: str = USER_AGENT,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.base_url = validate_base_url(base_url)
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
         return f"ApiClient({self.base_url!r}, token={'set' if self._token else 'unset'})"
 
     async def __aenter__(self) -> ApiClient:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout, headers={"User-Agent": self._user_agent}
+        )
         return self
+
+    def at(self, base_url: str) -> ApiClient:
+        """The same client (token, timeout, session) sending to another instance: the leader
+        a follower named. Use inside this client's ``async with``."""
+        other = ApiClient(base_url, token=self._token, user_agent=self._user_agent)
+        other._timeout = self._timeout
+        other._session = self._session_or_fail()
+        return other
 
     async def __aexit__(
         self,

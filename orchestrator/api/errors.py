@@ -17,6 +17,7 @@ class ApiError(Exception):
         message: str,
         *,
         leader: str | None = None,
+        leader_api: str | None = None,
         details: list[str] | None = None,
         result: CommandResultBody | None = None,
         headers: Mapping[str, str] | None = None,
@@ -24,6 +25,11 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.body = ErrorBody(
-            error=code, message=message, leader=leader, details=details or [], result=result
+            error=code,
+            message=message,
+            leader=leader,
+            leader_api=leader_api,
+            details=details or [],
+            result=result,
         )
         self.headers = dict(headers or {})

@@ -62,7 +62,11 @@ class CommandRequest(BaseModel):
     reason: Text = Field(description="why: journaled with the command (required)")
     to: Name | None = Field(default=None, description="target region (failover, switchover)")
     force: bool = Field(default=False, description="allow a target that is not healthy")
-    by: Name | None = Field(default=None, description="who asks; defaults to the token's label")
+    by: Name | None = Field(
+        default=None,
+        description="the name of who asks, recorded beside the token's label (which is who the"
+        " audit names); the CLI sends your user name",
+    )
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -70,6 +74,9 @@ class ErrorBody(_Out):
     error: str = Field(description="a stable, machine-readable code")
     message: str
     leader: str | None = Field(default=None, description="who leads (not_leader only)")
+    leader_api: str | None = Field(
+        default=None, description="the leader's API address, as it announced it (not_leader)"
+    )
     details: list[str] = Field(default_factory=list)
     result: CommandResultBody | None = None
 
@@ -239,7 +246,15 @@ class StatusBody(_Out):
     node_id: str
     leader: str | None
     is_leader: bool
-    policy_version: str
+    policy_version: str = Field(description="the policy set this instance has loaded")
+    leader_api: str | None = Field(
+        default=None, description="the leader's API address, as it announced it with its lease"
+    )
+    leader_policy_version: str | None = Field(
+        default=None,
+        description="the policy set the leader acts on (announced with its lease); differs"
+        " from `policy_version` when this instance's policies drifted from the leader's",
+    )
     services: list[ServiceSummary]
 
 
@@ -293,7 +308,14 @@ class AuditEntryBody(_Out):
     reasons: list[ReasonBody]
     summary: str = Field(description="one line for humans")
     detail: dict[str, Any] = Field(
-        description="the record's detail: a decision's evidence, a command's who and why"
+        description="the record's detail: a decision's evidence (and the command it answers),"
+        " a command's who (`by`: the token's label; `user`: the name the client gave), why"
+        " (`reason`), from where (`source`: api, cli, mqtt, scheduler) and its `id`"
+    )
+    outcome: str = Field(
+        default="",
+        description="an operator command's outcome (`accepted: ...` or `refused: ...`), from"
+        " the decision record that answered it when that is in the same answer",
     )
 
 
@@ -518,6 +540,7 @@ def audit_entry_body(e: AuditEntry) -> AuditEntryBody:
         reasons=_reasons(e.reasons),
         summary=e.summary,
         detail=dict(e.detail),
+        outcome=e.outcome,
     )
 
 
@@ -564,6 +587,11 @@ class StepReadinessBody(_Out):
     control_plane_in_source: bool = Field(
         description="The step depends on the control plane of the region it evacuates."
     )
+    static_stability: list[str] = Field(
+        default_factory=list,
+        description="Failover moves: why the step is not statically stable (it needs the"
+        " region being left or a global control plane in us-east-1); empty when it is.",
+    )
 
 
 class LagReadinessBody(_Out):
@@ -601,6 +629,7 @@ def readiness_report_body(reports: Mapping[str, ReadinessReport]) -> ReadinessRe
                     findings=list(x.findings),
                     control_plane_region=x.control_plane_region,
                     control_plane_in_source=x.control_plane_in_source,
+                    static_stability=list(x.static_stability),
                 )
                 for x in report.steps
             ],

@@ -39,8 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "validate",
         help="check policy files; print every error with file, line and field",
-        description="Check policy files and print every error as FILE:LINE:COL: FIELD: MESSAGE."
-        " Exit 1 when any file has errors.",
+        description="Check policy files and print every error as FILE:LINE:COL: FIELD: MESSAGE,"
+        " then a warning for each failover step that needs the region being left or a global"
+        " control plane in us-east-1 (Route 53's API, IAM, global STS, CloudFront,"
+        " Organizations): an error under guards.data_plane_only unless the step has"
+        " on_failure: continue. Exit 1 when any file has errors.",
     )
     v.add_argument(
         "paths", nargs="*", default=["policies"], help="files or folders (default: policies)"
@@ -91,9 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         dest="policies",
         metavar="PATH",
-        help="policy file or folder; repeatable (default: policies)",
+        help="policy file or folder; repeatable (default: $FAILOVERD_POLICIES, else policies)",
     )
-    r.add_argument("--endpoint-url", help="send every AWS call here (an emulator)")
+    r.add_argument(
+        "--endpoint-url",
+        help="send every AWS call here (an emulator; default: $AWS_ENDPOINT_URL, else AWS)",
+    )
     r.add_argument(
         "--config",
         metavar="PATH",
@@ -116,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         dest="policies",
         metavar="PATH",
-        help="policy file or folder; repeatable (default: policies)",
+        help="policy file or folder; repeatable (default: $FAILOVERD_POLICIES, else policies)",
     )
     i.add_argument(
         "--principal",
@@ -160,10 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_explain(args.scenario, args.at)
         if args.command == "readiness":
             return cmd_readiness(
-                args.policies or ["policies"], args.endpoint_url, args.json, args.config
+                args.policies or _env_policies(), args.endpoint_url, args.json, args.config
             )
         if args.command == "iam-policy":
-            return cmd_iam_policy(args.policies or ["policies"], args.principal)
+            return cmd_iam_policy(args.policies or _env_policies(), args.principal)
         if args.command == "sandbox":
             from orchestrator.sandbox.runner import run_sandbox
 
@@ -179,6 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `failoverd test ... | head`
         return EXIT_OK
     return EXIT_UNUSABLE  # pragma: no cover - argparse requires a command
+
+
+def _env_policies() -> list[str]:
+    import os
+
+    from orchestrator.settings import policy_paths_from_env
+
+    return policy_paths_from_env(os.environ)
 
 
 def _err(text: str) -> None:
@@ -199,8 +213,24 @@ def cmd_validate(paths: list[str]) -> int:
             print(error)
         print(f"{len(exc.errors)} error(s)")
         return EXIT_FAILED
+    from dataclasses import replace
+
+    from orchestrator.static_stability import located
+
+    # Static stability (DESIGN principle 5): failover steps that need the region being left
+    # or a global control plane; errors under guards.data_plane_only, warnings otherwise.
+    unstable, warnings = located(policies)
+    for warning in warnings:
+        print(replace(warning, message=f"warning: {warning.message}"))
+    if unstable:
+        for error in unstable:
+            print(error)
+        print(f"{len(unstable)} error(s)")
+        return EXIT_FAILED
     names = ", ".join(sorted(policies.policies))
     print(f"{len(policies)} policy file(s) valid ({names}); policy set version {policies.version}")
+    if warnings:
+        print(f"{len(warnings)} warning(s): failover steps that are not statically stable")
     return EXIT_OK
 
 

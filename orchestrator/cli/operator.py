@@ -3,8 +3,10 @@
 running daemon's HTTP API.
 
 The API address comes from ``--api`` or ``FAILOVERD_API`` (default http://127.0.0.1:8080);
-the bearer token for commands from ``--token-file`` or ``FAILOVERD_TOKEN_FILE``. Output is a
-human table, or the API's JSON with ``--json``.
+the bearer token for commands from ``--token-file`` or ``FAILOVERD_TOKEN_FILE`` (the token
+alone, or one ``label:token`` line). Output is a human table, or the API's JSON with
+``--json``. A command sent to a follower is refused with 409 naming the leader and its API
+address; the CLI sends it once more, to that address, and says so on stderr.
 
 Exit codes: 0 done; 1 refused (by the engine, not the leader, wrong or missing token) or not
 ready; 2 usage or connection error (bad flags, unknown service or region, unreadable token
@@ -23,12 +25,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from orchestrator.api.auth import TokenFileError, parse_tokens
 from orchestrator.api.client import (
     DEFAULT_API,
     DEFAULT_TIMEOUT,
     ApiClient,
     ApiRefused,
     ApiUnreachable,
+    validate_base_url,
 )
 
 EXIT_OK = 0
@@ -104,7 +108,11 @@ def _mutating(p: argparse.ArgumentParser) -> None:
         help=f"file holding the API bearer token (default: ${TOKEN_FILE_ENV})",
     )
     p.add_argument("--reason", required=True, type=_reason, help="why (journaled; required)")
-    p.add_argument("--by", default=None, help="who asks (default: your user name)")
+    p.add_argument(
+        "--by",
+        default=None,
+        help="your name, journaled beside your token's label (default: your user name)",
+    )
 
 
 def add_operator_parsers(subparsers: Any) -> None:
@@ -216,12 +224,21 @@ def _read_token(args: argparse.Namespace) -> str | None:
     if not path:
         return None  # the API answers 401/403, with a hint below
     try:
-        token = Path(path).read_text(encoding="utf-8").strip()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read the token file {path}: {exc}") from None
-    if not token:
+    if not text.strip():
         raise UsageError(f"the token file {path} is empty")
-    return token
+    try:
+        tokens = parse_tokens(text, path)
+    except TokenFileError as exc:
+        raise UsageError(f"the token file {exc}") from None
+    if len(tokens) != 1:
+        raise UsageError(
+            f"the token file {path} holds {len(tokens)} tokens ({', '.join(sorted(tokens))});"
+            " give the CLI a file with your own token only"
+        )
+    return next(iter(tokens.values()))
 
 
 def _exit_for(exc: ApiRefused) -> int:
@@ -232,7 +249,9 @@ def _exit_for(exc: ApiRefused) -> int:
 
 def _refusal(exc: ApiRefused) -> str:
     if exc.code == "not_leader":
-        return f"refused: {exc.message} (leader: {exc.body.get('leader') or 'unknown'})"
+        where = f" at {exc.body['leader_api']}" if exc.body.get("leader_api") else ""
+        leader = exc.body.get("leader") or "unknown"
+        return f"refused: {exc.message} (leader: {leader}{where})"
     if exc.status == 401:
         return f"refused: {exc.message}; pass --token-file or set {TOKEN_FILE_ENV}"
     if exc.status in (403, 409):
@@ -266,24 +285,53 @@ async def _dispatch(client: ApiClient, args: argparse.Namespace, out: TextIO) ->
             return await _audit(api, args, out)
         if args.operator == "report":
             return await _report(api, args, out)
-        by = args.by or _user()
-        if args.operator == "pause" and args.service is None:
-            body = await api.pause_all(reason=args.reason, by=by)
-        else:
-            body = await api.command(
-                args.service,
-                args.operator,
-                reason=args.reason,
-                to=getattr(args, "to", None),
-                force=getattr(args, "force", False),
-                by=by,
+        try:
+            body = await _send(api, args)
+        except ApiRefused as exc:
+            leader_api = _leader_api(api, exc)
+            if leader_api is None:
+                raise
+            leader = exc.body.get("leader") or "the leader"
+            print(
+                f"failoverd: {api.base_url} does not lead; sending the command to {leader}"
+                f" at {leader_api}",
+                file=sys.stderr,
             )
+            body = await _send(api.at(leader_api), args)  # once: a second 409 is an answer
     if args.json:
         _print_json(body, out)
     else:
         run = f" (run {body['run_id']})" if body.get("run_id") else ""
         out.write(f"accepted: {body.get('message', '')}{run}\n")
     return EXIT_OK
+
+
+async def _send(api: ApiClient, args: argparse.Namespace) -> dict[str, Any]:
+    by = args.by or _user()
+    if args.operator == "pause" and args.service is None:
+        return await api.pause_all(reason=args.reason, by=by)
+    return await api.command(
+        args.service,
+        args.operator,
+        reason=args.reason,
+        to=getattr(args, "to", None),
+        force=getattr(args, "force", False),
+        by=by,
+    )
+
+
+def _leader_api(api: ApiClient, exc: ApiRefused) -> str | None:
+    """Where a follower's 409 says the leader's API is, if it is another usable address."""
+    if exc.code != "not_leader":
+        return None
+    raw = exc.body.get("leader_api")
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        url = validate_base_url(raw)
+    except ValueError:
+        return None
+    return None if url == api.base_url else url
 
 
 async def _status(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
@@ -347,7 +395,11 @@ def _codes(reasons: Sequence[dict[str, Any]]) -> str:
 def render_status(body: dict[str, Any], glyphs: dict[str, str] | None = None) -> str:
     sep = (glyphs or UNICODE_GLYPHS)["sep"]
     leader = body.get("leader") or "unknown"
-    head = f"node {body['node_id']} {sep} leader {leader} {sep} policies {body['policy_version']}\n"
+    policies = str(body["policy_version"])
+    acting = body.get("leader_policy_version")
+    if acting and acting != policies:
+        policies += f" (DIFFERS from the leader's {acting})"
+    head = f"node {body['node_id']} {sep} leader {leader} {sep} policies {policies}\n"
     rows = [
         (
             s["name"],
@@ -475,6 +527,8 @@ def render_audit(body: dict[str, Any], *, verbose: bool = False) -> str:
         codes = [r["code"] for r in e.get("reasons") or []]
         if codes:
             what += f" [{', '.join(codes)}]"
+        if e.get("outcome"):
+            what += " -> " + " ".join(str(e["outcome"]).split())
         rows.append(
             (
                 _short_time(e),

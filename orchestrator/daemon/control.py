@@ -13,7 +13,7 @@ from typing import Protocol
 
 from orchestrator.audit import AuditEntry
 from orchestrator.engine.healthbook import RegionVerdict, VantageView
-from orchestrator.engine.state import Decision, LagReading, OperatorCommand
+from orchestrator.engine.state import CommandSource, Decision, LagReading, OperatorCommand
 from orchestrator.incident_report import ReportData
 from orchestrator.readiness import ReadinessReport
 from orchestrator.runbook.rto import RunProgress
@@ -60,20 +60,23 @@ class Readiness:
 
 
 class NotLeaderError(Exception):
-    """A mutating command reached an instance that does not lead; ``leader`` says who does."""
+    """A mutating command reached an instance that does not lead; ``leader`` says who does
+    and ``leader_api`` where its API is (as it published it with its lease; None unknown)."""
 
-    def __init__(self, leader: str | None) -> None:
+    def __init__(self, leader: str | None, leader_api: str | None = None) -> None:
         super().__init__(f"not the leader; the leader is {leader or 'unknown'}")
         self.leader = leader
+        self.leader_api = leader_api
 
 
 class Control(Protocol):
     """The daemon as its front doors see it.
 
     Contract: ``snapshot``/``services``/``readiness`` never block and never raise for a
-    known service; ``command`` journals who/what/why (``OperatorCommand.by``/``reason``) in
-    the store before acting, returns within a few seconds (it does not wait for a run to
-    finish), and raises :class:`NotLeaderError` on a follower.
+    known service; ``command`` journals who/what/why/where (``OperatorCommand.by``,
+    ``reason``, ``source``) as an ``operator_command`` record before acting and the decision
+    it led to after, returns within a few seconds (it does not wait for a run to finish),
+    and raises :class:`NotLeaderError` (naming the leader and its API) on a follower.
     """
 
     node_id: str
@@ -83,6 +86,14 @@ class Control(Protocol):
 
     def leader(self) -> str | None:
         """The node id holding the leader lease, if known."""
+        ...
+
+    def leader_api(self) -> str | None:
+        """The leader's API address, as it published it with its lease (None: unknown)."""
+        ...
+
+    def leader_policy_version(self) -> str | None:
+        """The policy set version the leader acts on, as it published it (None: unknown)."""
         ...
 
     def is_leader(self) -> bool: ...
@@ -123,6 +134,8 @@ class Control(Protocol):
 
     async def command(self, service: str, command: OperatorCommand) -> CommandResult: ...
 
-    async def pause_all(self, by: str, reason: str) -> None:
-        """The global brake: pause every service (journaled)."""
+    async def pause_all(
+        self, by: str, reason: str, *, source: CommandSource = CommandSource.API, user: str = ""
+    ) -> None:
+        """The global brake: pause every service (each pause journaled as a command)."""
         ...

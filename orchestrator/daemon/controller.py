@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,17 @@ from typing import Any
 
 from orchestrator.actions.moves import run_facts
 from orchestrator.actions.registry import get_action
-from orchestrator.audit import AuditEntry, decision_detail, decision_record, entries
+from orchestrator.audit import (
+    AuditEntry,
+    command_answer,
+    command_record,
+    decision_detail,
+    decision_record,
+    entries,
+    new_command_id,
+    operator_command_record,
+    with_command_id,
+)
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.audit_writer import AuditWriter
 from orchestrator.daemon.control import CommandResult, NotLeaderError, Readiness, ServiceSnapshot
@@ -43,6 +54,7 @@ from orchestrator.engine.observation import Observation
 from orchestrator.engine.state import (
     MOVE_COMMANDS,
     Command,
+    CommandSource,
     Decision,
     LagReading,
     OperatorCommand,
@@ -65,6 +77,7 @@ from orchestrator.store.base import (
     CorruptState,
     JournalRecord,
     JournalStatus,
+    LeaderInfo,
     Lease,
     Store,
     StoreError,
@@ -150,10 +163,24 @@ class Controller:
         self._lease: Lease | None = None
         self._lease_deadline = 0.0  # monotonic: past it the lease may have expired
         self._leader_name: str | None = None
+        self._leader_info: LeaderInfo | None = None  # what the leader announced (followers)
+        self._announced: tuple[int, str, str] | None = None  # (token, api, version) we did
+        # This instance's API address as clients reach it (set once the API listens);
+        # announced with the lease so that followers can send clients to the leader.
+        self.api_address = ""
+        self._first_lease_step = asyncio.Event()
+        self._announce_task: asyncio.Task[None] | None = None
+        # A run was cut short (no lease window, store down) while this instance kept, or
+        # got back, the lease: it is resumed once the instance acts again.
+        self._resume_pending = False
         self._store_ok = False
         self._evaluated = False
         self._stopping = False
         self._resuming = False
+        # Cleared while a new leader has not read the services' states back from the store:
+        # what it holds may be a follower's stale view, never to be saved or acted on.
+        self._states_fresh = asyncio.Event()
+        self._states_fresh.set()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -195,6 +222,22 @@ class Controller:
 
     def leader(self) -> str | None:
         return self.node_id if self.is_leader() else self._leader_name
+
+    def leader_api(self) -> str | None:
+        if self.is_leader():
+            return self.api_address or None
+        info = self._leader_info
+        if info is None or info.holder != self._leader_name:
+            return None
+        return info.api or None
+
+    def leader_policy_version(self) -> str | None:
+        if self.is_leader():
+            return self._set.version
+        info = self._leader_info
+        if info is None or info.holder != self._leader_name:
+            return None
+        return info.policy_version or None
 
     def readiness(self) -> Readiness:
         problems: list[str] = []
@@ -373,11 +416,14 @@ class Controller:
         return policy.primary, "the policy (no finished run in the journal)"
 
     async def run(self) -> None:
-        """The lease and engine loops, and every run, until cancelled."""
+        """The lease and engine loops, and every run, until cancelled. The first engine pass
+        waits for the first lease step (bounded by the store's timeout): a single instance
+        decides as the leader from its first pass, instead of as a follower for one tick."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             tg.create_task(self.audit.run())
             tg.create_task(self._lease_loop())
+            await self._first_lease_step.wait()
             tg.create_task(self._tick_loop())
 
     async def drain(self, grace: float) -> None:
@@ -422,6 +468,7 @@ class Controller:
             self._services = services
             self._set = new
         self._wake.set()
+        await self._announce_soon()  # followers show the version the leader acts on
 
     # -- the engine ------------------------------------------------------------------------
     async def evaluate_all(self) -> None:
@@ -431,9 +478,19 @@ class Controller:
 
     async def evaluate(self, service: str, operator: OperatorCommand | None = None) -> Decision:
         async with self._lock:
-            return await self._evaluate(self._services[service], operator)
+            d, _ = await self._evaluate(self._services[service], operator, asked=operator)
+            return d
 
-    async def _evaluate(self, svc: _Service, operator: OperatorCommand | None) -> Decision:
+    async def _evaluate(
+        self,
+        svc: _Service,
+        operator: OperatorCommand | None,
+        *,
+        asked: OperatorCommand | None = None,
+    ) -> tuple[Decision, CommandResult | None]:
+        """One engine pass for ``svc``. ``operator`` is handed to ``decide()``; ``asked`` is
+        the command this pass answers (``operator`` for a move or an approval, the pause or
+        resume just applied): its result is returned and journaled with the decision."""
         await self._refresh_run(svc)
         now = self._clock.now()
         svc.verdicts = svc.book.verdicts(now)
@@ -451,28 +508,57 @@ class Controller:
         busy = self._resuming or (svc.run_task is not None and not svc.run_task.done())
         starting = d.starts_run and d.target is not None and self._tg is not None and not busy
         run_id = new_run_id(svc.policy.service) if starting else ""
-        self._record(svc, d, run_id)
+        result = None if asked is None else self._answer(svc, asked, d, run_id)
+        self._record(svc, d, run_id, asked, result)
         if starting and self._tg is not None:
             svc.state = apply_decision(state, d, run_id)
             facts = self._run_facts(svc, d, state, now)
             svc.run_task = self._tg.create_task(self._drive(svc, d, state, run_id, facts))
-            return d
+            return d, result
         if d.starts_run:
-            return d  # a run is being driven or resumed; the executor owns the state
+            return d, result  # a run is being driven or resumed; the executor owns the state
         new = apply_decision(state, d, "")
         if new is not state:
             svc.state = new
             await self._save(svc)
-        return d
+        return d, result
 
-    def _record(self, svc: _Service, d: Decision, run_id: str = "") -> None:
+    def _answer(
+        self, svc: _Service, asked: OperatorCommand, d: Decision, run_id: str
+    ) -> CommandResult:
+        """What the operator is told about ``asked``, given the decision it led to."""
+        service = svc.policy.service
+        if asked.command in (Command.PAUSE, Command.RESUME):
+            return CommandResult(True, f"{service} {asked.command.value}d", decision=d)
+        if run_id:
+            return CommandResult(True, f"{d.action.value} to {d.target} started", d, run_id)
+        run = svc.state.run
+        if d.starts_run and run is not None:  # the run already under way answers it
+            return CommandResult(True, f"{d.action.value} to {d.target} started", d, run.id)
+        why = "; ".join([*(r.value for r in d.reasons), *d.notes]) or d.phase.value
+        return CommandResult(False, f"refused: {why}", d)
+
+    def _record(
+        self,
+        svc: _Service,
+        d: Decision,
+        run_id: str = "",
+        asked: OperatorCommand | None = None,
+        result: CommandResult | None = None,
+    ) -> None:
         prev = svc.decision
         svc.decision = d
         changed = prev is None or prev.key() != d.key()
-        if changed or run_id:
+        if changed or run_id or asked is not None:
             # A run can start on an unchanged decision (held back while another run was
-            # resumed): its start is audited all the same.
-            self._audit_decision(svc, d, run_id)
+            # resumed): its start is audited all the same; so is the decision an operator
+            # command led to, changed or not (it names the command).
+            answer = None
+            if asked is not None and result is not None:
+                answer = command_answer(
+                    asked, accepted=result.accepted, message=result.message, run_id=result.run_id
+                )
+            self._audit_decision(svc, d, run_id, answer)
         if not changed:
             return
         svc.recent.append(d)
@@ -491,8 +577,15 @@ class Controller:
             except Exception:  # a listener must not stop the engine
                 log.exception("decision_hook_failed", service=d.service)
 
-    def _audit_decision(self, svc: _Service, d: Decision, run_id: str) -> None:
-        """Queue the decision record (the leader's only: followers' views are not acted on)."""
+    def _audit_decision(
+        self,
+        svc: _Service,
+        d: Decision,
+        run_id: str,
+        command: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue the decision record (the leader's only: followers' views are not acted on);
+        ``command``: the operator command it answers (:func:`command_answer`)."""
         token = self.token()
         if token is None:
             return
@@ -507,6 +600,7 @@ class Controller:
                 rto=p.rto,
                 rpo=p.rpo,
                 run_id=run_id or None,
+                command=command,
             )
         except Exception:  # the record is for humans: it must never stop the engine
             log.exception("audit_record_unbuildable", service=d.service)
@@ -594,6 +688,7 @@ class Controller:
             await self.executor.start_run(svc.policy, d, before, run_id=run_id, facts=facts)
         except StoreError as exc:  # fenced out, not leader, store down: resumed later
             log.warning("run_interrupted", service=service, run_id=run_id, error=str(exc))
+            self._resume_pending = True
         except RunRejected as exc:
             log.error("run_rejected", service=service, run_id=run_id, error=str(exc))
         except Exception:
@@ -613,7 +708,7 @@ class Controller:
         token = self.token()
         if token is None:
             return  # followers keep state in memory only; the leader's is the truth
-        if self._resuming:
+        if not self._states_fresh.is_set():
             # A new leader has not read the store's states yet: what it holds may be a
             # follower's stale view, which must never overwrite the last leader's.
             return
@@ -704,7 +799,9 @@ class Controller:
                 if self._lease is None:
                     lease = await self._store.acquire_lease(self.node_id, self._ttl)
                     if lease is None:
-                        self._leader_name = await self._store.leader()
+                        info = await self._store.leader_info()
+                        self._leader_info = info
+                        self._leader_name = None if info is None else info.holder
                     else:
                         self._became_leader(lease, started)
                 else:
@@ -713,12 +810,45 @@ class Controller:
                         self._lost("renew_refused")
                     else:
                         self._lease, self._lease_deadline = renewed, self._deadline(started)
+                        self._resume_interrupted()
             self._store_ok = True
         except (StoreError, TimeoutError) as exc:
             self._store_ok = False
             log.warning("leader_lease_store_error", error=str(exc) or type(exc).__name__)
             if self._lease is not None and self._clock.monotonic() >= self._lease_deadline:
                 self._lost("renew_deadline_passed")
+        finally:
+            self._first_lease_step.set()
+        await self._announce_soon()
+
+    async def _announce_soon(self) -> None:
+        """Announce what changed, off the lease loop while it runs: a slow announcement
+        must never delay the next renewal (the leader's acting window hangs on it)."""
+        lease = self._lease
+        if lease is None or self._announced == (lease.token, self.api_address, self._set.version):
+            return
+        if self._tg is None:  # not running (a test stepping the lease by hand): right away
+            await self.announce()
+        elif self._announce_task is None or self._announce_task.done():
+            self._announce_task = self._tg.create_task(self.announce())
+
+    async def announce(self) -> None:
+        """Publish with our lease our API address and the policy version we act on, when
+        they changed (after an acquisition, a reload, the API coming up). Best effort: a
+        failure is logged and tried again at the next lease step."""
+        lease = self._lease
+        if lease is None or self.token() is None:
+            return
+        wanted = (lease.token, self.api_address, self._set.version)
+        if self._announced == wanted:
+            return
+        try:
+            async with asyncio.timeout(self._store.timeout + 1):
+                await self._store.announce(lease, self.api_address, self._set.version)
+            self._announced = wanted
+            log.info("leader_announced", api=self.api_address or None, version=wanted[2])
+        except (StoreError, TimeoutError) as exc:
+            log.warning("leader_announce_failed", error=str(exc) or type(exc).__name__)
 
     def _deadline(self, started: float) -> float:
         # Stop acting a margin before the lease can expire in the store: the store's expiry
@@ -726,17 +856,36 @@ class Controller:
         # drift; a leader that acts a little less long is safe, one that acts too long is not.
         return started + self._ttl * LEASE_SAFETY
 
+    def _resume_interrupted(self) -> None:
+        """Resume the runs cut short while this instance could not act (its lease window
+        closed during a slow renewal, or the store failed a write) now that it acts again,
+        as a new leader would. Only when no run of this instance is still being driven: a
+        resumed run must never be driven twice; otherwise at a later lease step."""
+        if not self._resume_pending or self._tg is None or self._stopping:
+            return
+        if self.token() is None or self._resuming:
+            return
+        if any(s.run_task is not None and not s.run_task.done() for s in self._services.values()):
+            return
+        self._resume_pending = False
+        self._resuming = True
+        log.info("runs_resuming_after_interruption", node_id=self.node_id)
+        self._resume_task = self._tg.create_task(self._resume())
+
     def _became_leader(self, lease: Lease, started: float) -> None:
         self._lease, self._lease_deadline = lease, self._deadline(started)
         self._leader_name = self.node_id
         log.info("leader_lease_acquired", node_id=self.node_id, token=lease.token)
         if self._tg is not None and not self._stopping:
+            self._resume_pending = False  # the resume below covers every unfinished run
             self._resuming = True
+            self._states_fresh.clear()
             self._resume_task = self._tg.create_task(self._resume())
 
     def _lost(self, why: str) -> None:
         self._lease = None
         self._leader_name = None
+        self._leader_info = None
         log.warning("leader_lease_lost", node_id=self.node_id, why=why)
 
     async def _resume(self) -> None:
@@ -747,33 +896,47 @@ class Controller:
                     # work: give the lease up; the next lease step tries again.
                     self._lost("state_reload_failed")
                     return
+                self._states_fresh.set()
             resumed = await self.executor.resume_unfinished()
             if resumed:
                 log.info("runs_resumed", runs=resumed)
         except StoreError as exc:
             log.warning("resume_interrupted", error=str(exc))
+            self._resume_pending = True
         except Exception:
             log.exception("resume_crashed")
         finally:
             self._resuming = False
+            self._states_fresh.set()  # read, or the lease given up: nobody waits in vain
             for svc in self._services.values():
                 await self._refresh_run(svc)
             self._wake.set()
 
     # -- Control: commands -------------------------------------------------------------
     async def command(self, service: str, command: OperatorCommand) -> CommandResult:
+        """Journal ``command`` (an ``operator_command`` record: who, why, from where) before
+        it takes effect, apply it, and journal the decision it led to (a ``decision`` record
+        naming the command's id, with what the operator is told)."""
         svc = self._services.get(service)
         if svc is None:
             return CommandResult(False, f"unknown service {service!r}")
+        if self.token() is not None and not self._states_fresh.is_set():
+            # Just became leader: act on the states the last leader left, not on our view.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._store.timeout + 1):
+                    await self._states_fresh.wait()
         token = self.token()
         if token is None:
-            raise NotLeaderError(self.leader())
+            raise NotLeaderError(self.leader(), self.leader_api())
         if self._stopping:
             return CommandResult(False, "the daemon is shutting down")
+        if not self._states_fresh.is_set():
+            return CommandResult(False, "the new leader is still reading the state; try again")
+        command = with_command_id(command)
         now = self._clock.now()
         try:
             if command.command is Command.APPROVE:
-                return await self._approve(svc, command, now)
+                return await self._approve(svc, command, token, now)
             await self._journal(svc, command, token, now)
         except StoreError as exc:
             return CommandResult(False, f"not journaled, nothing done: {exc}")
@@ -781,33 +944,48 @@ class Controller:
             async with self._lock:
                 svc.state = apply_command(svc.state, command)
                 await self._save(svc)
-                d = await self._evaluate(svc, None)
-            return CommandResult(True, f"{service} {command.command.value}d", decision=d)
-        if command.command in MOVE_COMMANDS:
+                _, result = await self._evaluate(svc, None, asked=command)
+        elif command.command in MOVE_COMMANDS:
             async with self._lock:
-                d = await self._evaluate(svc, command)
-            return self._result(svc, d)
-        return CommandResult(False, f"unsupported command {command.command.value!r}")
+                _, result = await self._evaluate(svc, command, asked=command)
+        else:
+            return CommandResult(False, f"unsupported command {command.command.value!r}")
+        assert result is not None
+        return result
 
-    async def _approve(self, svc: _Service, command: OperatorCommand, now: float) -> CommandResult:
+    async def _approve(
+        self, svc: _Service, command: OperatorCommand, token: int, now: float
+    ) -> CommandResult:
         run = svc.state.run
         service = svc.policy.service
         if run is not None and run.status is RunStatus.RUNNING:
             step = await self._waiting_approval_step(run.id)
             if step is None:
-                return CommandResult(False, f"run {run.id} is not waiting for an approval")
-            await self._store.record_approval(
-                ApprovalRecord(service, run.id, step, command.by, command.reason, now)
-            )
-            return CommandResult(
-                True, f"approved step {step} of run {run.id}", svc.decision, run.id
-            )
+                await self._journal(svc, command, token, now)
+                result = CommandResult(False, f"run {run.id} is not waiting for an approval")
+            else:
+                await self._journal(svc, command, token, now, run_id=run.id, step=step)
+                await self._store.record_approval(
+                    ApprovalRecord(service, run.id, step, command.by, command.reason, now)
+                )
+                result = CommandResult(
+                    True, f"approved step {step} of run {run.id}", svc.decision, run.id
+                )
+            if svc.decision is not None:  # the decision in force answers the approval
+                answer = command_answer(
+                    command, accepted=result.accepted, message=result.message, run_id=run.id
+                )
+                # Restated at the approval's time: the record follows the command's.
+                self._audit_decision(svc, replace(svc.decision, at=now), "", answer)
+            return result
+        await self._journal(svc, command, token, now)
         await self._store.record_approval(
             ApprovalRecord(service, "", "", command.by, command.reason, now)
         )
         async with self._lock:
-            d = await self._evaluate(svc, command)
-        return self._result(svc, d)
+            _, answered = await self._evaluate(svc, command, asked=command)
+        assert answered is not None
+        return answered
 
     async def _waiting_approval_step(self, run_id: str) -> str | None:
         """The approval key of what the run waits for: an ``approval`` step's name, or
@@ -823,12 +1001,49 @@ class Controller:
                 return approval_key(step.name, step.awaiting_approval[0])
         return None
 
-    def _result(self, svc: _Service, d: Decision) -> CommandResult:
-        run = svc.state.run
-        if d.starts_run and run is not None:
-            return CommandResult(True, f"{d.action.value} to {d.target} started", d, run.id)
-        why = "; ".join([*(r.value for r in d.reasons), *d.notes]) or d.phase.value
-        return CommandResult(False, f"refused: {why}", d)
+    async def record_command(
+        self,
+        service: str,
+        command: str,
+        *,
+        by: str,
+        reason: str,
+        source: CommandSource,
+        user: str = "",
+        extra: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Journal a command that is not an :class:`OperatorCommand` (a drill) before it
+        starts: its id, or None when this instance does not lead (nothing is written)."""
+        token = self.token()
+        if token is None or service not in self._services:
+            return None
+        command_id = new_command_id()
+        await self._store.append_journal(
+            command_record(
+                service,
+                command,
+                by=by,
+                reason=reason,
+                source=source,
+                command_id=command_id,
+                at=self._clock.now(),
+                token=token,
+                policy_version=self._set.version,
+                user=user,
+                extra=extra,
+            )
+        )
+        log.info(
+            "operator_command",
+            service=service,
+            command=command,
+            command_id=command_id,
+            by=by,
+            source=source.value,
+            reason=reason,
+            **dict(extra or {}),
+        )
+        return command_id
 
     async def journal_drill(self, service: str, mode: str, detail: Mapping[str, Any]) -> bool:
         """Record a drill's result in the journal (a dry-run is not a run, so it gets a record
@@ -853,42 +1068,47 @@ class Controller:
         return True
 
     async def _journal(
-        self, svc: _Service, command: OperatorCommand, token: int, now: float
+        self,
+        svc: _Service,
+        command: OperatorCommand,
+        token: int,
+        now: float,
+        *,
+        run_id: str = "",
+        step: str = "",
     ) -> None:
-        # Operator commands are journaled outside any run (run_id ""): who, what, why.
-        detail: dict[str, Any] = {
-            "by": command.by,
-            "reason": command.reason,
-            "to": command.to,
-            "force": command.force,
-        }
+        # Before the command takes effect, fenced like every journal write: who, what, why,
+        # from where (run_id and step name the gate an approval opens).
         await self._store.append_journal(
-            JournalRecord(
-                run_id="",
-                service=svc.policy.service,
-                status=JournalStatus.OPERATOR_COMMAND,
+            operator_command_record(
+                svc.policy.service,
+                command,
                 at=now,
                 token=token,
                 policy_version=self._set.version,
-                step=f"operator.{command.command.value}",
-                kind=command.command.value,
-                target_region=command.to or "",
-                detail=json.dumps(detail, sort_keys=True),
+                run_id=run_id,
+                step=step,
             )
         )
         log.info(
             "operator_command",
             service=svc.policy.service,
             command=command.command.value,
+            command_id=command.id,
             to=command.to,
             force=command.force,
             by=command.by,
+            user=command.user or None,
+            source=command.source.value,
             reason=command.reason,
         )
 
-    async def pause_all(self, by: str, reason: str) -> None:
+    async def pause_all(
+        self, by: str, reason: str, *, source: CommandSource = CommandSource.API, user: str = ""
+    ) -> None:
         for service in self.services():
-            await self.command(service, OperatorCommand(Command.PAUSE, by=by, reason=reason))
+            pause = OperatorCommand(Command.PAUSE, by=by, reason=reason, source=source, user=user)
+            await self.command(service, pause)
 
     def summary(self) -> str:
         """One line for systemd's STATUS=."""

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator import mqtt_calls
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.control import CommandResult, NotLeaderError, ServiceSnapshot
-from orchestrator.engine.state import Command, Decision, OperatorCommand, RunStatus
+from orchestrator.engine.state import Command, CommandSource, Decision, OperatorCommand, RunStatus
 from orchestrator.policy.models import NAME_PATTERN, REGION_PATTERN
 from orchestrator.runbook.journal import StepStatus
 from orchestrator.runbook.rto import RunProgress, StepProgress
@@ -93,7 +93,10 @@ class CommandMessage(BaseModel):
     id: str | None = Field(default=None, max_length=128)  # echoed in the result
 
     def operator_command(self) -> OperatorCommand:
-        return OperatorCommand(self.command, self.to, self.force, self.by, self.reason)
+        # `by` is the sender's word: the broker's ACLs decide who may publish here at all.
+        return OperatorCommand(
+            self.command, self.to, self.force, self.by, self.reason, source=CommandSource.MQTT
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import importlib.util
 import os
 import random
 import signal
@@ -36,6 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
+from orchestrator.api.app import bound_port, make_app, replace_tokens, serve
 from orchestrator.clock import SYSTEM_CLOCK, Clock, SteadyClock
 from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.events import EventPublisher
@@ -59,9 +61,9 @@ from orchestrator.readiness import ReadinessReport, readiness
 from orchestrator.settings import (
     AgentKeySettings,
     AwsSettings,
+    HttpSettings,
     SettingsError,
     StateSettings,
-    read_secret_file,
 )
 from orchestrator.signals.agent_auth import NO_KEYS, Keyring, ReplayGuard
 from orchestrator.signals.aws_clients import AwsClients
@@ -82,6 +84,10 @@ SHUTDOWN_GRACE = 6.0  # of the 10 s systemd and the issue allow; the rest is clo
 STORE_RETRY_BASE, STORE_RETRY_CAP = 0.25, 5.0  # loading state while the store is unreachable
 
 
+class ApiNotStarted(Exception):
+    """The HTTP API could not listen (the address is taken, not local, not allowed)."""
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     """What the daemon needs. A stand-in until orchestrator/settings.py lands: only
@@ -94,6 +100,7 @@ class DaemonSettings:
     lease_ttl: float = 15.0
     tick: float = 1.0
     aws: AwsSettings = field(default_factory=AwsSettings)  # every AWS client is built from it
+    arc_cluster_endpoints: tuple[tuple[str, str], ...] = ()  # the settings' arc section
     probes_max_concurrency: int = 256
     mqtt_url: str | None = None
     mqtt_broker: BrokerConfig | None = None  # TLS/credentials; None: built from mqtt_url
@@ -103,7 +110,8 @@ class DaemonSettings:
     readiness_first_delay: float = 10.0
     http_bind: str = "127.0.0.1"
     http_port: int | None = None  # None: no HTTP API
-    http_token_file: str | None = None
+    http_token_files: tuple[str, ...] = ()  # named tokens (api.auth); none: commands off
+    http_advertise_url: str | None = None  # the API address announced with the lease
     http_allow_remote: bool = False
     http_allowed_hosts: tuple[str, ...] = ()
     probes_trust_ca_file: str | None = None
@@ -118,6 +126,20 @@ class DaemonSettings:
         if self.state is not None:
             return self.state
         return StateSettings(path=Path(self.state_path), timeout=self.store_timeout)
+
+    def http_settings(self) -> HttpSettings:
+        return HttpSettings(
+            bind=self.http_bind,
+            port=self.http_port or 0,
+            allow_remote=self.http_allow_remote,
+            token_file=[Path(p) for p in self.http_token_files] or None,
+            advertise_url=self.http_advertise_url,
+        )
+
+    def tokens(self) -> dict[str, str] | None:
+        """The API's named tokens, read from the token files now (SettingsError naming the
+        file when one cannot be used: missing, empty, malformed)."""
+        return self.http_settings().tokens()
 
 
 def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> DaemonSettings:
@@ -135,6 +157,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         lease_ttl=s.leader.ttl,
         tick=s.engine.tick,
         aws=s.aws,
+        arc_cluster_endpoints=tuple(s.arc.cluster_endpoints.items()),
         probes_max_concurrency=s.probes.max_concurrency,
         mqtt_url=s.mqtt.broker,
         mqtt_broker=s.mqtt.broker_config(),
@@ -142,7 +165,8 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         mqtt_agent_keys=tuple(s.mqtt.agent_keys),
         http_bind=s.http.bind,
         http_port=s.http.port,
-        http_token_file=str(s.http.token_file) if s.http.token_file else None,
+        http_token_files=tuple(str(p) for p in s.http.token_file or ()),
+        http_advertise_url=s.http.advertise_url,
         http_allow_remote=s.http.allow_remote,
         http_allowed_hosts=tuple(s.http.allowed_hosts),
         probes_trust_ca_file=str(s.probes.trust_ca_file) if s.probes.trust_ca_file else None,
@@ -164,7 +188,9 @@ class Daemon:
         self.settings = settings
         self.clock = clock
         self.notifier = notifier or Notifier.from_env()
-        self.aws = AwsClients.from_settings(settings.aws, clock=clock)
+        self.aws = AwsClients.from_settings(
+            settings.aws, clock=clock, arc_cluster_endpoints=dict(settings.arc_cluster_endpoints)
+        )
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._ready_sent = False
@@ -173,6 +199,7 @@ class Daemon:
         self.jobs: DaemonJobs | None = None
         self._keyring: Keyring = NO_KEYS
         self._replay = ReplayGuard()  # one for every agent source built, across reloads
+        self._api: web.Application | None = None
 
     async def _readiness(self, policies: Sequence[Policy]) -> ReadinessReport:
         return await readiness(policies, self.aws, self.clock)
@@ -184,15 +211,15 @@ class Daemon:
         up)."""
         s = self.settings
         try:
-            if s.http_port is not None and s.http_token_file:
-                read_secret_file(Path(s.http_token_file), "http.token_file")
+            if s.http_port is not None:
+                s.tokens()  # every token file: readable by the daemon only, well formed
             broker = self.broker()
             if broker is not None:
                 broker.check()
             self._keyring = self._read_agent_keys()
         except (SettingsError, BrokerConfigError) as exc:
             return str(exc)
-        if s.http_port is not None and s.http_allow_remote and not s.http_token_file:
+        if s.http_port is not None and s.http_allow_remote and not s.http_token_files:
             log.warning(
                 "api_remote_without_token",
                 bind=s.http_bind,
@@ -218,6 +245,7 @@ class Daemon:
         if problem is not None:
             log.error("daemon_not_started", why=problem)
             return 2
+        tokens = s.tokens()  # checked by the preflight; read again here, for the API
         policies = await try_load(s.policies)
         if policies is None:
             log.error("daemon_not_started", why="the policies have errors")
@@ -241,7 +269,10 @@ class Daemon:
         try:
             controller.on_tick.append(lambda: self._ticked(controller))
             MetricsExporter(controller, self.clock, backend=state.backend).install()
-            await self._supervise(controller)
+            await self._supervise(controller, tokens)
+        except ApiNotStarted as exc:
+            log.error("daemon_not_started", why=str(exc))
+            return 2
         finally:
             await controller.close()
             await store.close()
@@ -258,7 +289,7 @@ class Daemon:
         self.notifier.watchdog()
         self.notifier.status(controller.summary())
 
-    async def _supervise(self, controller: Controller) -> None:
+    async def _supervise(self, controller: Controller, tokens: dict[str, str] | None) -> None:
         loop = asyncio.get_running_loop()
         for sig, handler in (
             (signal.SIGTERM, self.request_stop),
@@ -268,6 +299,8 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         try:
             async with asyncio.TaskGroup() as tg:
+                # The API first: its address is announced with the lease the core takes.
+                api = await self._start_api(controller, tokens, tg)
                 core = tg.create_task(self._core(controller))
                 loop_lag = tg.create_task(watch_loop_lag(self.clock))
                 events = self._start_events(controller, tg)
@@ -280,7 +313,6 @@ class Daemon:
                 )
                 jobs = tg.create_task(self.jobs.run())
                 watcher = tg.create_task(self._watch(controller, tg))
-                api = self._start_api(controller, tg)
                 self._sources = tg.create_task(self._run_sources(controller.policy_set, controller))
                 log.info("daemon_started", node_id=self.settings.node_id)
                 await self._stop.wait()
@@ -333,36 +365,46 @@ class Daemon:
         log.info("event_stream_enabled", broker=broker.url, commands=commands is not None)
         return tg.create_task(publisher.run())
 
-    def _start_api(self, controller: Controller, tg: asyncio.TaskGroup) -> asyncio.Task[Any] | None:
+    async def _start_api(
+        self, controller: Controller, tokens: dict[str, str] | None, tg: asyncio.TaskGroup
+    ) -> asyncio.Task[None] | None:
+        """Listen (ApiNotStarted when the address cannot be bound), tell the controller the
+        address to announce, and return the task that owns the listener."""
         s = self.settings
         if s.http_port is None:
             return None
-        # Hook: the HTTP API (orchestrator/api/app.py) is written in parallel; wire it when
-        # it exists. make_app(control, token=...) and serve(app, host, port).
-        if importlib.util.find_spec("orchestrator.api.app") is None:
-            log.warning("http_api_unavailable", why="orchestrator.api.app is not installed")
-            return None
-        app_module: Any = importlib.import_module("orchestrator.api.app")
-        token = (
-            read_secret_file(Path(s.http_token_file), "http.token_file")
-            if s.http_token_file
-            else None
+        app = make_app(
+            controller, tokens=tokens, bind=s.http_bind, allowed_hosts=s.http_allowed_hosts
         )
-        app = app_module.make_app(
-            controller, token=token, bind=s.http_bind, allowed_hosts=s.http_allowed_hosts
-        )
+        try:
+            runner = await serve(app, s.http_bind, s.http_port, allow_remote=s.http_allow_remote)
+        except (OSError, ValueError) as exc:
+            raise ApiNotStarted(f"the HTTP API on {s.http_bind}:{s.http_port}: {exc}") from None
+        self._api = app
+        controller.api_address = s.http_settings().api_url(bound_port(runner))
+        log.info("api_tokens_loaded", labels=sorted(tokens or {}), commands_enabled=bool(tokens))
 
         async def api() -> None:
-            # serve() starts the site and returns its runner; this task owns its cleanup.
-            runner = await app_module.serve(
-                app, s.http_bind, s.http_port, allow_remote=s.http_allow_remote
-            )
             try:
                 await asyncio.Event().wait()
             finally:
                 await runner.cleanup()
 
         return tg.create_task(api())
+
+    def reload_tokens(self) -> bool:
+        """Read the token files again (SIGHUP): revoked tokens stop working at once. A file
+        that cannot be used keeps the tokens in force (and says why)."""
+        if self._api is None:
+            return False
+        try:
+            tokens = self.settings.tokens()
+        except SettingsError as exc:
+            log.error("api_tokens_not_reloaded", why=str(exc), kept="the tokens in force")
+            return False
+        replace_tokens(self._api, tokens)
+        log.info("api_tokens_reloaded", labels=sorted(tokens or {}))
+        return True
 
     async def _watch(self, controller: Controller, tg: asyncio.TaskGroup) -> None:
         """Reload on SIGHUP or on a policy file's change (polled: no inotify needed)."""
@@ -381,6 +423,8 @@ class Daemon:
             if not why:
                 continue
             self.notifier.reloading()
+            if why == "sighup":
+                self.reload_tokens()
             if await reload_policies(controller, paths, why):
                 if self.jobs is not None:
                     self.jobs.replace_drills(controller.policy_set)

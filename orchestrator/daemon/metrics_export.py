@@ -46,6 +46,7 @@ from orchestrator.telemetry import (
     FENCING_TOKEN,
     IS_LEADER,
     LEADER_TRANSITIONS,
+    POLICY_DIFFERS_FROM_LEADER,
     POLICY_INFO,
     POLICY_LAST_RELOAD_SUCCESSFUL,
     POLICY_LAST_RELOAD_TIMESTAMP,
@@ -208,6 +209,8 @@ class MetricsExporter:
         if version != self._version:
             self._version = version
             POLICY_INFO.info({"version": version})
+        acting = c.leader_policy_version()
+        POLICY_DIFFERS_FROM_LEADER.set(1 if acting and acting != version else 0)
         names = c.services()
         for gone in set(self._series) - set(names):
             self._remove_service(gone)

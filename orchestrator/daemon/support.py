@@ -26,7 +26,7 @@ from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.events import EventPublisher
 from orchestrator.daemon.metrics_export import record_reload
 from orchestrator.drills import DrillSchedule
-from orchestrator.engine.state import Command, OperatorCommand, RunStatus
+from orchestrator.engine.state import Command, CommandSource, OperatorCommand, RunStatus
 from orchestrator.policy.loader import PolicySet, load_policy_set, policy_files
 from orchestrator.policy.models import DrillMode, DrillSpec, Policy
 from orchestrator.policy.yamlsource import SourceErrors
@@ -77,8 +77,12 @@ def _load(paths: Sequence[str]) -> PolicySet | list[str]:
     """The policy set, or every error (file:line, as ``validate`` prints them). The loader
     answers any file with a set or located errors; anything else escaping it is a bug, and
     still must not stop the daemon."""
+    from orchestrator.static_stability import enforce
+
     try:
-        return load_policy_set(paths)
+        policies = load_policy_set(paths)
+        enforce(policies)  # guards.data_plane_only: refused like any invalid policy
+        return policies
     except SourceErrors as exc:
         return [str(error) for error in exc.errors]
     except Exception as exc:
@@ -154,6 +158,7 @@ READINESS_INTERVAL = 30 * 60.0
 READINESS_FIRST_DELAY = 10.0  # after start: let the clients and the first evaluation settle
 READINESS_TIMEOUT = 300.0  # per service: every check has its own step timeout besides
 DRILL_RUN_POLL = 1.0
+SCHEDULER = "scheduler"  # who the audit names for what the policies' schedules start
 
 
 class DaemonJobs:
@@ -283,7 +288,24 @@ class DaemonJobs:
     async def run_drill(self, service: str, spec: DrillSpec) -> None:
         """A scheduled drill (the guard has passed). ``dry-run``: readiness for the service,
         kept like the periodic one. ``switchover``: operator commands through the controller
-        (journaled, its executor, never two runs), a hold, and the failback."""
+        (journaled, its executor, never two runs), a hold, and the failback. Either way the
+        drill is first journaled as an operator command of the scheduler's."""
+        reason = f"scheduled drill ({spec.cron} {spec.timezone})"
+        try:
+            command_id = await self._controller.record_command(
+                service,
+                "drill",
+                by=SCHEDULER,
+                reason=reason,
+                source=CommandSource.SCHEDULER,
+                extra={"mode": str(spec.mode)},
+            )
+        except StoreError as exc:
+            log.warning("drill_skipped", service=service, reasons=["not_journaled"], error=str(exc))
+            return
+        if command_id is None:
+            log.info("drill_skipped", service=service, reasons=["not_leader"])
+            return
         if spec.mode is DrillMode.DRY_RUN:
             await self.evaluate_readiness([service])
             report = self._controller.readiness_report().get(service)
@@ -291,6 +313,7 @@ class DaemonJobs:
             log.info("drill_finished", service=service, mode=str(spec.mode), ok=ok)
             detail = {
                 "ok": ok,
+                "command_id": command_id,
                 "cron": spec.cron,
                 "not_ready": [
                     f"{s.move.runbook} {s.move.target} {s.step}: {'; '.join(s.findings)}"
@@ -313,7 +336,6 @@ class DaemonJobs:
             log.warning("drill_skipped", service=service, mode=str(spec.mode), reasons=["gone"])
             return
         standby, primary = policy.regions[1], policy.primary
-        reason = f"scheduled drill ({spec.cron} {spec.timezone})"
         if not await self._move(policy, Command.SWITCHOVER, standby, reason):
             return
         log.info("drill_hold", service=service, region=standby, seconds=spec.hold)
@@ -324,9 +346,10 @@ class DaemonJobs:
     async def _move(self, policy: Policy, command: Command, to: str, reason: str) -> bool:
         service = policy.service
         try:
-            result = await self._controller.command(
-                service, OperatorCommand(command, to=to, by="drill", reason=reason)
+            move = OperatorCommand(
+                command, to=to, by=SCHEDULER, reason=reason, source=CommandSource.SCHEDULER
             )
+            result = await self._controller.command(service, move)
         except NotLeaderError as exc:
             log.info("drill_skipped", service=service, reasons=["not_leader"], leader=exc.leader)
             return False

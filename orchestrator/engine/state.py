@@ -33,6 +33,15 @@ class Command(StrEnum):
     FAILBACK = "failback"
 
 
+class CommandSource(StrEnum):
+    """Where an operator command came in (journaled with it)."""
+
+    API = "api"  # an HTTP client of the API other than the CLI
+    CLI = "cli"  # the `failoverd` command (through the API, or a drill on the store)
+    MQTT = "mqtt"  # the command topic
+    SCHEDULER = "scheduler"  # the daemon's own schedule (drills in the policy)
+
+
 MOVE_HISTORY = 64
 
 MOVE_COMMANDS = frozenset({Command.FAILOVER, Command.SWITCHOVER, Command.FAILBACK})
@@ -41,13 +50,23 @@ MOVE_COMMANDS = frozenset({Command.FAILOVER, Command.SWITCHOVER, Command.FAILBAC
 @dataclass(frozen=True, slots=True)
 class OperatorCommand:
     """A command from an on-call engineer. ``force`` lets a failover target a region that is
-    not healthy; nothing lets a command act while paused or without the leader lease."""
+    not healthy; nothing lets a command act while paused or without the leader lease.
+
+    Who, why and where, journaled before the command takes effect: ``by`` is the
+    authenticated principal (the API token's label; for MQTT the sender the broker's ACLs let
+    speak; ``scheduler`` for the daemon's own schedule), ``user`` the name the client gave
+    besides (the CLI sends its OS user; a claim, recorded, never trusted), ``source`` where
+    the command came in. ``id`` names the command in the journal (the daemon makes one when
+    empty); the decision it led to carries the same id. The engine ignores all five."""
 
     command: Command
     to: str | None = None
     force: bool = False
     by: str = "operator"
     reason: str = ""
+    source: CommandSource = CommandSource.API
+    user: str = ""
+    id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

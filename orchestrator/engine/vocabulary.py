@@ -89,7 +89,7 @@ REASON_TEXT: dict[Reason, str] = {
         " so nothing is done"
     ),
     Reason.PAUSED: "automation is paused by an operator",
-    Reason.NOT_LEADER: "this instance does not hold the leader lease; another one acts",
+    Reason.NOT_LEADER: "this instance does not hold the leader lease, so it takes no action",
     Reason.APPROVAL_REQUIRED: "an operator must approve before the run starts or continues",
     Reason.STEP_FAILED: "the last run stopped on a failed step; an operator must look",
     Reason.HEALTH_API_UNAVAILABLE: "the AWS Health API is not answering; its view is unknown",

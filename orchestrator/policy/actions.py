@@ -8,9 +8,18 @@ Strings may hold placeholders (see :data:`PLACEHOLDERS`), filled in when a run s
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+import re
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.policy.durations import Duration
 from orchestrator.policy.regions import (
@@ -359,6 +368,123 @@ class Wait(_Params):
     duration: Annotated[Duration, Field(description="How long to wait.")]
 
 
+# ARC routing controls (route53-recovery-cluster). ARN shapes from the Service Authorization
+# Reference; limits from ARC's quotas (10 routing controls per UpdateRoutingControlStates).
+ROUTING_CONTROL_ARN = (
+    r"^arn:aws[a-z-]*:route53-recovery-control::\d{12}:controlpanel/[A-Za-z0-9]+"
+    r"/routingcontrol/[A-Za-z0-9]+$"
+)
+SAFETY_RULE_ARN = (
+    r"^arn:aws[a-z-]*:route53-recovery-control::\d{12}:controlpanel/[A-Za-z0-9]+"
+    r"/safetyrule/[A-Za-z0-9]+$"
+)
+MAX_ROUTING_CONTROLS_PER_UPDATE = 10
+_ROUTING_CONTROL = re.compile(ROUTING_CONTROL_ARN)
+_RUN_PLACEHOLDERS = ("{target_region}", "{source_region}", "{primary_region}")
+RoutingControlState = Literal["On", "Off"]
+
+
+def _state(value: Any) -> Any:
+    # YAML 1.1 (PyYAML) reads a bare On/Off as true/false: take both spellings.
+    if isinstance(value, bool):
+        return "On" if value else "Off"
+    if isinstance(value, str) and value.lower() in ("on", "off"):
+        return value.capitalize()
+    return value
+
+
+def _cluster_endpoint(url: str) -> str:
+    if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", url):
+        raise ValueError(
+            f"a cluster endpoint is an https:// URL as DescribeCluster lists it, got {url!r}"
+        )
+    return url
+
+
+class ArcSetRoutingControls(_Params):
+    """Set ARC routing controls (On/Off) in one `UpdateRoutingControlStates` call on the
+    cluster's data plane, trying its regional endpoints in rotation; verify reads them back.
+    The flip that needs no control plane: routing-control health checks follow the states,
+    and pre-provisioned failover records follow the health checks."""
+
+    no_region: ClassVar[str] = (
+        "ARC's cluster answers on five regional endpoints (cluster_endpoints), tried in turn"
+    )
+
+    cluster_endpoints: dict[Annotated[str, Field(pattern=REGION_PATTERN)], str] | None = Field(
+        default=None,
+        description="The cluster's endpoints by region, as DescribeCluster lists them"
+        " (https://host.../v1). Default: the settings' arc.cluster_endpoints.",
+    )
+    routing_controls: dict[str, Annotated[str, Field(pattern=ROUTING_CONTROL_ARN)]] = Field(
+        default_factory=dict,
+        description="Names for routing-control ARNs, usually one per region, so that `states`"
+        " can say {target_region} and {source_region}.",
+    )
+    states: dict[str, Annotated[RoutingControlState, BeforeValidator(_state)]] = Field(
+        min_length=1,
+        max_length=MAX_ROUTING_CONTROLS_PER_UPDATE,
+        description="What to set: a routing-control ARN, a key of routing_controls, or"
+        " {target_region} / {source_region} / {primary_region} naming one -> On or Off.",
+    )
+    safety_rules_to_override: list[Annotated[str, Field(pattern=SAFETY_RULE_ARN)]] = Field(
+        default_factory=list,
+        description="Safety rules to bypass (break glass); refused otherwise.",
+    )
+    connect_timeout: Duration = Field(
+        default=1.0,
+        gt=0,
+        le=10.0,
+        description="Per endpoint: an endpoint not answering costs this.",
+    )
+    read_timeout: Duration = Field(
+        default=2.0, gt=0, le=30.0, description="Per endpoint: waiting for its answer."
+    )
+
+    @field_validator("cluster_endpoints")
+    @classmethod
+    def _endpoints(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("list the cluster's endpoints, or leave it out to use the settings'")
+        return {region: _cluster_endpoint(url) for region, url in value.items()}
+
+    @model_validator(mode="after")
+    def _names(self, info: ValidationInfo) -> ArcSetRoutingControls:
+        regions = (info.context or {}).get(POLICY_REGIONS)
+        for key in self.states:
+            if key in self.routing_controls or _ROUTING_CONTROL.match(key):
+                continue
+            if key in _RUN_PLACEHOLDERS:
+                missing = [r for r in regions or () if r not in self.routing_controls]
+                if missing:
+                    raise ValueError(
+                        f"states names {key}, but routing_controls has no entry for"
+                        f" {', '.join(missing)}"
+                    )
+                continue
+            raise ValueError(
+                f"states key {key!r} is neither a routing-control ARN nor a key of"
+                f" routing_controls ({', '.join(self.routing_controls) or 'empty'}), nor one of"
+                f" {', '.join(_RUN_PLACEHOLDERS)}"
+            )
+        return self
+
+    def wanted(self) -> dict[str, str]:
+        """Routing-control ARN -> state, once the run's placeholders are filled in.
+        ValueError when a key still names nothing (an unfilled placeholder)."""
+        out: dict[str, str] = {}
+        for key, state in self.states.items():
+            arn = self.routing_controls.get(key, key)
+            if not _ROUTING_CONTROL.match(arn):
+                raise ValueError(f"states key {key!r} names no routing control")
+            if arn in out and out[arn] != state:
+                raise ValueError(f"routing control {arn} is set both On and Off")
+            out[arn] = state
+        return out
+
+
 ACTION_PARAMS: dict[str, type[_Params]] = {
     "route53.set_record": Route53SetRecord,
     "route53.set_health_check_inverted": Route53SetHealthCheckInverted,
@@ -371,6 +497,7 @@ ACTION_PARAMS: dict[str, type[_Params]] = {
     "webhook": Webhook,
     "approval": Approval,
     "wait": Wait,
+    "arc.set_routing_controls": ArcSetRoutingControls,
     "arc.region_switch": ArcRegionSwitch,
 }
 ACTION_NAMES = frozenset(ACTION_PARAMS)

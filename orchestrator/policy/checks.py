@@ -324,10 +324,19 @@ def _partition(policy: Policy, damage: Damage) -> Iterator[Problem]:
     if not damage.intact(("regions",)):
         return
     try:
-        partition = common_partition(policy.regions).name
+        found = common_partition(policy.regions)
     except ValueError as exc:
         yield ("regions",), str(exc)
         return
+    partition = found.name
+    if not found.health_regions:
+        for i, signal in enumerate(policy.signals):
+            if isinstance(signal, AwsHealthSignal) and damage.intact(("signals", i)):
+                yield (
+                    ("signals", i, "type"),
+                    f"the AWS Health API has no endpoint in partition {partition} (the"
+                    " policy's regions): an aws_health signal there could never answer",
+                )
     roles: list[tuple[tuple[str | int, ...], Any]] = [(("aws",), policy.aws)]
     roles += [
         (("signals", i, "aws"), getattr(s, "aws", None)) for i, s in enumerate(policy.signals)

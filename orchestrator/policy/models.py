@@ -348,6 +348,12 @@ class Guards(Strict):
         default=False, description="Always wait for an operator's approval before failing over."
     )
     failback: Failback = Field(default=Failback(), description="Failback to the primary.")
+    data_plane_only: bool = Field(
+        default=False,
+        description="Static stability: a failover step that needs the region being left or"
+        " a global control plane (Route 53's API, IAM, global STS, CloudFront, Organizations,"
+        " all in us-east-1) is an error unless it has on_failure: continue.",
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.policy.durations import DurationError, parse_duration
+from orchestrator.sandbox.arc_cluster import ArcClusterEmulator
 from orchestrator.sandbox.aws_faults import AwsFaultError, parse_error_rate, parse_region
 from orchestrator.sandbox.fault_proxy import FaultProxy, ThrottleSpecError, parse_throttle
 from orchestrator.sandbox.health_api import HealthApiEmulator
@@ -42,6 +44,8 @@ FAULTS = (
     "lag",
     "throttle",
     "local-down",
+    "control-plane-down",
+    "arc-endpoint-down",
 )
 HEALTH_SERVICE = "EC2"  # one of the services the example's aws_health signal watches
 CLIENT_TIMEOUT = 10.0  # seconds, per control request
@@ -62,6 +66,9 @@ class Faults:
     lag_seconds: float = 5.0
     health_events: dict[str, list[str]] = field(default_factory=dict)
     proxy: FaultProxy | None = None  # between the daemon and moto; None: no throttling
+    arc: ArcClusterEmulator | None = None  # the ARC cluster's five endpoints
+    # Endpoints of the cluster taken down by `control-plane-down` (restored by its `off`).
+    held_arc_endpoints: set[str] = field(default_factory=set)
     # Told when a region goes down (False) or comes back (True): the emulated world beyond
     # the endpoints (Aurora replication stops shipping from a region that is down).
     on_region: Callable[[str, bool], None] | None = None
@@ -118,6 +125,10 @@ class Faults:
             self.lag_seconds = seconds
             await asyncio.to_thread(self.publish_lag, seconds)
             return f"replica lag is now {arg}"
+        if fault == "control-plane-down":
+            return self._control_plane_down(arg)
+        if fault == "arc-endpoint-down":
+            return self._arc_endpoint_down(arg)
         if fault == "throttle":
             if self.proxy is None:
                 raise FaultError("throttle: this sandbox has no fault proxy in front of moto")
@@ -138,6 +149,65 @@ class Faults:
         except AwsFaultError as exc:
             raise FaultError(str(exc)) from None
 
+    def _control_plane_down(self, arg: str) -> str:
+        """Every AWS API of a region fails (the proxy), its ARC endpoint is blackholed, and
+        when the region is us-east-1 the AWS Health API (served from there) is unavailable.
+        ``off`` undoes all of it."""
+        if self.proxy is None:
+            raise FaultError("control-plane-down: this sandbox has no fault proxy in front of moto")
+        region = arg.strip()
+        if region in ("off", "none"):
+            message = self.proxy.set_control_plane_down(None)
+            for held in sorted(self.held_arc_endpoints):
+                if self.arc is not None:
+                    self.arc.set_endpoint_mode(held, "up")
+            self.held_arc_endpoints.clear()
+            self.health.set_mode("normal")
+            return message
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d{1,2}", region):
+            raise FaultError(
+                f"control-plane-down: expected a region (us-east-1) or off, got {arg!r}"
+            )
+        message = self.proxy.set_control_plane_down(region)
+        if self.arc is not None and region in self.arc.regions:
+            self.arc.set_endpoint_mode(region, "blackhole")
+            self.held_arc_endpoints.add(region)
+            message += f"; the ARC cluster's {region} endpoint is blackholed"
+        if region == "us-east-1":
+            self.health.set_mode("unavailable")
+            message += "; the AWS Health API (us-east-1) answers 503"
+        return message + "; DNS answers and region endpoints go on"
+
+    def _arc_endpoint_down(self, arg: str) -> str:
+        """Blackhole the ARC cluster's endpoint in each listed region (comma-separated,
+        added to those already down); ``off`` brings them back."""
+        if self.arc is None:
+            raise FaultError("arc-endpoint-down: this sandbox runs no ARC cluster")
+        text = arg.strip()
+        if text in ("off", "none"):
+            for region in self.arc.regions:
+                if region not in self.held_arc_endpoints:
+                    self.arc.set_endpoint_mode(region, "up")
+            return "ARC cluster: every endpoint answers" + (
+                f" but {', '.join(sorted(self.held_arc_endpoints))} (control-plane-down)"
+                if self.held_arc_endpoints
+                else ""
+            )
+        regions = [r.strip() for r in text.split(",") if r.strip()]
+        unknown = [r for r in regions if r not in self.arc.regions]
+        if not regions or unknown:
+            raise FaultError(
+                f"arc-endpoint-down: the cluster's endpoints are in {', '.join(self.arc.regions)}"
+                f" (or off); got {arg!r}"
+            )
+        for region in regions:
+            self.arc.set_endpoint_mode(region, "blackhole")
+        down = [r for r in self.arc.regions if self.arc.endpoint_mode(r) != "up"]
+        return (
+            f"ARC cluster: {', '.join(regions)} blackholed (connections time out);"
+            f" {len(self.arc.regions) - len(down)} of {len(self.arc.regions)} endpoints answer"
+        )
+
     def state(self) -> dict[str, Any]:
         return {
             "endpoints": {r: e.mode for r, e in self.endpoints.endpoints.items()},
@@ -145,6 +215,10 @@ class Faults:
             "lag_seconds": self.lag_seconds,
             "health_events": self.health_events,
             "throttled": None if self.proxy is None else self.proxy.throttled.service,
+            "control_plane_down": None if self.proxy is None else self.proxy.control_plane_down,
+            "arc_endpoints": {}
+            if self.arc is None
+            else {r: self.arc.endpoint_mode(r) for r in self.arc.regions},
             **(self.world_state() if self.world_state is not None else {}),
         }
 

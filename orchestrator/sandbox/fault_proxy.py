@@ -10,10 +10,30 @@ retries are exercised for real.
 The service is read from the SigV4 ``Authorization`` header's credential scope
 (``.../<region>/<service>/aws4_request``); a request without one under Route 53's REST root
 ``/2013-04-01/`` counts as ``route53``.
+
+``set_control_plane_down(region)`` takes down every AWS API the sandbox serves for one
+region — a request whose credential scope names it — and, when that region is the home of
+the global control planes (us-east-1), Route 53's API, IAM, STS's global endpoint, CloudFront
+and Organizations with it (they sign for us-east-1). Each API fails the way it did in the
+us-east-1 events of December 2021 (network congestion: elevated errors and latencies, Route
+53's API impaired for hours while DNS answers went on) and October 2025 (DynamoDB's endpoint
+name resolving to nothing, EC2 launches refused, IAM and STS errors):
+
+* Route 53, CloudFront, Organizations: the request is held unanswered (a time-out for the
+  client) until the fault ends, when it goes through late;
+* DynamoDB: the connection is closed without an answer (a client that cannot resolve or
+  reach the endpoint);
+* EC2: ``RequestLimitExceeded`` (HTTP 503), as launches were refused in 2025;
+* IAM, STS and every other API (RDS, Auto Scaling, ECS, CloudWatch, SNS...): 503
+  ``ServiceUnavailable`` in the protocol's own error shape.
+
+Data planes elsewhere are untouched, and so is everything that does not pass the proxy (the
+sandbox's DNS answers and region endpoints).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from dataclasses import dataclass
@@ -30,6 +50,11 @@ log = get_logger("failoverd.sandbox.fault_proxy")
 
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=3)
 _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[a-z0-9-]+/([a-z0-9-]+)/aws4_request")
+_SCOPE_REGION = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/[a-z0-9-]+/aws4_request")
+# control-plane-down: how each API fails (see the module docstring); the rest answer 503.
+HELD_SERVICES = frozenset({"route53", "cloudfront", "organizations"})
+CLOSED_SERVICES = frozenset({"dynamodb"})
+HOLD_CAP = 300.0  # seconds a held request waits at most
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 ROUTE53_ROOT = "/2013-04-01/"
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones aiohttp recomputes for the new message.
@@ -114,6 +139,36 @@ def throttling_response(request: web.Request) -> web.Response:
     return web.Response(status=400, text=body, content_type="text/xml", headers=headers)
 
 
+def error_response(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    """An AWS error in the request's protocol: JSON for ``x-amz-json`` requests, EC2's own
+    ``Response/Errors`` for EC2's query API, else the ``ErrorResponse`` of REST-XML and query
+    protocols."""
+    request_id = str(uuid.uuid4())
+    headers = {"x-amzn-RequestId": request_id}
+    if "x-amz-json" in request.headers.get("Content-Type", ""):
+        headers["x-amzn-ErrorType"] = code
+        return web.json_response(
+            {"__type": code, "message": message},
+            status=status,
+            headers=headers,
+            content_type=request.headers.get("Content-Type", "application/x-amz-json-1.1"),
+        )
+    if service_of(request) == "ec2":
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message>"
+            f"</Error></Errors><RequestID>{request_id}</RequestID></Response>"
+        )
+    else:
+        body = (
+            '<?xml version="1.0"?>\n'
+            f"<ErrorResponse><Error><Type>Receiver</Type><Code>{code}</Code>"
+            f"<Message>{message}</Message></Error>"
+            f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+        )
+    return web.Response(status=status, text=body, content_type="text/xml", headers=headers)
+
+
 class FaultProxy:
     """The proxy on 127.0.0.1 (kernel-chosen port) in front of ``upstream``. ``set_throttle``
     is atomic (one event loop) and idempotent; ``stop`` is idempotent. Upstream calls are
@@ -126,6 +181,10 @@ class FaultProxy:
         self.throttled: ThrottleSpec = ThrottleSpec(None)
         self.remaining: int | None = None
         self.throttled_calls = 0
+        self.control_plane_down: str | None = None  # a region whose APIs fail
+        self.refused_calls = 0
+        self._control_plane_up = asyncio.Event()
+        self._control_plane_up.set()
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -158,6 +217,57 @@ class FaultProxy:
             return f"{spec.service}: every call is throttled until `throttle off`"
         return f"{spec.service}: the next {spec.count} calls are throttled"
 
+    def set_control_plane_down(self, region: str | None) -> str:
+        """Fail every API of ``region`` as the module docstring says (None: none). Held
+        requests go through when it ends. A sentence saying what is now true."""
+        self.control_plane_down = region
+        if region is None:
+            self._control_plane_up.set()
+            log.info("sandbox_control_plane_up")
+            return "control planes up: every AWS API answers again"
+        self._control_plane_up.clear()
+        log.info("sandbox_control_plane_down", region=region)
+        return (
+            f"{region}: every AWS API for {region} fails (Route 53, CloudFront, Organizations"
+            " time out; DynamoDB closes connections; EC2 answers RequestLimitExceeded; the rest"
+            " 503)" + (", Route 53's API and IAM included" if region == "us-east-1" else "")
+        )
+
+    def _down_for(self, request: web.Request) -> str | None:
+        """The service of a request that the control-plane-down fault refuses, or None."""
+        region = self.control_plane_down
+        if region is None:
+            return None
+        found = _SCOPE_REGION.search(request.headers.get("Authorization", ""))
+        service = service_of(request) or "unknown"
+        signed_for = found[1] if found else ("us-east-1" if service == "route53" else None)
+        return service if signed_for == region else None
+
+    async def _refuse(self, request: web.Request, service: str) -> web.StreamResponse:
+        self.refused_calls += 1
+        if service in HELD_SERVICES:
+            # Unanswered: the client's read time-out ends it, or the fault's end lets it on.
+            try:
+                async with asyncio.timeout(HOLD_CAP):
+                    while not self._control_plane_up.is_set():
+                        transport = request.transport
+                        if transport is None or transport.is_closing():
+                            return web.Response(status=504)  # nobody waits for it now
+                        try:
+                            async with asyncio.timeout(0.5):
+                                await self._control_plane_up.wait()
+                        except TimeoutError:
+                            continue
+            except TimeoutError:
+                return web.Response(status=504, text="fault proxy: held past its cap")
+            return await self._forward(request, service)
+        if service in CLOSED_SERVICES:
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=503)  # never reaches the client
+        code = "RequestLimitExceeded" if service == "ec2" else "ServiceUnavailable"
+        return error_response(request, 503, code, "Service Unavailable")
+
     def _take_throttle(self, service: str | None) -> bool:
         if service is None or service != self.throttled.service:
             return False
@@ -176,6 +286,12 @@ class FaultProxy:
         if self._take_throttle(service):
             log.info("sandbox_call_throttled", service=service, path=request.path)
             return throttling_response(request)
+        down = self._down_for(request)
+        if down is not None:
+            return await self._refuse(request, down)
+        return await self._forward(request, service)
+
+    async def _forward(self, request: web.Request, service: str | None) -> web.StreamResponse:
         assert self._http is not None, "FaultProxy.start() was not called"
         headers = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED

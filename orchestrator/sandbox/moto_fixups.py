@@ -71,6 +71,8 @@ from moto.route53.models import Route53Backend
 from moto.sns.models import SNSBackend
 from moto.sns.responses import SNSResponse
 
+from orchestrator.sandbox.moto_route53_fixups import PATCHES as ROUTE53_PATCHES
+
 GLOBAL_CLUSTERS_REGION = "us-east-1"  # where moto's RDS responses keep global clusters
 
 _MISSING: Any = object()  # an attribute moto's class does not have (a call it lacks)
@@ -466,6 +468,10 @@ FIXUPS: dict[str, tuple[Patch, ...]] = {
         (RDSBackend, "describe_global_clusters", _describe_global_clusters),
     ),
 }
+
+# Route 53 for routing-control health checks and DNS in the sandbox (issue 14): the patches
+# and their reasons are in moto_route53_fixups.
+FIXUPS.update({name: (patch,) for name, patch in ROUTE53_PATCHES.items()})
 
 _ORIGINALS: dict[tuple[type, str], Any] = {
     (cls, attribute): cls.__dict__.get(attribute, _MISSING)

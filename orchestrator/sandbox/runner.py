@@ -25,9 +25,11 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import importlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -44,16 +46,21 @@ import aiohttp
 import yaml
 
 from orchestrator.sandbox import region_switch_world
+from orchestrator.sandbox import seed_storefront as storefront
+from orchestrator.sandbox.arc_cluster import ArcClusterEmulator
 from orchestrator.sandbox.aurora_global import EMULATOR, aurora_region
 from orchestrator.sandbox.broker import available as embedded_broker_available
 from orchestrator.sandbox.control import FAULTS, ControlServer, FaultError, Faults, send_fault
+from orchestrator.sandbox.dns_server import DnsServer, Route53Reader
 from orchestrator.sandbox.etcd_cluster import EtcdCluster, EtcdClusterError, etcd_binary
 from orchestrator.sandbox.fault_proxy import FaultProxy
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints
 from orchestrator.sandbox.region_switch_api import RegionSwitchEmulator
+from orchestrator.sandbox.route53_health import SandboxHealth
 from orchestrator.sandbox.seed import (
     ALL_REGIONS,
+    _fast_detection,
     feed_ledger_writes,
     seed_world,
     write_sandbox_policies,
@@ -61,11 +68,13 @@ from orchestrator.sandbox.seed import (
 from orchestrator.sandbox.world import (
     DEFAULT_LAG,
     PRIMARY,
+    RECORD,
     REGIONS,
     SERVICE,
     STANDBY,
     MotoWorld,
     SandboxError,
+    endpoint_name,
     failover_problems,
     feed_lag,
     publish_lag,
@@ -105,6 +114,21 @@ def add_sandbox_parser(
     )
     p.add_argument("--port", type=int, default=8080, help="the daemon's API port (0: any)")
     p.add_argument("--demo", action="store_true", help="run a scripted us-east-1 outage")
+    p.add_argument(
+        "--control-plane-down",
+        action="store_true",
+        help="with --demo: us-east-1's control planes go down with it (Route 53's API, IAM,"
+        " every us-east-1 API, its ARC endpoint); the storefront example fails over on the"
+        " data plane and DNS proves it",
+    )
+    p.add_argument(
+        "--arc-endpoints-down",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --demo --control-plane-down: N of the ARC cluster's 5 endpoints blackholed"
+        " in all (us-east-1's among them), 1-4",
+    )
     p.add_argument("--deadline", type=float, default=90.0, help="seconds the whole demo may take")
     p.add_argument("--no-agents", action="store_true", help="no broker, no agents")
     p.add_argument(
@@ -117,11 +141,24 @@ def add_sandbox_parser(
     p.add_argument(
         "--keep", action="store_true", help="keep the working directory (logs, state) at exit"
     )
-    sub = p.add_subparsers(dest="sandbox_command", metavar="fault")
+    sub = p.add_subparsers(dest="sandbox_command", metavar="fault|env")
     f = sub.add_parser("fault", help="inject a fault into the running sandbox")
     f.add_argument("fault", choices=FAULTS)
-    f.add_argument("arg", help="a region (us-east-1), a duration (lag 120s) or a service")
+    f.add_argument(
+        "arg",
+        help="a region (us-east-1), a duration (lag 120s), a service (throttle route53),"
+        " regions (arc-endpoint-down us-east-1,us-west-2) or off (throttle, control-plane-down,"
+        " arc-endpoint-down)",
+    )
     f.add_argument("--control", metavar="URL", help="the control endpoint (default: the sandbox's)")
+    sub.add_parser(
+        "env",
+        help="print the environment that points the CLI at the running sandbox (for eval)",
+        description='Print shell lines for `eval "$(failoverd sandbox env)"`: AWS_ENDPOINT_URL'
+        " and fake credentials for the sandbox's emulated AWS (readiness, drill), FAILOVERD_API"
+        " and FAILOVERD_TOKEN_FILE for its daemon (status, audit, commands), and"
+        " FAILOVERD_POLICIES for its policy copies (readiness, iam-policy, drill).",
+    )
     return p
 
 
@@ -135,15 +172,35 @@ def main(argv: list[str] | None = None) -> int:
 def run_sandbox(args: argparse.Namespace) -> int:
     if getattr(args, "sandbox_command", None) == "fault":
         return _fault(args)
+    if getattr(args, "sandbox_command", None) == "env":
+        return _env()
     if not 0 <= args.port <= 65535:
         print(f"sandbox: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return EXIT_UNUSABLE
     if args.deadline <= 0:
         print("sandbox: --deadline must be greater than zero", file=sys.stderr)
         return EXIT_UNUSABLE
+    if args.control_plane_down and not args.demo:
+        print("sandbox: --control-plane-down goes with --demo (or use `sandbox fault"
+              " control-plane-down us-east-1`)", file=sys.stderr)  # fmt: skip
+        return EXIT_UNUSABLE
+    if args.arc_endpoints_down and not (
+        args.control_plane_down and 1 <= args.arc_endpoints_down <= 4
+    ):
+        print("sandbox: --arc-endpoints-down N (1-4) goes with --demo --control-plane-down",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_UNUSABLE
     if not 1 <= args.instances <= MAX_INSTANCES:
         print(
             f"sandbox: --instances must be 1..{MAX_INSTANCES}, got {args.instances}",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
+    missing = sandbox_extra_missing()
+    if missing is not None:
+        print(
+            f"sandbox: the sandbox needs the 'sandbox' extra ({missing} is not installed):"
+            " pip install 'failoverd[sandbox]'",
             file=sys.stderr,
         )
         return EXIT_UNUSABLE
@@ -156,6 +213,56 @@ def run_sandbox(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     configure_logging("warning")
     return asyncio.run(_main(args))
+
+
+def sandbox_extra_missing() -> str | None:
+    """What of the ``sandbox`` extra cannot be imported (moto in server mode: moto and its
+    web stack), or None when the sandbox can start."""
+    try:
+        importlib.import_module("moto.server")
+    except ImportError as exc:
+        return exc.name or "moto[server]"
+    return None
+
+
+def env_lines(state: dict[str, Any]) -> list[str]:
+    """Shell lines that point the CLI at the sandbox described by ``state`` (its run-file):
+    the emulated AWS (the standard AWS_ENDPOINT_URL botocore honours, fake credentials) and
+    the daemon's API, token and policies (the variables the CLI reads)."""
+    q = shlex.quote
+    lines = [
+        f"export AWS_ENDPOINT_URL={q(state['aws_endpoint'])}",
+        f"export AWS_ENDPOINT_URL_HEALTH={q(state['health_endpoint'])}",
+    ]
+    if state.get("region_switch"):
+        # The Region switch emulator answers on its own endpoint (botocore's variable for
+        # the "ARC Region switch" service).
+        lines.append(f"export AWS_ENDPOINT_URL_ARC_REGION_SWITCH={q(state['region_switch'])}")
+    lines += [
+        "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing",
+        f"export AWS_DEFAULT_REGION={PRIMARY}",
+        "unset AWS_PROFILE AWS_SESSION_TOKEN",
+        f"export FAILOVERD_API={q(state['api'])}",
+        f"export FAILOVERD_TOKEN_FILE={q(state['token_file'])}",
+        f"export FAILOVERD_POLICIES={q(state['policies'])}",
+    ]
+    return lines
+
+
+def _env() -> int:
+    try:
+        state = json.loads(pointer_file().read_text())
+        lines = env_lines(state)
+    except (OSError, ValueError, KeyError, TypeError):
+        print(
+            f"sandbox: no running sandbox found ({pointer_file()}); start one with"
+            " `failoverd sandbox`",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
+    print(f'# failoverd sandbox {state.get("workdir", "")}: eval "$(failoverd sandbox env)"')
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _fault(args: argparse.Namespace) -> int:
@@ -178,6 +285,31 @@ def _fault(args: argparse.Namespace) -> int:
         print(f"sandbox: cannot reach the sandbox at {control}: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     return EXIT_OK
+
+
+def sandbox_secrets(policies: Path, folder: Path) -> list[Path]:
+    """Give the sandbox's policy copies secrets of their own: every step's ``secret_file``
+    (the example's /etc/failoverd/secrets/...) points into ``folder``, where a fresh secret
+    is written (0600), so that readiness and the steps find it. Returns the files made."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    made: list[Path] = []
+    for path in sorted(policies.glob("*.yaml")):
+        policy = yaml.safe_load(path.read_text(encoding="utf-8"))
+        changed = False
+        for steps in (policy.get("runbooks") or {}).values():
+            for step in steps or ():
+                params = step.get("params") or {}
+                if isinstance(params.get("secret_file"), str):
+                    secret = folder / Path(params["secret_file"]).name
+                    if not secret.exists():
+                        secret.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
+                        secret.chmod(0o600)
+                        made.append(secret)
+                    params["secret_file"] = str(secret)
+                    changed = True
+        if changed:
+            path.write_text(yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
+    return made
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -284,6 +416,7 @@ class Sandbox:
     etcd: EtcdCluster | None = None
     control_url: str = ""
     zone_id: str = ""
+    dns_address: str = ""
     token_file: Path = Path()
     broker_note: str = ""
     # More policies for the same world (bench/soak.py): called with the policy folder, the
@@ -302,6 +435,11 @@ class Sandbox:
         await self.proxy.start()
         self.zones = (await asyncio.to_thread(seed_world, self.moto)).zones
         self.zone_id = self.zones[SERVICE]
+        # The ARC cluster (five endpoints) and the storefront, whose traffic it steers.
+        self.arc = ArcClusterEmulator()
+        await self.arc.start()
+        stack.push_async_callback(self.arc.stop)
+        self.storefront = await asyncio.to_thread(storefront.seed_storefront, self.moto, self.arc)
 
         self.health = HealthApiEmulator()
         await self.health.start()
@@ -316,6 +454,20 @@ class Sandbox:
         self.endpoints = RegionEndpoints(list(regions))
         stack.push_async_callback(self.endpoints.stop)
         await self.endpoints.start()
+        # DNS as clients see it: the hosted zones answered by health, as Route 53 would.
+        from orchestrator.sandbox.moto_route53_fixups import (  # moto: the sandbox extra
+            health_status_from_backend,
+            set_health_status_provider,
+        )
+
+        health = SandboxHealth(self.arc, self.endpoints.endpoints)
+        set_health_status_provider(health_status_from_backend(health.healthy))
+        stack.callback(set_health_status_provider, None)
+        reader = Route53Reader(lambda: self.moto.client("route53", PRIMARY))
+        self.dns = DnsServer(reader, health)
+        await self.dns.start()
+        stack.push_async_callback(self.dns.stop)
+        self.dns_address = f"{self.dns.host}:{self.dns.port}"
 
         def lag(seconds: float) -> None:
             publish_lag(self.moto, seconds)
@@ -326,6 +478,7 @@ class Sandbox:
             lag,
             lag_seconds=DEFAULT_LAG,
             proxy=self.proxy,
+            arc=self.arc,
             on_region=aurora_region,
             world_state=lambda: {"aurora": EMULATOR.states()},
             region_switch=self.region_switch,
@@ -341,9 +494,16 @@ class Sandbox:
         policies.mkdir()
         ports = {r: e.port for r, e in self.endpoints.endpoints.items()}
         write_sandbox_policies(policies, self.zones, ports, vantages)
+        storefront.write_storefront_policy(
+            policies,
+            storefront.storefront_policy(
+                self.storefront, self.arc.endpoints, ports, vantages, _fast_detection(vantages)
+            ),
+        )
         region_switch_world.write_policy(policies, ports, vantages)
         if self.extra_policies is not None:
             self.extra_policies(policies, ports, vantages)
+        sandbox_secrets(policies, self.workdir / "secrets")
         if broker:
             for agent in AGENTS:
                 # Each agent signs what it sends with a key of its own (the daemon has them).
@@ -524,9 +684,14 @@ class Sandbox:
             "instances": self.apis,
             "etcd": list(self.etcd.endpoints) if self.etcd else [],
             "token_file": str(self.token_file),
+            "dns": self.dns_address,
+            "arc": self.arc.endpoints,
             "region_switch": self.region_switch.endpoint_url,
             "workdir": str(self.workdir),
             "pids": self.pids,
+            "aws_endpoint": self.proxy.endpoint_url,
+            "health_endpoint": self.health.endpoint_url,
+            "policies": str(self.workdir / "policies"),
         }
         text = json.dumps(state, indent=2)
         (self.workdir / "sandbox.json").write_text(text)
@@ -545,8 +710,18 @@ class Sandbox:
         say(f"sandbox: metrics      {self.api_url}/metrics")
         say(f"sandbox: token file   {self.token_file}")
         say(f"sandbox: control      {self.control_url}")
+        host, port = self.dns_address.split(":")
+        say(f"sandbox: dns          {self.dns_address} (dig @{host} -p {port} {storefront.NAME})")
+        say("sandbox: arc cluster  " + " ".join(f"{r}={u}" for r, u in self.arc.endpoints.items()))
         say(f"sandbox: {self.broker_note}")
         say("sandbox: pids " + " ".join(f"{k}={v}" for k, v in self.pids.items()))
+        say(
+            "sandbox: the CLI against this sandbox (readiness, iam-policy, drill, status,"
+            ' audit, commands): eval "$(failoverd sandbox env)", which sets'
+        )
+        state = json.loads((self.workdir / "sandbox.json").read_text())
+        for line in env_lines(state):
+            say(f"  {line}")
         say(f"sandbox: try  failoverd sandbox fault region-down {PRIMARY}")
 
     def _say(self, line: str) -> None:
@@ -591,11 +766,23 @@ async def _main(args: argparse.Namespace) -> int:
             return EXIT_OK
         sandbox.announce()
         async with asyncio.TaskGroup() as tasks:
-            feed = tasks.create_task(feed_lag(sandbox.moto, lambda: sandbox.faults.lag_seconds))
+            feed = tasks.create_task(
+                feed_lag(
+                    sandbox.moto,
+                    lambda: sandbox.faults.lag_seconds,
+                    also=(storefront.publish_storefront_lag,),
+                )
+            )
             writes = tasks.create_task(feed_ledger_writes())
             try:
                 if args.demo:
-                    return int(await _first(run_demo(sandbox, args.deadline), stop, default=1))
+                    plan = (
+                        storefront_plan(sandbox, args.arc_endpoints_down)
+                        if args.control_plane_down
+                        else webapp_plan(sandbox)
+                    )
+                    demo = run_demo(sandbox, args.deadline, plan)
+                    return int(await _first(demo, stop, default=1))
                 await _first(_summaries(sandbox), stop)
                 return EXIT_OK
             finally:
@@ -612,14 +799,21 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 async def _first(work: Awaitable[Any], stop: asyncio.Event, default: Any = None) -> Any:
-    """``work``'s result, or ``default`` once ``stop`` is set (``work`` is then cancelled)."""
-    async with asyncio.TaskGroup() as tasks:
-        job = tasks.create_task(_as_coroutine(work))
-        stopper = tasks.create_task(stop.wait())
-        await asyncio.wait((job, stopper), return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if not job.done():
-            job.cancel()
+    """``work``'s result, or ``default`` once ``stop`` is set (``work`` is then cancelled).
+    An error of ``work`` is raised as itself, not inside an ExceptionGroup, so that callers'
+    ``except`` clauses (a clear message instead of a traceback) see it."""
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            job = tasks.create_task(_as_coroutine(work))
+            stopper = tasks.create_task(stop.wait())
+            await asyncio.wait((job, stopper), return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not job.done():
+                job.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     return default if job.cancelled() else job.result()
 
 
@@ -702,55 +896,189 @@ def _moved(body: dict[str, Any]) -> bool:
     return bool(body["active_region"] == STANDBY and run.get("status") == "succeeded")
 
 
-async def run_demo(sandbox: Sandbox, within: float) -> int:
-    """Steady state, region-down us-east-1, the failover, the world checked in moto."""
+@dataclass(frozen=True)
+class DemoPlan:
+    """One scripted outage: the service watched, its name as clients ask DNS for it and the
+    answer once traffic has moved, the faults, and how the world is checked afterwards."""
+
+    service: str
+    dns_name: str
+    standby_answer: str  # a CNAME target, absolute
+    faults: tuple[tuple[str, str], ...]
+    flip_actions: frozenset[str]  # the step that moves traffic
+    check_world: Callable[[], list[str]]  # blocking; what is wrong after the failover
+    path: str | None = None  # appended to the last line as `path=...`
+    # When traffic was switched as the switch itself saw it (the standby's routing control
+    # turning On in the ARC cluster), or None: the flip step's end.
+    switched_at: Callable[[], float | None] = lambda: None
+
+
+def webapp_plan(sandbox: Sandbox) -> DemoPlan:
+    """us-east-1 down; the webapp's runbook edits its Route 53 record."""
+    return DemoPlan(
+        service=SERVICE,
+        dns_name=RECORD,
+        standby_answer=endpoint_name(STANDBY) + ".",
+        faults=(("region-down", PRIMARY),),
+        flip_actions=frozenset({"route53.set_record"}),
+        check_world=lambda: failover_problems(sandbox.moto, sandbox.zone_id),
+    )
+
+
+def storefront_plan(sandbox: Sandbox, arc_endpoints_down: int = 0) -> DemoPlan:
+    """us-east-1 down with its control planes (and, optionally, more ARC endpoints: N of
+    the 5 in all); the storefront fails over by routing controls."""
+    faults: list[tuple[str, str]] = [("region-down", PRIMARY), ("control-plane-down", PRIMARY)]
+    # us-east-1's endpoint goes with its control planes; the standby region's is the last
+    # one left standing.
+    others = [r for r in sandbox.arc.regions if r not in (PRIMARY, STANDBY)]
+    extra = others[: max(0, arc_endpoints_down - 1)]
+    if extra:
+        faults.append(("arc-endpoint-down", ",".join(extra)))
+    return DemoPlan(
+        service=storefront.SERVICE,
+        dns_name=storefront.NAME,
+        standby_answer=storefront.endpoint_name(STANDBY) + ".",
+        faults=tuple(faults),
+        flip_actions=frozenset({"arc.set_routing_controls"}),
+        check_world=lambda: storefront.failover_problems(
+            sandbox.moto, sandbox.arc, sandbox.storefront
+        ),
+        path="data-plane",
+        switched_at=lambda: sandbox.arc.changed_at(sandbox.storefront.routing_controls[STANDBY]),
+    )
+
+
+async def dns_answer(sandbox: Sandbox, name: str) -> str | None:
+    """The CNAME the sandbox's DNS server answers for ``name`` (an A query, as a client
+    asks), or None (no answer, or no server reply within a second)."""
+    import dns.asyncquery
+    import dns.exception
+    import dns.message
+    import dns.rdatatype
+
+    query = dns.message.make_query(name, "A")
+    try:
+        reply = await dns.asyncquery.udp(
+            query, sandbox.dns.host, port=sandbox.dns.port, timeout=1.0
+        )
+    except (dns.exception.DNSException, OSError):
+        return None
+    for rrset in reply.answer:
+        if rrset.rdtype == dns.rdatatype.CNAME:
+            return str(rrset[0].target.to_text())
+    return None
+
+
+async def _dns_moved(sandbox: Sandbox, plan: DemoPlan, deadline: float) -> float:
+    """The wall-clock time DNS first answered the standby (polled every 50 ms)."""
+    while time.monotonic() < deadline:
+        if await dns_answer(sandbox, plan.dns_name) == plan.standby_answer:
+            return time.time()
+        await asyncio.sleep(0.05)
+    raise DemoFailed(f"DNS never answered {plan.standby_answer} for {plan.dns_name}")
+
+
+async def run_demo(sandbox: Sandbox, within: float, plan: DemoPlan | None = None) -> int:
+    """Steady state, the faults, the failover, traffic moved as DNS answers it, the world
+    checked in the emulators."""
+    plan = plan or webapp_plan(sandbox)
     deadline = time.monotonic() + within
-    service_url = f"{sandbox.api_url}/v1/services/{SERVICE}"
+    service_url = f"{sandbox.api_url}/v1/services/{plan.service}"
     try:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
-            print(f"demo: waiting for {SERVICE} steady in {PRIMARY}, both regions healthy")
+            print(f"demo: waiting for {plan.service} steady in {PRIMARY}, both regions healthy")
             await _poll(http, service_url, _steady, deadline)
-            fault_at = time.time()
-            print(f"demo: {await sandbox.faults.apply('region-down', PRIMARY)}", flush=True)
-            after = await _poll(http, service_url, _moved, deadline)
+            before = await dns_answer(sandbox, plan.dns_name)
+            print(f"demo: DNS {plan.dns_name} -> {before}")
+            watcher = asyncio.ensure_future(_dns_moved(sandbox, plan, deadline))
+            try:
+                fault_at = time.time()
+                for fault, arg in plan.faults:
+                    print(f"demo: {await sandbox.faults.apply(fault, arg)}", flush=True)
+                after = await _poll(http, service_url, _moved, deadline)
+                moved_at = await watcher
+            finally:
+                watcher.cancel()
             run_id = after["run"]["run_id"]
             async with http.get(f"{sandbox.api_url}/v1/runs/{run_id}") as response:
                 run = await response.json()
-        problems = await asyncio.to_thread(failover_problems, sandbox.moto, sandbox.zone_id)
+            others = await _others(http, sandbox) if plan.path else []
+        problems = await asyncio.to_thread(plan.check_world)
         if problems:
-            raise DemoFailed("the world in moto is wrong: " + "; ".join(problems))
-        return _timeline(fault_at, run)
+            raise DemoFailed("the world is wrong: " + "; ".join(problems))
+        return _timeline(fault_at, run, moved_at, plan, others)
     except DemoFailed as exc:
         print(f"demo: FAILED: {exc}", flush=True)
         return EXIT_FAILED
 
 
-def _timeline(fault_at: float, run: dict[str, Any]) -> int:
+async def _others(http: aiohttp.ClientSession, sandbox: Sandbox) -> list[str]:
+    """Where the webapp stands: it shares us-east-1 with the storefront, and its flip edits a
+    Route 53 record, which Route 53's API, down with us-east-1, does not answer."""
+    async with http.get(f"{sandbox.api_url}/v1/services/{SERVICE}") as response:
+        body = await response.json()
+    if not isinstance(body, dict) or "active_region" not in body:
+        return []
+    run = body.get("run") or {}
+    steps = " ".join(f"{s['name']}={s['status']}" for s in run.get("steps", []))
+    return [
+        f"{SERVICE} (its flip edits a Route 53 record): active={body['active_region']}"
+        f" phase={body['phase']} run={run.get('status', '-')} {steps}".rstrip()
+    ]
+
+
+def _timeline(
+    fault_at: float,
+    run: dict[str, Any],
+    moved_at: float,
+    plan: DemoPlan,
+    others: list[str] | None = None,
+) -> int:
     def at(t: float) -> str:
         return f"{t - fault_at:+7.2f}s"
 
     detected = run["detected_at"] if run["detected_at"] is not None else run["decided_at"]
-    print("demo: timeline (seconds after the fault)")
-    print(f"  {at(fault_at)}  fault: region-down {PRIMARY}")
-    print(f"  {at(detected)}  detection: {PRIMARY} seen down")
-    print(f"  {at(run['decided_at'])}  decision: failover {run['source']} -> {run['target']}")
-    moved_at = run["finished_at"] or run["decided_at"]
-    for step in sorted(run["steps"], key=lambda s: s["started_at"] or 0.0):
+    events: list[tuple[float, str]] = [(fault_at, f"fault: {f} {a}") for f, a in plan.faults]
+    events.append((detected, f"detection: {PRIMARY} seen down"))
+    events.append((run["decided_at"], f"decision: failover {run['source']} -> {run['target']}"))
+    flipped_at = flip_started = run["decided_at"]
+    for step in run["steps"]:
         started = step["started_at"] or run["decided_at"]
         duration = step["duration"] if step["duration"] is not None else 0.0
-        print(
-            f"  {at(started)}  step {step['name']} ({step['action']}): {step['status']}"
-            f" in {duration:.2f}s"
+        events.append(
+            (
+                started,
+                f"step {step['name']} ({step['action']}): {step['status']} in {duration:.2f}s",
+            )
         )
-        if step["action"] == "route53.set_record" and step["finished_at"]:
-            moved_at = step["finished_at"]
-    print(f"  {at(moved_at)}  traffic moved: Route 53 record -> {run['target']}")
-    print(f"  {at(run['finished_at'] or moved_at)}  run {run['run_id']} {run['status']}")
+        if step["action"] in plan.flip_actions and step["finished_at"]:
+            flipped_at, flip_started = step["finished_at"], started
+    switched = plan.switched_at()
+    if switched is not None:
+        flipped_at = switched
+        events.append((switched, f"routing controls set: {run['target']} On, {PRIMARY} Off"))
+    events.append((moved_at, f"traffic moved: DNS {plan.dns_name} -> {plan.standby_answer}"))
+    events.append((run["finished_at"] or moved_at, f"run {run['run_id']} {run['status']}"))
+    print("demo: timeline (seconds after the fault)")
+    # In time order (a stable sort: what happened at the same moment keeps its order).
+    for t, what in sorted(events, key=lambda e: e[0]):
+        print(f"  {at(t)}  {what}")
+    for line in others or []:
+        print(f"demo: meanwhile {line}")
     detect_s = detected - fault_at
-    failover_s = moved_at - run["decided_at"]
+    flip_s = flipped_at - run["decided_at"]
+    dns_s = moved_at - run["decided_at"]
+    # flip_s: decision -> traffic switched (the steps before the flip included); of which
+    # flip_step_s: the flip step's own start -> switched.
+    print(
+        f"demo: numbers detect_s={detect_s:.2f} flip_s={flip_s:.2f} dns_s={dns_s:.2f}"
+        f" flip_step_s={max(0.0, flipped_at - flip_started):.2f}"
+    )
+    path = f" path={plan.path}" if plan.path else ""
     print(
         f"demo: failover to {run['target']} complete, detect_s={detect_s:.2f}"
-        f" failover_s={failover_s:.2f} rto_budget_s={run['rto']:.0f}",
+        f" failover_s={dns_s:.2f} rto_budget_s={run['rto']:.0f}{path}",
         flush=True,
     )
     return EXIT_OK

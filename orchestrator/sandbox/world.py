@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +54,12 @@ DEFAULT_LAG = 5.0  # seconds; well within the example's 1 m RPO
 # and their max_age follows from it (2 periods + the delay + the read interval).
 METRIC_DELAY = 30.0
 LAG_INTERVAL = 5.0
-BACKFILL = 120.0  # seconds back the seeded lag datapoints are stamped: readable at once
+# Seconds back the seeded lag datapoints are stamped: past METRIC_DELAY, so readable at once,
+# and young enough that the reading (its one-minute bucket starts up to 60 s earlier) stays
+# within max_age (2 min + METRIC_DELAY + LAG_INTERVAL) until the datapoint stamped at seeding
+# is readable, METRIC_DELAY later. (120 s left a window in which every lag was unknown, and a
+# failover waited.)
+BACKFILL = 60.0
 
 
 def sandbox_replication(replication: dict[str, Any]) -> None:
@@ -174,32 +179,8 @@ def seed_webapp(world: MotoWorld) -> Seeded:
         HostedZoneId=zone_id,
         ChangeBatch={"Changes": [{"Action": "UPSERT", "ResourceRecordSet": record}]},
     )
-    primary = world.client("rds", PRIMARY).create_db_instance(
-        DBInstanceIdentifier=PRIMARY_DB,
-        Engine="postgres",
-        DBInstanceClass="db.t3.micro",
-        MasterUsername="webapp",
-        MasterUserPassword="sandbox-only-1",  # an emulator's throw-away instance
-        AllocatedStorage=20,
-    )["DBInstance"]
-    # A cross-region replica is created from the primary's ARN, as AWS requires.
-    world.client("rds", STANDBY).create_db_instance_read_replica(
-        DBInstanceIdentifier=REPLICA_DB, SourceDBInstanceIdentifier=primary["DBInstanceArn"]
-    )
-    ec2 = world.client("ec2", STANDBY)
-    ec2.create_launch_template(
-        LaunchTemplateName="webapp-lt",
-        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "t3.micro"},
-    )
-    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
-    world.client("autoscaling", STANDBY).create_auto_scaling_group(
-        AutoScalingGroupName=ASG,
-        LaunchTemplate={"LaunchTemplateName": "webapp-lt", "Version": "$Latest"},
-        MinSize=0,
-        MaxSize=10,
-        DesiredCapacity=0,
-        AvailabilityZones=zones[:2],
-    )
+    seed_replica(world, PRIMARY, PRIMARY_DB, STANDBY, REPLICA_DB, user=SERVICE)
+    seed_standby_group(world, STANDBY, ASG, template=f"{SERVICE}-lt")
     world.client("sns", STANDBY).create_topic(Name="webapp-oncall")
     # Backdated first, so that a reading is there at once despite the metric delay.
     publish_lag(world, DEFAULT_LAG, age=BACKFILL)
@@ -207,6 +188,44 @@ def seed_webapp(world: MotoWorld) -> Seeded:
     bare = zone_id.rsplit("/", 1)[-1]
     log.info("sandbox_world_seeded", service=SERVICE, zone_id=bare)
     return Seeded(zone_id=bare)
+
+
+def seed_replica(
+    world: MotoWorld, primary: str, primary_db: str, standby: str, replica_db: str, *, user: str
+) -> None:
+    """A PostgreSQL primary and its cross-region read replica. Blocking."""
+    created = world.client("rds", primary).create_db_instance(
+        DBInstanceIdentifier=primary_db,
+        Engine="postgres",
+        DBInstanceClass="db.t3.micro",
+        MasterUsername=user,
+        MasterUserPassword="sandbox-only-1",  # an emulator's throw-away instance
+        AllocatedStorage=20,
+    )["DBInstance"]
+    # A cross-region replica is created from the primary's ARN, as AWS requires.
+    world.client("rds", standby).create_db_instance_read_replica(
+        DBInstanceIdentifier=replica_db, SourceDBInstanceIdentifier=created["DBInstanceArn"]
+    )
+
+
+def seed_standby_group(
+    world: MotoWorld, region: str, name: str, *, template: str, max_size: int = 10
+) -> None:
+    """An Auto Scaling group at 0 (a warm standby's), on a launch template of its own."""
+    ec2 = world.client("ec2", region)
+    ec2.create_launch_template(
+        LaunchTemplateName=template,
+        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "t3.micro"},
+    )
+    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
+    world.client("autoscaling", region).create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=max_size,
+        DesiredCapacity=0,
+        AvailabilityZones=zones[:2],
+    )
 
 
 def publish_lag(world: MotoWorld, seconds: float, *, age: float = 0.0) -> None:
@@ -283,24 +302,40 @@ def failover_problems(world: MotoWorld, zone_id: str, target: str = STANDBY) -> 
     values = dns_values(world, zone_id)
     if values != [endpoint_name(target)]:
         problems.append(f"Route 53 {RECORD} points at {values}, not {endpoint_name(target)}")
-    replica = world.client("rds", target).describe_db_instances(DBInstanceIdentifier=REPLICA_DB)[
-        "DBInstances"
-    ][0]
-    if replica.get("ReadReplicaSourceDBInstanceIdentifier"):
-        problems.append(f"{REPLICA_DB} is still a read replica")
-    groups = world.client("autoscaling", target).describe_auto_scaling_groups(
-        AutoScalingGroupNames=[ASG]
-    )["AutoScalingGroups"]
-    desired = int(groups[0]["DesiredCapacity"]) if groups else None
-    if desired != DESIRED:
-        problems.append(f"{ASG} desired capacity is {desired}, not {DESIRED}")
+    problems.extend(standby_problems(world, target, REPLICA_DB, ASG, DESIRED))
     return problems
 
 
-async def feed_lag(world: MotoWorld, current: Callable[[], float], every: float = 5.0) -> None:
+def standby_problems(
+    world: MotoWorld, region: str, replica_db: str, asg: str, desired: int
+) -> list[str]:
+    """What is not as a failover leaves it in ``region``: the replica promoted (no source
+    any more), the Auto Scaling group at ``desired``. Blocking."""
+    problems: list[str] = []
+    replica = world.client("rds", region).describe_db_instances(DBInstanceIdentifier=replica_db)[
+        "DBInstances"
+    ][0]
+    if replica.get("ReadReplicaSourceDBInstanceIdentifier"):
+        problems.append(f"{replica_db} is still a read replica")
+    groups = world.client("autoscaling", region).describe_auto_scaling_groups(
+        AutoScalingGroupNames=[asg]
+    )["AutoScalingGroups"]
+    found = int(groups[0]["DesiredCapacity"]) if groups else None
+    if found != desired:
+        problems.append(f"{asg} desired capacity is {found}, not {desired}")
+    return problems
+
+
+async def feed_lag(
+    world: MotoWorld,
+    current: Callable[[], float],
+    every: float = 5.0,
+    also: Sequence[Callable[[MotoWorld], None]] = (),
+) -> None:
     """Re-publish the replica's lag (``current()``) every ``every`` seconds until cancelled,
     so the daemon's reading stays fresh. A failed put is logged and retried next time: the
-    feed never ends on its own. The other examples' lag is re-published at its steady value."""
+    feed never ends on its own. The other examples' lag is re-published at its steady value,
+    and ``also`` publishes more (blocking, each given the world)."""
     # seed.py builds on this module: imported here, not at the top, to avoid a cycle.
     from orchestrator.sandbox import region_switch_world
     from orchestrator.sandbox.seed import publish_example_lag
@@ -310,6 +345,8 @@ async def feed_lag(world: MotoWorld, current: Callable[[], float], every: float 
             await asyncio.to_thread(publish_lag, world, current())
             await asyncio.to_thread(publish_example_lag, world)
             await asyncio.to_thread(region_switch_world.publish_lag, world)
+            for publish in also:
+                await asyncio.to_thread(publish, world)
         except Exception as exc:  # moto restarting or slow: the next round tries again
             log.warning("sandbox_lag_publish_failed", error=repr(exc))
         await asyncio.sleep(every)

@@ -99,6 +99,9 @@ class AwsClientConfig:
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    # (region, URL) of each endpoint of the ARC cluster, when the settings name them; a
+    # step's own cluster_endpoints win (see actions/arc.py).
+    arc_cluster_endpoints: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_timeout"):
@@ -410,13 +413,21 @@ class AwsClients:
 
     @classmethod
     def from_settings(
-        cls, settings: AwsSettings, *, endpoint_url: str | None = None, clock: Clock = SYSTEM_CLOCK
+        cls,
+        settings: AwsSettings,
+        *,
+        endpoint_url: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        arc_cluster_endpoints: Mapping[str, str] | None = None,
     ) -> AwsClients:
         """The clients the ``aws`` settings describe (endpoint, timeouts, attempts, retry
-        mode); ``endpoint_url`` (a command-line option) wins over the settings' one."""
+        mode); ``endpoint_url`` (a command-line option) wins over the settings' one;
+        ``arc_cluster_endpoints`` are the settings' ``arc.cluster_endpoints``."""
         config = settings.client_config()
         if endpoint_url is not None:
             config = replace(config, endpoint_url=endpoint_url)
+        if arc_cluster_endpoints:
+            config = replace(config, arc_cluster_endpoints=tuple(arc_cluster_endpoints.items()))
         return cls(config, clock=clock)
 
     @classmethod
@@ -435,7 +446,12 @@ class AwsClients:
         from orchestrator.settings import load_settings
 
         settings = load_settings(path, env)
-        return cls.from_settings(settings.aws, endpoint_url=endpoint_url, clock=clock)
+        return cls.from_settings(
+            settings.aws,
+            endpoint_url=endpoint_url,
+            clock=clock,
+            arc_cluster_endpoints=settings.arc.cluster_endpoints,
+        )
 
     def with_role(self, role: RoleSpec | None) -> AwsClients:
         """A view whose clients act as ``role`` (None: this factory's own identity)."""
@@ -469,20 +485,31 @@ class AwsClients:
         region: str,
         *,
         endpoint_url: str | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
         max_attempts: int | None = None,
     ) -> AsyncIterator[Any]:
         """An open client for ``service`` (e.g. ``cloudwatch``) in ``region``; closed when
         the block ends. Every call through it is counted in AWS_API_CALLS by outcome.
-        ``endpoint_url`` and ``max_attempts`` override the configuration for this client
-        (the Health API's regional endpoints, and its own retry budget)."""
+        ``endpoint_url``, ``max_attempts`` and the timeouts override the configuration for
+        this client: the Health API's regional endpoints and retry budget, an ARC cluster's
+        regional endpoints (tried one after another with short timeouts and no retries of
+        botocore's)."""
         if not _SERVICE.match(service):
             raise ValueError(f"not an AWS service name: {service!r}")
         if not _REGION.match(region):
             raise ValueError(f"not an AWS region: {region!r} (expected e.g. us-east-1)")
         cfg = self.config
         botocore_config = self._botocore_config
+        overrides: dict[str, Any] = {}
         if max_attempts is not None and max_attempts != cfg.max_attempts:
-            botocore_config = _botocore_config(replace(cfg, max_attempts=max_attempts))
+            overrides["max_attempts"] = max_attempts
+        if connect_timeout is not None:
+            overrides["connect_timeout"] = connect_timeout
+        if read_timeout is not None:
+            overrides["read_timeout"] = read_timeout
+        if overrides:
+            botocore_config = _botocore_config(replace(cfg, **overrides))
         kwargs: dict[str, Any] = {
             "region_name": region,
             "endpoint_url": endpoint_url or cfg.service_endpoints.get(service, cfg.endpoint_url),

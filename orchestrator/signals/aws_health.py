@@ -21,11 +21,15 @@ while the API does not answer (``failoverd_health_api_available`` is 0 then).
 Events whose region is ``global`` match no region: failing over between regions would not
 help. Upcoming events are logged once, never failing.
 
-Endpoint: the Health API is served from one active region at a time (us-east-1 today,
-us-east-2 on standby). ``global.health.amazonaws.com`` is a CNAME to the active regional
-endpoint, so the source resolves it (at most every ``endpoint_refresh``, and again soon after
-a failed call), calls the active endpoint and falls back to the other one on errors. An
-``endpoint_url`` setting (the sandbox's emulator) skips all of that.
+Endpoint: the Health API is served from one active region at a time (in the ``aws``
+partition us-east-1 today, us-east-2 on standby). ``global.health.amazonaws.com`` is a CNAME
+to the active regional endpoint, so the source resolves it (at most every
+``endpoint_refresh``, and again soon after a failed call), calls the active endpoint and
+falls back to the other one on errors. Other partitions have their own names and regions
+(``global.health.amazonaws.com.cn`` in cn-northwest-1, ``global.health.us-gov.amazonaws.com``
+in us-gov-west-1), taken from botocore's endpoint data by the policies' regions (see
+:mod:`orchestrator.partitions`); one source polls one partition. An ``endpoint_url`` setting
+(the sandbox's emulator) skips all of that.
 
 Failure handling: every call is bounded by ``call_timeout``; throttling and transient errors
 are retried with exponential backoff and full jitter within ``retry_budget`` seconds per poll.
@@ -62,6 +66,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.observation import FailureKind, Observation
+from orchestrator.partitions import Partition, partition_named, partition_of
 from orchestrator.policy.access import AwsRole
 from orchestrator.policy.models import AWS_HEALTH_VANTAGE, AwsHealthSignal, Policy
 from orchestrator.signals.aws_clients import AwsClients, RoleKey, counted_client, role_key
@@ -78,8 +83,9 @@ if TYPE_CHECKING:
     from orchestrator.settings import AwsSettings
 
 SOURCE: Final = "aws_health"
-GLOBAL_ENDPOINT: Final = "global.health.amazonaws.com"
-HEALTH_REGIONS: Final = ("us-east-1", "us-east-2")
+COMMERCIAL: Final = partition_named("aws")
+GLOBAL_ENDPOINT: Final = COMMERCIAL.health_hostname or "global.health.amazonaws.com"
+HEALTH_REGIONS: Final = COMMERCIAL.health_regions or ("us-east-1", "us-east-2")
 STATUS_CODES: Final = ("open", "upcoming")
 MAX_FILTER_VALUES: Final = 10  # the API's limit for filter.regions / filter.services
 SUBSCRIPTION_REQUIRED: Final = "SubscriptionRequiredException"
@@ -97,7 +103,7 @@ THROTTLING_CODES: Final = frozenset(
 # longer affects the listed resources.
 CLEARED_ENTITY_STATUSES: Final = frozenset({"RESOLVED", "UNIMPAIRED"})
 
-_CNAME_TARGET = re.compile(r"^health\.([a-z]{2}(?:-[a-z]+)+-\d{1,2})\.amazonaws\.com\.?$")
+_CNAME_TARGET = re.compile(r"^health\.([a-z]{2}(?:-[a-z]+)+-\d{1,2})\.([a-z0-9.-]+?)\.?$")
 
 log = get_logger("failoverd.signals.aws_health")
 
@@ -114,13 +120,23 @@ class HealthEndpoint:
 
 
 def regional_endpoint(region: str) -> HealthEndpoint:
-    return HealthEndpoint(region, f"https://health.{region}.amazonaws.com")
+    """``https://health.<region>.<the region's partition's DNS suffix>``."""
+    return HealthEndpoint(region, partition_of(region).endpoint("health", region))
 
 
 def region_from_cname(target: str) -> str | None:
-    """The region of a Health endpoint name (``health.us-east-2.amazonaws.com.``), or None."""
+    """The region of a Health endpoint name (``health.us-east-2.amazonaws.com.``,
+    ``health.cn-northwest-1.amazonaws.com.cn``), or None: the name must end in the DNS
+    suffix of the region's own partition."""
     match = _CNAME_TARGET.match(target.strip().lower())
-    return match.group(1) if match else None
+    if match is None:
+        return None
+    region, suffix = match.groups()
+    try:
+        partition = partition_of(region)
+    except ValueError:
+        return None
+    return region if suffix == partition.dns_suffix else None
 
 
 class CnameResolver(Protocol):
@@ -366,20 +382,24 @@ def health_sources(
     """One source per identity the ``aws_health`` signals read as (AWS Health events are an
     account's own: a signal with a role in a workload account polls that account), built
     from the ``aws`` settings and ``clients`` (the daemon's one factory)."""
-    groups: dict[RoleKey | None, tuple[AwsRole | None, list[HealthWatch]]] = {}
+    groups: dict[tuple[RoleKey | None, str], tuple[AwsRole | None, list[HealthWatch]]] = {}
     for policy in policies:
         for signal in policy.signals:
             if isinstance(signal, AwsHealthSignal):
                 role = policy.role(signal.aws)
-                key = None if role is None else role_key(role)
-                groups.setdefault(key, (role, []))[1].append(HealthWatch.of(policy, signal))
+                watch = HealthWatch.of(policy, signal)
+                key = (None if role is None else role_key(role), watched_partition([watch]).name)
+                groups.setdefault(key, (role, []))[1].append(watch)
     settings = HealthClientSettings(
         endpoint_url=aws.health_endpoint_url or aws.endpoint_url,
         connect_timeout=aws.connect_timeout,
         read_timeout=aws.read_timeout,
     )
     out = []
-    for role, watches in groups.values():
+    for (_, partition), (role, watches) in groups.items():
+        name = SOURCE if role is None else f"{SOURCE}:{role.role_arn}"
+        if role is None and partition != COMMERCIAL.name:
+            name = f"{SOURCE}:{partition}"  # one default-identity source per partition
         out.append(
             AwsHealthSource(
                 policies,
@@ -387,7 +407,8 @@ def health_sources(
                 client_factory=clients_factory(clients.with_role(role)),
                 clock=clock,
                 watches=watches,
-                name=SOURCE if role is None else f"{SOURCE}:{role.role_arn}",
+                name=name,
+                partition=partition_named(partition),
             )
         )
     return out
@@ -473,6 +494,16 @@ class HealthWatch:
             and event.service.upper() in self.aws_services
             and event.category in self.categories
         )
+
+
+def watched_partition(watches: Sequence[HealthWatch]) -> Partition:
+    """The partition of the watched regions (the commercial one when nothing is watched or
+    a region is unknown to botocore)."""
+    for watch in watches:
+        for region in watch.regions:
+            with contextlib.suppress(ValueError):
+                return partition_of(region)
+    return COMMERCIAL
 
 
 def watches_of(policies: Iterable[Policy]) -> list[HealthWatch]:
@@ -564,6 +595,7 @@ class AwsHealthSource:
         rng: random.Random | None = None,
         watches: Sequence[HealthWatch] | None = None,
         name: str = SOURCE,
+        partition: Partition | None = None,
     ) -> None:
         self.settings = settings or HealthClientSettings()
         self.options = options or AwsHealthOptions()
@@ -572,11 +604,18 @@ class AwsHealthSource:
         self.name = name
         self._clock = clock
         self._factory = client_factory or aiobotocore_client_factory(self.settings)
+        # The partition whose Health API answers for the watched regions (validation keeps
+        # a policy in one partition; health_sources() makes one source per partition).
+        self.partition = partition or watched_partition(self.watches)
         override = self.settings.override()
+        if override is None and not self.partition.health_regions:
+            raise ValueError(f"partition {self.partition.name} has no AWS Health API endpoint")
         self.selector = EndpointSelector(
             None if override else (resolver or DnsCnameResolver(self.options.resolve_timeout)),
             clock,
             override=override,
+            regions=self.partition.health_regions or HEALTH_REGIONS,
+            global_name=self.partition.health_hostname or GLOBAL_ENDPOINT,
             refresh_interval=self.options.endpoint_refresh,
             resolve_timeout=self.options.resolve_timeout,
         )

@@ -35,6 +35,7 @@ its key.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,6 +88,44 @@ class Lease:
     holder: str
     token: int  # the fencing token: strictly increasing across acquisitions
     ttl: float
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """Who holds the leader lease, and what it announced with it (``announce``): the address
+    of its API (where a follower sends clients) and the policy set version it acts on."""
+
+    holder: str
+    api: str = ""  # "" until the leader announces one (or when it serves no API)
+    policy_version: str = ""
+
+
+MAX_ANNOUNCED = 512  # characters of an announced API address or policy version
+
+
+def encode_announcement(token: int, api: str, policy_version: str) -> str:
+    """What ``announce`` stores next to the lease: the token it belongs to, and the values."""
+    if len(api) > MAX_ANNOUNCED or len(policy_version) > MAX_ANNOUNCED:
+        raise ValueError(f"announced values are at most {MAX_ANNOUNCED} characters")
+    body = {"token": token, "api": api, "policy_version": policy_version}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def decode_announcement(holder: str, token: int, text: str | bytes | None) -> LeaderInfo:
+    """The leader's info from what was announced; an announcement of another lease (a
+    previous holder's) or an unreadable one counts as none."""
+    try:
+        data = json.loads(text) if text else {}
+    except (ValueError, UnicodeDecodeError):
+        data = {}
+    if not isinstance(data, dict) or data.get("token") != token:
+        return LeaderInfo(holder)
+    api, version = data.get("api"), data.get("policy_version")
+    return LeaderInfo(
+        holder,
+        api if isinstance(api, str) else "",
+        version if isinstance(version, str) else "",
+    )
 
 
 class JournalStatus(StrEnum):
@@ -200,6 +239,18 @@ class Store(Protocol):
 
     async def leader(self) -> str | None:
         """Who holds an unexpired lease now."""
+        ...
+
+    async def announce(self, lease: Lease, api: str, policy_version: str) -> None:
+        """Publish with our lease where our API is and the policy set version we act on,
+        replacing what we announced before; it ends with the lease (a new acquisition,
+        even by the same holder, starts with nothing announced). Fenced: raises
+        :class:`FencedOut` unless ``lease`` is the current lease."""
+        ...
+
+    async def leader_info(self) -> LeaderInfo | None:
+        """Who holds an unexpired lease now, with what it announced (empty strings before
+        its first announcement); holder and announcement are read together (atomically)."""
         ...
 
     # -- service state -----------------------------------------------------------------

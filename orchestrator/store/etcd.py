@@ -4,6 +4,7 @@ Key layout (every key under ``prefix``; ``<x>`` is a name percent-encoded so tha
 contains ``/``, which keeps each prefix range below from matching another name's keys)::
 
     <p>/leader                        holder name, attached to the leader's etcd lease
+    <p>/leader-info                   what the leader announced (API, policy version), same lease
     <p>/state/<service>               the service's state (codec JSON)
     <p>/journal/<service>/<id>        a journal record (codec JSON); <id> is random
     <p>/run/<run_id>/<id>             the same record again, indexed by run
@@ -79,6 +80,7 @@ from orchestrator.store.base import (
     FencedOut,
     JournalRecord,
     JournalStatus,
+    LeaderInfo,
     Lease,
     QuarantinedRecord,
     StoreUnavailable,
@@ -87,6 +89,8 @@ from orchestrator.store.base import (
     check_recent_runs_limit,
     check_token,
     check_ttl,
+    decode_announcement,
+    encode_announcement,
     in_window,
 )
 from orchestrator.store.codec import (
@@ -259,6 +263,9 @@ class EtcdStore:
         self.timeout = float(config.timeout)
         self._p = config.prefix
         self._leader_key = f"{self._p}/leader"
+        # What the leader announced (API address, policy version), on its etcd lease: it
+        # ends with the lease.
+        self._info_key = f"{self._p}/leader-info"
         self._client = EtcdClient(
             config.endpoints,
             ssl_context=config.ssl_context(),
@@ -513,6 +520,43 @@ class EtcdStore:
             return None if current is None else current.value.decode(errors="replace")
 
         return await self._op("leader", leader)
+
+    async def announce(self, lease: Lease, api: str, policy_version: str) -> None:
+        check_token(lease.token)
+        info = encode_announcement(lease.token, api, policy_version)
+
+        async def announce(deadline: float) -> None:
+            current = await self._get(self._leader_key, deadline)
+            lease_id = current.lease if current is not None and self._is(current, lease) else 0
+            if not lease_id:
+                raise self._fenced("announce", lease.token, [current] if current else [])
+            ok, _, responses = await self._txn(
+                self._fence(lease.token),
+                [self._put(self._info_key, info, lease_id)],
+                [self._read(self._leader_key)],
+                deadline,
+            )
+            if not ok:
+                leader = self._range_kvs(responses[0]) if responses else []
+                raise self._fenced("announce", lease.token, leader)
+
+        await self._op("announce", announce)
+
+    async def leader_info(self) -> LeaderInfo | None:
+        async def read(deadline: float) -> LeaderInfo | None:
+            _, _, responses = await self._txn(
+                [], [self._read(self._leader_key), self._read(self._info_key)], [], deadline
+            )
+            leader = self._range_kvs(responses[0]) if responses else []
+            if not leader:
+                return None
+            info = self._range_kvs(responses[1]) if len(responses) > 1 else []
+            holder = leader[0].value.decode(errors="replace")
+            return decode_announcement(
+                holder, leader[0].mod_revision, info[0].value if info else None
+            )
+
+        return await self._op("leader_info", read)
 
     # -- service state --------------------------------------------------------------------
     def _state_key(self, service: str) -> str:

@@ -45,6 +45,7 @@ from orchestrator.store.base import (
     FencedOut,
     JournalRecord,
     JournalStatus,
+    LeaderInfo,
     Lease,
     QuarantinedRecord,
     StoreError,
@@ -54,6 +55,8 @@ from orchestrator.store.base import (
     check_recent_runs_limit,
     check_token,
     check_ttl,
+    decode_announcement,
+    encode_announcement,
     in_window,
 )
 from orchestrator.store.codec import (
@@ -73,7 +76,9 @@ from orchestrator.store.quarantine import (
 )
 from orchestrator.telemetry import STORE_OPERATION_DURATION, get_logger
 
-SCHEMA_VERSION = 1
+# 2: lease.info (what the leader announced); 3: the quarantine table (corrupt records' copies).
+# Opening an older database upgrades it in place, one step per version, in one transaction.
+SCHEMA_VERSION = 3
 
 _T = TypeVar("_T")
 _log = get_logger("failoverd.store")
@@ -83,7 +88,7 @@ _SCHEMA = (
     # One row, kept after release: `token` is the last token handed out, so tokens keep
     # increasing across releases, restarts and holders.
     "CREATE TABLE lease (id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT,"
-    " token INTEGER NOT NULL, expires_at REAL)",
+    " token INTEGER NOT NULL, expires_at REAL, info TEXT)",
     "INSERT INTO lease (id, holder, token, expires_at) VALUES (1, NULL, 0, NULL)",
     "CREATE TABLE service_state (service TEXT PRIMARY KEY, body TEXT NOT NULL,"
     " token INTEGER NOT NULL, saved_at REAL NOT NULL)",
@@ -96,7 +101,7 @@ _SCHEMA = (
     "CREATE INDEX approvals_key ON approvals (service, run_id, step)",
 )
 _TABLES = frozenset({"schema_version", "lease", "service_state", "journal", "approvals"})
-# Added within schema version 1 (an older failoverd ignores it): corrupt records' copies.
+# Schema 3: corrupt records' copies (see store/quarantine.py).
 _QUARANTINE_TABLE = (
     "CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
     " kind TEXT NOT NULL, key TEXT NOT NULL, error TEXT NOT NULL, found_at REAL NOT NULL,"
@@ -350,12 +355,24 @@ class SqliteStore:
                     " use another database"
                 )
             missing = _TABLES - tables
+            if version >= 3 and "quarantine" not in tables:
+                missing = missing | {"quarantine"}
             if missing:
                 raise SchemaMismatch(
                     f"sqlite store {self.path}: tables missing from a version {version}"
                     f" database: {', '.join(sorted(missing))}; restore it from a backup"
                 )
-            conn.execute(_QUARANTINE_TABLE)
+            if version < 2:  # each step in the same transaction: all or nothing
+                conn.execute("ALTER TABLE lease ADD COLUMN info TEXT")
+            if version < 3:
+                # IF NOT EXISTS: a version 1 database written by a build that had the table
+                # before it had its own schema version.
+                conn.execute(_QUARANTINE_TABLE)
+            if version < SCHEMA_VERSION:
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+                _log.info(
+                    "sqlite_schema_upgraded", path=str(self.path), old=version, new=SCHEMA_VERSION
+                )
             conn.execute("COMMIT")
             return False
         except BaseException:
@@ -474,7 +491,7 @@ class SqliteStore:
             if current_holder is not None and current_holder != holder and expires_at > now:
                 return None
             conn.execute(
-                "UPDATE lease SET holder = ?, token = ?, expires_at = ? WHERE id = 1",
+                "UPDATE lease SET holder = ?, token = ?, expires_at = ?, info = NULL WHERE id = 1",
                 (holder, token + 1, now + ttl),
             )
             return Lease(holder=holder, token=token + 1, ttl=ttl)
@@ -517,6 +534,27 @@ class SqliteStore:
             return str(holder)
 
         return await self._call("leader", leader)
+
+    async def announce(self, lease: Lease, api: str, policy_version: str) -> None:
+        check_token(lease.token)
+        info = encode_announcement(lease.token, api, policy_version)
+
+        def announce(conn: sqlite3.Connection) -> None:
+            self._check_fence(conn, lease.token, "announce")
+            conn.execute("UPDATE lease SET info = ? WHERE id = 1", (info,))
+
+        await self._call("announce", announce, write=True)
+
+    async def leader_info(self) -> LeaderInfo | None:
+        def read(conn: sqlite3.Connection) -> LeaderInfo | None:
+            holder, token, expires_at, info = conn.execute(
+                "SELECT holder, token, expires_at, info FROM lease WHERE id = 1"
+            ).fetchone()
+            if holder is None or not expires_at > self._clock.now():
+                return None
+            return decode_announcement(str(holder), int(token), info)
+
+        return await self._call("leader_info", read)
 
     # -- service state --------------------------------------------------------------------
     async def load_state(self, service: str) -> ServiceState | None:

@@ -28,6 +28,7 @@ from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.sandbox import region_switch_world as orders
 from orchestrator.sandbox.region_switch_api import RegionSwitchEmulator
 from tests.fixtures.moto_server import MotoServer
+from tests.fixtures.secrets import write_secret
 from tests.integration.test_daemon_e2e import (
     HTTP_TIMEOUT,
     ROOT,
@@ -108,8 +109,7 @@ def config(
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "orders.yaml").write_text(policy(targets))
-    token = tmp_path / "token"
-    token.write_text(TOKEN + "\n")
+    token = write_secret(tmp_path / "token", TOKEN + "\n")
     path = tmp_path / "failoverd.yaml"
     settings = {
         "node_id": "e2e-orders",

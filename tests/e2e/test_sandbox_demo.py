@@ -4,6 +4,7 @@ SIGINT with none of its processes left behind. Everything listens on 127.0.0.1."
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 
@@ -44,9 +45,20 @@ def test_the_demo_fails_over_to_the_standby_and_says_how_fast() -> None:
     assert 0 <= float(match["detect"]) <= INTERVAL * FAILURES + 2
     assert 0 < float(match["failover"]) < 10
     assert int(match["rto"]) == 900  # the example policy's 15m
-    assert any("traffic moved: Route 53 record -> us-west-2" in line for line in lines)
+    # Traffic moved as clients see it: the DNS answer for the service's name.
+    moved = "traffic moved: DNS api.webapp.example.com -> api.us-west-2.webapp.example.com."
+    assert any(moved in line for line in lines), lines
     for step in ("promote-db", "scale-up", "flip-dns"):
         assert any(f"step {step}" in line and "succeeded" in line for line in lines), step
+    # The timeline as the README shows it: in time order (its indented lines), then the
+    # numbers and the result line; the last word on stderr is the sandbox stopping.
+    after = lines[lines.index("demo: timeline (seconds after the fault)") + 1 :]
+    timeline = list(itertools.takewhile(lambda line: line.startswith("  "), after))
+    assert after[len(timeline)].startswith("demo: numbers detect_s="), after
+    offsets = [float(line.split()[0].rstrip("s")) for line in timeline]
+    assert offsets == sorted(offsets) and offsets[0] == 0.0, timeline
+    assert timeline[0].endswith("fault: region-down us-east-1"), timeline
+    assert done.stderr.strip().splitlines()[-1] == "sandbox: stopped", done.stderr[-500:]
 
 
 def test_a_fault_from_the_command_line_moves_the_service_and_ctrl_c_stops_everything() -> None:

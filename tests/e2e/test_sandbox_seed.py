@@ -1,11 +1,16 @@
-"""The sandbox seeds every example policy: webapp, ledger, catalog, reports and orders come up
-steady in their primary with every region healthy and their lag known, and the seeded world
-passes `failoverd readiness` for webapp. Everything listens on 127.0.0.1."""
+"""The sandbox seeds every example policy: webapp, ledger, catalog, reports, orders and
+storefront come up steady in their primary with every region healthy and their lag known.
+With the environment `failoverd sandbox env` prints (as `eval` would set it), `failoverd
+readiness` and `failoverd iam-policy` run against the sandbox with no other option: the
+seeded world passes readiness for webapp and storefront (statically stable, where webapp's
+record edit is marked), and the example's webhook secret exists. Everything listens on
+127.0.0.1."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -28,6 +33,7 @@ PRIMARIES = {
     "ledger": "eu-west-1",
     "catalog": "us-east-1",
     "reports": "us-west-2",
+    "storefront": "us-east-1",
     "orders": "us-east-2",
 }
 STEADY_DEADLINE = 60.0
@@ -52,17 +58,33 @@ def _steady(api: str) -> dict[str, str]:
     return waiting
 
 
-def _readiness(policies: Path, endpoint_url: str) -> subprocess.CompletedProcess[str]:
-    argv = [*COMMAND[:-1], "readiness", "--json", "--policy", str(policies)]
+def _failoverd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*argv, "--endpoint-url", endpoint_url],
+        [*COMMAND[:-1], *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=READINESS_DEADLINE,
-        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        | {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+        env=env,
     )
+
+
+def evaluated(lines: str, base: dict[str, str]) -> dict[str, str]:
+    """``base`` after the shell would ``eval`` ``lines`` (export and unset lines)."""
+    env = dict(base)
+    for line in lines.splitlines():
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        verb, *rest = words
+        assert verb in ("export", "unset"), line
+        for word in rest:
+            if verb == "unset":
+                env.pop(word, None)
+            else:
+                name, _, value = word.partition("=")
+                env[name] = value
+    return env
 
 
 def test_every_example_comes_up_steady_and_webapp_is_ready() -> None:
@@ -84,7 +106,18 @@ def test_every_example_comes_up_steady_and_webapp_is_ready() -> None:
         assert state["api"] == api, "the pointer file names another sandbox"
         workdir = Path(state["workdir"])
         settings = yaml.safe_load((workdir / "daemon.yaml").read_text())
-        done = _readiness(workdir / "policies", settings["aws"]["endpoint_url"])
+
+        printed = _failoverd("sandbox", "env")
+        assert printed.returncode == 0, printed.stderr
+        # A shell with a real AWS profile and no FAILOVERD_* of its own, then the eval.
+        shell = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FAILOVERD_"))}
+        env = evaluated(printed.stdout, shell | {"AWS_PROFILE": "production"})
+        assert "AWS_PROFILE" not in env
+        assert env["AWS_ENDPOINT_URL"] == settings["aws"]["endpoint_url"]
+        assert env["FAILOVERD_API"] == api
+        assert env["FAILOVERD_POLICIES"] == str(workdir / "policies")
+
+        done = _failoverd("readiness", "--json", env=env)
         assert done.returncode in (0, 1), done.stderr  # 1: something else is not ready
         steps = json.loads(done.stdout)
         not_ready = [
@@ -107,6 +140,22 @@ def test_every_example_comes_up_steady_and_webapp_is_ready() -> None:
             and not (line.startswith("ledger failback promote-db") and "already the writer" in line)
         ]
         assert not others, others
+        # The data-plane example is ready too (its ARC cluster's 5 endpoints answer), and
+        # statically stable, where webapp's record edit is marked.
+        storefront = [s for s in steps if s["service"] == "storefront"]
+        assert storefront and all(s["ready"] and s["checked"] for s in storefront), storefront
+        assert not [s for s in storefront if s["static_stability"]]
+        flip = [s for s in webapp if s["step"] == "flip-dns" and s["move"]["runbook"] == "failover"]
+        assert flip and "Route 53's API" in flip[0]["static_stability"][0]
+        # The example's webhook secret exists in the sandbox.
+        webhook = [s for s in steps if s["step"] == "tell-the-team"]
+        assert webhook and all(s["ready"] for s in webhook), webhook
+        # The CLI's other commands find the sandbox the same way.
+        policy = _failoverd("iam-policy", env=env)
+        assert policy.returncode == 0 and '"Version": "2012-10-17"' in policy.stdout
+        shown = _failoverd("status", env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert "webapp" in shown.stdout and "leader sandbox" in shown.stdout
     finally:
         rc = stop(proc)
     assert rc == 0

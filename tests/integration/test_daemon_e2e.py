@@ -205,6 +205,13 @@ async def daemon(
     policies.mkdir()
     (policies / "webapp.yaml").write_text(e2e_policy(seeded.zone_id, targets))
     token_file = write_secret(tmp_path / "token", TOKEN + "\n")
+    async with running_daemon(daemon_config(tmp_path, moto, policies, token_file)) as handle:
+        yield handle
+
+
+def daemon_config(tmp_path: Path, moto: MotoServer, policies: Path, token_file: Path) -> Path:
+    """The e2e daemon's settings file: node e2e-node, SQLite in ``tmp_path``, fast ticks and
+    a 3 s lease, AWS in ``moto``, the API on a kernel-chosen loopback port, JSON logs."""
     config = tmp_path / "failoverd.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -220,8 +227,7 @@ async def daemon(
             }
         )
     )
-    async with running_daemon(config) as handle:
-        yield handle
+    return config
 
 
 @pytest.fixture

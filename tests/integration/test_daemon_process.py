@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -160,3 +161,45 @@ async def test_ready_reload_with_errors_and_clean_shutdown(
         notify.close()
         os.unlink(address)
         os.rmdir(sock_dir)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (None, "No such file or directory"),
+        ("", "is empty"),
+        ("\r\n\r\n", "is empty"),
+        ("alice:one\r\nbob\r\n", ":2: a token without a label"),
+    ],
+)
+def test_an_unusable_token_file_stops_the_start_with_one_line_and_exit_2(
+    tmp_path: Path, content: str | None, words: str
+) -> None:
+    token_file = tmp_path / "api-token"
+    if content is not None:
+        token_file.write_bytes(content.encode())
+        token_file.chmod(0o600)  # a secret file is its owner's alone
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "shop.yaml").write_text(policy(9))
+    config = tmp_path / "failoverd.yaml"
+    config.write_text(
+        f"policies: [{policies}]\nstate: {{path: {tmp_path / 'state.db'}}}\n"
+        f"http: {{port: 0, token_file: {token_file}}}\nlog: {{format: json}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAILOVERD_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    # One line says why, as for every start error (the daemon's own log event).
+    (line,) = [ln for ln in result.stderr.splitlines() if "daemon_not_started" in ln]
+    why = json.loads(line)["why"]
+    assert why.startswith(f"http.token_file {token_file}") and words in why, why
+    assert not (tmp_path / "state.db").exists()  # stopped before opening anything

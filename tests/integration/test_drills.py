@@ -4,17 +4,20 @@ writes a report with per-step timings and the RTO achieved."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestrator.audit import command_info, entries
 from orchestrator.clock import SYSTEM_CLOCK
 from orchestrator.drills import add_drill_parser, format_markdown, run_drill, switchover_drill
 from orchestrator.engine.state import RunStatus
 from orchestrator.policy.loader import load_policy_text, policy_version
 from orchestrator.signals.aws_clients import AwsClients
+from orchestrator.store.base import JournalRecord, JournalStatus
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.moto_server import MotoServer
 from tests.integration.runbook.webapp_world import moto_mutations
@@ -81,8 +84,11 @@ def test_dry_run_prints_each_step_and_its_findings_and_changes_nothing(
     settings = policy_file.parent / "failoverd.yaml"
     settings.write_text("state:\n  backend: etcd\n  etcd: {endpoints: [ftp://x]}\n")
     args = ("shop", "--mode", "switchover", "--policy", str(policy_file))
-    assert cli(*args, "--config", str(settings)) == 2
+    assert cli(*args, "--config", str(settings), "--reason", "game day") == 2
     assert "failoverd.yaml:3" in capsys.readouterr().err
+    # A switchover drill moves traffic: it is journaled with a reason, which it needs.
+    assert cli(*args, "--state", str(policy_file.parent / "state.db")) == 2
+    assert "needs --reason" in capsys.readouterr().err
 
 
 class HoldWatcher:
@@ -166,6 +172,10 @@ def test_switchover_cli_writes_a_json_report_and_refuses_a_held_lease(
         "1s",
         "--report",
         str(report_file),
+        "--reason",
+        "quarterly game day",
+        "--by",
+        "carol",
     )
     assert code == 0, capsys.readouterr()
     report = json.loads(report_file.read_text())
@@ -183,6 +193,32 @@ def test_switchover_cli_writes_a_json_report_and_refuses_a_held_lease(
         }
         assert all(s["duration"] >= 0 for s in run["steps"])
     assert dns(moto, zone) == [f"{PRIMARY}.shop.example.com"]
+    # On the record before anything moved: who, why, from where; and how it ended.
+    journal = asyncio.run(read_journal(tmp_path / "state.db"))
+    first = journal[0]
+    info = command_info(first)
+    assert info is not None, first
+    assert (info.command, info.by, info.reason, info.source) == (
+        "drill",
+        "carol",
+        "quarterly game day",
+        "cli",
+    )
+    assert info.extra["mode"] == "switchover"
+    assert first.at <= min(r.at for r in journal if r.status is JournalStatus.RUN_STARTED)
+    finished = [r for r in journal if r.status is JournalStatus.DRILL_FINISHED]
+    assert len(finished) == 1 and json.loads(finished[0].detail)["command_id"] == info.id
+    assert "drill switchover by carol via cli: quarterly game day" in [
+        e.summary for e in entries(journal)
+    ]
+
+
+async def read_journal(path: Path) -> list[JournalRecord]:
+    store = await SqliteStore.open(path)
+    try:
+        return list(await store.read_journal("shop", limit=1000))
+    finally:
+        await store.close()
 
 
 async def test_a_drill_refuses_when_the_daemon_holds_the_lease(
@@ -196,7 +232,6 @@ async def test_a_drill_refuses_when_the_daemon_holds_the_lease(
         assert await store.acquire_lease("daemon-a", 600.0) is not None
     finally:
         await store.close()
-    import asyncio
 
     code = await asyncio.to_thread(
         cli,
@@ -209,6 +244,8 @@ async def test_a_drill_refuses_when_the_daemon_holds_the_lease(
         moto.endpoint_url,
         "--state",
         str(tmp_path / "state.db"),
+        "--reason",
+        "game day",
     )
     assert code == 2
     assert "held by daemon-a" in capsys.readouterr().err

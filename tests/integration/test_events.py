@@ -21,7 +21,7 @@ from orchestrator.daemon.events import (
     EventPublisher,
     command_topic,
 )
-from orchestrator.engine.state import Command, Decision, OperatorCommand, RunStatus
+from orchestrator.engine.state import Command, CommandSource, Decision, OperatorCommand, RunStatus
 from orchestrator.engine.vocabulary import Action, Phase, Reason
 from orchestrator.runbook.journal import StepStatus
 from orchestrator.runbook.rto import RunProgress, StepProgress
@@ -288,10 +288,14 @@ async def test_commands_reach_the_daemon_only_when_enabled_and_junk_is_refused(
         assert answers[4]["message"].startswith("reason:")
         assert answers[5]["message"].startswith("to:")
         assert answers[6]["message"].startswith("force:")
-        # Only the two valid commands reached the daemon, exactly as sent.
+        # Only the two valid commands reached the daemon, exactly as sent, from MQTT.
+        mqtt = CommandSource.MQTT
         assert control.calls == [
-            (SERVICE, OperatorCommand(Command.PAUSE, None, False, "alice", "game day")),
-            (SERVICE, OperatorCommand(Command.FAILOVER, STANDBY, False, "alice", "game day")),
+            (SERVICE, OperatorCommand(Command.PAUSE, None, False, "alice", "game day", mqtt)),
+            (
+                SERVICE,
+                OperatorCommand(Command.FAILOVER, STANDBY, False, "alice", "game day", mqtt),
+            ),
         ]
         assert metric("failoverd_mqtt_commands_total", outcome="invalid") == invalid_before + 5
 

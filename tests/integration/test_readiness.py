@@ -3,10 +3,15 @@ steps lean on the control plane of the region being evacuated."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
+import boto3
 import pytest
 
 from orchestrator.cli.main import main
@@ -16,6 +21,7 @@ from orchestrator.readiness import check_step, format_report, moves, readiness
 from orchestrator.sandbox.seed import ALL_REGIONS, example_policy, seed_world
 from orchestrator.sandbox.world import MotoWorld
 from orchestrator.signals.aws_clients import AwsClients
+from tests.fixtures.binaries import free_port, port_open, wait_until
 from tests.fixtures.moto_server import MotoServer
 from tests.integration.shop_world import POLICY, seed
 
@@ -42,6 +48,11 @@ async def test_a_seeded_world_is_ready_and_route53_is_flagged_when_evacuating_it
     # Route 53's control plane is us-east-1: evacuating us-east-1 leans on it.
     assert steps[("failover", "us-west-2", "dns")].control_plane_in_source
     assert not steps[("failback", "us-east-1", "dns")].control_plane_in_source
+    # Whatever the region left, a record edit is a call to Route 53's global control plane:
+    # the failover's dns step is not statically stable; scaling the target region is.
+    (note,) = steps[("failover", "us-west-2", "dns")].static_stability
+    assert "Route 53's API (ChangeResourceRecordSets)" in note and "us-east-1" in note
+    assert steps[("failover", "us-west-2", "scale")].static_stability == ()
 
 
 async def test_missing_and_undersized_resources_are_reported(moto: MotoServer) -> None:
@@ -71,7 +82,8 @@ def test_cli_exit_codes_and_report(
     out = capsys.readouterr().out
     assert "shop: failover us-east-1 -> us-west-2" in out
     assert "NOT READY  scale (autoscaling.set_capacity)" in out
-    assert "depends on the us-east-1 control plane" in out
+    assert "! not statically stable: step 'dns' (route53.set_record) needs Route 53's API" in out
+    assert "1 failover step check(s) not statically stable" in out
     assert main(["readiness", "--policy", str(tmp_path / "nope.yaml")]) == 2
 
 
@@ -247,3 +259,104 @@ async def test_the_sandbox_ledger_as_shipped_is_ready(moto: MotoServer) -> None:
     assert fence.findings == (
         "will set scalable target service/ledger-eu-west-1/ledger-writer to [0, 0] (was [2, 12])",
     )
+
+
+# --- when AWS calls fail: the cause, not "replica absent" ---------------------------------
+NO_CREDENTIALS_ENV = {
+    # Nothing the standard chain could find: no keys, no profile files, no instance role.
+    "AWS_CONFIG_FILE": "/nonexistent/config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def _readiness_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, policy_file: Path, env: dict[str, str]
+) -> str:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["readiness", "--policy", str(policy_file)]) == 1
+    out: str = capsys.readouterr().out
+    return out
+
+
+def test_without_credentials_readiness_says_so_instead_of_replica_absent(
+    moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    zone = seed(moto)
+    policy_file = tmp_path / "shop.yaml"
+    policy_file.write_text(LAG_POLICY.format(zone=zone))
+    env = {**NO_CREDENTIALS_ENV, "AWS_ENDPOINT_URL": moto.endpoint_url}
+    out = _readiness_cli(monkeypatch, capsys, policy_file, env)
+    assert out.splitlines()[0].startswith("AWS calls failed in 5 check(s): no AWS credentials")
+    assert "replica absent" not in out
+    assert "replica in us-west-2: NOT READY - could not read the lag (no AWS credentials)" in out
+    assert "UNCHECKED  scale (autoscaling.set_capacity)" in out
+
+
+def test_an_unreachable_endpoint_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    policy_file = tmp_path / "shop.yaml"
+    policy_file.write_text(LAG_POLICY.format(zone="Z0SHOP"))
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    out = _readiness_cli(monkeypatch, capsys, policy_file, env)
+    assert "AWS calls failed in 5 check(s): an AWS endpoint could not be reached" in out
+    assert "could not read the lag (AWS endpoint unreachable): EndpointConnectionError" in out
+    assert "replica absent" not in out
+
+
+@pytest.fixture
+def moto_with_iam() -> Iterator[str]:
+    """A moto server of its own that enforces IAM after its first two calls (which create a
+    user and its key): every call of that user, who has no policy, is denied."""
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: port_open(port), 30.0, "the IAM-enforcing moto server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_access_denied_is_named_with_the_iam_policy_to_attach(
+    moto_with_iam: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    iam = boto3.client(
+        "iam",
+        endpoint_url=moto_with_iam,
+        region_name="us-east-1",
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+    )
+    iam.create_user(UserName="failoverd")
+    key = iam.create_access_key(UserName="failoverd")["AccessKey"]
+    policy_file = tmp_path / "shop.yaml"
+    policy_file.write_text(LAG_POLICY.format(zone="Z0SHOP"))
+    env = {
+        "AWS_ENDPOINT_URL": moto_with_iam,
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
+    out = _readiness_cli(monkeypatch, capsys, policy_file, env)
+    assert "AWS denied access: attach the policy `failoverd iam-policy` prints" in out, out
+    assert "could not read the lag (access denied by AWS)" in out, out
+    assert "replica absent" not in out

@@ -5,6 +5,7 @@ CLI tests."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from orchestrator.audit import decision_detail, decision_record
@@ -148,7 +149,6 @@ def run_records(*, fail: bool = False, detected: float | None = T0) -> list[Jour
 
 
 def operator_command(at: float, command: str, by: str, reason: str) -> JournalRecord:
-    import json
 
     return JournalRecord(
         "",
@@ -161,6 +161,51 @@ def operator_command(at: float, command: str, by: str, reason: str) -> JournalRe
         kind=command,
         detail=json.dumps({"by": by, "reason": reason, "to": None, "force": False}),
     )
+
+
+def command(
+    at: float,
+    what: str,
+    by: str,
+    reason: str,
+    *,
+    source: str = "cli",
+    command_id: str = "cmd-1",
+    **kw: object,
+) -> JournalRecord:
+    """An operator_command record as the daemon writes it today (id, source, user)."""
+    from orchestrator.audit import command_record
+
+    return command_record(
+        SERVICE,
+        what,
+        by=by,
+        reason=reason,
+        source=source,
+        command_id=command_id,
+        at=at,
+        token=TOKEN,
+        policy_version=VERSION,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def answer(
+    at: float, command_id: str, what: str, by: str, accepted: bool, message: str, **kw: object
+) -> JournalRecord:
+    """The decision record answering a command (the engine's decision, naming it)."""
+    record = decision(at, Phase.FAILING_OVER, **kw)  # type: ignore[arg-type]
+    data = json.loads(record.detail)
+    data["command"] = {
+        "id": command_id,
+        "command": what,
+        "by": by,
+        "source": "cli",
+        "accepted": accepted,
+        "message": message,
+        "run_id": None,
+    }
+    return replace(record, detail=json.dumps(data))
 
 
 def around() -> list[JournalRecord]:

@@ -51,3 +51,17 @@ def test_cli_prints_json(capsys: Any) -> None:
     actions = {a for s in doc["Statement"] for a in s["Action"]}
     assert "autoscaling:SetDesiredCapacity" in actions
     assert not any(a.startswith("sns:") for a in actions)  # reports publishes nothing
+
+
+def test_routing_controls_are_covered_by_their_arns() -> None:
+    doc = iam_policy(load_policy_set([ROOT / "policies" / "storefront"]))
+    (flip,) = statements_for(doc, "route53-recovery-cluster:UpdateRoutingControlStates")
+    assert "route53-recovery-cluster:GetRoutingControlState" in flip["Action"]
+    resources = flip["Resource"] if isinstance(flip["Resource"], list) else [flip["Resource"]]
+    assert sorted(resources) == [
+        "arn:aws:route53-recovery-control::123456789012:controlpanel/"
+        f"0c0ffee0c0ffee0c0ffee0c0ffee0c0f/routingcontrol/{cell}"
+        for cell in ("use1use1use1use1", "usw2usw2usw2usw2")
+    ]
+    # No Route 53 API at all: the flip needs no record or health-check edit.
+    assert not [s for s in doc["Statement"] if any(a.startswith("route53:") for a in s["Action"])]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from orchestrator.settings import (
     Settings,
     SettingsError,
     load_settings,
+    policy_paths_from_env,
     settings_reference,
 )
 from tests.fixtures.secrets import write_secret
@@ -85,7 +87,7 @@ def test_file_errors_name_file_line_and_key(tmp_path: Path) -> None:
     assert messages(exc) == [
         f"{path}:2:3: http.port: Input should be less than or equal to 65535 (got 70000)",
         f"{path}:3:3: http.prot: unknown key 'prot'; expected one of: bind, port,"
-        " allow_remote, allowed_hosts, token_file",
+        " allow_remote, allowed_hosts, token_file, advertise_url",
         f"{path}:5:3: engine.tick: expected a duration such as 500ms, 30s, 5m, 1h or 1m30s "
         "(a string with a unit), got 1",
         f"{path}:7:3: aws.endpoint_url: expected an http:// or https:// URL with a host, "
@@ -176,24 +178,88 @@ def test_bad_mqtt_settings_fail_at_load(tmp_path: Path, text: str, message: str)
     assert str(exc.value).startswith(f"{path}:")
 
 
-def test_the_token_is_read_at_use_and_never_held(tmp_path: Path) -> None:
-    token_file = write_secret(tmp_path / "token", "s3cr3t-token\n")
+def test_the_tokens_are_read_at_use_and_never_held(tmp_path: Path) -> None:
+    token_file = write_secret(tmp_path / "api-token", "s3cr3t-token\n")
     s = load_settings(write(tmp_path, f"http:\n  token_file: {token_file}\n"), {})
-    assert s.http.token() == "s3cr3t-token"
+    assert s.http.tokens() == {"api-token": "s3cr3t-token"}  # a bare token: the file's name
     token_file.write_text("rotated\n", encoding="utf-8")
-    assert s.http.token() == "rotated"  # a rotated file is picked up without a restart
+    assert s.http.tokens() == {"api-token": "rotated"}  # a rotated file is picked up
     assert "rotated" not in repr(s) and "rotated" not in s.model_dump_json()
 
 
-def test_an_unusable_token_file_is_a_clear_error(tmp_path: Path) -> None:
-    empty = write_secret(tmp_path / "empty", "\n")
-    s = load_settings(write(tmp_path, f"http:\n  token_file: {empty}\n"), {})
-    with pytest.raises(SettingsError, match=r"http.token_file .*empty is empty"):
-        s.http.token()
+def test_named_tokens_come_from_label_lines_and_several_files_crlf_included(
+    tmp_path: Path,
+) -> None:
+    team = tmp_path / "operators"
+    team.write_bytes(b"# on-call\r\nalice:tok-alice-1\r\n\r\nbob: tok-bob-22 \r\n")
+    ci = tmp_path / "ci-deploy.token"
+    ci.write_text("tok-ci-333\n", encoding="utf-8")
+    team.chmod(0o600)
+    ci.chmod(0o600)
+    s = load_settings(write(tmp_path, f"http:\n  token_file: [{team}, {ci}]\n"), {})
+    assert s.http.tokens() == {
+        "alice": "tok-alice-1",
+        "bob": "tok-bob-22",
+        "ci-deploy": "tok-ci-333",
+    }
+    # The same from the environment, as JSON, and one path as a plain string.
+    env = {"FAILOVERD_HTTP__TOKEN_FILE": json.dumps([str(team)])}
+    assert load_settings(write(tmp_path, "{}\n"), env).http.token_file == [team]
+    env = {"FAILOVERD_HTTP__TOKEN_FILE": str(ci)}
+    assert load_settings(write(tmp_path, "{}\n"), env).http.tokens() == {"ci-deploy": "tok-ci-333"}
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"t": "\n"}, r"http.token_file .*/t is empty"),
+        ({"t": "  \r\n# only a comment\n"}, r"t: no token in it"),
+        ({"t": "alice:one\ntwo\n"}, r"t:2: a token without a label"),
+        ({"t": "al ice:one\n"}, r"t:1: expected 'label:token'"),
+        ({"t": "alice:\n"}, r"t:1: the token is empty"),
+        ({"t": "alice:a b\n"}, r"t:1: the token is empty or has a space"),
+        ({"t": "alice:one\nalice:two\n"}, r"t:2: the label 'alice' is given twice"),
+        ({"t": "alice:one\n", "u": "alice:two\n"}, r"u: the label 'alice' is also given in"),
+        ({"t": "alice:same\n", "u": "bob:same\n"}, r"the token of 'bob' is also the token of"),
+    ],
+)
+def test_an_unusable_token_file_is_a_clear_error_naming_file_and_line(
+    tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    paths = []
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        (tmp_path / name).chmod(0o600)
+        paths.append(str(tmp_path / name))
+    s = load_settings(write(tmp_path, f"http:\n  token_file: [{', '.join(paths)}]\n"), {})
+    with pytest.raises(SettingsError, match=message) as exc:
+        s.http.tokens()
+    for secret in ("one", "two", "same"):
+        assert f":{secret}" not in str(exc.value) and f"'{secret}'" not in str(exc.value)
+
+
+def test_a_missing_token_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = load_settings(write(tmp_path, f"http:\n  token_file: {tmp_path}/x\n"), {})
-    with pytest.raises(SettingsError, match="No such file"):
-        missing.http.token()
-    assert load_settings(write(tmp_path, "{}\n"), {}).http.token() is None
+    with pytest.raises(SettingsError, match=r"http.token_file .*/x: No such file"):
+        missing.http.tokens()
+    assert load_settings(write(tmp_path, "{}\n"), {}).http.tokens() is None
+
+
+def test_the_api_address_announced_is_the_advertised_one_or_built_from_bind(
+    tmp_path: Path,
+) -> None:
+    s = load_settings(write(tmp_path, "http:\n  port: 0\n"), {})
+    assert s.http.api_url(41234) == "http://127.0.0.1:41234"
+    s = load_settings(write(tmp_path, "http:\n  bind: '::1'\n"), {})
+    assert s.http.api_url() == "http://[::1]:8080"
+    s = load_settings(write(tmp_path, "http:\n  bind: 0.0.0.0\n  allow_remote: true\n"), {})
+    assert s.http.api_url() == f"http://{socket.getfqdn()}:8080"
+    s = load_settings(
+        write(tmp_path, "http:\n  advertise_url: https://failoverd-b.internal:8443/\n"), {}
+    )
+    assert s.http.api_url(8080) == "https://failoverd-b.internal:8443"
+    with pytest.raises(SourceErrors, match="advertise_url"):
+        load_settings(write(tmp_path, "http:\n  advertise_url: ftp://x\n"), {})
 
 
 def test_agent_keys_are_read_from_their_files_and_never_shown(tmp_path: Path) -> None:
@@ -266,7 +332,7 @@ def test_log_format_maps_to_configure_logging(tmp_path: Path) -> None:
 
 def test_the_example_settings_file_is_valid() -> None:
     s = load_settings(ROOT / "systemd" / "failoverd.example.yaml", {})
-    assert s.http.token_file == Path("/etc/failoverd/api-token")
+    assert s.http.token_file == [Path("/etc/failoverd/api-token")]
     assert s.state.path == Path("/var/lib/failoverd/state.db")
 
 
@@ -422,3 +488,46 @@ async def test_the_state_settings_open_the_store_they_name(tmp_path: Path) -> No
     password.write_text("\n", encoding="utf-8")
     with pytest.raises(SettingsError, match=r"state.etcd.password_file .* is empty"):
         await open_store(state)
+
+
+def test_arc_cluster_endpoints_reach_the_daemons_aws_clients(tmp_path: Path) -> None:
+    from orchestrator.daemon.main import load_settings as daemon_settings
+
+    text = (
+        "arc:\n  cluster_endpoints:\n"
+        "    us-west-2: https://host-aaaa.us-west-2.example.com/v1\n"
+        "    eu-west-1: https://host-bbbb.eu-west-1.example.com/v1\n"
+    )
+    path = write(tmp_path, text)
+    assert load_settings(path, {}).arc.cluster_endpoints["eu-west-1"].endswith("/v1")
+    daemon = daemon_settings(str(path), {})
+    assert dict(daemon.arc_cluster_endpoints) == {
+        "us-west-2": "https://host-aaaa.us-west-2.example.com/v1",
+        "eu-west-1": "https://host-bbbb.eu-west-1.example.com/v1",
+    }
+    with pytest.raises(SourceErrors, match="not an AWS region"):
+        load_settings(write(tmp_path, "arc:\n  cluster_endpoints: {usw2: https://a/v1}\n"), {})
+    with pytest.raises(SourceErrors, match="http"):
+        load_settings(write(tmp_path, "arc:\n  cluster_endpoints: {us-west-2: host/v1}\n"), {})
+
+
+def test_the_cli_s_own_variables_are_not_settings_errors(tmp_path: Path) -> None:
+    # An operator's shell with the CLI's variables set (sandbox env) can still run the daemon.
+    env = {"FAILOVERD_API": "http://127.0.0.1:8080", "FAILOVERD_TOKEN_FILE": "/x/token"}
+    assert load_settings(write(tmp_path, "{}\n"), env).http.port == 8080
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, ["policies"]),
+        ("", ["policies"]),
+        ("/etc/failoverd/policies", ["/etc/failoverd/policies"]),
+        ('["/a", "/b/c.yaml"]', ["/a", "/b/c.yaml"]),
+    ],
+)
+def test_the_cli_finds_the_policies_where_the_daemon_would(
+    value: str | None, expected: list[str]
+) -> None:
+    env = {} if value is None else {"FAILOVERD_POLICIES": value}
+    assert policy_paths_from_env(env) == expected

@@ -12,9 +12,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from orchestrator.api import bound_port, make_app, serve
+from orchestrator.api.status_page import load_page
 from orchestrator.engine.vocabulary import REASON_TEXT, Reason
 from orchestrator.runbook.journal import StepStatus
 from orchestrator.runbook.rto import AttemptProgress, StepProgress, SubstepProgress
@@ -264,3 +266,78 @@ async def test_a_region_switch_step_shows_the_plans_steps_and_the_approval_it_wa
         r"↳ approve-promotion\nManualApproval\nWAITING APPROVAL\n54 s\nfailoverd approve webapp",
         webapp,
     ), webapp
+
+
+# A test-only copy of the page with one more script that measures, once the first refresh
+# has rendered, whether anything in a card reaches past the card's right edge.
+LAYOUT_PROBE = """
+<script>
+setTimeout(() => {
+  const out = [];
+  for (const card of document.querySelectorAll("section.card")) {
+    const edge = card.getBoundingClientRect().right;
+    for (const el of card.querySelectorAll("*")) {
+      const right = el.getBoundingClientRect().right;
+      if (right > edge + 0.5) out.push(card.dataset.service + ":" + el.tagName + ":" + right);
+    }
+  }
+  const probe = document.createElement("div");
+  probe.id = "layout-probe";
+  probe.textContent = out.length ? "OVERFLOW " + out.slice(0, 5).join(" ") : "INSIDE";
+  document.body.append(probe);
+}, 1500);
+</script>
+"""
+
+
+class LongErrors(FakeControl):
+    """The webapp run's first step failed with a long unbroken AWS error, and changed
+    something (its detail)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        snap = self.snapshots["webapp"]
+        assert snap.run is not None
+        steps = list(snap.run.steps)
+        steps[0] = replace(
+            steps[0],
+            status=StepStatus.FAILED,
+            error="PromoteReadReplica failed: InvalidDBInstanceState: arn:aws:rds:us-west-2:"
+            + "123456789012:db:"
+            + "webapp-db-replica-" * 12,
+            detail="changed: scaled webapp-us-west-2 from 0 to 6",
+        )
+        self.snapshots["webapp"] = replace(snap, run=replace(snap.run, steps=tuple(steps)))
+
+
+async def test_the_step_table_s_detail_column_stays_inside_its_card(
+    chromium: str, tmp_path: Path
+) -> None:
+    app = make_app(LongErrors(), token=None, metrics_registry=CollectorRegistry())
+    page = load_page().body.decode().replace("</body>", LAYOUT_PROBE + "</body>")
+
+    async def probe(request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    app.router.add_get("/layout-probe", probe)
+    runner = await serve(app, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{bound_port(runner)}/layout-probe"
+        dom = await run_chromium(
+            chromium,
+            tmp_path,
+            url,
+            f"--virtual-time-budget={FIRST_REFRESH_BUDGET_MS}",
+            "--window-size=1280,900",
+            "--dump-dom",
+        )
+    finally:
+        await runner.cleanup()
+    match = re.search(r'<div id="layout-probe">([^<]*)</div>', dom)
+    assert match is not None, "the probe did not run"
+    assert match.group(1) == "INSIDE", match.group(1)
+    webapp = card(dom, "webapp")
+    assert "Step\nStatus\nDuration\nAttempts\nDetail" in webapp
+    # The error in red, what the step changed in plain text.
+    assert re.search(r'<div class="err">PromoteReadReplica failed: [^<]+</div>', dom)
+    assert '<div class="change">changed: scaled webapp-us-west-2 from 0 to 6</div>' in dom

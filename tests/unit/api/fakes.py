@@ -22,7 +22,13 @@ from orchestrator.daemon.control import (
 from orchestrator.engine.decide import decide
 from orchestrator.engine.healthbook import HealthBook
 from orchestrator.engine.observation import FailureKind, Observation
-from orchestrator.engine.state import LagReading, OperatorCommand, RunStatus, ServiceState
+from orchestrator.engine.state import (
+    CommandSource,
+    LagReading,
+    OperatorCommand,
+    RunStatus,
+    ServiceState,
+)
 from orchestrator.incident_report import ReportData
 from orchestrator.policy.loader import PolicySet, load_policy_set
 from orchestrator.policy.models import AWS_HEALTH_VANTAGE, AwsHealthSignal, Policy
@@ -154,6 +160,9 @@ class FakeControl:
     fail: Exception | None = None
     commands: list[tuple[str, OperatorCommand]] = field(default_factory=list)
     paused_all: list[tuple[str, str]] = field(default_factory=list)
+    paused_all_from: list[tuple[CommandSource, str]] = field(default_factory=list)
+    leader_url: str | None = None  # the leader's API address, as announced
+    leader_version: str | None = None  # the policy version the leader announced
     policies: PolicySet = field(default_factory=load_policies)
     snapshots: dict[str, ServiceSnapshot] = field(default_factory=dict)
     runs: dict[str, RunProgress] = field(default_factory=lambda: {RUN_ID: run_progress()})
@@ -174,6 +183,12 @@ class FakeControl:
 
     def leader(self) -> str | None:
         return self.leader_id
+
+    def leader_api(self) -> str | None:
+        return self.leader_url
+
+    def leader_policy_version(self) -> str | None:
+        return self.leader_version if self.leader_id is not None else None
 
     def is_leader(self) -> bool:
         return self.leader_id == self.node_id
@@ -226,11 +241,14 @@ class FakeControl:
 
     async def command(self, service: str, command: OperatorCommand) -> CommandResult:
         if not self.is_leader():
-            raise NotLeaderError(self.leader_id)
+            raise NotLeaderError(self.leader_id, self.leader_api())
         self.commands.append((service, command))
         return self.result
 
-    async def pause_all(self, by: str, reason: str) -> None:
+    async def pause_all(
+        self, by: str, reason: str, *, source: CommandSource = CommandSource.API, user: str = ""
+    ) -> None:
         if not self.is_leader():
-            raise NotLeaderError(self.leader_id)
+            raise NotLeaderError(self.leader_id, self.leader_api())
         self.paused_all.append((by, reason))
+        self.paused_all_from.append((source, user))

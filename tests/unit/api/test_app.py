@@ -20,9 +20,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from structlog.testing import capture_logs
 
 from orchestrator.api import make_app, serve
-from orchestrator.api.app import SERVICE_COMMANDS, bound_port, is_loopback
+from orchestrator.api.app import (
+    CLI_AGENT,
+    SERVICE_COMMANDS,
+    bound_port,
+    is_loopback,
+    replace_tokens,
+)
 from orchestrator.daemon.control import CommandResult, Readiness
-from orchestrator.engine.state import Command, OperatorCommand
+from orchestrator.engine.state import Command, CommandSource, OperatorCommand
 from orchestrator.engine.vocabulary import REASON_TEXT, Reason
 from tests.unit.api.fakes import NOW, RUN_ID, FakeControl
 
@@ -242,6 +248,7 @@ async def test_no_token_configured_disables_mutating_calls() -> None:
                 "error": "forbidden",
                 "message": "mutating calls are disabled: no token configured",
                 "leader": None,
+                "leader_api": None,
                 "details": [],
                 "result": None,
             }
@@ -290,13 +297,18 @@ def test_an_empty_token_is_refused_at_startup() -> None:
 
 
 # --- commands -----------------------------------------------------------------------------
+API = CommandSource.API
+
+
 @pytest.mark.parametrize(
     ("command", "body", "expected"),
     [
         (
             "failover",
             {"reason": "us-east-1 is down", "to": "us-west-2", "force": True, "by": "alice"},
-            OperatorCommand(Command.FAILOVER, "us-west-2", True, "alice", "us-east-1 is down"),
+            OperatorCommand(
+                Command.FAILOVER, "us-west-2", True, "api", "us-east-1 is down", API, "alice"
+            ),
         ),
         (
             "failover",
@@ -306,7 +318,7 @@ def test_an_empty_token_is_refused_at_startup() -> None:
         (
             "switchover",
             {"reason": "game day", "to": "us-west-2", "by": "bob"},
-            OperatorCommand(Command.SWITCHOVER, "us-west-2", False, "bob", "game day"),
+            OperatorCommand(Command.SWITCHOVER, "us-west-2", False, "api", "game day", API, "bob"),
         ),
         (
             "failback",
@@ -316,7 +328,7 @@ def test_an_empty_token_is_refused_at_startup() -> None:
         (
             "approve",
             {"reason": "lag ok", "by": "carol"},
-            OperatorCommand(Command.APPROVE, by="carol", reason="lag ok"),
+            OperatorCommand(Command.APPROVE, by="api", reason="lag ok", user="carol"),
         ),
         (
             "pause",
@@ -346,6 +358,49 @@ async def test_each_command_reaches_control_with_who_what_and_why(
     }
 
 
+async def test_who_is_the_token_s_label_and_the_cli_is_told_apart_by_its_user_agent() -> None:
+    control = FakeControl()
+    tokens = {"alice": "tok-alice-0123456789", "ci-deploy": "tok-ci-0123456789abc"}
+    app = make_app(control, tokens=tokens, metrics_registry=CollectorRegistry())
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        for label, token in tokens.items():
+            resp = await client.post(
+                "/v1/services/webapp/pause",
+                json={"reason": f"{label} says so", "by": "mallory"},  # a claim, kept aside
+                headers={"Authorization": f"Bearer {token}", "User-Agent": "curl/8.5"},
+            )
+            assert resp.status == 202
+        resp = await client.post(
+            "/v1/pause",
+            json={"reason": "incident"},
+            headers={
+                "Authorization": f"Bearer {tokens['alice']}",
+                "User-Agent": f"{CLI_AGENT}0.1.0",
+            },
+        )
+        assert resp.status == 202
+    got = [(c.by, c.user, c.source) for _, c in control.commands]
+    assert got == [("alice", "mallory", API), ("ci-deploy", "mallory", API)]
+    assert control.paused_all == [("alice", "incident")]
+    assert control.paused_all_from == [(CommandSource.CLI, "")]
+
+
+async def test_revoked_tokens_are_refused_after_a_replace() -> None:
+    control = FakeControl()
+    app = make_app(control, tokens={"alice": "tok-a-12345", "bob": "tok-b-12345"})
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        bob = {"Authorization": "Bearer tok-b-12345"}
+        resp = await client.post("/v1/services/webapp/pause", json={"reason": "r"}, headers=bob)
+        assert resp.status == 202
+        replace_tokens(app, {"alice": "tok-a-12345"})  # bob's line removed, SIGHUP
+        resp = await client.post("/v1/services/webapp/pause", json={"reason": "r"}, headers=bob)
+        assert resp.status == 401
+        alice = {"Authorization": "Bearer tok-a-12345"}
+        resp = await client.post("/v1/services/webapp/pause", json={"reason": "r"}, headers=alice)
+        assert resp.status == 202
+    assert [c.by for _, c in control.commands] == ["bob", "alice"]
+
+
 async def test_global_pause_pauses_everything() -> None:
     control = FakeControl()
     async with api(control) as client:
@@ -356,7 +411,8 @@ async def test_global_pause_pauses_everything() -> None:
         assert (await resp.json())["accepted"] is True
         resp = await client.post("/v1/pause", json={"reason": "x", "to": "us-west-2"}, headers=AUTH)
         assert resp.status == 400
-    assert control.paused_all == [("dave", "incident 42")]
+    assert control.paused_all == [("api", "incident 42")]
+    assert control.paused_all_from == [(CommandSource.API, "dave")]
 
 
 async def test_a_refused_command_is_409_with_the_engine_message() -> None:
@@ -369,15 +425,26 @@ async def test_a_refused_command_is_409_with_the_engine_message() -> None:
     assert body["result"]["accepted"] is False
 
 
-async def test_not_leader_is_409_naming_the_leader() -> None:
-    control = FakeControl(leader_id="node-b")
+async def test_not_leader_is_409_naming_the_leader_and_its_api() -> None:
+    control = FakeControl(leader_id="node-b", leader_url="http://10.1.2.3:8080")
     async with api(control) as client:
         for path in ("/v1/services/webapp/approve", "/v1/pause"):
             resp = await client.post(path, json={"reason": "r"}, headers=AUTH)
             assert resp.status == 409
             body = await resp.json()
             assert body["error"] == "not_leader" and body["leader"] == "node-b"
-            assert "node-b" in body["message"]
+            assert body["leader_api"] == "http://10.1.2.3:8080"
+            assert "node-b at http://10.1.2.3:8080" in body["message"]
+
+
+async def test_status_says_which_policy_version_the_leader_acts_on() -> None:
+    control = FakeControl(leader_id="node-b", leader_version="f00dfeed", leader_url="http://b")
+    async with api(control) as client:
+        resp = await client.get("/v1/status")
+        body = await resp.json()
+        assert_schema(await openapi_doc(client), "/v1/status", "get", 200, body)
+    assert body["policy_version"] == control.policy_version
+    assert body["leader_policy_version"] == "f00dfeed" and body["leader_api"] == "http://b"
 
 
 @pytest.mark.parametrize(
@@ -488,7 +555,7 @@ async def test_commands_are_logged_with_who_and_why_but_never_the_token() -> Non
             )
             assert resp.status == 202
     (event,) = [e for e in logs if e["event"] == "api_command"]
-    assert event["service"] == "webapp" and event["by"] == "erin"
+    assert event["service"] == "webapp" and (event["by"], event["user"]) == ("api", "erin")
     assert event["reason"] == "deploy" and event["outcome"] == "accepted"
     assert TOKEN not in repr(logs)
 

@@ -190,6 +190,7 @@ async def test_malformed_http_is_a_json_400_that_quotes_nothing(raw: bytes) -> N
         "error": "bad_request",
         "message": "malformed HTTP request",
         "leader": None,
+        "leader_api": None,
         "details": [],
         "result": None,
     }

@@ -18,6 +18,7 @@ async def test_readiness_report_lists_steps_lag_and_control_plane_dependencies()
                 "route53.set_record",
                 True,
                 control_plane_region="us-east-1",
+                static_stability=("step 'flip-dns' needs Route 53's API",),
             ),
             StepReadiness(
                 "webapp",
@@ -40,6 +41,8 @@ async def test_readiness_report_lists_steps_lag_and_control_plane_dependencies()
     assert webapp["ready"] is False
     dns, scale = webapp["steps"]
     assert dns["control_plane_in_source"] is True
+    assert dns["static_stability"] == ["step 'flip-dns' needs Route 53's API"]
+    assert scale["static_stability"] == []
     assert scale["findings"] == ["ASG max below desired: max 2 < desired 6"]
     assert webapp["lag"] == [
         {"region": "us-west-2", "ready": True, "finding": "lag 5s within the RPO 1m"}

@@ -9,6 +9,7 @@ import io
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from orchestrator.cli.operator import (
     run_operator,
 )
 from orchestrator.daemon.control import CommandResult, Readiness
-from orchestrator.engine.state import Command, OperatorCommand
+from orchestrator.engine.state import Command, CommandSource, OperatorCommand
 from orchestrator.engine.vocabulary import REASON_TEXT, Reason
 from tests.fixtures.binaries import free_port
+from tests.unit import audit_records as ar
 from tests.unit.api.fakes import FakeControl
 
 TOKEN = "cli-test-token"
@@ -38,11 +40,10 @@ class Api:
     token_file: Path
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    """The API on a random loopback port, served from its own thread and loop (the CLI runs
-    its own ``asyncio.run`` in the test thread)."""
-    control = FakeControl()
+@contextmanager
+def serving(control: FakeControl) -> Iterator[str]:
+    """``make_app(control)`` on a random loopback port, served from its own thread and loop
+    (the CLI runs its own ``asyncio.run`` in the test thread); yields its URL."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     port: list[int] = []
@@ -61,15 +62,22 @@ def api(tmp_path: Path) -> Iterator[Api]:
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
     assert started.wait(10), "the API server did not start"
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
     try:
-        yield Api(f"http://127.0.0.1:{port[0]}", control, token_file)
+        yield f"http://127.0.0.1:{port[0]}"
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         assert not thread.is_alive(), "the API server did not stop"
         loop.close()
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    control = FakeControl()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with serving(control) as url:
+        yield Api(url, control, token_file)
 
 
 def token(api: Api) -> list[str]:
@@ -213,10 +221,14 @@ def test_failover_sends_target_force_who_and_why(api: Api) -> None:
     )
     assert code == 0
     assert out == "accepted: failover started (run run-0002)\n"
+    # Who is the token's label; the name given is recorded beside it; the source is the CLI.
+    cli_source = CommandSource.CLI
     assert api.control.commands == [
         (
             "webapp",
-            OperatorCommand(Command.FAILOVER, "us-west-2", True, "alice", "us-east-1 is down"),
+            OperatorCommand(
+                Command.FAILOVER, "us-west-2", True, "api", "us-east-1 is down", cli_source, "alice"
+            ),
         )
     ]
 
@@ -238,12 +250,14 @@ def test_each_command_reaches_the_daemon(
     code, _ = cli([*argv, "--reason", "drill", "--by", "bob", "--api", api.url])
     assert code == 0
     ((service, command),) = api.control.commands
-    assert (service, command.command, command.by, command.reason) == (
+    assert (service, command.command, command.by, command.user, command.reason) == (
         "webapp",
         expected,
+        "api",
         "bob",
         "drill",
     )
+    assert command.source is CommandSource.CLI
 
 
 def test_pause_without_a_service_is_the_global_brake(api: Api) -> None:
@@ -252,7 +266,8 @@ def test_pause_without_a_service_is_the_global_brake(api: Api) -> None:
     )
     assert code == 0
     assert json.loads(out)["accepted"] is True
-    assert api.control.paused_all == [("carol", "incident")]
+    assert api.control.paused_all == [("api", "incident")]
+    assert api.control.paused_all_from == [(CommandSource.CLI, "carol")]
 
 
 def test_a_refused_command_exits_1_with_the_engine_message(
@@ -285,6 +300,60 @@ def test_not_the_leader_exits_1_naming_the_leader(
     )
     assert code == 1
     assert "(leader: node-b)" in capsys.readouterr().err
+
+
+def test_a_follower_s_409_is_followed_once_to_the_leader_s_api(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `api` leads; the follower's 409 names it and the address it announced.
+    follower = FakeControl(node_id="node-b", leader_id="node-a", leader_url=api.url)
+    with serving(follower) as follower_url:
+        code, out = cli(
+            ["pause", "webapp", "--reason", "deploy", "--api", follower_url, *token(api)]
+        )
+        assert code == 0, capsys.readouterr().err
+        assert out == "accepted: failover started (run run-0002)\n"
+        err = capsys.readouterr().err
+        assert f"{follower_url} does not lead; sending the command to node-a at {api.url}" in err
+        assert follower.commands == []
+        ((service, command),) = api.control.commands
+        assert (service, command.command, command.source) == (
+            "webapp",
+            Command.PAUSE,
+            CommandSource.CLI,
+        )
+        # The global brake follows too.
+        code, _ = cli(["pause", "--reason", "incident", "--api", follower_url, *token(api)])
+        assert code == 0 and api.control.paused_all == [("api", "incident")]
+
+
+def test_a_second_not_leader_answer_is_not_followed_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    third = FakeControl(node_id="node-c", leader_id="node-a")
+    with serving(third) as third_url:
+        second = FakeControl(node_id="node-b", leader_id="node-c", leader_url=third_url)
+        with serving(second) as second_url:
+            first = FakeControl(node_id="node-a", leader_id="node-b", leader_url=second_url)
+            with serving(first) as first_url:
+                argv = ["resume", "webapp", "--reason", "r", "--api", first_url]
+                code, _ = cli([*argv, "--token-file", str(token_file)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("does not lead; sending the command to") == 1
+    assert f"(leader: node-c at {third_url})" in err
+    assert first.commands == second.commands == third.commands == []
+
+
+def test_a_token_file_may_hold_one_named_token_with_crlf(api: Api, tmp_path: Path) -> None:
+    named = tmp_path / "alice.token"
+    named.write_bytes(b"# my token\r\nalice:" + TOKEN.encode() + b"\r\n")
+    code, _ = cli(
+        ["resume", "webapp", "--reason", "r", "--api", api.url, "--token-file", str(named)]
+    )
+    assert code == 0 and len(api.control.commands) == 1
 
 
 def test_without_a_token_the_command_is_refused_with_a_hint(
@@ -332,6 +401,12 @@ def test_an_unreadable_or_empty_token_file_is_a_usage_error(
     code, _ = cli(["pause", "--reason", "r", "--token-file", str(empty)])
     assert code == 2
     assert "is empty" in capsys.readouterr().err
+    several = tmp_path / "tokens"
+    several.write_text("alice:aaaaaaaa\nbob:bbbbbbbb\n")
+    code, _ = cli(["pause", "--reason", "r", "--token-file", str(several)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "holds 2 tokens (alice, bob)" in err and "aaaaaaaa" not in err
 
 
 @pytest.mark.parametrize(
@@ -409,3 +484,17 @@ def test_report_of_an_unknown_run_exits_2(api: Api, capsys: pytest.CaptureFixtur
     code, out = cli(["report", "no-such-run", "--api", api.url])
     assert code == 2 and out == ""
     assert "no run with id 'no-such-run'" in capsys.readouterr().err
+
+
+def test_audit_shows_who_asked_from_where_why_and_what_came_of_it(api: Api) -> None:
+    api.control.journal = [
+        ar.command(ar.T0, "failover", "alice", "us-east-1 burns", command_id="c1", force=True),
+        ar.answer(ar.T0 + 0.2, "c1", "failover", "alice", True, "failover to us-west-2 started"),
+    ]
+    code, out = cli(["audit", "--api", api.url])
+    assert code == 0
+    (row,) = [line for line in out.splitlines() if "operator_command" in line]
+    assert row.endswith(
+        "failover (forced) by alice via cli: us-east-1 burns"
+        " -> accepted: failover to us-west-2 started"
+    ), row

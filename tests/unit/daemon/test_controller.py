@@ -4,19 +4,18 @@ commands are journaled and act; a follower starts nothing; a broken reload keeps
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from orchestrator.actions.moves import move_style
+from orchestrator.audit import command_info
 from orchestrator.daemon.control import NotLeaderError
 from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.support import POLICY_RELOADS, reload_policies
 from orchestrator.engine.state import Command, LagReading, OperatorCommand, ServiceState
 from orchestrator.engine.vocabulary import Action, Phase, Reason
 from orchestrator.runbook.journal import RunHeader
-from orchestrator.store.base import JournalStatus
 from orchestrator.store.sqlite import SqliteStore
 from tests.fixtures.clock import VirtualClock, eventually
 from tests.unit.daemon.controller_support import SHOP_POLICY, region_down, running, see
@@ -74,17 +73,12 @@ async def test_operator_commands_are_journaled_and_act(
         await eventually(lambda: action.calls != [], "the switchover step")
 
         journal = await store.read_run("")
-        commands = [r for r in journal if r.status is JournalStatus.OPERATOR_COMMAND]
-        assert [(r.step, json.loads(r.detail)) for r in commands][:2] == [
-            (
-                "operator.pause",
-                {"by": "alice", "force": False, "reason": "maintenance", "to": None},
-            ),
-            (
-                "operator.switchover",
-                {"by": "alice", "force": False, "reason": "drill", "to": "us-west-2"},
-            ),
+        commands = [info for r in journal if (info := command_info(r)) is not None]
+        assert [(c.command, c.by, c.reason, c.to, c.source) for c in commands][:2] == [
+            ("pause", "alice", "maintenance", None, "api"),
+            ("switchover", "alice", "drill", "us-west-2", "api"),
         ]
+        assert all(c.id.startswith("cmd-") for c in commands)
         unknown = await controller.command("nope", pause)
         assert not unknown.accepted and "unknown service" in unknown.message
 

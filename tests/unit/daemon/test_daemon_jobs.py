@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
+from orchestrator.audit import command_info
 from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.support import READINESS_JOB, DaemonJobs, reload_policies
 from orchestrator.engine.state import RunStatus
@@ -184,6 +186,12 @@ async def test_a_dry_run_drill_evaluates_readiness_for_its_service(
     assert drill.service == "shop" and drill.kind == "dry-run"
     assert '"cron": "0 10 * * TUE"' in drill.detail
     assert await controller._store.recent_runs("shop") == []
+    # On the record before it ran: the scheduler's command, with why.
+    (asked,) = [c for r in records if (c := command_info(r)) is not None]
+    assert (asked.command, asked.by, asked.source) == ("drill", "scheduler", "scheduler")
+    assert asked.reason.startswith("scheduled drill (0 10 * * TUE")
+    assert asked.extra["mode"] == "dry-run" and records.index(drill) > 0
+    assert json.loads(drill.detail)["command_id"] == asked.id
 
 
 async def test_a_drill_never_fires_while_a_region_is_not_healthy(
@@ -216,6 +224,16 @@ async def test_a_switchover_drill_goes_through_the_controller_and_comes_back(
                 clock.advance(1.0)
                 healthy(controller, clock)
         assert drill.result()
+        # The drill follows the journal; the controller reads the state back right after.
+        await eventually(
+            lambda: (
+                (snap := controller.snapshot("shop")) is not None
+                and snap.active_region == "us-east-1"
+                and snap.run is not None
+                and snap.run.status is RunStatus.SUCCEEDED
+            ),
+            "the controller to see the failback's end",
+        )
         core.cancel()
     snap = controller.snapshot("shop")
     assert snap is not None and snap.active_region == "us-east-1"
@@ -223,3 +241,9 @@ async def test_a_switchover_drill_goes_through_the_controller_and_comes_back(
     assert snap.run.kind == "failback"
     targets = [c.ctx.target_region for c in action.calls if c.ctx is not None]
     assert targets == ["us-west-2", "us-east-1"]
+    asked = [c for r in await controller._store.read_run("") if (c := command_info(r))]
+    assert [(c.command, c.by, c.source, c.to) for c in asked] == [
+        ("drill", "scheduler", "scheduler", None),
+        ("switchover", "scheduler", "scheduler", "us-west-2"),
+        ("failback", "scheduler", "scheduler", "us-east-1"),
+    ]

@@ -273,6 +273,41 @@ async def test_leader_gauges_follow_the_lease(
     assert value("failoverd_store_up", backend="sqlite") == 0
 
 
+async def test_a_standby_says_when_its_policies_differ_from_the_leader_s(
+    tmp_path: Path, policy_dir: Path, clock: VirtualClock, action: ScriptedAction
+) -> None:
+    write(policy_dir, "metrics-drift")
+    shared = tmp_path / "shared.db"
+    leader_store = await SqliteStore.open(shared, clock=clock)
+    standby_store = await SqliteStore.open(shared, clock=clock)
+    leader = await make_controller(policy_dir, leader_store, clock, action)
+    standby = await make_controller(policy_dir, standby_store, clock, action)
+    standby.node_id = "node-b"
+    exporter = MetricsExporter(standby, clock, backend="sqlite")
+    try:
+        exporter.update()
+        assert value("failoverd_policy_differs_from_leader") == 0  # no leader known
+        await leader.lease_step()  # leads, and announces the version it acts on
+        await standby.lease_step()  # learns it
+        exporter.update()
+        assert standby.leader_policy_version() == leader.policy_version
+        assert value("failoverd_policy_differs_from_leader") == 0
+        # The leader reloads a changed set; the standby's files did not change.
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "metrics-drift.yaml").write_text(policy_text("metrics-drift", approval=True))
+        await leader.swap(load_policy_set([other]))
+        await standby.lease_step()
+        exporter.update()
+        assert standby.leader_policy_version() == leader.policy_version != standby.policy_version
+        assert value("failoverd_policy_differs_from_leader") == 1
+    finally:
+        await standby.close()
+        await leader.close()
+        await standby_store.close()
+        await leader_store.close()
+
+
 async def test_every_engine_pass_is_timed(
     policy_dir: Path, store: SqliteStore, clock: VirtualClock, action: ScriptedAction
 ) -> None:
@@ -436,8 +471,14 @@ async def test_a_steps_own_steps_reach_the_metrics_and_wait_for_failoverd_approv
         labels = {"service": svc, "step": "move", "substep": "scale"}
         assert value("failoverd_run_substep_duration_seconds", **labels) == 4.0
         assert value("failoverd_run_awaiting_approval", service=svc) == 1
-        state = await store.load_state(svc)
-        assert state is not None and state.run is not None and state.run.waiting_approval
+        # The state's flag is written just after the journal's note the metrics read: wait
+        # for it rather than race it.
+        async with asyncio.timeout(10):
+            while True:
+                state = await store.load_state(svc)
+                if state is not None and state.run is not None and state.run.waiting_approval:
+                    break
+                await asyncio.sleep(0.005)
 
         result = await c.command(svc, OperatorCommand(Command.APPROVE, by="alice", reason="go"))
         assert result.accepted and "move/gate" in result.message

@@ -37,6 +37,7 @@ from orchestrator.store.base import (
     FencedOut,
     JournalRecord,
     JournalStatus,
+    LeaderInfo,
     Store,
     StoreError,
     StoreUnavailable,
@@ -236,6 +237,48 @@ class StoreContract:
         await store.release_lease(a)  # idempotent
         assert await store.leader() == "daemon-b"
         assert await store.renew_lease(b) is not None
+
+    # -- what the leader announces with its lease ----------------------------------------
+    async def test_the_leader_announces_its_api_and_policy_version_to_every_instance(
+        self, store: Store, store_factory: StoreFactory, ttl: float
+    ) -> None:
+        assert await store.leader_info() is None
+        lease = await store.acquire_lease("daemon-a", ttl)
+        assert lease is not None
+        assert await store.leader_info() == LeaderInfo("daemon-a")  # nothing announced yet
+        await store.announce(lease, "http://10.0.0.1:8080", "v-1")
+        other = await store_factory.open()  # another instance reads what was announced
+        try:
+            assert await other.leader_info() == LeaderInfo(
+                "daemon-a", "http://10.0.0.1:8080", "v-1"
+            )
+            await store.announce(lease, "http://10.0.0.1:8080", "v-2")  # a policy reload
+            info = await other.leader_info()
+            assert info is not None and info.policy_version == "v-2"
+        finally:
+            await other.close()
+
+    async def test_an_announcement_ends_with_its_lease_and_a_deposed_leader_cannot_announce(
+        self, store: Store, store_factory: StoreFactory, ttl: float
+    ) -> None:
+        a = await store.acquire_lease("daemon-a", ttl)
+        assert a is not None
+        await store.announce(a, "http://a:8080", "v-a")
+        await store_factory.advance(ttl * 1.5)
+        assert await store.leader_info() is None
+        b = await store.acquire_lease("daemon-b", ttl)
+        assert b is not None
+        assert await store.leader_info() == LeaderInfo("daemon-b")  # not a's address
+        with pytest.raises(FencedOut):
+            await store.announce(a, "http://a:8080", "v-a")
+        await store.announce(b, "http://b:8080", "v-b")
+        assert await store.leader_info() == LeaderInfo("daemon-b", "http://b:8080", "v-b")
+        # The same holder acquiring again (a restart) starts with nothing announced.
+        again = await store.acquire_lease("daemon-b", ttl)
+        assert again is not None
+        assert await store.leader_info() == LeaderInfo("daemon-b")
+        await store.release_lease(again)
+        assert await store.leader_info() is None
 
     async def test_tokens_strictly_increase_across_holders_and_reacquisitions(
         self, store: Store, store_factory: StoreFactory, ttl: float
