@@ -50,7 +50,7 @@ RUNS = 20
 SEED = 2026
 A, B = "us-east-1", "us-west-2"
 AGENT = "agent-x"
-RECORD = "chaos.example.test."
+RECORD = "app.chaos.example.test."  # a CNAME, so not at the zone's apex (Route 53 refuses)
 RUN_DEADLINE = 30.0
 POLL = aiohttp.ClientTimeout(total=1)  # a stopped daemon must not stall the polls
 
