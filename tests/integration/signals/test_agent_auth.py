@@ -225,8 +225,10 @@ async def test_a_captured_batch_published_again_is_refused(
 
 
 def test_the_agent_refuses_an_unusable_key(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Logging stays as the test session set it up (not on this test's captured stderr).
+    monkeypatch.setattr("orchestrator.agent.configure_logging", lambda level: None)
     short = tmp_path / "short.key"
     short.write_text("too-short\n", encoding="utf-8")
     short.chmod(0o600)
