@@ -9,6 +9,14 @@ Presence: on connect it publishes a retained ``online`` status; its MQTT last wi
 retained ``offline``, so the broker announces an agent that died. SIGINT/SIGTERM flush
 what is buffered, publish ``offline``, disconnect and exit 0.
 
+With ``--key-file`` (and ``--key-id``, default: the agent id) every message is signed
+(HMAC-SHA256, :mod:`orchestrator.signals.agent_auth`): the daemon, given the same key,
+refuses anything this agent did not send. The key file is read like every secret file
+(first line; refused when group- or world-readable).
+
+Time: the agent stamps observations with a :class:`~orchestrator.clock.SteadyClock`, so a
+step of its host's clock does not make its reports look stale or from the future.
+
 Delivery is at most once per batch: a batch whose publish failed is not sent again, since
 a duplicate would count a failure twice in the daemon's health book (a false ``down`` is
 worse than a missing sample, which only makes the view go stale, i.e. unknown). Batches
@@ -37,20 +45,20 @@ from typing import Protocol
 import aiomqtt
 
 from orchestrator import mqtt_calls
-from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.clock import SYSTEM_CLOCK, Clock, SteadyClock
 from orchestrator.engine.observation import Observation
 from orchestrator.policy.durations import DurationError, parse_duration
 from orchestrator.policy.loader import PolicySet, load_policy_set
 from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
+from orchestrator.signals.agent_auth import AgentKey, AgentKeyError
 from orchestrator.signals.agent_wire import (
     DEFAULT_LIMITS,
     AgentState,
     Catalog,
+    Sender,
     WireLimits,
     check_agent_id,
-    encode_batches,
-    encode_status,
     observations_topic,
     status_topic,
 )
@@ -155,11 +163,14 @@ class AgentSettings:
     max_batch: int = 100
     buffer_limit: int = 10_000
     shutdown_timeout: float = 3.0  # bound of the final flush + offline status
+    key: AgentKey | None = None  # sign every message with it
 
     def __post_init__(self) -> None:
         problem = check_agent_id(self.agent_id)
         if problem:
             raise ValueError(problem)
+        if self.key is not None and self.key.agent != self.agent_id:
+            raise ValueError(f"key {self.key.key_id!r} is not agent {self.agent_id!r}'s")
         if not (math.isfinite(self.flush_interval) and 0 < self.flush_interval <= 60):
             raise ValueError(
                 f"flush interval must be in (0, 60] seconds, got {self.flush_interval}"
@@ -197,6 +208,7 @@ class Agent:
         self._backoff = backoff or Backoff()
         self._limits = limits
         self._outbox = Outbox(settings.buffer_limit, settings.max_batch)
+        self._sender = Sender(settings.agent_id, settings.key)
         self._obs_topic = observations_topic(settings.agent_id)
         self._status_topic = status_topic(settings.agent_id)
         self.connected = False
@@ -236,12 +248,8 @@ class Agent:
 
     async def _session(self) -> None:
         agent = self.settings.agent_id
-        will = aiomqtt.Will(
-            self._status_topic,
-            encode_status(agent, AgentState.OFFLINE, self._clock.now()),
-            qos=1,
-            retain=True,
-        )
+        online, offline = self._sender.online_and_will(self._clock.now())
+        will = aiomqtt.Will(self._status_topic, offline, qos=1, retain=True)
         # A fixed client id: a restarted agent takes over its old session at once, instead
         # of a half-dead twin lingering until its keepalive runs out.
         client = self.settings.broker.client(identifier=f"failoverd-agent-{agent}", will=will)
@@ -249,7 +257,7 @@ class Agent:
             await mqtt_calls.publish(
                 client,
                 self._status_topic,
-                encode_status(agent, AgentState.ONLINE, self._clock.now()),
+                online,
                 qos=1,
                 retain=True,
                 within=self.settings.broker.timeout,
@@ -295,7 +303,7 @@ class Agent:
                     agent=self.settings.agent_id,
                     count=len(items) - len(fresh),
                 )
-            chunks = list(encode_batches(self.settings.agent_id, fresh, now, self._limits))
+            chunks = list(self._sender.batches(fresh, now, self._limits))
             for i, (payload, carried) in enumerate(chunks):
                 try:
                     await mqtt_calls.publish(
@@ -327,7 +335,7 @@ class Agent:
                 await mqtt_calls.publish(
                     client,
                     self._status_topic,
-                    encode_status(agent, AgentState.OFFLINE, self._clock.now()),
+                    self._sender.status(AgentState.OFFLINE, self._clock.now()),
                     qos=1,
                     retain=True,
                     within=self.settings.broker.timeout,
@@ -367,6 +375,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--username", help="broker username")
     p.add_argument(
         "--password-file", metavar="FILE", help="file holding the broker password (first line)"
+    )
+    p.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="file holding this agent's signing key (first line; at least 32 characters,"
+        " e.g. from `openssl rand -hex 32`); the daemon needs the same key",
+    )
+    p.add_argument(
+        "--key-id", metavar="ID", help="the key's id, sent with each message (default: --id)"
     )
     p.add_argument(
         "--flush-interval", default="1s", metavar="DURATION", help="publish at least this often"
@@ -411,7 +428,28 @@ def _settings(args: argparse.Namespace) -> AgentSettings:
         password_file=_path(args.password_file),
     )
     broker.check()
-    return AgentSettings(args.agent_id, broker, flush_interval=flush, max_batch=args.max_batch)
+    return AgentSettings(
+        args.agent_id,
+        broker,
+        flush_interval=flush,
+        max_batch=args.max_batch,
+        key=_key(args),
+    )
+
+
+def _key(args: argparse.Namespace) -> AgentKey | None:
+    if args.key_file is None:
+        if args.key_id is not None:
+            raise ValueError("--key-id needs --key-file")
+        return None
+    # Imported here: settings pull in pydantic-settings, which only this path needs.
+    from orchestrator.settings import read_secret_file
+
+    secret = read_secret_file(Path(args.key_file), "--key-file")
+    try:
+        return AgentKey.from_text(args.agent_id, args.key_id or args.agent_id, secret)
+    except AgentKeyError as exc:
+        raise ValueError(f"--key-file: {exc}") from None
 
 
 def _err(text: str) -> None:
@@ -422,9 +460,10 @@ def run_agent(
     args: argparse.Namespace,
     *,
     producer_factory: ProducerFactory | None = None,
-    clock: Clock = SYSTEM_CLOCK,
+    clock: Clock | None = None,
 ) -> int:
     """Run the agent until SIGINT/SIGTERM; return the exit code."""
+    clock = clock or SteadyClock()
     configure_logging(args.log_level)
     problem = check_agent_id(args.agent_id)
     if problem:

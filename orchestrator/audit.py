@@ -361,7 +361,7 @@ def _json_detail(text: str) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"text": text}
     return data if isinstance(data, dict) else {"text": text}
 
@@ -495,12 +495,18 @@ def summarize(record: JournalRecord) -> str:
         return f"run failed: {record.error}".rstrip(": ")
     if status is JournalStatus.DRILL_FINISHED:
         return f"drill {record.kind} finished"
+    if status is JournalStatus.CORRUPT:
+        return f"CORRUPT record {record.detail} (quarantined; time approximate): {record.error}"
     return status.value  # pragma: no cover - every status is handled above
 
 
 def entry(record: JournalRecord) -> AuditEntry:
     """The audit view of one journal record."""
-    detail = _json_detail(record.detail)
+    detail = (
+        {"key": record.detail, "error": record.error}
+        if record.status is JournalStatus.CORRUPT
+        else _json_detail(record.detail)
+    )
     reasons: tuple[str, ...] = ()
     if record.status is JournalStatus.DECISION:
         reasons = _str_tuple(detail.get("reasons"))

@@ -53,7 +53,8 @@ from orchestrator.policy.models import (
     CloudWatchAlarmSignal,
     Policy,
 )
-from orchestrator.store.codec import CorruptRecord, decode_state
+from orchestrator.store.base import CorruptRecord
+from orchestrator.store.codec import decode_state
 
 MAX_PHASE_CHECKS = 24
 

@@ -382,6 +382,8 @@ def _run_event(r: JournalRecord) -> tuple[float, int, str, str]:
         return (r.at, 4, "run ended", "succeeded")
     if s is JournalStatus.RUN_FAILED:
         return (r.at, 4, "run ended", f"failed: {r.error}")
+    if s is JournalStatus.CORRUPT:
+        return (r.at, 3, f"corrupt record {r.detail} (quarantined; time approximate)", r.error)
     return (r.at, 3, s.value, r.error)
 
 

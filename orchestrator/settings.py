@@ -42,6 +42,7 @@ from orchestrator.policy.yamlsource import (
 from orchestrator.telemetry import add_known_secret
 
 if TYPE_CHECKING:
+    from orchestrator.signals.agent_auth import AgentKey, Keyring
     from orchestrator.signals.aws_clients import AwsClientConfig
     from orchestrator.signals.mqtt_agents import BrokerConfig
 
@@ -384,6 +385,47 @@ class ProbeSettings(Section):
         return v
 
 
+class AgentKeySettings(Section):
+    """One remote agent's signing key (HMAC-SHA256; the agent runs with the same file)."""
+
+    agent: str = Field(description="The agent's id (its vantage point name).")
+    key_id: str | None = Field(
+        None, description="The key's id, as the agent sends it (default: the agent's id)."
+    )
+    file: Path = Field(
+        description="File whose first line is the key: at least 32 characters, e.g. from"
+        " `openssl rand -hex 32`; not readable by group or others."
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> AgentKeySettings:
+        from orchestrator.signals.agent_auth import KEY_ID_PATTERN
+        from orchestrator.signals.agent_wire import check_agent_id
+
+        problem = check_agent_id(self.agent)
+        if problem:
+            raise ValueError(problem)
+        if not re.match(KEY_ID_PATTERN, self.id):
+            raise ValueError(f"key_id {self.id!r} must match {KEY_ID_PATTERN}")
+        return self
+
+    @property
+    def id(self) -> str:
+        return self.key_id or self.agent
+
+    def load(self) -> AgentKey:
+        """The key (an :class:`~orchestrator.signals.agent_auth.AgentKey`), read now;
+        :class:`SettingsError` naming the setting when the file cannot be used."""
+        from orchestrator.signals.agent_auth import AgentKey, AgentKeyError
+
+        what = f"mqtt.agent_keys ({self.id}) file"
+        secret = read_secret_file(self.file, what)
+        try:
+            return AgentKey.from_text(self.agent, self.id, secret)
+        except AgentKeyError as exc:
+            raise SettingsError(f"{what} {self.file}: {exc}") from None
+
+
 class MqttSettings(Section):
     """The MQTT broker (remote probe agents, event stream, optional commands); off when
     `broker` is unset."""
@@ -404,13 +446,23 @@ class MqttSettings(Section):
     commands_enabled: bool = Field(
         False, description="Accept operator commands on the command topic (broker ACLs guard it)."
     )
+    agent_keys: list[AgentKeySettings] = Field(
+        default_factory=list,
+        description="The remote agents' signing keys. With any set, a message from an agent"
+        " must be signed with a key of that agent (several per agent while rotating).",
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> MqttSettings:
         from orchestrator.signals.mqtt_agents import BrokerConfigError
 
+        ids = [k.id for k in self.agent_keys]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"agent_keys: key id {twice[0]!r} is given twice")
         if self.broker is None:
-            if self.tls_ca or self.tls_cert or self.tls_key or self.username or self.password_file:
+            options = self.tls_ca or self.tls_cert or self.tls_key or self.username
+            if options or self.password_file or self.agent_keys:
                 raise ValueError("broker options are set but `broker` is not")
             return self
         try:
@@ -418,6 +470,13 @@ class MqttSettings(Section):
         except BrokerConfigError as exc:
             raise ValueError(str(exc)) from None
         return self
+
+    def keyring(self) -> Keyring:
+        """The agents' keys, read from their files now (SettingsError naming the first
+        that cannot be used)."""
+        from orchestrator.signals.agent_auth import Keyring
+
+        return Keyring(k.load() for k in self.agent_keys)
 
     def broker_config(self) -> BrokerConfig | None:
         """The broker connection settings (None when MQTT is off). Reads no file."""

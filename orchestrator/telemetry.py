@@ -77,6 +77,13 @@ AWS_API_CALLS = Counter(
     ("aws_service", "operation", "outcome"),
 )
 
+AWS_API_RETRIES = Counter(
+    "failoverd_aws_api_retries_total",
+    "Retries botocore made inside AWS calls that got an answer (throttling, 5xx), by service"
+    " and operation.",
+    ("aws_service", "operation"),
+)
+
 # --- CloudWatch alarms and replication lag ------------------------------------------------
 REPLICATION_LAG = Gauge(
     "failoverd_replication_lag_seconds",
@@ -93,7 +100,8 @@ REPLICATION_LAG_TIMESTAMP = Gauge(
 AGENT_MESSAGES = Counter(
     "failoverd_agent_messages_total",
     "Agent messages received, by outcome (accepted, malformed, unknown_service, stale,"
-    " future, wrong_version, agent_mismatch, too_large).",
+    " future, wrong_version, agent_mismatch, too_large, unsigned, bad_signature, replayed,"
+    " duplicate).",
     ("outcome",),
 )
 AGENT_OBSERVATIONS_DROPPED = Counter(
@@ -199,6 +207,18 @@ STORE_OPERATION_DURATION = Histogram(
 OBSERVATIONS = Counter(
     "failoverd_observations_total", "Observations fed to the health book, by source.", ("source",)
 )
+WALL_CLOCK_OFFSET = Gauge(
+    "failoverd_wall_clock_offset_seconds",
+    "The host's wall clock minus the daemon's steady clock (moves when the host's clock is"
+    " stepped; the daemon keeps its own time until restarted).",
+)
+OBSERVATIONS_REJECTED = Counter(
+    "failoverd_observations_rejected_total",
+    "Observations the health book did not count, by source and reason (too_soon: closer to"
+    " the cell's previous one than the probe interval allows; out_of_order: not newer than"
+    " it; unexpected: no policy cell expects it).",
+    ("source", "reason"),
+)
 
 # --- engine state (orchestrator.daemon.metrics_export sets these after every engine pass) -------
 # Enum gauges: one series per possible value, 1 for the current one and 0 for the others, so
@@ -295,6 +315,12 @@ LEADER_TRANSITIONS = Counter(
     "Leader lease transitions of this instance, by event (acquired, lost).",
     ("event",),
 )
+STORE_CORRUPT_RECORDS = Counter(
+    "failoverd_store_corrupt_records_total",
+    "Stored records that could not be decoded and were quarantined (kept, reported, worked"
+    " around), by backend and kind (service_state, journal); each counted once per process.",
+    ("backend", "kind"),
+)
 STORE_UP = Gauge(
     "failoverd_store_up",
     "1 when the last state-store call or lease step reached the store.",
@@ -325,6 +351,10 @@ ENGINE_TICK_DURATION = Histogram(
     "failoverd_engine_tick_duration_seconds",
     "How long one engine pass over every service took.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+ASYNCIO_TASKS = Gauge(
+    "failoverd_asyncio_tasks",
+    "Tasks alive on the daemon's event loop (a number that must not grow over a long run).",
 )
 EVENT_LOOP_LAG = Histogram(
     "failoverd_event_loop_lag_seconds",

@@ -24,13 +24,15 @@ fi
 # systemd (systemd-analyze verify/security on the unit, sysusers/tmpfiles), chromium (the
 # status page rendered headless), etcd-server (the HA store's 3-member test cluster),
 # etcd-client (etcdctl, to inspect it), prometheus (promtool checks; a real server scraping
-# the sandbox).
+# the sandbox), libfaketime (the chaos suite steps the wall clock under a running daemon),
+# e2fsprogs (the chaos suite's small ext4 disks that turn read-only).
 missing=()
 for pkg_bin in mosquitto:/usr/sbin/mosquitto systemd:/usr/bin/systemd-analyze \
     chromium:/usr/bin/chromium etcd-server:/usr/bin/etcd etcd-client:/usr/bin/etcdctl \
-    prometheus:/usr/bin/promtool; do
+    prometheus:/usr/bin/promtool libfaketime:/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 \
+    e2fsprogs:/usr/sbin/mkfs.ext4; do
     pkg="${pkg_bin%%:*}"; bin="${pkg_bin#*:}"
-    [ -x "$bin" ] || missing+=("$pkg")
+    [ -e "$bin" ] || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then

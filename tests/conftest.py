@@ -5,6 +5,7 @@ from __future__ import annotations
 pytest_plugins: list[str] = [
     "tests.fixtures.arc_cluster",
     "tests.fixtures.etcd",
+    "tests.fixtures.filesystems",
     "tests.fixtures.health_emulator",
     "tests.fixtures.mosquitto",
     "tests.fixtures.moto_server",

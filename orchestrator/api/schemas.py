@@ -201,6 +201,12 @@ class StepBody(_Out):
     note: str = Field(default="", description="The step's latest progress note.")
 
 
+class CorruptRecordBody(_Out):
+    key: str = Field(description="where the store keeps the record (quarantined, kept)")
+    at: float = Field(description="approximate: the time of the record before it")
+    error: str = Field(description="why it could not be read")
+
+
 class RunBody(_Out):
     run_id: str
     service: str
@@ -219,6 +225,10 @@ class RunBody(_Out):
     elapsed: float
     rto_remaining: float
     rto_exceeded: bool
+    corrupt_records: list[CorruptRecordBody] = Field(
+        default_factory=list,
+        description="records of this run the store could not read; the rest is shown without them",
+    )
 
 
 class ServiceSummary(_Out):
@@ -268,6 +278,11 @@ class ServiceBody(_Out):
     decision: DecisionBody | None
     run: RunBody | None
     recent_decisions: list[DecisionBody]
+    state_problem: str | None = Field(
+        None,
+        description="why the service's stored state could not be used (e.g. corrupt, and"
+        " quarantined): the service is then paused until an operator resumes it",
+    )
 
 
 class CommandResultBody(_Out):
@@ -446,6 +461,9 @@ def run_body(p: RunProgress) -> RunBody:
         elapsed=p.elapsed,
         rto_remaining=p.rto_remaining,
         rto_exceeded=p.rto_exceeded,
+        corrupt_records=[
+            CorruptRecordBody(key=r.detail, at=r.at, error=r.error) for r in p.corrupt
+        ],
     )
 
 
@@ -504,6 +522,7 @@ def service_body(s: ServiceSnapshot, *, node_id: str, leader: str | None) -> Ser
         decision=None if s.decision is None else decision_body(s.decision),
         run=None if s.run is None else run_body(s.run),
         recent_decisions=[decision_body(d) for d in s.recent_decisions],
+        state_problem=s.state_problem,
     )
 
 

@@ -469,6 +469,8 @@ def render_service(body: dict[str, Any], dots: dict[str, str] | None = None) -> 
         f" (primary {body['primary']}) {sep} phase {body['phase']}"
         + (f" {sep} PAUSED" if body["paused"] else "")
     ]
+    if body.get("state_problem"):
+        lines.append(f"  STATE: {body['state_problem']}")
     for r in body["reasons"]:
         lines.append(f"  why: {r['code']}: {r['text']}")
     rto = body["rto"]

@@ -40,6 +40,7 @@ class ServiceSnapshot:
     decision: Decision | None
     run: RunProgress | None  # the current run, or the last one
     recent_decisions: tuple[Decision, ...] = ()  # newest last; only changes are kept
+    state_problem: str | None = None  # the stored state could not be used (corrupt): why
 
 
 @dataclass(frozen=True)

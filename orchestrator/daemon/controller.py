@@ -49,8 +49,9 @@ from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.daemon.audit_writer import AuditWriter
 from orchestrator.daemon.control import CommandResult, NotLeaderError, Readiness, ServiceSnapshot
 from orchestrator.daemon.flight_recorder import FlightRecorder, ServiceView
+from orchestrator.daemon.intake import IntakeLedger
 from orchestrator.engine.decide import decide
-from orchestrator.engine.healthbook import HealthBook, RegionVerdict
+from orchestrator.engine.healthbook import HealthBook, Intake, RegionVerdict
 from orchestrator.engine.observation import Observation
 from orchestrator.engine.state import (
     MOVE_COMMANDS,
@@ -75,6 +76,7 @@ from orchestrator.runbook.rto import RunProgress
 from orchestrator.signals.aws_clients import AwsClients
 from orchestrator.store.base import (
     ApprovalRecord,
+    CorruptState,
     JournalRecord,
     JournalStatus,
     LeaderInfo,
@@ -82,7 +84,7 @@ from orchestrator.store.base import (
     Store,
     StoreError,
 )
-from orchestrator.telemetry import AUDIT_RECORDS, OBSERVATIONS, get_logger
+from orchestrator.telemetry import AUDIT_RECORDS, get_logger
 
 LEASE_SAFETY = 0.8  # act for at most this share of the lease's TTL after each renewal
 FOLLOWER_RETRY = 1.0  # seconds between a follower's attempts to take the lease
@@ -119,6 +121,9 @@ class _Service:
         default_factory=lambda: collections.deque(maxlen=AUDIT_HELD)
     )
     start_audit: asyncio.Future[bool] | None = None  # the record of the run-starting decision
+    # Why the stored state could not be used (corrupt, quarantined by the store): the
+    # service is held paused until an operator's command saves a state again.
+    state_problem: str | None = None
 
 
 class Controller:
@@ -192,6 +197,7 @@ class Controller:
         self.on_decision: list[Callable[[Decision], object]] = []
         self._readiness: dict[str, ReadinessReport] = {}
         self.recorder: FlightRecorder | None = None  # set by the daemon: hooks below feed it
+        self.intake = IntakeLedger(clock)
 
     # -- Control: reads ------------------------------------------------------------------
     @property
@@ -281,6 +287,7 @@ class Controller:
             decision=d,
             run=svc.progress,
             recent_decisions=tuple(svc.recent),
+            state_problem=svc.state_problem,
         )
 
     def readiness_report(self) -> Mapping[str, ReadinessReport]:
@@ -342,8 +349,9 @@ class Controller:
     def put(self, obs: Observation) -> None:
         svc = self._services.get(obs.service)
         note = None if self.recorder is None else self.recorder.observation
-        if svc is not None and svc.book.observe(obs, note):
-            OBSERVATIONS.labels(source=obs.source or "unknown").inc()
+        intake = Intake.UNEXPECTED if svc is None else svc.book.observe(obs, note)
+        self.intake.record(obs, intake)  # counted there, accepted or rejected
+        if intake is Intake.ACCEPTED:
             self._wake.set()
 
     def put_lag(self, service: str, region: str, reading: LagReading) -> None:
@@ -370,7 +378,16 @@ class Controller:
         self._store_ok = True
 
     async def _new_service(self, policy: Policy) -> _Service:
-        state = await self._store.load_state(policy.service)
+        try:
+            state = await self._store.load_state(policy.service)
+        except CorruptState as exc:
+            svc = _Service(
+                policy=policy,
+                book=HealthBook(policy),
+                state=ServiceState(policy.service, policy.primary),
+            )
+            await self._hold_corrupt(svc, exc, known=False)
+            return svc
         if state is None or state.active_region not in policy.regions:
             if state is not None:
                 log.warning(
@@ -380,6 +397,42 @@ class Controller:
                 )
             state = ServiceState(policy.service, policy.primary)
         return _Service(policy=policy, book=HealthBook(policy), state=state)
+
+    async def _hold_corrupt(self, svc: _Service, exc: CorruptState, *, known: bool) -> None:
+        """The service's stored state is corrupt (the store has quarantined it): hold the
+        service paused, so that nothing is done on a guess, with the best guess of its
+        active region — the one in memory (``known``), else the journal's last finished
+        run, else the primary — until an operator checks and resumes it (which saves a good
+        state over the corrupt one)."""
+        if svc.state_problem is not None:
+            return
+        service = svc.policy.service
+        region, source = svc.state.active_region, "the last state read"
+        if not known:
+            region, source = await self._region_from_journal(svc.policy)
+        svc.state = replace(svc.state, active_region=region, paused=True)
+        svc.state_problem = (
+            f"the stored state is corrupt and was quarantined ({exc.key}): the service is"
+            f" paused; its active region {region} comes from {source}. Check it, then resume"
+            " (or switch over after resuming) to save a good state."
+        )
+        log.error("service_state_corrupt", service=service, key=exc.key, active_region=region)
+
+    async def _region_from_journal(self, policy: Policy) -> tuple[str, str]:
+        try:
+            runs = await self._store.recent_runs(policy.service, 20)
+            for run_id in runs:
+                records = await self._store.read_run(run_id)
+                if not records or records[0].status is not JournalStatus.RUN_STARTED:
+                    continue
+                start, end = records[0], records[-1]
+                if end.status is JournalStatus.RUN_SUCCEEDED and start.target_region:
+                    return start.target_region, f"run {run_id} (succeeded)"
+                if end.status is JournalStatus.RUN_FAILED and start.source_region:
+                    return start.source_region, f"run {run_id} (failed)"
+        except StoreError as exc:
+            log.warning("journal_unreadable_for_state", service=policy.service, error=str(exc))
+        return policy.primary, "the policy (no finished run in the journal)"
 
     async def run(self) -> None:
         """The lease and engine loops, and every run, until cancelled. The first engine pass
@@ -632,7 +685,8 @@ class Controller:
             elif svc.progress is not None and svc.progress.status is RunStatus.RUNNING:
                 # A run resumed after a restart ends without a _drive of ours: catch its end.
                 svc.progress = await self.executor.progress(svc.progress.run_id) or svc.progress
-            self._store_ok = True
+            # No `_store_ok = True` here: a read that works says nothing of a store that
+            # refuses writes (a full disk, a lock held elsewhere); the lease step tells.
         except (StoreError, JournalError) as exc:
             log.warning("run_refresh_failed", service=svc.policy.service, error=str(exc))
 
@@ -692,6 +746,9 @@ class Controller:
         try:
             await self._store.save_state(svc.state, token)
             self._store_ok = True
+            if svc.state_problem is not None:
+                log.info("service_state_rewritten", service=svc.policy.service)
+                svc.state_problem = None
         except StoreError as exc:
             self._store_ok = False
             log.warning("state_save_failed", service=svc.policy.service, error=str(exc))
@@ -752,12 +809,17 @@ class Controller:
         for svc in list(self._services.values()):
             try:
                 stored = await self._store.load_state(svc.policy.service)
+            except CorruptState as exc:
+                # One bad record takes out its service, held paused, not the leadership.
+                await self._hold_corrupt(svc, exc, known=True)
+                continue
             except StoreError as exc:
                 log.warning("state_refresh_failed", service=svc.policy.service, error=str(exc))
                 return False
             driving = svc.run_task is not None and not svc.run_task.done()
             if stored is not None and stored.active_region in svc.policy.regions and not driving:
                 svc.state = stored
+                svc.state_problem = None
         return True
 
     async def lease_step(self) -> None:

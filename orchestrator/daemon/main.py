@@ -38,7 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.api.app import bound_port, make_app, replace_tokens, serve
-from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.clock import SYSTEM_CLOCK, Clock, SteadyClock
 from orchestrator.daemon.controller import Controller
 from orchestrator.daemon.events import EventPublisher
 from orchestrator.daemon.flight_recorder import FlightRecorder
@@ -60,12 +60,14 @@ from orchestrator.policy.models import Policy
 from orchestrator.policy.yamlsource import SourceErrors
 from orchestrator.readiness import ReadinessReport, readiness
 from orchestrator.settings import (
+    AgentKeySettings,
     AwsSettings,
     FlightRecorderSettings,
     HttpSettings,
     SettingsError,
     StateSettings,
 )
+from orchestrator.signals.agent_auth import NO_KEYS, Keyring, ReplayGuard
 from orchestrator.signals.aws_clients import AwsClients
 from orchestrator.signals.aws_health import health_sources
 from orchestrator.signals.cloudwatch import CloudWatchAlarmSource
@@ -75,7 +77,7 @@ from orchestrator.signals.probes import ProbeContext
 from orchestrator.signals.scheduler import ProbeScheduler
 from orchestrator.store.base import StoreError
 from orchestrator.store.open import describe, open_store
-from orchestrator.telemetry import configure_logging, get_logger
+from orchestrator.telemetry import WALL_CLOCK_OFFSET, configure_logging, get_logger
 
 log = get_logger("failoverd.daemon")
 
@@ -105,6 +107,7 @@ class DaemonSettings:
     mqtt_url: str | None = None
     mqtt_broker: BrokerConfig | None = None  # TLS/credentials; None: built from mqtt_url
     mqtt_commands_enabled: bool = False
+    mqtt_agent_keys: tuple[AgentKeySettings, ...] = ()
     readiness_interval: float = 30 * 60.0
     readiness_first_delay: float = 10.0
     http_bind: str = "127.0.0.1"
@@ -163,6 +166,7 @@ def load_settings(path: str | None, env: Mapping[str, str] | None = None) -> Dae
         mqtt_url=s.mqtt.broker,
         mqtt_broker=s.mqtt.broker_config(),
         mqtt_commands_enabled=s.mqtt.commands_enabled,
+        mqtt_agent_keys=tuple(s.mqtt.agent_keys),
         http_bind=s.http.bind,
         http_port=s.http.port,
         http_token_files=tuple(str(p) for p in s.http.token_file or ()),
@@ -197,6 +201,8 @@ class Daemon:
         self._sources: asyncio.Task[None] | None = None
         self._readiness_fn = readiness_fn or self._readiness
         self.jobs: DaemonJobs | None = None
+        self._keyring: Keyring = NO_KEYS
+        self._replay = ReplayGuard()  # one for every agent source built, across reloads
         self._api: web.Application | None = None
         self.recorder: FlightRecorder | None = None
 
@@ -215,6 +221,7 @@ class Daemon:
             broker = self.broker()
             if broker is not None:
                 broker.check()
+            self._keyring = self._read_agent_keys()
         except (SettingsError, BrokerConfigError) as exc:
             return str(exc)
         if s.http_port is not None and s.http_allow_remote and not s.http_token_files:
@@ -469,6 +476,22 @@ class Daemon:
                 self._sources = tg.create_task(self._run_sources(controller.policy_set, controller))
             self.notifier.ready(controller.summary())
 
+    def _read_agent_keys(self) -> Keyring:
+        return Keyring([k.load() for k in self.settings.mqtt_agent_keys])
+
+    def _reread_agent_keys(self) -> None:
+        """On reload: rotated key files are picked up; a file that cannot be read now keeps
+        the keys in use (and says why)."""
+        try:
+            self._keyring = self._read_agent_keys()
+        except SettingsError as exc:
+            log.error("agent_keys_not_reloaded", why=str(exc))
+            return
+        if self._keyring.enforcing:
+            log.info(
+                "agent_keys_loaded", keys=len(self._keyring), agents=sorted(self._keyring.agents)
+            )
+
     async def _run_sources(self, policies: PolicySet, controller: Controller) -> None:
         """Every signal source for ``policies``, each supervised, until cancelled."""
         s = self.settings
@@ -497,7 +520,10 @@ class Daemon:
                 runs.append((lag.name, lambda: lag.run(controller)))
             broker = self.broker()
             if broker is not None:
-                agents = MqttAgentSource(broker, items, clock=self.clock)
+                self._reread_agent_keys()  # at start the same keys; on reload rotated ones
+                agents = MqttAgentSource(
+                    broker, items, clock=self.clock, keyring=self._keyring, replay=self._replay
+                )
                 runs.append((agents.name, lambda: agents.run(controller)))
             for name, run in runs:
                 tg.create_task(supervise(name, run, self.clock))
@@ -533,12 +559,18 @@ def run_daemon(args: argparse.Namespace) -> int:
     configure_webhooks(allow_link_local=settings.webhook_allow_link_local)
     tune_process()  # the process's own: not in Daemon.run, which tests run in theirs
     try:
-        return asyncio.run(Daemon(settings).run())
+        return asyncio.run(Daemon(settings, clock=SteadyClock(on_step=wall_clock_stepped)).run())
     except Exception:
         # A bug, not bad input: one event (its traceback inside, redacted), not a dump of
         # lines that breaks the JSON log; exit 1 so that systemd restarts it.
         log.exception("daemon_crashed")
         return 1
+
+
+def wall_clock_stepped(offset: float) -> None:
+    """The host's clock moved away from the daemon's steady one: say so, keep going."""
+    WALL_CLOCK_OFFSET.set(offset)
+    log.warning("wall_clock_stepped", offset_seconds=round(offset, 3))
 
 
 def main(argv: list[str] | None = None) -> int:

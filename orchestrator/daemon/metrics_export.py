@@ -19,6 +19,7 @@ failure is logged and the next pass retries from scratch).
 
 from __future__ import annotations
 
+import asyncio
 import platform
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ from orchestrator.runbook.journal import SUBSTEP_STATUSES, StepStatus
 from orchestrator.runbook.rto import RunProgress, rto_remaining
 from orchestrator.telemetry import (
     ACTIVE_REGION,
+    ASYNCIO_TASKS,
     BUILD_INFO,
     DECISION_CHANGES,
     DECISION_REASON,
@@ -376,6 +378,7 @@ async def watch_loop_lag(clock: Clock, interval: float = LOOP_LAG_INTERVAL) -> N
         due = clock.monotonic() + interval
         await clock.sleep(interval)
         EVENT_LOOP_LAG.observe(max(0.0, clock.monotonic() - due))
+        ASYNCIO_TASKS.set(len(asyncio.all_tasks()))  # a leak shows as steady growth
 
 
 # -- daemon-level metrics --------------------------------------------------------------------

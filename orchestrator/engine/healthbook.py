@@ -15,6 +15,12 @@ Semantics (DESIGN.md, "Verdict semantics"):
   latest observation is older than ``staleness``, was itself unknown, or came too soon
   after a failure;
 * per vantage: failing if any of its signals is failing, passing if all are passing;
+* one probe, one count: a probe cell takes an observation only when it comes at least
+  ``BURST_TOLERANCE`` x ``detection.interval`` after the last one it took (see
+  :class:`Intake`); a burst (a buggy or hostile agent, a replay, a scheduler hiccup) is
+  refused, so three failures 0.1 s apart never meet ``consecutive_failures: 3``. The rule
+  lives here, not in one source, because every source (local probes, agents over MQTT, the
+  scenario simulator) feeds this book and only this book knows the policy's interval;
 * per region: ``down`` when at least ``quorum`` vantage points see it failing, ``healthy``
   when at least ``quorum`` see it passing and none failing, ``degraded`` when some (fewer
   than quorum) see it failing, ``unknown`` otherwise.
@@ -25,6 +31,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from orchestrator.engine.observation import FailureKind, Observation
 from orchestrator.engine.vocabulary import Reason, Verdict, View
@@ -45,6 +52,25 @@ _DOWN = Verdict.DOWN
 _DEGRADED = Verdict.DEGRADED
 _HEALTHY = Verdict.HEALTHY
 _UNKNOWN_VERDICT = Verdict.UNKNOWN
+
+# Two observations of one probe cell closer together than this share of the detection
+# interval are not two probes. Half the interval: a probe's time is when its answer came, so
+# a slow answer (up to the probe timeout, itself at most the interval) followed by a fast
+# one can legitimately arrive less than an interval apart; half an interval between two
+# answers is what a timeout up to half the interval (the default is 5 s of 10 s) always
+# leaves. With a longer timeout, the fast answer after a slow one may be refused: detection
+# is then one interval later, never earlier.
+BURST_TOLERANCE = 0.5
+
+
+class Intake(StrEnum):
+    """What the book did with an observation (a fixed vocabulary, safe as a metric label)."""
+
+    ACCEPTED = "accepted"
+    UNEXPECTED = "unexpected"  # no cell of the policy expects it (service, region, signal, vantage)
+    OUT_OF_ORDER = "out_of_order"  # not newer than the cell's latest: late, or a redelivery
+    TOO_SOON = "too_soon"  # closer to the cell's latest than a probe interval allows
+
 
 # Unknown-cell details, shown as evidence.
 STALE = "stale"
@@ -104,6 +130,7 @@ class _Cell:
         "last_at",
         "last_detail",
         "last_ok",
+        "min_gap",
         "min_samples",
         "need_fail",
         "need_ok",
@@ -131,6 +158,7 @@ class _Cell:
         window_len: float,
         min_samples: int,
         staleness: float,
+        min_gap: float = 0.0,
     ) -> None:
         self.region = region
         self.signal = signal
@@ -142,6 +170,7 @@ class _Cell:
         self.window_len = window_len
         self.min_samples = min_samples
         self.staleness = staleness
+        self.min_gap = min_gap
         self.window: deque[tuple[float, bool]] = deque()
         self.fails_in_window = 0
         self.consec_fail = 0
@@ -156,16 +185,20 @@ class _Cell:
         self.last_ok: bool | None = None
         self.last_detail = ""
 
-    def observe(self, at: float, ok: bool | None, detail: str) -> None:
-        if self.last_at is not None and at <= self.last_at:
-            # A late arrival (the newer view already counts) or a redelivery (MQTT QoS 1
-            # is at-least-once): counting it again would make a failure count twice.
-            return
+    def observe(self, at: float, ok: bool | None, detail: str) -> Intake:
+        last_at = self.last_at
+        if last_at is not None:
+            if at <= last_at:
+                # A late arrival (the newer view already counts) or a redelivery (MQTT QoS 1
+                # is at-least-once): counting it again would make a failure count twice.
+                return Intake.OUT_OF_ORDER
+            if at - last_at < self.min_gap:
+                return Intake.TOO_SOON
         self.last_at = at
         self.last_ok = ok
         self.last_detail = detail
         if ok is None:
-            return
+            return Intake.ACCEPTED
         if self.ratio is not None:
             window = self.window
             window.append((at, ok))
@@ -193,6 +226,7 @@ class _Cell:
         elif self.consec_ok >= self.need_ok and not rule:
             self.failing = False
             self.failing_since = None
+        return Intake.ACCEPTED
 
     def observe_changed(self, at: float, ok: bool | None, detail: str) -> bool:
         """``observe``, answering whether the cell's view may have changed: data after a
@@ -201,10 +235,9 @@ class _Cell:
         after the observation as before it, at any time (the scenario simulator then skips
         the engine)."""
         last_at = self.last_at
-        if last_at is not None and at <= last_at:
-            return False
         before = (self.failing, self.recovering, self.last_ok, self.last_detail)
-        self.observe(at, ok, detail)
+        if self.observe(at, ok, detail) is not Intake.ACCEPTED:
+            return False  # late, a redelivery or too soon: not counted, nothing changed
         return (
             last_at is None
             or at - last_at > self.staleness
@@ -265,6 +298,9 @@ class HealthBook:
             by_vantage: dict[str, list[_Cell]] = {}
             for signal in policy.signals:
                 specs: list[tuple[str, int, int, float | None]]
+                # State signals (one observation says it all: failing at the first) need
+                # no burst rule; counted probe signals do.
+                min_gap = 0.0
                 if isinstance(signal, AwsHealthSignal):
                     # A state signal: failing while an event is open, at once, no hysteresis.
                     specs = [(AWS_HEALTH_VANTAGE, 1, 1, None)]
@@ -280,6 +316,7 @@ class HealthBook:
                         (v, d.consecutive_failures, d.recovery, d.failure_ratio) for v in vantages
                     ]
                     stale = d.staleness
+                    min_gap = d.interval * BURST_TOLERANCE
                 for vantage, need_fail, need_ok, ratio in specs:
                     cell = _Cell(
                         region,
@@ -292,6 +329,7 @@ class HealthBook:
                         window_len=d.window,
                         min_samples=d.min_samples,
                         staleness=stale,
+                        min_gap=min_gap,
                     )
                     self._cells[(region, signal.name, vantage)] = cell
                     by_vantage.setdefault(vantage, []).append(cell)
@@ -322,30 +360,26 @@ class HealthBook:
 
     def observe(
         self, obs: Observation, note: Callable[[Observation, float | None], None] | None = None
-    ) -> bool:
-        """Take one observation; False when nothing in the policy expects it. ``note`` (the
-        flight recorder's) is called with the observation and the cell's previous one's
-        time when it is taken and says something new: the first of its cell, a change of
-        ``ok`` or ``detail``, or one after a silence long enough to have made the view
-        stale."""
+    ) -> Intake:
+        """Take one observation; what became of it (only ``ACCEPTED`` counts). ``note`` (the
+        flight recorder's) is called with an accepted observation and the cell's previous
+        one's time when it says something new: the first of its cell, a change of ``ok`` or
+        ``detail``, or one after a silence long enough to have made the view stale."""
         cell = self._cells.get((obs.region, obs.signal, obs.vantage))
         if cell is None:
-            return False
+            return Intake.UNEXPECTED
         if note is None:
-            cell.observe(obs.at, obs.ok, obs.detail)
-            return True
+            return cell.observe(obs.at, obs.ok, obs.detail)
         last_at, last_ok, last_detail = cell.last_at, cell.last_ok, cell.last_detail
-        cell.observe(obs.at, obs.ok, obs.detail)
-        if last_at is None or (
-            obs.at > last_at
-            and (
-                obs.ok is not last_ok
-                or obs.detail != last_detail
-                or obs.at - last_at > cell.staleness
-            )
+        intake = cell.observe(obs.at, obs.ok, obs.detail)
+        if intake is Intake.ACCEPTED and (
+            last_at is None
+            or obs.ok is not last_ok
+            or obs.detail != last_detail
+            or obs.at - last_at > cell.staleness
         ):
             note(obs, last_at)
-        return True
+        return intake
 
     def last_observations(
         self,

@@ -83,9 +83,15 @@ from orchestrator.runbook.journal import (
     fold,
 )
 from orchestrator.runbook.retry import Backoff, Failure, classify
-from orchestrator.runbook.rto import RunProgress, build_progress, rto_clock_start, rto_remaining
+from orchestrator.runbook.rto import (
+    RunProgress,
+    progress_from_records,
+    rto_clock_start,
+    rto_remaining,
+)
 from orchestrator.signals.aws_clients import AwsClients
 from orchestrator.store.base import (
+    CorruptState,
     FencedOut,
     JournalRecord,
     JournalStatus,
@@ -219,6 +225,12 @@ class Executor:
             except JournalError as exc:
                 await self._fail_unreadable(run_id, records, exc)
                 continue
+            if journal.corrupt:
+                log.warning(
+                    "run_resumed_without_corrupt_records",
+                    run_id=run_id,
+                    records=[r.detail for r in journal.corrupt],
+                )
             run = self._new_run(journal)
             await self._adopt_state(journal.header)
             run.log.info(
@@ -266,7 +278,7 @@ class Executor:
         records = await self._guard(self._store.read_run(run_id))
         if not records:
             return None
-        return build_progress(fold(records), self._clock.now())
+        return progress_from_records(records, self._clock.now())
 
     # -- planning ------------------------------------------------------------------------
     def _plan(
@@ -659,8 +671,22 @@ class Executor:
             raise NotLeader(f"not the leader: {state.service}'s state cannot be saved")
         await self._guard(self._store.save_state(state, token))
 
+    async def _load_state(self, header: RunHeader) -> ServiceState | None:
+        """The service's state; a corrupt one (quarantined by the store) counts as none, so
+        the run's own record, which is the truth while it runs, replaces it."""
+        try:
+            return await self._guard(self._store.load_state(header.service))
+        except CorruptState as exc:
+            log.warning(
+                "service_state_corrupt_replaced_by_run",
+                run_id=header.run_id,
+                service=header.service,
+                key=exc.key,
+            )
+            return None
+
     async def _set_waiting_approval(self, header: RunHeader, waiting: bool) -> None:
-        state = await self._guard(self._store.load_state(header.service))
+        state = await self._load_state(header)
         if state is None or state.run is None or state.run.id != header.run_id:
             return
         updated = set_waiting_approval(state, waiting)
@@ -670,7 +696,7 @@ class Executor:
     async def _adopt_state(self, header: RunHeader) -> None:
         """A resumed run must show in the service state (API, status page) and block other
         runs while it moves things, even if the crash came before the first state write."""
-        state = await self._guard(self._store.load_state(header.service))
+        state = await self._load_state(header)
         if state is None:
             state = ServiceState(header.service, active_region=header.source)
         run = state.run
@@ -692,7 +718,7 @@ class Executor:
         """Record the run's end in the service state (idempotent: a resume after a crash
         between this and ``run_succeeded`` finds it already done)."""
         now = self._clock.now()
-        state = await self._guard(self._store.load_state(header.service))
+        state = await self._load_state(header)
         if state is None:
             state = ServiceState(header.service, active_region=header.source)
         run = state.run

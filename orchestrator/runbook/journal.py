@@ -34,6 +34,12 @@ executor, the API, the status page, the metrics and the report (an action may ad
 * ``awaiting_approval``: the name of a sub-step that waits for an operator's approval
   (``failoverd approve``; recorded under the key ``<step>/<sub-step>``, see
   :func:`approval_key`); ``approved`` (with ``by`` and ``reason``): that approval was passed on.
+
+A record the store could not decode (status ``corrupt``) is set aside (``RunJournal.corrupt``)
+and the rest folded without it: a lost ``step_succeeded`` leaves its step running, so a
+resume re-enters it through the idempotent action; a lost ``step_started`` or
+``step_failed`` changes an attempt count, not what is done. Only a corrupt ``run_started``
+(the plan) makes a run unreadable.
 """
 
 from __future__ import annotations
@@ -185,6 +191,13 @@ class AttemptRecord:
     retryable: bool = False
 
 
+@dataclass(frozen=True)
+class UnknownStep:
+    """A step known only from its records (its plan lost): no retries assumed."""
+
+    retries: int = 0
+
+
 @dataclass
 class StepHistory:
     """One step's journal, folded (mutable while folding; the executor keeps it current)."""
@@ -236,7 +249,7 @@ class StepHistory:
                     waiting.pop(name, None)
         return tuple(waiting)
 
-    def apply(self, record: JournalRecord, step: Step) -> None:
+    def apply(self, record: JournalRecord, step: Step | UnknownStep) -> None:
         status = record.status
         if status is JournalStatus.STEP_PROGRESS:
             note = ProgressNote(record.at, record.attempt, _progress_detail(record.detail))
@@ -276,6 +289,7 @@ class RunJournal:
     finished: JournalRecord | None  # the run_succeeded / run_failed record, if any
     records: Sequence[JournalRecord]
     aborted: str | None = None  # an operator's abort of the run: the run's error
+    corrupt: tuple[JournalRecord, ...] = ()  # records that could not be read, set aside
 
 
 _STEP_STATUSES = frozenset(
@@ -293,12 +307,20 @@ def fold(records: Sequence[JournalRecord]) -> RunJournal:
     """Rebuild a run from its records (append order); JournalError when it has no header."""
     if not records:
         raise JournalError("empty journal: no run_started record")
+    if records[0].status is JournalStatus.CORRUPT:
+        raise JournalError(
+            f"run {records[0].run_id}: its run_started record is corrupt ({records[0].detail}):"
+            f" {records[0].error}"
+        )
     header = RunHeader.from_record(records[0])
     steps = {s.name: StepHistory(s.name) for s in header.steps}
     finished: JournalRecord | None = None
     aborted: str | None = None
+    corrupt: list[JournalRecord] = []
     for record in records[1:]:
-        if record.status in _STEP_STATUSES:
+        if record.status is JournalStatus.CORRUPT:
+            corrupt.append(record)
+        elif record.status in _STEP_STATUSES:
             history = steps.get(record.step)
             if history is None:
                 raise JournalError(f"run {header.run_id}: record for unknown step {record.step!r}")
@@ -307,4 +329,4 @@ def fold(records: Sequence[JournalRecord]) -> RunJournal:
             finished = record
         elif record.status is JournalStatus.OPERATOR_COMMAND and record.kind == ABORT:
             aborted = aborted or record.error or "aborted by an operator"
-    return RunJournal(header, steps, finished, tuple(records), aborted)
+    return RunJournal(header, steps, finished, tuple(records), aborted, tuple(corrupt))

@@ -18,7 +18,9 @@ from orchestrator.runbook.journal import (
     SUBSTEP_STATUSES,
     ProgressNote,
     RunJournal,
+    StepHistory,
     StepStatus,
+    UnknownStep,
     fold,
 )
 from orchestrator.store.base import JournalRecord, JournalStatus
@@ -141,6 +143,9 @@ class RunProgress:
     rto: float
     elapsed: float  # since detection (or the decision), to the end or to now
     rto_remaining: float  # rto - elapsed; negative when overrun
+    # Records of the run the store could not read (status corrupt: key in detail, error):
+    # shown, and the progress built without them.
+    corrupt: tuple[JournalRecord, ...] = ()
 
     @property
     def rto_exceeded(self) -> bool:
@@ -162,54 +167,111 @@ def rto_remaining(rto: float, detected_at: float | None, decided_at: float, now:
     return rto - (now - rto_clock_start(detected_at, decided_at))
 
 
+_STEP_RECORDS = frozenset(
+    {
+        JournalStatus.STEP_STARTED,
+        JournalStatus.STEP_SUCCEEDED,
+        JournalStatus.STEP_FAILED,
+        JournalStatus.STEP_SKIPPED,
+        JournalStatus.STEP_PROGRESS,
+    }
+)
+
+
 def progress_from_records(records: Sequence[JournalRecord], now: float) -> RunProgress:
-    """A snapshot of the run at ``now`` (wall clock) from its journal records."""
+    """A snapshot of the run at ``now`` (wall clock) from its journal records; a run whose
+    ``run_started`` is corrupt gets what the other records tell (:func:`headless_progress`)."""
+    if records and records[0].status is JournalStatus.CORRUPT:
+        return headless_progress(records, now)
     return build_progress(fold(records), now)
+
+
+def headless_progress(records: Sequence[JournalRecord], now: float) -> RunProgress:
+    """The run as far as its records tell without its plan (``run_started`` is corrupt):
+    the steps in the order they were journaled (action and RTO unknown), its end if it
+    has one, every corrupt record listed. Shown, never resumed from."""
+    first = records[0]
+    readable = [r for r in records if r.status is not JournalStatus.CORRUPT]
+    ends = (JournalStatus.RUN_SUCCEEDED, JournalStatus.RUN_FAILED)
+    finished = next((r for r in reversed(readable) if r.status in ends), None)
+    end = finished.at if finished is not None else now
+    histories: dict[str, StepHistory] = {}
+    for r in readable:
+        if r.step and r.status in _STEP_RECORDS:
+            history = histories.setdefault(r.step, StepHistory(r.step))
+            history.apply(r, UnknownStep())
+    status, error = _outcome(finished)
+    started = readable[0].at if readable else first.at
+    return RunProgress(
+        run_id=first.run_id,
+        service=first.service or (readable[0].service if readable else ""),
+        kind="unknown",
+        source="",
+        target="",
+        policy_version=readable[0].policy_version if readable else "",
+        status=status,
+        error=error or f"the run's plan (run_started) is corrupt: {first.error}",
+        steps=tuple(_step(h, "", (), end) for h in histories.values()),
+        detected_at=None,
+        decided_at=started,
+        started_at=started,
+        finished_at=None if finished is None else finished.at,
+        rto=0.0,
+        elapsed=end - started,
+        rto_remaining=0.0,
+        corrupt=tuple(r for r in records if r.status is JournalStatus.CORRUPT),
+    )
+
+
+def _outcome(finished: JournalRecord | None) -> tuple[RunStatus, str]:
+    if finished is None:
+        return RunStatus.RUNNING, ""
+    if finished.status is JournalStatus.RUN_SUCCEEDED:
+        return RunStatus.SUCCEEDED, ""
+    return RunStatus.FAILED, finished.error
+
+
+def _step(history: StepHistory, action: str, after: tuple[str, ...], end: float) -> StepProgress:
+    """One step's progress; times still running are counted up to ``end``."""
+    attempts = tuple(
+        AttemptProgress(
+            a.attempt,
+            a.started_at,
+            a.ended_at,
+            (a.ended_at if a.ended_at is not None else end) - a.started_at,
+            a.error,
+            a.retryable,
+        )
+        for a in history.attempts
+    )
+    started, ended = history.started_at, history.finished_at
+    duration = None if started is None else (ended if ended is not None else end) - started
+    return StepProgress(
+        name=history.name,
+        action=action,
+        after=after,
+        status=history.status,
+        attempts=attempts,
+        started_at=started,
+        finished_at=ended,
+        duration=duration,
+        error=history.error,
+        detail=history.detail,
+        substeps=substeps(history.progress, end),
+        awaiting_approval=history.awaiting_approval,
+        note=latest_note(history.progress),
+    )
 
 
 def build_progress(journal: RunJournal, now: float) -> RunProgress:
     header = journal.header
     finished = journal.finished
     end = finished.at if finished is not None else now
-    if finished is None:
-        status, error = RunStatus.RUNNING, ""
-    elif finished.status is JournalStatus.RUN_SUCCEEDED:
-        status, error = RunStatus.SUCCEEDED, ""
-    else:
-        status, error = RunStatus.FAILED, finished.error
-    steps = []
-    for step in header.steps:
-        history = journal.steps[step.name]
-        attempts = tuple(
-            AttemptProgress(
-                a.attempt,
-                a.started_at,
-                a.ended_at,
-                (a.ended_at if a.ended_at is not None else end) - a.started_at,
-                a.error,
-                a.retryable,
-            )
-            for a in history.attempts
-        )
-        started, ended = history.started_at, history.finished_at
-        duration = None if started is None else (ended if ended is not None else end) - started
-        steps.append(
-            StepProgress(
-                name=step.name,
-                action=step.action,
-                after=tuple(step.after),
-                status=history.status,
-                attempts=attempts,
-                started_at=started,
-                finished_at=ended,
-                duration=duration,
-                error=history.error,
-                detail=history.detail,
-                substeps=substeps(history.progress, end),
-                awaiting_approval=history.awaiting_approval,
-                note=latest_note(history.progress),
-            )
-        )
+    status, error = _outcome(finished)
+    steps = [
+        _step(journal.steps[step.name], step.action, tuple(step.after), end)
+        for step in header.steps
+    ]
     elapsed = end - rto_clock_start(header.detected_at, header.decided_at)
     return RunProgress(
         run_id=header.run_id,
@@ -228,4 +290,5 @@ def build_progress(journal: RunJournal, now: float) -> RunProgress:
         rto=header.rto,
         elapsed=elapsed,
         rto_remaining=header.rto - elapsed,
+        corrupt=journal.corrupt,
     )

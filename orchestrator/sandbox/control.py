@@ -24,6 +24,7 @@ from aiohttp import web
 
 from orchestrator.policy.durations import DurationError, parse_duration
 from orchestrator.sandbox.arc_cluster import ArcClusterEmulator
+from orchestrator.sandbox.aws_faults import AwsFaultError, parse_error_rate, parse_region
 from orchestrator.sandbox.fault_proxy import FaultProxy, ThrottleSpecError, parse_throttle
 from orchestrator.sandbox.health_api import HealthApiEmulator
 from orchestrator.sandbox.region_endpoints import RegionEndpoints, local_down_supported
@@ -36,6 +37,8 @@ FAULTS = (
     "region-down",
     "region-up",
     "slow",
+    "aws-errors",
+    "blackhole",
     "flap",
     "health-event",
     "lag",
@@ -75,6 +78,8 @@ class Faults:
     region_switch: RegionSwitchEmulator | None = None
 
     async def apply(self, fault: str, arg: str) -> str:
+        if fault in ("aws-errors", "blackhole"):
+            return self._aws_fault(fault, arg)
         if fault in ("region-down", "region-up", "slow", "flap", "health-event", "local-down"):
             self.endpoints.get(arg)  # a clear error for an unknown region
         if fault == "region-down":
@@ -133,6 +138,16 @@ class Faults:
                 raise FaultError(str(exc)) from None
             return self.proxy.set_throttle(spec)
         raise FaultError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
+
+    def _aws_fault(self, fault: str, arg: str) -> str:
+        if self.proxy is None:
+            raise FaultError(f"{fault}: this sandbox has no fault proxy in front of moto")
+        try:
+            if fault == "aws-errors":
+                return self.proxy.chaos.set_errors(parse_error_rate(arg))
+            return self.proxy.chaos.set_blackhole(parse_region(arg, fault))
+        except AwsFaultError as exc:
+            raise FaultError(str(exc)) from None
 
     def _control_plane_down(self, arg: str) -> str:
         """Every AWS API of a region fails (the proxy), its ARC endpoint is blackholed, and
@@ -196,6 +211,7 @@ class Faults:
     def state(self) -> dict[str, Any]:
         return {
             "endpoints": {r: e.mode for r, e in self.endpoints.endpoints.items()},
+            "aws_faults": None if self.proxy is None else self.proxy.chaos.describe(),
             "lag_seconds": self.lag_seconds,
             "health_events": self.health_events,
             "throttled": None if self.proxy is None else self.proxy.throttled.service,

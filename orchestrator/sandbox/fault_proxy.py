@@ -43,6 +43,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from orchestrator.sandbox.aws_faults import AwsChaos
 from orchestrator.telemetry import get_logger
 
 log = get_logger("failoverd.sandbox.fault_proxy")
@@ -176,6 +177,7 @@ class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.endpoint_url = ""
+        self.chaos = AwsChaos()  # aws-errors and blackhole (orchestrator.sandbox.aws_faults)
         self.throttled: ThrottleSpec = ThrottleSpec(None)
         self.remaining: int | None = None
         self.throttled_calls = 0
@@ -278,6 +280,9 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         service = service_of(request)
+        faulted = await self.chaos.intercept(request, service)
+        if faulted is not None:
+            return faulted
         if self._take_throttle(service):
             log.info("sandbox_call_throttled", service=service, path=request.path)
             return throttling_response(request)

@@ -419,6 +419,9 @@ class Sandbox:
     dns_address: str = ""
     token_file: Path = Path()
     broker_note: str = ""
+    # More policies for the same world (bench/soak.py): called with the policy folder, the
+    # region endpoints' ports and the vantage points, after the examples are written.
+    extra_policies: Callable[[Path, dict[str, int], list[str]], None] | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def start(self) -> None:
@@ -498,11 +501,15 @@ class Sandbox:
             ),
         )
         region_switch_world.write_policy(policies, ports, vantages)
+        if self.extra_policies is not None:
+            self.extra_policies(policies, ports, vantages)
         sandbox_secrets(policies, self.workdir / "secrets")
         if broker:
             for agent in AGENTS:
+                # Each agent signs what it sends with a key of its own (the daemon has them).
                 argv = [sys.executable, "-m", "orchestrator", "agent", "--id", agent]
                 argv += ["--broker", broker, "--policies", str(policies)]
+                argv += ["--key-file", str(self._agent_key(agent))]
                 await self._process(agent, argv)
         self.token_file = self.workdir / "token"
         self.token_file.write_text(secrets.token_urlsafe(24) + "\n")
@@ -518,6 +525,13 @@ class Sandbox:
                 )
             self.api_url = self.apis[await self.wait_leader()]
         self._write_state()
+
+    def _agent_key(self, agent: str) -> Path:
+        path = self.workdir / f"{agent}.key"
+        if not path.exists():
+            path.write_text(secrets.token_hex(32) + "\n")
+            path.chmod(0o600)
+        return path
 
     async def _start_etcd(self) -> None:
         binary = etcd_binary()
@@ -649,7 +663,8 @@ class Sandbox:
             "flight_recorder": {"path": str(self.workdir / "flight-recorder")},
         }
         if broker:
-            settings["mqtt"] = {"broker": broker}
+            keys = [{"agent": a, "file": str(self._agent_key(a))} for a in AGENTS]
+            settings["mqtt"] = {"broker": broker, "agent_keys": keys}
         config = self.workdir / f"{name}.yaml"
         config.write_text(yaml.safe_dump(settings, sort_keys=False))
         argv = [sys.executable, "-m", "orchestrator", "run", "--config", str(config)]

@@ -48,7 +48,7 @@ from botocore.credentials import CredentialProvider  # type: ignore[import-untyp
 
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.partitions import partition_of
-from orchestrator.telemetry import AWS_API_CALLS, get_logger
+from orchestrator.telemetry import AWS_API_CALLS, AWS_API_RETRIES, get_logger
 
 if TYPE_CHECKING:
     from orchestrator.settings import AwsSettings
@@ -177,6 +177,10 @@ class _CallCounter:
                 code = raw if isinstance(raw, str) else None
         outcome = classify_outcome(int(http_response.status_code), code)
         self._count(model.name, outcome)
+        meta = parsed.get("ResponseMetadata") if isinstance(parsed, dict) else None
+        retries = meta.get("RetryAttempts") if isinstance(meta, dict) else None
+        if isinstance(retries, int) and retries > 0:
+            AWS_API_RETRIES.labels(self.service, model.name).inc(retries)
 
     def after_call_error(self, event_name: str, **_: Any) -> None:
         # No response at all (connection refused, timeout, no credentials): an error.

@@ -9,13 +9,16 @@ special: its cells in the health book simply go stale, and stale is *unknown*.
 :class:`BrokerConfig` (how to reach the broker: URL, TLS, credentials) and
 :class:`Backoff` are shared with the agent runtime (:mod:`orchestrator.agent`).
 
-Who may speak for an agent is the broker's business: give each agent its own credentials
-and an ACL that binds them to its topics, e.g. for mosquitto (username = agent id)::
+Who may speak for an agent: with agent keys (a :class:`~.agent_auth.Keyring`), only
+messages signed with a key of the agent whose topic they arrive on (``unsigned``,
+``bad_signature``, ``agent_mismatch`` otherwise), and no batch twice (``duplicate``,
+``replayed``; :class:`~.agent_auth.ReplayGuard`). The broker's ACLs are the first guard: give
+each agent its own credentials bound to its topics, e.g. for mosquitto (username = agent id)::
 
     pattern write failoverd/v1/observations/%u
     pattern write failoverd/v1/agents/%u/status
 
-This source then refuses a body naming another agent than its topic, reserved ids
+This source also refuses a body naming another agent than its topic, reserved ids
 (``local``...) and agents no loaded policy names (``agent_mismatch``).
 """
 
@@ -37,6 +40,7 @@ import aiomqtt
 from orchestrator import mqtt_calls
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.policy.models import Policy
+from orchestrator.signals.agent_auth import NO_KEYS, Keyring, Replay, ReplayGuard
 from orchestrator.signals.agent_wire import (
     ACCEPTED,
     DEFAULT_LIMITS,
@@ -309,8 +313,14 @@ class MqttAgentSource:
         client_id: str | None = None,
         reject_log_interval: float = 10.0,
         max_queued_messages: int = 10_000,
+        keyring: Keyring = NO_KEYS,
+        replay: ReplayGuard | None = None,
     ) -> None:
         broker.check()
+        self._keyring = keyring
+        # The daemon passes one guard to every source it builds, so a policy reload does not
+        # forget what was accepted.
+        self._replay = replay if replay is not None else ReplayGuard()
         self._broker = broker
         self._clock = clock
         self._limits = limits
@@ -332,6 +342,7 @@ class MqttAgentSource:
         forgotten, with their metric series; new ones start as unknown."""
         self._catalog = Catalog.from_policies(policies)
         known = self._catalog.agents
+        self._replay.forget(known)
         for agent in [a for a in self._agents if a not in known]:
             del self._agents[agent]
             for gauge in (AGENT_UP, AGENT_LAST_SEEN):
@@ -414,9 +425,15 @@ class MqttAgentSource:
 
     def _handle_observations(self, topic: str, payload: bytes, sink: ObservationSink) -> str:
         now = self._clock.now()
-        result = decode_observations(topic, payload, self._catalog, now, self._limits)
+        result = decode_observations(
+            topic, payload, self._catalog, now, self._limits, self._keyring
+        )
         if isinstance(result, Rejected):
             return self._reject(result, topic)
+        if result.boot is not None and result.seq is not None:
+            replay = self._replay.batch(result.agent, result.boot, result.seq)
+            if replay is not Replay.FRESH:
+                return self._replayed(replay, result.agent, result.seq, topic)
         AGENT_MESSAGES.labels(ACCEPTED).inc()
         self._seen(result.agent, now)
         for obs in result.observations:
@@ -434,7 +451,7 @@ class MqttAgentSource:
                 self._agents[agent] = AgentStatus("unknown", self._clock.now())
                 AGENT_UP.labels(agent).set(0)
             return "cleared"
-        result = decode_status(topic, payload, self._limits)
+        result = decode_status(topic, payload, self._limits, self._keyring)
         if isinstance(result, Rejected):
             return self._reject(result, topic)
         if agent not in self._catalog.agents:
@@ -446,6 +463,12 @@ class MqttAgentSource:
                 ),
                 topic,
             )
+        if result.seq is not None:
+            replay = self._replay.status(agent, result.at, result.seq)
+            if replay is not Replay.FRESH:
+                # A retained status delivered again on reconnect, or an old one replayed (an
+                # earlier session's will published late included): it changes nothing.
+                return self._replayed(replay, agent, result.seq, topic)
         AGENT_MESSAGES.labels(ACCEPTED).inc()
         now = self._clock.now()
         if result.state is AgentState.ONLINE:
@@ -480,6 +503,16 @@ class MqttAgentSource:
                 suppressed=held,
             )
         return str(reason)
+
+    def _replayed(self, replay: Replay, agent: str, seq: int, topic: str) -> str:
+        if replay is Replay.DUPLICATE:
+            # A redelivery (QoS 1, a retained status): expected now and then, not a warning.
+            AGENT_MESSAGES.labels(str(Rejection.DUPLICATE)).inc()
+            return str(Rejection.DUPLICATE)
+        return self._reject(
+            Rejected(Rejection.REPLAYED, f"seq {seq} is older than one already accepted", agent),
+            topic,
+        )
 
     def _dropped(self, accepted: Accepted) -> None:
         for item in accepted.dropped:

@@ -19,6 +19,18 @@ matter. Errors reaching the store raise :class:`StoreUnavailable`.
 
 Approvals and operator commands come from any instance (the API of a follower included):
 ``record_approval`` is not fenced, it records a fact; the leader reads it.
+
+Corrupt records. One record that cannot be decoded never takes out more than itself. Reads
+of the journal (``read_run``, ``read_journal``) return it in its place as a record with
+status ``corrupt`` (its store key in ``detail``, the decoding error in ``error``, ``at``
+taken from its neighbour in append order), and go on. ``load_state`` of a corrupt service
+state raises :class:`CorruptState` naming the key, and keeps raising it until a fenced
+``save_state`` replaces the record (a corrupt state is not "no state": defaulting it could
+move a service back to a region it left). Either way the store first *quarantines* the
+record: a copy of its raw bytes, key and error kept in the store's quarantine area (listed
+by ``quarantined()``; never deleted by failoverd), counted once per process in
+``failoverd_store_corrupt_records_total`` and logged (``store_record_quarantined``) with
+its key.
 """
 
 from __future__ import annotations
@@ -43,6 +55,32 @@ class StoreUnavailable(StoreError):
 
 class FencedOut(StoreError):
     """The write carried a token that is no longer the current lease's: step down."""
+
+
+class CorruptRecord(StoreError):
+    """A stored document cannot be decoded: the message names the document and the field."""
+
+
+class CorruptState(CorruptRecord):
+    """A service's stored state cannot be decoded (and has been quarantined). ``key`` is
+    where it is stored; the store is reachable and everything else in it is usable."""
+
+    def __init__(self, message: str, *, service: str, key: str) -> None:
+        super().__init__(message)
+        self.service = service
+        self.key = key
+
+
+@dataclass(frozen=True)
+class QuarantinedRecord:
+    """A corrupt record as the store kept it: which kind (``service_state``, ``journal``),
+    its key, why it could not be read, when it was found, and its raw bytes."""
+
+    kind: str
+    key: str
+    error: str
+    found_at: float
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -110,6 +148,9 @@ class JournalStatus(StrEnum):
     # evidence as JSON in `detail`); run_id "". Only the leader writes it (fenced), so the
     # audit log holds the decisions that were acted on, not every follower's view.
     DECISION = "decision"
+    # Never written: what a read returns in place of a record that cannot be decoded (the
+    # store key in `detail`, the decoding error in `error`, `at` from a neighbour).
+    CORRUPT = "corrupt"
 
 
 @dataclass(frozen=True)
@@ -213,7 +254,10 @@ class Store(Protocol):
         ...
 
     # -- service state -----------------------------------------------------------------
-    async def load_state(self, service: str) -> ServiceState | None: ...
+    async def load_state(self, service: str) -> ServiceState | None:
+        """The service's state, None when none was saved; :class:`CorruptState` (after
+        quarantining it) when the stored one cannot be decoded."""
+        ...
 
     async def save_state(self, state: ServiceState, token: int) -> None:
         """Replace the service's state; fenced."""
@@ -252,6 +296,10 @@ class Store(Protocol):
 
     # -- approvals ---------------------------------------------------------------------
     async def record_approval(self, approval: ApprovalRecord) -> None: ...
+
+    async def quarantined(self) -> Sequence[QuarantinedRecord]:
+        """Every record quarantined so far, oldest first (see "Corrupt records" above)."""
+        ...
 
     async def approved(self, service: str, run_id: str, step: str) -> bool:
         """Whether an approval for that run's step was recorded. Approvals of a pending

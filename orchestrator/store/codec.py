@@ -21,15 +21,16 @@ from typing import Any, NoReturn, TypeVar
 
 from orchestrator.engine.state import Initiator, Move, RunInfo, RunStatus, ServiceState
 from orchestrator.engine.vocabulary import Action
-from orchestrator.store.base import ApprovalRecord, JournalRecord, JournalStatus, StoreError
+from orchestrator.store.base import (
+    ApprovalRecord,
+    CorruptRecord,
+    JournalRecord,
+    JournalStatus,
+)
 
 FORMAT_VERSION = 1
 
 _E = TypeVar("_E", bound=StrEnum)
-
-
-class CorruptRecord(StoreError):
-    """A stored document cannot be decoded: the message names the document and the field."""
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -74,6 +75,8 @@ def encode_state(state: ServiceState) -> str:
 
 
 def encode_journal(record: JournalRecord) -> str:
+    if record.status is JournalStatus.CORRUPT:
+        raise ValueError(f"a corrupt record (run {record.run_id!r}) is read back, never written")
     doc = {
         "v": FORMAT_VERSION,
         "run_id": record.run_id,
@@ -242,6 +245,10 @@ def _document(text: str | bytes, what: str, expected: frozenset[str]) -> _Fields
         raw = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptRecord(f"corrupt {what}: not JSON: {exc}") from exc
+    except RecursionError:
+        raise CorruptRecord(f"corrupt {what}: not JSON: nested too deep") from None
+    except TypeError:
+        raise CorruptRecord(f"corrupt {what}: not JSON text but {_kind(text)}") from None
     # Check the version before the field set: a newer format may have other fields, and
     # "written by a newer failoverd" is the message that tells the operator what to do.
     if isinstance(raw, Mapping) and "v" in raw:

@@ -4,12 +4,14 @@ Key layout (every key under ``prefix``; ``<x>`` is a name percent-encoded so tha
 contains ``/``, which keeps each prefix range below from matching another name's keys)::
 
     <p>/leader                        holder name, attached to the leader's etcd lease
+    <p>/leader-info                   what the leader announced (API, policy version), same lease
     <p>/state/<service>               the service's state (codec JSON)
     <p>/journal/<service>/<id>        a journal record (codec JSON); <id> is random
     <p>/run/<run_id>/<id>             the same record again, indexed by run
     <p>/runs/<service>/<run_id>       one key per run of a service (value empty)
     <p>/open/<run_id>                 a run with run_started and no run_succeeded/run_failed
     <p>/approval/<service>/<run_id>/<step>/<id>   an approval (codec JSON)
+    <p>/quarantine/<kind>/<digest>    a corrupt record's copy: kind, key, error, raw bytes
 
 Order is etcd's revision: every record is one txn, so its keys' ``create_revision`` is its
 place in the append order. ``read_run`` ranges over one run's index sorted by create
@@ -58,6 +60,9 @@ earlier success; ``acquire_lease`` recognises its own etcd lease on the leader k
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import math
 import ssl
 import time
@@ -71,11 +76,13 @@ from urllib.parse import quote, unquote, urlsplit
 from orchestrator.engine.state import ServiceState
 from orchestrator.store.base import (
     ApprovalRecord,
+    CorruptRecord,
     FencedOut,
     JournalRecord,
     JournalStatus,
     LeaderInfo,
     Lease,
+    QuarantinedRecord,
     StoreUnavailable,
     check_holder,
     check_journal_query,
@@ -88,7 +95,6 @@ from orchestrator.store.base import (
 )
 from orchestrator.store.codec import (
     decode_approval,
-    decode_journal,
     decode_state,
     encode_approval,
     encode_journal,
@@ -102,6 +108,14 @@ from orchestrator.store.etcd_client import (
     b64,
     prefix_end,
     unb64,
+)
+from orchestrator.store.quarantine import (
+    Found,
+    JournalDecoder,
+    Quarantine,
+    Row,
+    corrupt_state,
+    decode_all,
 )
 from orchestrator.telemetry import STORE_OPERATION_DURATION, get_logger
 
@@ -260,6 +274,7 @@ class EtcdStore:
         )
         self._closed = False
         self._warned_ttl = False
+        self._quarantine = Quarantine(self.backend)
 
     @classmethod
     async def open(cls, config: EtcdConfig) -> EtcdStore:
@@ -554,7 +569,15 @@ class EtcdStore:
         kv = await self._op("load_state", load)
         if kv is None:
             return None
-        return decode_state(kv.value, f"state of service {service!r} in etcd")
+        try:
+            return decode_state(kv.value, f"state of service {service!r} in etcd")
+        except CorruptRecord as exc:
+            hit, error = corrupt_state(
+                self._quarantine, service, kv.key.decode(errors="replace"), exc, kv.value
+            )
+            if hit is not None:
+                await self._keep([hit])
+            raise error from None
 
     async def save_state(self, state: ServiceState, token: int) -> None:
         check_token(token)
@@ -624,13 +647,11 @@ class EtcdStore:
             return kvs
 
         kvs = await self._op("read_run", read)
-        return [
-            decode_journal(
-                kv.value,
-                f"journal record {kv.key.decode(errors='replace')!r} of run {run_id!r} in etcd",
-            )
-            for kv in kvs
-        ]
+        decoder = JournalDecoder(self._quarantine, f" of run {run_id!r} in etcd")
+        rows = (Row(kv.key.decode(errors="replace"), kv.value, run_id=run_id) for kv in kvs)
+        records = decode_all(rows, decoder)
+        await self._keep(decoder.found)
+        return records
 
     async def unfinished_runs(self) -> Sequence[str]:
         prefix = f"{self._p}/open/"
@@ -678,6 +699,13 @@ class EtcdStore:
         prefix = (
             f"{self._p}/journal/" if service is None else (f"{self._p}/journal/{_name(service)}/")
         )
+        decoder = JournalDecoder(self._quarantine, " in etcd", newest_first=True)
+        root = f"{self._p}/journal/"
+
+        def row(kv: _KV) -> Row:
+            key = kv.key.decode(errors="replace")
+            owner = unquote(key[len(root) :].split("/", 1)[0]) if key.startswith(root) else ""
+            return Row(key, kv.value, service=owner)
 
         async def read(deadline: float) -> list[JournalRecord]:
             # Newest first, a page at a time. Records are never changed or deleted and new
@@ -685,8 +713,18 @@ class EtcdStore:
             # seen reads a consistent history without pinning a revision (which compaction
             # could remove under us).
             found: list[JournalRecord] = []
+
+            def take(records: list[JournalRecord]) -> bool:
+                for rec in records:
+                    if in_window(rec, since, until):
+                        found.append(rec)
+                        if len(found) == limit:
+                            return True
+                return False
+
             below = 0  # only records created before this revision (0: no bound yet)
-            while len(found) < limit:
+            done = False
+            while not done:
                 options: dict[str, Any] = {
                     "sort_order": "DESCEND",
                     "sort_target": "CREATE",
@@ -697,20 +735,19 @@ class EtcdStore:
                     options["max_create_revision"] = str(below - 1)
                 kvs, _ = await self._range(prefix, deadline, **options)
                 for kv in kvs:
-                    rec = decode_journal(
-                        kv.value, f"journal record {kv.key.decode(errors='replace')!r} in etcd"
-                    )
-                    if in_window(rec, since, until):
-                        found.append(rec)
-                        if len(found) == limit:
-                            break
+                    if take(decoder.feed(row(kv))):
+                        done = True
+                        break
                 below = kvs[-1].create_revision if kvs else 0
-                if len(kvs) < _PAGE or below <= 1:
-                    break
+                if not done and (len(kvs) < _PAGE or below <= 1):
+                    take(decoder.finish())
+                    done = True
             found.reverse()
             return found
 
-        return await self._op("read_journal", read)
+        records = await self._op("read_journal", read)
+        await self._keep(decoder.found)
+        return records
 
     # -- approvals ------------------------------------------------------------------------
     def _approval_prefix(self, service: str, run_id: str, step: str) -> str:
@@ -755,6 +792,79 @@ class EtcdStore:
         if kv is None:
             return None
         return decode_approval(kv.value, f"approval of {run_id}/{step} in etcd")
+
+    # -- quarantine -----------------------------------------------------------------------
+    def _quarantine_key(self, found: Found) -> str:
+        digest = hashlib.sha256(
+            b"\0".join((found.kind.encode(), found.key.encode(), found.body))
+        ).hexdigest()[:32]
+        return f"{self._p}/quarantine/{found.kind}/{digest}"
+
+    async def _keep(self, found: Sequence[Found]) -> None:
+        """Copy corrupt records to the quarantine prefix (put if absent: once each). Best
+        effort: counted and logged anyway; the next process tries again."""
+        if not found:
+            return
+        now = time.time()
+
+        async def keep(deadline: float) -> None:
+            for f in found:
+                key = self._quarantine_key(f)
+                value = json.dumps(
+                    {
+                        "kind": f.kind,
+                        "key": f.key,
+                        "error": f.error,
+                        "found_at": now,
+                        "body": base64.b64encode(f.body).decode(),
+                    },
+                    sort_keys=True,
+                )
+                absent = {
+                    "key": b64(key),
+                    "target": "CREATE",
+                    "result": "EQUAL",
+                    "create_revision": "0",
+                }
+                await self._txn([absent], [self._put(key, value)], [], deadline)
+
+        try:
+            await self._op("quarantine", keep)
+        except StoreUnavailable as exc:
+            _log.warning("store_quarantine_failed", backend=self.backend, error=str(exc))
+
+    async def quarantined(self) -> Sequence[QuarantinedRecord]:
+        prefix = f"{self._p}/quarantine/"
+
+        async def read(deadline: float) -> list[_KV]:
+            kvs, _ = await self._range(
+                prefix,
+                deadline,
+                sort_order="ASCEND",
+                sort_target="CREATE",
+                **self._prefix_options(prefix),
+            )
+            return kvs
+
+        out: list[QuarantinedRecord] = []
+        for kv in await self._op("quarantined", read):
+            try:
+                doc = json.loads(kv.value)
+                out.append(
+                    QuarantinedRecord(
+                        str(doc["kind"]),
+                        str(doc["key"]),
+                        str(doc["error"]),
+                        float(doc["found_at"]),
+                        base64.b64decode(doc["body"]),
+                    )
+                )
+            except (ValueError, KeyError, TypeError):
+                raw = kv.value
+                out.append(
+                    QuarantinedRecord("unreadable", kv.key.decode(errors="replace"), "", 0.0, raw)
+                )
+        return out
 
     # -- lifecycle ------------------------------------------------------------------------
     @property

@@ -41,11 +41,13 @@ from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.engine.state import ServiceState
 from orchestrator.store.base import (
     ApprovalRecord,
+    CorruptRecord,
     FencedOut,
     JournalRecord,
     JournalStatus,
     LeaderInfo,
     Lease,
+    QuarantinedRecord,
     StoreError,
     StoreUnavailable,
     check_holder,
@@ -59,15 +61,24 @@ from orchestrator.store.base import (
 )
 from orchestrator.store.codec import (
     decode_approval,
-    decode_journal,
     decode_state,
     encode_approval,
     encode_journal,
     encode_state,
 )
+from orchestrator.store.quarantine import (
+    Found,
+    JournalDecoder,
+    Quarantine,
+    Row,
+    corrupt_state,
+    decode_all,
+)
 from orchestrator.telemetry import STORE_OPERATION_DURATION, get_logger
 
-SCHEMA_VERSION = 2  # 2: lease.info (what the leader announced)
+# 2: lease.info (what the leader announced); 3: the quarantine table (corrupt records' copies).
+# Opening an older database upgrades it in place, one step per version, in one transaction.
+SCHEMA_VERSION = 3
 
 _T = TypeVar("_T")
 _log = get_logger("failoverd.store")
@@ -90,6 +101,12 @@ _SCHEMA = (
     "CREATE INDEX approvals_key ON approvals (service, run_id, step)",
 )
 _TABLES = frozenset({"schema_version", "lease", "service_state", "journal", "approvals"})
+# Schema 3: corrupt records' copies (see store/quarantine.py).
+_QUARANTINE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " kind TEXT NOT NULL, key TEXT NOT NULL, error TEXT NOT NULL, found_at REAL NOT NULL,"
+    " body BLOB NOT NULL, UNIQUE (kind, key, body))"
+)
 _FINISHED = (JournalStatus.RUN_SUCCEEDED.value, JournalStatus.RUN_FAILED.value)
 
 # Primary result codes (the low byte of an extended code).
@@ -114,6 +131,25 @@ class SqliteSettings:
     synchronous: int  # 2 = FULL
     busy_timeout_ms: int
     schema_version: int
+
+
+def _row(seq: int, run_id: object, service: object, token: object, body: object) -> Row:
+    """A journal row as the decoder takes it; the columns may be damaged too."""
+    return Row(
+        key=f"journal/{seq}",
+        body=_raw(body),
+        run_id=run_id if isinstance(run_id, str) else "",
+        service=service if isinstance(service, str) else "",
+        token=token if isinstance(token, int) else 0,
+    )
+
+
+def _raw(body: object) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8", errors="surrogateescape")
+    return repr(body).encode()  # a number or NULL where JSON text belongs
 
 
 class SchemaMismatch(StoreError):
@@ -208,6 +244,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._abandoned_open = False
+        self._quarantine = Quarantine(self.backend)
         # One thread, so the connection is only ever touched by the thread that made it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="failoverd-sqlite")
         future = self._executor.submit(self._open)
@@ -295,6 +332,7 @@ class SqliteStore:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                conn.execute(_QUARANTINE_TABLE)
                 conn.execute("COMMIT")
                 return True
             if "schema_version" not in tables:
@@ -317,15 +355,24 @@ class SqliteStore:
                     " use another database"
                 )
             missing = _TABLES - tables
+            if version >= 3 and "quarantine" not in tables:
+                missing = missing | {"quarantine"}
             if missing:
                 raise SchemaMismatch(
                     f"sqlite store {self.path}: tables missing from a version {version}"
                     f" database: {', '.join(sorted(missing))}; restore it from a backup"
                 )
-            if version < 2:  # in the same transaction: all or nothing
+            if version < 2:  # each step in the same transaction: all or nothing
                 conn.execute("ALTER TABLE lease ADD COLUMN info TEXT")
+            if version < 3:
+                # IF NOT EXISTS: a version 1 database written by a build that had the table
+                # before it had its own schema version.
+                conn.execute(_QUARANTINE_TABLE)
+            if version < SCHEMA_VERSION:
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-                _log.info("sqlite_schema_upgraded", path=str(self.path), old=version, new=2)
+                _log.info(
+                    "sqlite_schema_upgraded", path=str(self.path), old=version, new=SCHEMA_VERSION
+                )
             conn.execute("COMMIT")
             return False
         except BaseException:
@@ -511,16 +558,24 @@ class SqliteStore:
 
     # -- service state --------------------------------------------------------------------
     async def load_state(self, service: str) -> ServiceState | None:
-        def load(conn: sqlite3.Connection) -> str | None:
+        def load(conn: sqlite3.Connection) -> bytes | None:
             row = conn.execute(
                 "SELECT body FROM service_state WHERE service = ?", (service,)
             ).fetchone()
-            return None if row is None else str(row[0])
+            return None if row is None else _raw(row[0])
 
         body = await self._call("load_state", load)
         if body is None:
             return None
-        return decode_state(body, f"state of service {service!r} in {self.path}")
+        try:
+            return decode_state(body, f"state of service {service!r} in {self.path}")
+        except CorruptRecord as exc:
+            hit, error = corrupt_state(
+                self._quarantine, service, f"service_state/{service}", exc, body
+            )
+            if hit is not None:
+                await self._keep([hit])
+            raise error from None
 
     async def save_state(self, state: ServiceState, token: int) -> None:
         check_token(token)
@@ -552,16 +607,18 @@ class SqliteStore:
         await self._call("append_journal", append, write=True)
 
     async def read_run(self, run_id: str) -> Sequence[JournalRecord]:
-        def read(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[int, str, str, int, Any]]:
             return conn.execute(
-                "SELECT seq, body FROM journal WHERE run_id = ? ORDER BY seq", (run_id,)
+                "SELECT seq, run_id, service, token, body FROM journal WHERE run_id = ?"
+                " ORDER BY seq",
+                (run_id,),
             ).fetchall()
 
         rows = await self._call("read_run", read)
-        return [
-            decode_journal(body, f"journal record {seq} of run {run_id!r} in {self.path}")
-            for seq, body in rows
-        ]
+        decoder = JournalDecoder(self._quarantine, f" of run {run_id!r} in {self.path}")
+        records = decode_all((_row(*r) for r in rows), decoder)
+        await self._keep(decoder.found)
+        return records
 
     async def unfinished_runs(self) -> Sequence[str]:
         def unfinished(conn: sqlite3.Connection) -> list[str]:
@@ -599,30 +656,42 @@ class SqliteStore:
     ) -> Sequence[JournalRecord]:
         check_journal_query(since, until, limit)
 
+        decoder = JournalDecoder(self._quarantine, f" in {self.path}", newest_first=True)
+
         def read(conn: sqlite3.Connection) -> list[JournalRecord]:
             # Newest first, and the cursor is consumed lazily: the scan stops at the `limit`th
             # match instead of loading the service's whole journal (`at` lives in the body).
+            columns = "SELECT seq, run_id, service, token, body FROM journal"
             if service is None:
-                cursor = conn.execute("SELECT seq, body FROM journal ORDER BY seq DESC")
+                cursor = conn.execute(f"{columns} ORDER BY seq DESC")
             else:
-                cursor = conn.execute(
-                    "SELECT seq, body FROM journal WHERE service = ? ORDER BY seq DESC",
-                    (service,),
-                )
+                cursor = conn.execute(f"{columns} WHERE service = ? ORDER BY seq DESC", (service,))
             found: list[JournalRecord] = []
-            try:
-                for seq, body in cursor:
-                    rec = decode_journal(body, f"journal record {seq} in {self.path}")
+
+            def take(records: list[JournalRecord]) -> bool:
+                for rec in records:
                     if in_window(rec, since, until):
                         found.append(rec)
                         if len(found) == limit:
-                            break
+                            return True
+                return False
+
+            try:
+                done = False
+                for row in cursor:
+                    if take(decoder.feed(_row(*row))):
+                        done = True
+                        break
+                if not done:
+                    take(decoder.finish())
             finally:
                 cursor.close()
             found.reverse()
             return found
 
-        return await self._call("read_journal", read)
+        records = await self._call("read_journal", read)
+        await self._keep(decoder.found)
+        return records
 
     # -- approvals ------------------------------------------------------------------------
     async def record_approval(self, approval: ApprovalRecord) -> None:
@@ -645,6 +714,38 @@ class SqliteStore:
             return row is not None
 
         return await self._call("approved", approved)
+
+    # -- quarantine -----------------------------------------------------------------------
+    async def _keep(self, found: Sequence[Found]) -> None:
+        """Copy corrupt records to the quarantine table (once each). Best effort: a store
+        that cannot write now has them counted and logged, and the next process tries again."""
+        if not found:
+            return
+        now = self._clock.now()
+
+        def keep(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR IGNORE INTO quarantine (kind, key, error, found_at, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(f.kind, f.key, f.error, now, f.body) for f in found],
+            )
+
+        try:
+            await self._call("quarantine", keep, write=True)
+        except StoreError as exc:
+            _log.warning("store_quarantine_failed", backend=self.backend, error=str(exc))
+
+    async def quarantined(self) -> Sequence[QuarantinedRecord]:
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str, str, float, Any]]:
+            return conn.execute(
+                "SELECT kind, key, error, found_at, body FROM quarantine ORDER BY seq"
+            ).fetchall()
+
+        rows = await self._call("quarantined", read)
+        return [
+            QuarantinedRecord(kind, key, error, found_at, _raw(body))
+            for kind, key, error, found_at, body in rows
+        ]
 
     async def approval(self, service: str, run_id: str, step: str) -> ApprovalRecord | None:
         def first(conn: sqlite3.Connection) -> str | None:

@@ -426,9 +426,11 @@ def daemon_env() -> dict[str, str]:
 
 
 @asynccontextmanager
-async def running_daemon(config: Path) -> AsyncIterator[DaemonProcess]:
+async def running_daemon(
+    config: Path, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[DaemonProcess]:
     """`python -m orchestrator run --config <config>`, yielded once its API listens;
-    killed on the way out if still running."""
+    killed on the way out if still running. ``extra_env`` is added to its environment."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -436,7 +438,7 @@ async def running_daemon(config: Path) -> AsyncIterator[DaemonProcess]:
         "run",
         "--config",
         str(config),
-        env=daemon_env(),
+        env={**daemon_env(), **(extra_env or {})},
         cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

@@ -155,6 +155,20 @@ def test_mqtt_settings_become_a_broker_config(tmp_path: Path) -> None:
         ("mqtt:\n  broker: mqtt://u:p@127.0.0.1\n", "no credentials in the URL"),
         ("mqtt:\n  broker: http://127.0.0.1\n", "scheme must be mqtt:// or mqtts://"),
         ("mqtt:\n  username: fo\n", "broker options are set but `broker` is not"),
+        (
+            "mqtt:\n  agent_keys: [{agent: agent-eu, file: /k}]\n",
+            "broker options are set but `broker` is not",
+        ),
+        (
+            "mqtt:\n  broker: mqtt://h\n  agent_keys:\n    - {agent: agent-eu, file: /a}\n"
+            "    - {agent: agent-ap, key_id: agent-eu, file: /b}\n",
+            "key id 'agent-eu' is given twice",
+        ),
+        ("mqtt:\n  broker: mqtt://h\n  agent_keys: [{agent: local, file: /k}]\n", "reserved"),
+        (
+            "mqtt:\n  broker: mqtt://h\n  agent_keys: [{agent: a, key_id: 'x y', file: /k}]\n",
+            "key_id 'x y' must match",
+        ),
     ],
 )
 def test_bad_mqtt_settings_fail_at_load(tmp_path: Path, text: str, message: str) -> None:
@@ -246,6 +260,28 @@ def test_the_api_address_announced_is_the_advertised_one_or_built_from_bind(
     assert s.http.api_url(8080) == "https://failoverd-b.internal:8443"
     with pytest.raises(SourceErrors, match="advertise_url"):
         load_settings(write(tmp_path, "http:\n  advertise_url: ftp://x\n"), {})
+
+
+def test_agent_keys_are_read_from_their_files_and_never_shown(tmp_path: Path) -> None:
+    secret = "k" * 40
+    key_file = tmp_path / "agent-eu.key"
+    key_file.write_text(secret + "\n", encoding="utf-8")
+    key_file.chmod(0o600)
+    text = (
+        "mqtt:\n  broker: mqtt://127.0.0.1\n  agent_keys:\n"
+        f"    - {{agent: agent-eu, file: {key_file}}}\n"
+        f"    - {{agent: agent-eu, key_id: eu-next, file: {key_file}}}\n"
+    )
+    s = load_settings(write(tmp_path, text), {})
+    keyring = s.mqtt.keyring()
+    assert keyring.enforcing and keyring.agents == {"agent-eu"} and len(keyring) == 2
+    assert secret not in repr(s) and secret not in s.model_dump_json()
+    key_file.write_text("short\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"mqtt.agent_keys \(agent-eu\) file .*shorter than"):
+        s.mqtt.keyring()
+    key_file.unlink()
+    with pytest.raises(SettingsError, match="No such file"):
+        s.mqtt.keyring()
 
 
 def test_settings_are_immutable(tmp_path: Path) -> None:

@@ -58,7 +58,8 @@ regions: [{PRIMARY}, {STANDBY}]
 rto: 15m
 rpo: 1m
 vantage_points: [local, {AGENT}]
-detection: {{consecutive_failures: 2, quorum: 2, staleness: {STALENESS:g}s}}
+detection: {{interval: 40ms, timeout: 20ms, consecutive_failures: 2, quorum: 2,
+  staleness: {STALENESS:g}s}}
 signals:
   - {{name: api, type: http, target: "http://127.0.0.1:9/{{region}}"}}
 runbooks:
@@ -123,7 +124,7 @@ class Scripted:
     """A producer putting one observation per region every ``every`` seconds: failures
     for the primary, successes for the standby."""
 
-    def __init__(self, every: float = 0.02) -> None:
+    def __init__(self, every: float = 0.05) -> None:
         self.every = every
 
     async def run(self, sink: ObservationSink) -> None:
@@ -328,7 +329,7 @@ async def test_junk_is_rejected_counted_and_survived(
         (observations_topic(AGENT), b"\x00 not json"),
         (observations_topic(AGENT), batch()[:-3]),
         ("failoverd/v1/observations/NOT AN ID", batch()),
-        (observations_topic(AGENT), batch().replace(b'"v": 1', b'"v": 2')),
+        (observations_topic(AGENT), batch().replace(b'"v": 1', b'"v": 3')),
         (observations_topic(AGENT), batch(service="billing")),
         (observations_topic(AGENT), batch(at=now + 3600)),
         (observations_topic(AGENT), batch(at=now - 3600)),

@@ -160,6 +160,9 @@ def test_service_detail_falls_back_to_ascii_marks() -> None:
     assert "x v1  + v2" in text and "1/2" in text
     assert "s (automatic) | active a" in text
     text.encode("ascii")  # a C-locale terminal can print all of it
+    assert "STATE:" not in text
+    body["state_problem"] = "the stored state is corrupt and was quarantined (service_state/s)"
+    assert "  STATE: the stored state is corrupt" in render_service(body, ASCII_GLYPHS)
 
 
 def test_service_detail_shows_a_failed_run_s_error() -> None:

@@ -7,7 +7,14 @@ from collections.abc import Iterable
 
 import pytest
 
-from orchestrator.engine.healthbook import NO_DATA, RECENT_FAILURE, STALE, HealthBook
+from orchestrator.engine.healthbook import (
+    BURST_TOLERANCE,
+    NO_DATA,
+    RECENT_FAILURE,
+    STALE,
+    HealthBook,
+    Intake,
+)
 from orchestrator.engine.observation import FailureKind, Observation
 from orchestrator.engine.vocabulary import Reason, Verdict, View
 from tests.unit.engine.conftest import (
@@ -44,7 +51,7 @@ def feed(
             continue
         ok = {"F": False, "T": True, "?": None}[ch]
         for v in vantages:
-            assert hb.observe(obs(region, v, ok, t, signal=signal))
+            assert hb.observe(obs(region, v, ok, t, signal=signal)) is Intake.ACCEPTED
     return t
 
 
@@ -428,7 +435,7 @@ def test_late_observations_are_ignored() -> None:
         for v in VANTAGES:
             hb.observe(obs(PRIMARY, v, True, at))
     for v in VANTAGES:  # a slow observer's failure from 20s arrives after the 50s success
-        assert hb.observe(obs(PRIMARY, v, False, 20.0))
+        assert hb.observe(obs(PRIMARY, v, False, 20.0)) is Intake.OUT_OF_ORDER
     signal = hb.evidence(PRIMARY, 50.0)[0].signals[0]
     assert signal.last_at == 50.0
     assert signal.last_ok is True
@@ -464,9 +471,60 @@ def test_a_duplicated_observation_counts_once() -> None:
 )
 def test_observations_the_policy_does_not_expect_are_rejected(observation: Observation) -> None:
     hb = book(consecutive_failures=1, quorum=1)
-    assert hb.observe(observation) is False
+    assert hb.observe(observation) is Intake.UNEXPECTED
     hb.observe_many([observation])
     assert {v.verdict for v in hb.verdicts(0.0).values()} == {Verdict.UNKNOWN}
+
+
+# -- one probe, one count ---------------------------------------------------------------------
+
+
+def test_a_burst_of_failures_does_not_meet_consecutive_failures() -> None:
+    """Three failures 0.1 s apart from every vantage point are one probe each, not three:
+    the region is not down, and the two extra ones are refused as too soon."""
+    hb = book(consecutive_failures=3, quorum=2)
+    feed(hb, "T")
+    outcomes = [
+        hb.observe(obs(PRIMARY, v, False, 10.0 + i * 0.1)) for i in range(3) for v in VANTAGES
+    ]
+    assert outcomes.count(Intake.ACCEPTED) == len(VANTAGES)
+    assert outcomes.count(Intake.TOO_SOON) == 2 * len(VANTAGES)
+    signal = hb.evidence(PRIMARY, 10.2)[0].signals[0]
+    assert signal.consecutive_failures == 1
+    assert signal.last_at == 10.0
+    assert verdict(hb, 10.2) is not Verdict.DOWN
+
+
+def test_probes_at_the_interval_still_detect_on_time() -> None:
+    hb = book(consecutive_failures=3, quorum=2)
+    last = feed(hb, "TFFF")
+    assert verdict(hb, last) is Verdict.DOWN
+
+
+def test_the_gap_is_measured_from_the_last_counted_observation() -> None:
+    """A refused observation does not move the cell's clock: the next one on time counts."""
+    hb = book(consecutive_failures=2, quorum=1)
+    gap = INTERVAL * BURST_TOLERANCE
+    assert hb.observe(obs(PRIMARY, "local", False, 0.0)) is Intake.ACCEPTED
+    assert hb.observe(obs(PRIMARY, "local", False, gap - 0.01)) is Intake.TOO_SOON
+    assert hb.observe(obs(PRIMARY, "local", False, gap)) is Intake.ACCEPTED
+    assert view(hb, gap) is View.FAILING
+
+
+def test_a_slow_answer_then_a_fast_one_both_count() -> None:
+    """A probe's time is when its answer came: with the default 5 s timeout of a 10 s
+    interval, a timeout at 0+5 s and an instant answer at 10 s are 5 s apart, and count."""
+    hb = book(consecutive_failures=2, quorum=1)
+    assert hb.observe(obs(PRIMARY, "local", False, 5.0)) is Intake.ACCEPTED
+    assert hb.observe(obs(PRIMARY, "local", False, 10.001)) is Intake.ACCEPTED
+    assert view(hb, 10.001) is View.FAILING
+
+
+def test_state_signals_take_every_report() -> None:
+    """AWS Health is a state (failing at the first report): no burst rule applies."""
+    hb = aws_book()
+    hb.observe(health(PRIMARY, True, 10.0))
+    assert hb.observe(health(PRIMARY, False, 10.1)) is Intake.ACCEPTED
 
 
 def test_cells_lists_every_expected_region_signal_vantage() -> None:

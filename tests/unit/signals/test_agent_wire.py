@@ -13,15 +13,17 @@ from hypothesis import strategies as st
 
 from orchestrator.engine.observation import Observation
 from orchestrator.policy.loader import load_policy_text
+from orchestrator.signals.agent_auth import AgentKey, AgentKeyError, Keyring, Replay, ReplayGuard
 from orchestrator.signals.agent_wire import (
     OBSERVATIONS_FILTER,
     STATUS_FILTER,
     Accepted,
     AgentState,
-    AgentStatusMessage,
     Catalog,
     Rejected,
     Rejection,
+    Sender,
+    StatusReport,
     WireLimits,
     decode_observations,
     decode_status,
@@ -157,7 +159,7 @@ def test_observations_round_trip_as_the_daemon_feeds_them(catalog: Catalog) -> N
 def test_status_round_trip_and_topics() -> None:
     payload = encode_status(AGENT, AgentState.OFFLINE, NOW)
     result = decode_status(status_topic(AGENT), payload)
-    assert result == AgentStatusMessage(v=1, agent=AGENT, state=AgentState.OFFLINE, at=NOW)
+    assert result == StatusReport(AGENT, AgentState.OFFLINE, NOW)
     assert status_topic(AGENT) == "failoverd/v1/agents/agent-eu/status"
     assert TOPIC == "failoverd/v1/observations/agent-eu"
     assert topic_agent(TOPIC) == ("observations", AGENT)
@@ -245,7 +247,7 @@ def test_malformed_topic(catalog: Catalog) -> None:
         assert rejected(decode(batch(), catalog, topic=topic)) is Rejection.MALFORMED
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", 1.5, None, True])
+@pytest.mark.parametrize("version", [3, 0, "1", 1.5, None, True])
 def test_wrong_version(version: object, catalog: Catalog) -> None:
     # Checked before the shape: a v2 message of another shape says so, not "malformed".
     payload = json.dumps({"v": version, "whatever": []}).encode()
@@ -372,7 +374,7 @@ def test_catalog_lists_the_signals_an_agent_runs(catalog: Catalog) -> None:
 def test_decoding_never_raises_on_arbitrary_bytes(topic: str, payload: bytes) -> None:
     catalog = shop_catalog()
     assert isinstance(decode_observations(topic, payload, catalog, NOW), Accepted | Rejected)
-    assert isinstance(decode_status(topic, payload), AgentStatusMessage | Rejected)
+    assert isinstance(decode_status(topic, payload), StatusReport | Rejected)
 
 
 @settings(max_examples=200, deadline=None)
@@ -387,3 +389,191 @@ def test_decoding_never_raises_on_arbitrary_json(data: object) -> None:
     catalog = shop_catalog()
     payload = json.dumps({"v": 1, "agent": AGENT, "sent_at": NOW, "observations": data}).encode()
     assert isinstance(decode_observations(TOPIC, payload, catalog, NOW), Accepted | Rejected)
+
+
+# ---------------------------------------------------------------------------------------
+# Signed messages (version 2): only the agent's own key speaks for it
+
+SECRET_EU = "eu-secret-0123456789abcdef0123456789abcdef"
+SECRET_AP = "ap-secret-0123456789abcdef0123456789abcdef"
+KEY_EU = AgentKey.from_text(AGENT, "eu-1", SECRET_EU)
+KEY_AP = AgentKey.from_text("agent-ap", "ap-1", SECRET_AP)
+KEYRING = Keyring([KEY_EU, KEY_AP])
+BOOT = "0123456789abcdef"
+
+
+def signed(
+    body: dict[str, Any],
+    *,
+    key: AgentKey = KEY_EU,
+    topic: str = TOPIC,
+    kid: str | None = None,
+    sig: str | None = None,
+) -> bytes:
+    text = json.dumps(body).encode()
+    return json.dumps(
+        {
+            "v": 2,
+            "kid": kid or key.key_id,
+            "sig": sig or key.sign(topic, text),
+            "body": text.decode(),
+        }
+    ).encode()
+
+
+def signed_batch(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "v": 2,
+        "agent": AGENT,
+        "sent_at": NOW,
+        "boot": BOOT,
+        "seq": 1,
+        "observations": [wire_obs()],
+    }
+    body.update(overrides)
+    return body
+
+
+def verify(payload: bytes, catalog: Catalog, topic: str = TOPIC) -> Accepted | Rejected:
+    return decode_observations(topic, payload, catalog, NOW, WireLimits(), KEYRING)
+
+
+def test_a_signed_batch_round_trips_with_its_key_boot_and_seq(catalog: Catalog) -> None:
+    sender = Sender(AGENT, KEY_EU, boot=BOOT)
+    ((first, _),) = sender.batches([obs()], NOW)
+    ((second, _),) = sender.batches([obs(at=NOW - 0.5)], NOW)
+    for payload, seq in ((first, 1), (second, 2)):
+        result = verify(payload, catalog)
+        assert isinstance(result, Accepted), result
+        assert (result.key_id, result.boot, result.seq) == ("eu-1", BOOT, seq)
+        assert [o.vantage for o in result.observations] == [AGENT]
+    # The envelope is plain JSON; the body inside it is the signed text.
+    assert json.loads(first)["kid"] == "eu-1"
+    assert json.loads(json.loads(first)["body"])["agent"] == AGENT
+
+
+def test_signed_status_online_will_and_goodbye_grow_in_order() -> None:
+    sender = Sender(AGENT, KEY_EU, boot=BOOT)
+    online, will = sender.online_and_will(NOW)
+    goodbye = sender.status(AgentState.OFFLINE, NOW + 5)
+    reports = [
+        decode_status(status_topic(AGENT), p, keyring=KEYRING) for p in (online, will, goodbye)
+    ]
+    assert all(isinstance(r, StatusReport) for r in reports), reports
+    keys = [(r.at, r.seq) for r in reports if isinstance(r, StatusReport)]
+    assert keys == sorted(keys) and len(set(keys)) == 3
+    assert [r.state for r in reports if isinstance(r, StatusReport)] == [
+        AgentState.ONLINE,
+        AgentState.OFFLINE,
+        AgentState.OFFLINE,
+    ]
+
+
+def test_with_keys_an_unsigned_message_is_refused(catalog: Catalog) -> None:
+    assert rejected(verify(batch(), catalog)) is Rejection.UNSIGNED
+    unsigned_status = encode_status(AGENT, AgentState.OFFLINE, NOW)
+    result = decode_status(status_topic(AGENT), unsigned_status, keyring=KEYRING)
+    assert rejected(result) is Rejection.UNSIGNED
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        # A key nobody configured.
+        (signed(signed_batch(), key=AgentKey.from_text(AGENT, "eu-9", "x" * 40)), "bad_signature"),
+        # The right key id, a signature made with another secret (a forger's guess).
+        (signed(signed_batch(), key=AgentKey.from_text(AGENT, "eu-1", "y" * 40)), "bad_signature"),
+        # The body changed after signing (a failure turned into a success, or back).
+        (
+            signed(
+                signed_batch(), sig=KEY_EU.sign(TOPIC, json.dumps(signed_batch(seq=2)).encode())
+            ),
+            "bad_signature",
+        ),
+        # agent-ap's own key, on agent-eu's topic, body naming agent-eu: speaking for another.
+        (signed(signed_batch(), key=KEY_AP), "agent_mismatch"),
+        # agent-eu's message signed for its status topic, replayed on its observations topic.
+        (signed(signed_batch(), topic=status_topic(AGENT)), "bad_signature"),
+        # Signed by agent-eu but naming agent-ap inside.
+        (signed(signed_batch(agent="agent-ap")), "agent_mismatch"),
+        # Envelope junk.
+        (json.dumps({"v": 2, "kid": "eu-1", "sig": "zz", "body": "{}"}).encode(), "malformed"),
+        (json.dumps({"v": 2, "kid": "eu-1", "body": "{}"}).encode(), "malformed"),
+        (signed({"v": 1, "agent": AGENT, "sent_at": NOW, "observations": []}), "wrong_version"),
+        (signed(signed_batch(seq=-1)), "malformed"),
+        (signed(signed_batch(boot="xyz")), "malformed"),
+        (signed(signed_batch(sent_at=NOW - 61.0)), "stale"),  # older than max_message_age
+    ],
+)
+def test_forged_or_broken_signed_batches_are_refused(
+    payload: bytes, reason: str, catalog: Catalog
+) -> None:
+    result = verify(payload, catalog)
+    assert rejected(result) == reason, result
+
+
+def test_an_agent_key_signs_only_for_its_agent() -> None:
+    with pytest.raises(ValueError, match="belongs to agent"):
+        Sender("agent-ap", KEY_EU)
+    with pytest.raises(AgentKeyError, match="shorter than 32"):
+        AgentKey.from_text(AGENT, "k", "short")
+    with pytest.raises(AgentKeyError, match="configured twice"):
+        Keyring([KEY_EU, KEY_EU])
+    assert SECRET_EU not in repr(KEY_EU)
+
+
+def test_without_keys_signed_and_unsigned_messages_pass(catalog: Catalog) -> None:
+    """Rolling out: agents get keys first, the daemon (no keys yet) takes both."""
+    sender = Sender(AGENT, KEY_EU, boot=BOOT)
+    ((payload, _),) = sender.batches([obs()], NOW)
+    assert isinstance(decode(payload, catalog), Accepted)
+    assert isinstance(decode(batch(), catalog), Accepted)
+
+
+def test_large_signed_batches_are_split_within_the_limit(catalog: Catalog) -> None:
+    many = [obs(at=NOW - 1 + i / 1000, detail="d" * 200) for i in range(250)]
+    limits = WireLimits(max_payload_bytes=8 * 1024, max_batch=100)
+    sender = Sender(AGENT, KEY_EU, boot=BOOT)
+    chunks = list(sender.batches(many, NOW, limits))
+    assert [o for _, part in chunks for o in part] == many
+    seqs = []
+    for payload, part in chunks:
+        assert len(payload) <= limits.max_payload_bytes
+        result = decode_observations(TOPIC, payload, catalog, NOW, limits, KEYRING)
+        assert isinstance(result, Accepted) and len(result.observations) == len(part)
+        seqs.append(result.seq)
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_the_replay_guard_takes_each_batch_once_per_boot() -> None:
+    guard = ReplayGuard(boots_per_agent=2)
+    assert guard.batch(AGENT, BOOT, 1) is Replay.FRESH
+    assert guard.batch(AGENT, BOOT, 1) is Replay.DUPLICATE
+    assert guard.batch(AGENT, BOOT, 3) is Replay.FRESH
+    assert guard.batch(AGENT, BOOT, 2) is Replay.REPLAYED
+    assert guard.batch(AGENT, "f" * 16, 1) is Replay.FRESH  # a restarted agent
+    assert guard.batch("agent-ap", BOOT, 1) is Replay.FRESH  # agents are apart
+    # Status: (at, seq) only grows; a late will of an older session changes nothing.
+    assert guard.status(AGENT, NOW, 1) is Replay.FRESH
+    assert guard.status(AGENT, NOW, 2) is Replay.FRESH  # the will after online
+    assert guard.status(AGENT, NOW + 10, 1) is Replay.FRESH  # the next session's online
+    assert guard.status(AGENT, NOW, 2) is Replay.REPLAYED  # the old will, late
+    assert guard.status(AGENT, NOW + 10, 1) is Replay.DUPLICATE  # retained, redelivered
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.binary(max_size=400), flip=st.integers(min_value=0, max_value=10_000))
+def test_signed_decoding_never_raises_and_never_takes_a_changed_byte(
+    payload: bytes, flip: int
+) -> None:
+    catalog = shop_catalog()
+    assert isinstance(
+        decode_observations(TOPIC, payload, catalog, NOW, WireLimits(), KEYRING),
+        Accepted | Rejected,
+    )
+    good = signed(signed_batch())
+    i = flip % len(good)
+    changed = good[:i] + bytes([good[i] ^ 0x01]) + good[i + 1 :]
+    assert not isinstance(
+        decode_observations(TOPIC, changed, catalog, NOW, WireLimits(), KEYRING), Accepted
+    ) or json.loads(changed) == json.loads(good)

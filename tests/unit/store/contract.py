@@ -33,12 +33,14 @@ from orchestrator.engine.state import (
 from orchestrator.engine.vocabulary import Action
 from orchestrator.store.base import (
     ApprovalRecord,
+    CorruptState,
     FencedOut,
     JournalRecord,
     JournalStatus,
     LeaderInfo,
     Store,
     StoreError,
+    StoreUnavailable,
 )
 
 T0 = 1_700_000_000.0  # record timestamps: stored values, not the store's clock
@@ -56,6 +58,16 @@ class StoreFactory(Protocol):
 
     async def advance(self, seconds: float) -> None:
         """Move the clock the store judges lease expiry by forward by ``seconds`` (at least)."""
+        ...
+
+    async def corrupt_state(self, service: str, body: bytes) -> None:
+        """Overwrite the stored state of ``service`` with ``body``, behind the store's back
+        (a disk error, a bad restore, a hand edit)."""
+        ...
+
+    async def corrupt_journal(self, run_id: str, index: int, body: bytes) -> None:
+        """Overwrite the ``index``-th record (append order) of run ``run_id`` with ``body``
+        (every copy the backend keeps of it)."""
         ...
 
 
@@ -659,3 +671,83 @@ class StoreContract:
 
     async def test_the_store_states_its_time_bound(self, store: Store) -> None:
         assert store.timeout > 0
+
+    # -- corrupt records ---------------------------------------------------------------------
+    async def test_a_corrupt_state_is_quarantined_and_reported_not_unavailable(
+        self, store: Store, store_factory: StoreFactory, ttl: float
+    ) -> None:
+        lease = await store.acquire_lease("daemon-a", ttl)
+        assert lease is not None
+        await store.save_state(full_state("web"), lease.token)
+        await store.save_state(failed_state("api"), lease.token)
+        junk = b'{"v": 1, "service": "web", "active_region": 7}'
+        await store_factory.corrupt_state("web", junk)
+        for _ in range(2):  # reported on every read (a corrupt state is not "no state")...
+            with pytest.raises(CorruptState) as err:
+                await store.load_state("web")
+            assert not isinstance(err.value, StoreUnavailable)
+            assert err.value.service == "web" and "web" in err.value.key
+            assert "corrupt state of service 'web'" in str(err.value)
+            assert "quarantined" in str(err.value)
+        # ...and takes nothing else with it.
+        assert await store.load_state("api") == failed_state("api")
+        assert await store.leader() == "daemon-a"
+        kept = list(await store.quarantined())
+        assert [(q.kind, q.key, q.body) for q in kept] == [("service_state", err.value.key, junk)]
+        assert "corrupt state of service 'web'" in kept[0].error
+        # The leader's next save replaces it; the copy stays.
+        await store.save_state(full_state("web"), lease.token)
+        assert await store.load_state("web") == full_state("web")
+        assert len(await store.quarantined()) == 1
+
+    async def test_a_corrupt_journal_record_takes_out_only_itself(
+        self, store: Store, store_factory: StoreFactory, ttl: float
+    ) -> None:
+        lease = await store.acquire_lease("daemon-a", ttl)
+        assert lease is not None
+        t = lease.token
+        journal = [
+            record("r1", JournalStatus.RUN_STARTED, t, at=T0, kind="failover"),
+            record("r1", JournalStatus.STEP_STARTED, t, at=T0 + 1, step="db", attempt=1),
+            record("r1", JournalStatus.STEP_SUCCEEDED, t, at=T0 + 2, step="db", attempt=1),
+            record("r1", JournalStatus.RUN_SUCCEEDED, t, at=T0 + 3),
+        ]
+        for r in journal:
+            await store.append_journal(r)
+        await store.append_journal(record("r2", JournalStatus.RUN_STARTED, t, at=T0 + 10))
+        await store_factory.corrupt_journal("r1", 1, b"\x00 not json")
+        for _ in range(2):
+            got = list(await store.read_run("r1"))
+            assert [r.status for r in got] == [
+                JournalStatus.RUN_STARTED,
+                JournalStatus.CORRUPT,
+                JournalStatus.STEP_SUCCEEDED,
+                JournalStatus.RUN_SUCCEEDED,
+            ]
+            assert got[0] == journal[0] and got[2:] == journal[2:]
+            bad = got[1]
+            assert bad.run_id == "r1" and bad.detail and "not JSON" in bad.error
+            assert bad.at == T0  # its older neighbour's time: it sits where it was
+        # The audit view: the corrupt record in its place, the rest as written.
+        audit = list(await store.read_journal("web"))
+        assert [r.status for r in audit][:2] == [JournalStatus.RUN_STARTED, JournalStatus.CORRUPT]
+        assert len(audit) == 5
+        window = list(await store.read_journal("web", since=T0 + 2, until=T0 + 3))
+        assert [r.status for r in window] == [
+            JournalStatus.STEP_SUCCEEDED,
+            JournalStatus.RUN_SUCCEEDED,
+        ]
+        assert list(await store.read_journal(limit=2)) == [journal[3], audit[-1]]
+        assert list(await store.unfinished_runs()) == ["r2"]
+        assert list(await store.recent_runs("web")) == ["r2", "r1"]
+        # Kept once per stored copy (a backend may hold a record under several keys).
+        kept = list(await store.quarantined())
+        assert {(q.kind, q.body) for q in kept} == {("journal", b"\x00 not json")}
+        assert bad.detail in {q.key for q in kept}
+        assert len({q.key for q in kept}) == len(kept)
+
+    async def test_a_corrupt_record_is_never_written(self, store: Store, ttl: float) -> None:
+        lease = await store.acquire_lease("daemon-a", ttl)
+        assert lease is not None
+        with pytest.raises(ValueError, match="never written"):
+            await store.append_journal(record("r1", JournalStatus.CORRUPT, lease.token))

@@ -8,12 +8,14 @@ prefix; tests that kill members take a dedicated cluster from ``etcd_cluster_fac
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -23,6 +25,7 @@ from prometheus_client import REGISTRY
 
 from orchestrator.store.base import FencedOut, JournalStatus, Store, StoreError, StoreUnavailable
 from orchestrator.store.etcd import EtcdAuthError, EtcdConfig, EtcdStore
+from orchestrator.store.etcd_client import EtcdClient, b64, prefix_end, unb64
 from tests.fixtures.etcd import ROOT_PASSWORD, EtcdCluster, EtcdPki, unique_prefix
 from tests.unit.store.contract import T0, StoreContract, StoreFactory, full_state, record
 
@@ -46,6 +49,37 @@ class EtcdFactory:
         # Expiry is etcd's to judge, on its clock: let real time pass (with etcd's revocation
         # lag once a lease's TTL is crossed: "at least `seconds`" of the store's time).
         await asyncio.sleep(seconds + (EXPIRY_LAG if seconds >= self.lease_ttl else 0.0))
+
+    async def _kv(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        client = EtcdClient(self.endpoints, ssl_context=None)
+        try:
+            return await client.request(path, body, asyncio.get_running_loop().time() + 5)
+        finally:
+            await client.close()
+
+    async def corrupt_state(self, service: str, body: bytes) -> None:
+        key = f"{self.prefix}/state/{quote(service, safe='')}"
+        await self._kv("/v3/kv/put", {"key": b64(key), "value": b64(body)})
+
+    async def corrupt_journal(self, run_id: str, index: int, body: bytes) -> None:
+        # Both copies of the record (by run and by service) get the same bad bytes.
+        run = f"{self.prefix}/run/{quote(run_id, safe='')}/"
+        answer = await self._kv(
+            "/v3/kv/range",
+            {
+                "key": b64(run),
+                "range_end": b64(prefix_end(run.encode())),
+                "sort_order": "ASCEND",
+                "sort_target": "CREATE",
+            },
+        )
+        kv = answer["kvs"][index]
+        key = unb64(kv["key"]).decode()
+        service = json.loads(unb64(kv["value"]))["service"]
+        record_id = key.rsplit("/", 1)[1]
+        by_service = f"{self.prefix}/journal/{quote(service, safe='')}/{record_id}"
+        for target in (key, by_service):
+            await self._kv("/v3/kv/put", {"key": b64(target), "value": b64(body)})
 
 
 class TestEtcdStoreContract(StoreContract):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -43,6 +44,18 @@ class SqliteFactory:
 
     async def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
+
+    async def corrupt_state(self, service: str, body: bytes) -> None:
+        with raw(self.path) as conn:
+            conn.execute("UPDATE service_state SET body = ? WHERE service = ?", (body, service))
+
+    async def corrupt_journal(self, run_id: str, index: int, body: bytes) -> None:
+        with raw(self.path) as conn:
+            (seq,) = conn.execute(
+                "SELECT seq FROM journal WHERE run_id = ? ORDER BY seq LIMIT 1 OFFSET ?",
+                (run_id, index),
+            ).fetchone()
+            conn.execute("UPDATE journal SET body = ? WHERE seq = ?", (body, seq))
 
 
 class TestSqliteStoreContract(StoreContract):
@@ -104,34 +117,73 @@ async def test_a_newer_schema_is_refused_and_left_untouched(db: Path) -> None:
         )
 
 
-async def test_a_version_1_database_is_upgraded_in_place_keeping_its_lease(db: Path) -> None:
-    # A database written before the leader announced its API with the lease (schema 1).
+# The tables of the earlier schema versions, as their failoverd created them.
+_SCHEMA_1 = (
+    "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+    "INSERT INTO schema_version VALUES (1);"
+    "CREATE TABLE lease (id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT,"
+    " token INTEGER NOT NULL, expires_at REAL);"
+    "INSERT INTO lease VALUES (1, NULL, 41, NULL);"
+    "CREATE TABLE service_state (service TEXT PRIMARY KEY, body TEXT NOT NULL,"
+    " token INTEGER NOT NULL, saved_at REAL NOT NULL);"
+    "CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL,"
+    " service TEXT NOT NULL, status TEXT NOT NULL, token INTEGER NOT NULL,"
+    " body TEXT NOT NULL);"
+    "CREATE TABLE approvals (seq INTEGER PRIMARY KEY AUTOINCREMENT, service TEXT NOT"
+    " NULL, run_id TEXT NOT NULL, step TEXT NOT NULL, body TEXT NOT NULL);"
+    # A corrupt state row, for the quarantine to take after the upgrade.
+    "INSERT INTO service_state VALUES ('web', '{not json', 1, 0);"
+)
+_QUARANTINE_1 = (  # a version 1 database of a build that had the quarantine table already
+    "CREATE TABLE quarantine (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " kind TEXT NOT NULL, key TEXT NOT NULL, error TEXT NOT NULL, found_at REAL NOT NULL,"
+    " body BLOB NOT NULL, UNIQUE (kind, key, body));"
+)
+_SCHEMA_2 = (  # schema 1 + lease.info (the leader's announcement)
+    _SCHEMA_1 + "ALTER TABLE lease ADD COLUMN info TEXT; UPDATE schema_version SET version = 2;"
+)
+
+
+@pytest.mark.parametrize(
+    "old",
+    [_SCHEMA_1, _SCHEMA_1 + _QUARANTINE_1, _SCHEMA_2],
+    ids=["version-1", "version-1-with-quarantine", "version-2"],
+)
+async def test_an_older_database_is_upgraded_in_place_keeping_its_records(
+    db: Path, old: str
+) -> None:
     with raw(db) as conn:
-        conn.executescript(
-            "CREATE TABLE schema_version (version INTEGER NOT NULL);"
-            "INSERT INTO schema_version VALUES (1);"
-            "CREATE TABLE lease (id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT,"
-            " token INTEGER NOT NULL, expires_at REAL);"
-            "INSERT INTO lease VALUES (1, NULL, 41, NULL);"
-            "CREATE TABLE service_state (service TEXT PRIMARY KEY, body TEXT NOT NULL,"
-            " token INTEGER NOT NULL, saved_at REAL NOT NULL);"
-            "CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL,"
-            " service TEXT NOT NULL, status TEXT NOT NULL, token INTEGER NOT NULL,"
-            " body TEXT NOT NULL);"
-            "CREATE TABLE approvals (seq INTEGER PRIMARY KEY AUTOINCREMENT, service TEXT NOT"
-            " NULL, run_id TEXT NOT NULL, step TEXT NOT NULL, body TEXT NOT NULL);"
-        )
-    store = await SqliteStore.open(db)
+        conn.executescript(old)
+    store = await SqliteStore.open(db, clock=VirtualClock())
     try:
         lease = await store.acquire_lease("daemon-a", 10.0)
         assert lease is not None and lease.token == 42  # the token history survived
         await store.announce(lease, "http://127.0.0.1:8080", "v-1")
         info = await store.leader_info()
         assert info is not None and info.api == "http://127.0.0.1:8080"
+        with pytest.raises(CorruptRecord):  # the old row is still there, and quarantined
+            await store.load_state("web")
+        assert [(q.kind, q.key) for q in await store.quarantined()] == [
+            ("service_state", "service_state/web")
+        ]
     finally:
         await store.close()
     with raw(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+    reopened = await SqliteStore.open(db, clock=VirtualClock())  # upgraded once, opens as is
+    try:
+        assert len(list(await reopened.quarantined())) == 1
+    finally:
+        await reopened.close()
+
+
+async def test_a_current_database_without_its_quarantine_table_is_refused(db: Path) -> None:
+    store = await SqliteStore.open(db, clock=VirtualClock())
+    await store.close()
+    with raw(db) as conn:
+        conn.execute("DROP TABLE quarantine")
+    with pytest.raises(SchemaMismatch, match=r"tables missing .* quarantine"):
+        await SqliteStore.open(db, clock=VirtualClock())
 
 
 async def test_a_database_of_another_application_is_refused(db: Path) -> None:
@@ -235,8 +287,34 @@ async def test_a_corrupt_journal_row_names_the_record(db: Path, store: SqliteSto
             "INSERT INTO journal (run_id, service, status, token, body)"
             " VALUES ('r1', 'web', 'run_started', 1, 'not json')"
         )
-    with pytest.raises(CorruptRecord, match=r"journal record 1 of run 'r1'.*not JSON"):
-        await store.read_run("r1")
+    counted = {"backend": "sqlite", "kind": "journal"}
+    before = REGISTRY.get_sample_value("failoverd_store_corrupt_records_total", counted) or 0.0
+    (bad,) = await store.read_run("r1")
+    assert list(await store.read_run("r1")) == [bad]
+    after = REGISTRY.get_sample_value("failoverd_store_corrupt_records_total", counted)
+    assert after == before + 1  # counted once per process, however often it is read
+    assert bad.status is JournalStatus.CORRUPT
+    assert (bad.run_id, bad.service, bad.token, bad.detail) == ("r1", "web", 1, "journal/1")
+    assert re.search(r"journal record 'journal/1' of run 'r1'.*not JSON", bad.error)
+
+
+async def test_damaged_columns_and_bodies_of_any_type_are_quarantined(
+    db: Path, store: SqliteStore
+) -> None:
+    with raw(db) as conn:
+        conn.execute(
+            "INSERT INTO journal (run_id, service, status, token, body)"
+            " VALUES (X'FF', X'FE', 'x', 'y', 42)"
+        )
+        conn.execute(
+            "INSERT INTO service_state (service, body, token, saved_at) VALUES ('web', ?, 1, 0)",
+            ("[" * 100_000,),
+        )
+    (bad,) = await store.read_journal()
+    assert (bad.status, bad.run_id, bad.service, bad.token) == (JournalStatus.CORRUPT, "", "", 0)
+    with pytest.raises(CorruptRecord, match="nested too deep"):
+        await store.load_state("web")
+    assert {q.kind for q in await store.quarantined()} == {"journal", "service_state"}
 
 
 # -- time bounds and concurrency -----------------------------------------------------------
