@@ -260,7 +260,7 @@ async def wait_ready_to_fail_over(http: aiohttp.ClientSession, daemon: DaemonPro
             if (healthz, readyz) != (200, 200):
                 return False
             body = await service(http, daemon)
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, TimeoutError):  # not listening yet, or slow to answer
             return False
         verdicts = {v["region"]: v["verdict"] for v in body["verdicts"]}
         lag = {entry["region"]: entry["within_rpo"] for entry in body["lag"]}
