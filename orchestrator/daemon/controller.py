@@ -669,21 +669,25 @@ class Controller:
         progress for snapshots."""
         if svc.audit_hold is not None and (svc.run_task is None or svc.run_task.done()):
             self._release_audit(svc, svc.audit_hold)  # e.g. a service object replaced by a reload
-        run = svc.state.run
-        if run is None:
+        ending = svc.progress is not None and svc.progress.status is RunStatus.RUNNING
+        if svc.state.run is None and not ending:
             return
         driving = svc.run_task is not None and not svc.run_task.done()
         try:
-            stored = await self._store.load_state(svc.policy.service)
-            # Until the executor's first write, the run exists only in memory: keep it.
-            if stored is not None and (stored.run is not None or not driving):
-                svc.state = stored
+            if svc.state.run is not None:
+                stored = await self._store.load_state(svc.policy.service)
+                # Until the executor's first write, the run exists only in memory: keep it.
+                if stored is not None and (stored.run is not None or not driving):
+                    svc.state = stored
             if svc.state.run is not None:
                 svc.progress = await self.executor.progress(svc.state.run.id) or svc.progress
                 if svc.progress is not None:
                     self._release_audit(svc, svc.progress.run_id)
             elif svc.progress is not None and svc.progress.status is RunStatus.RUNNING:
-                # A run resumed after a restart ends without a _drive of ours: catch its end.
+                # A run resumed without a _drive of ours ends unseen; and the executor settles
+                # the state before the run's end reaches the journal, so a pass in between
+                # reads "running" with no run left in the state: ask the journal until it
+                # has the end.
                 svc.progress = await self.executor.progress(svc.progress.run_id) or svc.progress
             # No `_store_ok = True` here: a read that works says nothing of a store that
             # refuses writes (a full disk, a lock held elsewhere); the lease step tells.
